@@ -1,0 +1,706 @@
+//! Desired state: which images this node must project, and why every other
+//! candidate is not.
+//!
+//! A pure function of the [`Inventory`] and three settings. Every candidate (each
+//! `PE/` object, each IMS record) ends in exactly one [`Outcome`]:
+//! projected, skipped for a named reason, or *unknown* because some input about it
+//! could not be had. Unknown is never "not projected": the plan protects what it
+//! cannot see. `explain`, `status`, the logs and the metrics all read this one value.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{self, Identity};
+use crate::inventory::{
+    parse_s3_url, strip_etag_quotes, ImageRecord, Inventory, MountEntry, S3Object, Tagging,
+    ROOTFS_ARTIFACT_TYPE,
+};
+
+/// Prefix of programming-environment objects in the bucket.
+pub const PE_PREFIX: &str = "PE/";
+
+/// Longest backing path the kernel accepts in `fd_dev_name=` (FD_MAX_DEV_NAME = 256, with NUL).
+pub const MAX_KERNEL_PATH: usize = 255;
+
+/// The settings `desired` depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub bucket: String,
+    pub mount_root: PathBuf,
+    pub ims_tagging: bool,
+}
+
+/// Programming environment or IMS root filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Pe,
+    Rootfs,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Pe => "pe",
+            Kind::Rootfs => "rootfs",
+        })
+    }
+}
+
+/// One image that must be exported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Projection {
+    pub kind: Kind,
+    /// The digest input (see [`crate::identity`]).
+    pub key: String,
+    pub identity: Identity,
+    /// The S3 object key of the squashfs file.
+    pub object_key: String,
+    /// `<mount root>/<object key>`: what the kernel opens.
+    pub path: PathBuf,
+    pub size: u64,
+    /// S3 ETag (unquoted) of the object.
+    pub etag: String,
+    /// IMS image id and name (rootfs only).
+    pub image_id: Option<String>,
+    pub image_name: Option<String>,
+}
+
+/// What a verdict is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Subject {
+    Pe { object_key: String },
+    Image { id: String, name: String },
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Pe { object_key } => write!(f, "PE object {object_key}"),
+            Subject::Image { id, name } => write!(f, "IMS image {id} ({name})"),
+        }
+    }
+}
+
+/// The end of one candidate's evaluation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum Outcome {
+    Projected { serial: String },
+    Skipped { reason: Reason },
+    Unknown { reason: Reason },
+}
+
+/// A candidate and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub subject: Subject,
+    /// The identity, where it could be computed.
+    pub identity: Option<Identity>,
+    /// The S3 object key of the squashfs file, where known.
+    pub object_key: Option<String>,
+    pub outcome: Outcome,
+}
+
+/// Why a candidate is not projected (or not known to be). Each names one rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "kebab-case")]
+pub enum Reason {
+    /// A key ending in `/`: a "directory" placeholder, not a file.
+    DirectoryKey,
+    /// The path has characters the kernel's `control` parser splits on, or is too long.
+    UnsafePath { detail: String },
+    /// The IMS record has no `link.path`.
+    NoLink,
+    /// Tagging is on and `metadata["sbps-project"]` is not `"true"`.
+    Untagged { value: Option<String> },
+    /// The metadata has the `{key, value}` shape of the CSM < 1.7 create bug.
+    BuggyMetadata { key: String, value: String },
+    /// The metadata is of no known shape.
+    InvalidMetadata { detail: String },
+    /// An `s3://` link that is malformed or names another bucket.
+    OutsideBucket { path: String },
+    /// The manifest object is not in the bucket listing.
+    ManifestMissing { path: String },
+    /// The manifest could not be fetched or parsed.
+    ManifestError { path: String, error: String },
+    /// No manifest result was gathered for this image.
+    ManifestNotFetched { path: String },
+    /// The manifest has no rootfs artifact.
+    NoRootfsArtifact,
+    /// The manifest has more than one rootfs artifact.
+    SeveralRootfsArtifacts { count: usize },
+    /// The rootfs artifact has no `link.path`.
+    RootfsWithoutLink,
+    /// The rootfs artifact has no `link.etag`.
+    EtagMissing,
+    /// The rootfs object is not in the bucket listing.
+    NotInS3 { object_key: String },
+    /// The manifest's etag differs from the object's.
+    EtagMismatch { manifest: String, s3: String },
+    /// The object is not (yet) in the mount.
+    NotInMount { path: PathBuf },
+    /// The mount has something that is not a regular file at that path.
+    NotRegularFile { path: PathBuf },
+    /// The path leaves the mount.
+    OutsideMount { detail: String },
+    /// Sizes differ between S3 and the mount: an upload or cache refresh in progress.
+    NotReady { s3_size: u64, mount_size: u64 },
+    /// The mount check failed.
+    MountError { error: String },
+    /// The mount was not checked for this key.
+    MountNotChecked,
+    /// The S3 listing failed.
+    S3Unavailable { error: String },
+    /// The IMS listing failed.
+    ImsUnavailable { error: String },
+    /// Another candidate with the same identity was projected first.
+    Duplicate { serial: String },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Reason::*;
+        match self {
+            DirectoryKey => write!(f, "key ends in '/': a directory placeholder, not a file"),
+            UnsafePath { detail } => write!(f, "path cannot be handed to the kernel: {detail}"),
+            NoLink => write!(f, "IMS record has no link.path"),
+            Untagged { value: None } => write!(f, "untagged: metadata has no 'sbps-project' key"),
+            Untagged { value: Some(v) } => {
+                write!(f, "untagged: metadata 'sbps-project' is {v:?}, not \"true\"")
+            }
+            BuggyMetadata { key, value } => write!(
+                f,
+                "metadata has the {{\"key\": {key:?}, \"value\": {value:?}}} shape of the CSM < 1.7 create bug; treated as untagged"
+            ),
+            InvalidMetadata { detail } => write!(f, "metadata of unknown shape: {detail}"),
+            OutsideBucket { path } => write!(f, "link {path:?} is not an object of the configured bucket"),
+            ManifestMissing { path } => write!(f, "manifest {path} is not in the bucket"),
+            ManifestError { path, error } => write!(f, "manifest {path} unavailable: {error}"),
+            ManifestNotFetched { path } => write!(f, "manifest {path} was not fetched"),
+            NoRootfsArtifact => write!(f, "manifest has no {ROOTFS_ARTIFACT_TYPE} artifact"),
+            SeveralRootfsArtifacts { count } => {
+                write!(f, "manifest has {count} rootfs artifacts; exactly one is required")
+            }
+            RootfsWithoutLink => write!(f, "rootfs artifact has no link.path"),
+            EtagMissing => write!(f, "rootfs artifact has no link.etag"),
+            NotInS3 { object_key } => write!(f, "rootfs object {object_key} is not in the bucket"),
+            EtagMismatch { manifest, s3 } => {
+                write!(f, "etag mismatch: manifest says {manifest}, S3 has {s3}")
+            }
+            NotInMount { path } => write!(f, "not in the mount yet: {}", path.display()),
+            NotRegularFile { path } => write!(f, "not a regular file: {}", path.display()),
+            OutsideMount { detail } => write!(f, "path leaves the mount: {detail}"),
+            NotReady { s3_size, mount_size } => write!(
+                f,
+                "not ready: S3 size {s3_size} but the mount shows {mount_size} (upload or cache refresh in progress)"
+            ),
+            MountError { error } => write!(f, "mount check failed: {error}"),
+            MountNotChecked => write!(f, "mount was not checked for this object"),
+            S3Unavailable { error } => write!(f, "S3 listing unavailable: {error}"),
+            ImsUnavailable { error } => write!(f, "IMS unavailable: {error}"),
+            Duplicate { serial } => write!(f, "same image as projection {serial}"),
+        }
+    }
+}
+
+impl Reason {
+    /// A short stable label for metrics (`skips by reason`).
+    pub fn label(&self) -> &'static str {
+        use Reason::*;
+        match self {
+            DirectoryKey => "directory_key",
+            UnsafePath { .. } => "unsafe_path",
+            NoLink => "no_link",
+            Untagged { .. } => "untagged",
+            BuggyMetadata { .. } => "buggy_metadata",
+            InvalidMetadata { .. } => "invalid_metadata",
+            OutsideBucket { .. } => "outside_bucket",
+            ManifestMissing { .. } => "manifest_missing",
+            ManifestError { .. } => "manifest_error",
+            ManifestNotFetched { .. } => "manifest_not_fetched",
+            NoRootfsArtifact => "no_rootfs_artifact",
+            SeveralRootfsArtifacts { .. } => "several_rootfs_artifacts",
+            RootfsWithoutLink => "rootfs_without_link",
+            EtagMissing => "etag_missing",
+            NotInS3 { .. } => "not_in_s3",
+            EtagMismatch { .. } => "etag_mismatch",
+            NotInMount { .. } => "not_in_mount",
+            NotRegularFile { .. } => "not_regular_file",
+            OutsideMount { .. } => "outside_mount",
+            NotReady { .. } => "not_ready",
+            MountError { .. } => "mount_error",
+            MountNotChecked => "mount_not_checked",
+            S3Unavailable { .. } => "s3_unavailable",
+            ImsUnavailable { .. } => "ims_unavailable",
+            Duplicate { .. } => "duplicate",
+        }
+    }
+}
+
+/// What the plan must not remove because this scan could not see it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Uncertainty {
+    /// Nothing can be judged absent (the S3 listing failed).
+    pub everything: Option<String>,
+    /// No rootfs image can be judged absent (IMS failed).
+    pub rootfs: Option<String>,
+    /// Identities whose state is unknown.
+    pub serials: BTreeSet<String>,
+    /// IMS images whose identity could not even be computed (manifest error).
+    pub images: BTreeSet<String>,
+}
+
+impl Uncertainty {
+    pub fn is_empty(&self) -> bool {
+        self.everything.is_none()
+            && self.rootfs.is_none()
+            && self.serials.is_empty()
+            && self.images.is_empty()
+    }
+}
+
+/// The result of `desired()`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Desired {
+    /// Projections by unit serial.
+    pub projections: BTreeMap<String, Projection>,
+    /// One verdict per candidate, PE objects first, in listing order.
+    pub verdicts: Vec<Verdict>,
+    pub uncertainty: Uncertainty,
+}
+
+/// The manifest an IMS record asks to be fetched, if the record passes the checks
+/// that need no manifest (link, tagging, bucket). Gathering uses this, so untagged
+/// images cost no request.
+pub fn manifest_wanted<'a>(record: &'a ImageRecord, s: &Settings) -> Option<&'a str> {
+    match pre_manifest_checks(record, s) {
+        Ok(path) => Some(path),
+        Err(_) => None,
+    }
+}
+
+/// The object keys whose mount state `desired` will need, given the listing and the
+/// manifests gathered so far: the candidates that pass every check before the mount.
+pub fn mount_candidates(inv: &Inventory, s: &Settings) -> Vec<String> {
+    let probe = Inventory {
+        s3: inv.s3.clone(),
+        ims: inv.ims.clone(),
+        manifests: inv.manifests.clone(),
+        mount: BTreeMap::new(),
+    };
+    let mut keys: Vec<String> = desired(&probe, s)
+        .verdicts
+        .into_iter()
+        .filter(|v| {
+            matches!(
+                v.outcome,
+                Outcome::Unknown {
+                    reason: Reason::MountNotChecked
+                }
+            )
+        })
+        .filter_map(|v| v.object_key)
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Computes the desired state.
+pub fn desired(inv: &Inventory, s: &Settings) -> Desired {
+    let mut out = Desired::default();
+    let objects = match &inv.s3 {
+        Ok(list) => list,
+        Err(e) => {
+            out.uncertainty.everything = Some(format!("S3 listing unavailable: {e}"));
+            out.verdicts.push(Verdict {
+                subject: Subject::Pe {
+                    object_key: PE_PREFIX.to_string(),
+                },
+                identity: None,
+                object_key: None,
+                outcome: Outcome::Unknown {
+                    reason: Reason::S3Unavailable { error: e.clone() },
+                },
+            });
+            if let Ok(records) = &inv.ims {
+                for r in records {
+                    out.verdicts.push(Verdict {
+                        subject: image_subject(r),
+                        identity: None,
+                        object_key: None,
+                        outcome: Outcome::Unknown {
+                            reason: Reason::S3Unavailable { error: e.clone() },
+                        },
+                    });
+                }
+            }
+            return out;
+        }
+    };
+    let by_key: BTreeMap<&str, &S3Object> = objects.iter().map(|o| (o.key.as_str(), o)).collect();
+
+    for o in objects.iter().filter(|o| o.key.starts_with(PE_PREFIX)) {
+        let subject = Subject::Pe {
+            object_key: o.key.clone(),
+        };
+        if o.key.ends_with('/') {
+            out.skip(subject, None, Reason::DirectoryKey);
+            continue;
+        }
+        let key = identity::pe_key(&s.bucket, &o.key);
+        let cand = Candidate {
+            kind: Kind::Pe,
+            key,
+            object: o,
+            image: None,
+        };
+        out.judge(cand, subject, inv, s);
+    }
+
+    match &inv.ims {
+        Err(e) => {
+            out.uncertainty.rootfs = Some(format!("IMS unavailable: {e}"));
+            out.verdicts.push(Verdict {
+                subject: Subject::Image {
+                    id: "*".into(),
+                    name: "*".into(),
+                },
+                identity: None,
+                object_key: None,
+                outcome: Outcome::Unknown {
+                    reason: Reason::ImsUnavailable { error: e.clone() },
+                },
+            });
+        }
+        Ok(records) => {
+            for r in records {
+                judge_image(&mut out, r, &by_key, inv, s);
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Details.
+
+struct Candidate<'a> {
+    kind: Kind,
+    key: String,
+    object: &'a S3Object,
+    image: Option<&'a ImageRecord>,
+}
+
+fn image_subject(r: &ImageRecord) -> Subject {
+    Subject::Image {
+        id: r.id.clone(),
+        name: r.name.clone(),
+    }
+}
+
+/// Checks that need no manifest; returns the manifest path.
+fn pre_manifest_checks<'a>(r: &'a ImageRecord, s: &Settings) -> Result<&'a str, Reason> {
+    let path = match &r.link {
+        Some(l) if !l.path.trim().is_empty() => l.path.as_str(),
+        _ => return Err(Reason::NoLink),
+    };
+    if s.ims_tagging {
+        match &r.tagging {
+            Tagging::NoMetadata => {}
+            Tagging::Map(m) => match m.get(crate::inventory::TAG_KEY) {
+                Some(v) if v == "true" => {}
+                other => {
+                    return Err(Reason::Untagged {
+                        value: other.cloned(),
+                    })
+                }
+            },
+            Tagging::BuggyKeyValue { key, value } => {
+                return Err(Reason::BuggyMetadata {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+            }
+            Tagging::Invalid(detail) => {
+                return Err(Reason::InvalidMetadata {
+                    detail: detail.clone(),
+                })
+            }
+        }
+    }
+    match parse_s3_url(path) {
+        Some((bucket, _)) if bucket == s.bucket => Ok(path),
+        _ => Err(Reason::OutsideBucket {
+            path: path.to_string(),
+        }),
+    }
+}
+
+fn judge_image(
+    out: &mut Desired,
+    r: &ImageRecord,
+    by_key: &BTreeMap<&str, &S3Object>,
+    inv: &Inventory,
+    s: &Settings,
+) {
+    let subject = image_subject(r);
+    let manifest_path = match pre_manifest_checks(r, s) {
+        Ok(p) => p,
+        Err(reason) => return out.skip(subject, None, reason),
+    };
+    let manifest = match inv.manifests.get(manifest_path) {
+        Some(Ok(m)) => m,
+        Some(Err(error)) => {
+            let in_listing = parse_s3_url(manifest_path)
+                .map(|(_, k)| by_key.contains_key(k))
+                .unwrap_or(false);
+            let reason = if in_listing {
+                Reason::ManifestError {
+                    path: manifest_path.to_string(),
+                    error: error.clone(),
+                }
+            } else {
+                return out.skip(
+                    subject,
+                    None,
+                    Reason::ManifestMissing {
+                        path: manifest_path.to_string(),
+                    },
+                );
+            };
+            out.uncertainty.images.insert(r.id.clone());
+            return out.unknown(subject, None, reason);
+        }
+        None => {
+            out.uncertainty.images.insert(r.id.clone());
+            return out.unknown(
+                subject,
+                None,
+                Reason::ManifestNotFetched {
+                    path: manifest_path.to_string(),
+                },
+            );
+        }
+    };
+    let rootfs: Vec<_> = manifest
+        .artifacts
+        .iter()
+        .filter(|a| a.kind == ROOTFS_ARTIFACT_TYPE)
+        .collect();
+    let artifact = match rootfs.as_slice() {
+        [] => return out.skip(subject, None, Reason::NoRootfsArtifact),
+        [one] => one,
+        many => {
+            return out.skip(
+                subject,
+                None,
+                Reason::SeveralRootfsArtifacts { count: many.len() },
+            )
+        }
+    };
+    let link = match &artifact.link {
+        Some(l) if !l.path.trim().is_empty() => l,
+        _ => return out.skip(subject, None, Reason::RootfsWithoutLink),
+    };
+    let etag = match link.etag.as_deref() {
+        Some(e) if !e.trim().is_empty() => e,
+        _ => return out.skip(subject, None, Reason::EtagMissing),
+    };
+    let object_key = match parse_s3_url(&link.path) {
+        Some((bucket, key)) if bucket == s.bucket => key,
+        _ => {
+            return out.skip(
+                subject,
+                None,
+                Reason::OutsideBucket {
+                    path: link.path.clone(),
+                },
+            )
+        }
+    };
+    let object = match by_key.get(object_key) {
+        Some(o) => *o,
+        None => {
+            return out.skip(
+                subject,
+                None,
+                Reason::NotInS3 {
+                    object_key: object_key.to_string(),
+                },
+            )
+        }
+    };
+    if strip_etag_quotes(etag) != object.etag {
+        return out.skip(
+            subject,
+            None,
+            Reason::EtagMismatch {
+                manifest: etag.to_string(),
+                s3: object.etag.clone(),
+            },
+        );
+    }
+    let cand = Candidate {
+        kind: Kind::Rootfs,
+        key: identity::rootfs_key(&link.path, etag),
+        object,
+        image: Some(r),
+    };
+    out.judge(cand, subject, inv, s);
+}
+
+impl Desired {
+    fn skip(&mut self, subject: Subject, identity: Option<Identity>, reason: Reason) {
+        self.verdicts.push(Verdict {
+            subject,
+            identity,
+            object_key: None,
+            outcome: Outcome::Skipped { reason },
+        });
+    }
+
+    fn unknown(&mut self, subject: Subject, identity: Option<Identity>, reason: Reason) {
+        if let Some(id) = &identity {
+            self.uncertainty.serials.insert(id.serial.clone());
+        }
+        self.verdicts.push(Verdict {
+            subject,
+            identity,
+            object_key: None,
+            outcome: Outcome::Unknown { reason },
+        });
+    }
+
+    /// The checks shared by PE and rootfs candidates: path safety and the mount.
+    fn judge(&mut self, c: Candidate<'_>, subject: Subject, inv: &Inventory, s: &Settings) {
+        let id = Identity::of_key(&c.key);
+        let path = s.mount_root.join(&c.object.key);
+        let outcome = match self.mount_outcome(&c, &id, &path, inv, s) {
+            Ok(size) => {
+                self.projections.insert(
+                    id.serial.clone(),
+                    Projection {
+                        kind: c.kind,
+                        key: c.key,
+                        identity: id.clone(),
+                        object_key: c.object.key.clone(),
+                        path,
+                        size,
+                        etag: c.object.etag.clone(),
+                        image_id: c.image.map(|r| r.id.clone()),
+                        image_name: c.image.map(|r| r.name.clone()),
+                    },
+                );
+                Outcome::Projected {
+                    serial: id.serial.clone(),
+                }
+            }
+            Err(outcome) => outcome,
+        };
+        if let Outcome::Unknown { .. } = outcome {
+            self.uncertainty.serials.insert(id.serial.clone());
+        }
+        self.verdicts.push(Verdict {
+            subject,
+            identity: Some(id),
+            object_key: Some(c.object.key.clone()),
+            outcome,
+        });
+    }
+
+    /// The projected size, or the outcome that stops the candidate.
+    fn mount_outcome(
+        &self,
+        c: &Candidate<'_>,
+        id: &Identity,
+        path: &Path,
+        inv: &Inventory,
+        s: &Settings,
+    ) -> Result<u64, Outcome> {
+        let skip = |reason| Err(Outcome::Skipped { reason });
+        let unknown = |reason| Err(Outcome::Unknown { reason });
+        if let Err(detail) = lexically_inside(&c.object.key) {
+            return skip(Reason::OutsideMount { detail });
+        }
+        if let Err(detail) = kernel_safe_path(path) {
+            return skip(Reason::UnsafePath { detail });
+        }
+        let _ = s;
+        match inv.mount.get(&c.object.key) {
+            None => unknown(Reason::MountNotChecked),
+            Some(MountEntry::Error(error)) => unknown(Reason::MountError {
+                error: error.clone(),
+            }),
+            Some(MountEntry::Missing) => unknown(Reason::NotInMount {
+                path: path.to_path_buf(),
+            }),
+            Some(MountEntry::NotRegular) => skip(Reason::NotRegularFile {
+                path: path.to_path_buf(),
+            }),
+            Some(MountEntry::Outside(detail)) => skip(Reason::OutsideMount {
+                detail: detail.clone(),
+            }),
+            Some(MountEntry::File { size }) if *size != c.object.size => {
+                unknown(Reason::NotReady {
+                    s3_size: c.object.size,
+                    mount_size: *size,
+                })
+            }
+            Some(MountEntry::File { .. }) if self.projections.contains_key(&id.serial) => {
+                skip(Reason::Duplicate {
+                    serial: id.serial.clone(),
+                })
+            }
+            Some(MountEntry::File { size }) => Ok(*size),
+        }
+    }
+}
+
+/// Rejects object keys that would leave the mount by their letters alone: absolute
+/// components, `..`, empty, NUL. Symlinks are the mount adapter's business.
+pub fn lexically_inside(object_key: &str) -> Result<(), String> {
+    if object_key.is_empty() {
+        return Err("empty key".into());
+    }
+    if object_key.contains('\0') {
+        return Err("key contains NUL".into());
+    }
+    if object_key.starts_with('/') {
+        return Err(format!("key {object_key:?} is absolute"));
+    }
+    for c in Path::new(object_key).components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return Err(format!("key {object_key:?} contains '..'")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("key {object_key:?} is absolute"))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The kernel splits `control` into `key=value` pairs on `,` and newline
+/// (`fd_set_configfs_dev_params`), and bounds `fd_dev_name` to 255 bytes. A path that breaks that
+/// parser would configure a different file than the one checked.
+pub fn kernel_safe_path(path: &Path) -> Result<(), String> {
+    let s = path
+        .to_str()
+        .ok_or_else(|| format!("{} is not UTF-8", path.display()))?;
+    if s.len() > MAX_KERNEL_PATH {
+        return Err(format!(
+            "{} bytes, the kernel accepts at most {MAX_KERNEL_PATH}",
+            s.len()
+        ));
+    }
+    if let Some(c) = s.chars().find(|c| *c == ',' || c.is_control()) {
+        return Err(format!("contains {c:?}"));
+    }
+    Ok(())
+}

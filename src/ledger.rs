@@ -1,0 +1,292 @@
+//! The ledger: what the agent must remember between scans and restarts.
+//!
+//! * the LUN number of every projection, so an image keeps its number for life,
+//!   also after the target was cleared or the agent restarted;
+//! * quarantined LUN numbers, so a number an initiator may still hold is not given
+//!   to other content (Linux does not notice a LUN's content changing);
+//! * when each absence began, for the removal grace period.
+//!
+//! Stored as JSON, written atomically (temp file, fsync, rename, fsync of the
+//! directory), mode 0600. A corrupt file is renamed aside and reported, never
+//! silently replaced.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::Kind;
+
+/// Current on-disk format version.
+pub const VERSION: u32 = 1;
+
+/// One exported image's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LunRecord {
+    pub lun: u64,
+    pub name: String,
+    pub kind: Option<Kind>,
+    pub key: Option<String>,
+    pub image_id: Option<String>,
+    /// The S3 ETag when the backstore was created or adopted (PE content-change detection).
+    pub etag: Option<String>,
+    pub size: Option<u64>,
+    /// When the agent first saw it exported (seconds since the epoch).
+    pub since: u64,
+}
+
+/// A freed LUN number that must not carry other content before `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    /// The serial that held the number.
+    pub serial: Option<String>,
+    /// The ETag of the content it held: the same serial with the same content may come back.
+    pub etag: Option<String>,
+    pub size: Option<u64>,
+    /// False when the number was freed because its content changed: then not even the
+    /// same serial may have it back.
+    pub same_serial_may_return: bool,
+    pub until: u64,
+}
+
+/// The persisted state.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Ledger {
+    #[serde(default)]
+    pub version: u32,
+    /// By unit serial.
+    #[serde(default)]
+    pub luns: BTreeMap<String, LunRecord>,
+    /// By LUN number.
+    #[serde(default)]
+    pub quarantine: BTreeMap<u64, Quarantine>,
+    /// Unit serial → when it was first seen absent (seconds since the epoch).
+    #[serde(default)]
+    pub absent_since: BTreeMap<String, u64>,
+    /// When a scan last converged (seconds since the epoch).
+    #[serde(default)]
+    pub last_converged: Option<u64>,
+}
+
+/// Errors of ledger I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("cannot read ledger {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write ledger {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("ledger {path} is corrupt ({detail}); moved aside to {aside}")]
+    Corrupt {
+        path: PathBuf,
+        detail: String,
+        aside: PathBuf,
+    },
+}
+
+/// What loading found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// No file: a fresh start.
+    Fresh(Ledger),
+    Existing(Ledger),
+    /// The file was corrupt and has been moved to `aside`; starting fresh.
+    Recovered {
+        ledger: Ledger,
+        aside: PathBuf,
+        detail: String,
+    },
+}
+
+impl Loaded {
+    pub fn into_ledger(self) -> Ledger {
+        match self {
+            Loaded::Fresh(l) | Loaded::Existing(l) => l,
+            Loaded::Recovered { ledger, .. } => ledger,
+        }
+    }
+}
+
+impl Ledger {
+    pub fn new() -> Ledger {
+        Ledger {
+            version: VERSION,
+            ..Ledger::default()
+        }
+    }
+
+    /// Loads the ledger at `path`. A missing file is a fresh start; a corrupt one is
+    /// moved aside (`<path>.corrupt-<now>`) and reported in the result.
+    pub fn load(path: &Path, now: u64) -> Result<Loaded, LedgerError> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Loaded::Fresh(Ledger::new()))
+            }
+            Err(source) => {
+                return Err(LedgerError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        match serde_json::from_slice::<Ledger>(&bytes) {
+            Ok(mut l) if l.version <= VERSION => {
+                l.version = VERSION;
+                Ok(Loaded::Existing(l))
+            }
+            Ok(l) => Self::set_aside(path, now, format!("unknown version {}", l.version)),
+            Err(e) => Self::set_aside(path, now, e.to_string()),
+        }
+    }
+
+    fn set_aside(path: &Path, now: u64, detail: String) -> Result<Loaded, LedgerError> {
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".corrupt-{now}"));
+        let aside = PathBuf::from(aside);
+        fs::rename(path, &aside).map_err(|source| LedgerError::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Loaded::Recovered {
+            ledger: Ledger::new(),
+            aside,
+            detail,
+        })
+    }
+
+    /// Writes the ledger atomically with mode 0600.
+    pub fn save(&self, path: &Path) -> Result<(), LedgerError> {
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| LedgerError::Write {
+            path: path.to_path_buf(),
+            source: io::Error::other(e),
+        })?;
+        bytes.push(b'\n');
+        write_atomic(path, &bytes).map_err(|source| LedgerError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The LUN number reserved for `serial`, if any.
+    pub fn lun_of(&self, serial: &str) -> Option<u64> {
+        self.luns.get(serial).map(|r| r.lun)
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory created
+/// 0600, fsync, rename over `path`, fsync of the directory. A crash leaves either
+/// the old or the new file, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_is_fresh_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::load(&dir.path().join("state.json"), 1).unwrap();
+        assert!(matches!(l, Loaded::Fresh(ref x) if x.luns.is_empty()));
+    }
+
+    #[test]
+    fn round_trip_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        let mut l = Ledger::new();
+        l.luns.insert(
+            "abc".into(),
+            LunRecord {
+                lun: 3,
+                name: "abc".into(),
+                kind: Some(Kind::Pe),
+                key: Some("s3://b/PE/x".into()),
+                image_id: None,
+                etag: Some("e".into()),
+                size: Some(4),
+                since: 10,
+            },
+        );
+        l.quarantine.insert(
+            7,
+            Quarantine {
+                serial: Some("x".into()),
+                etag: None,
+                size: None,
+                same_serial_may_return: true,
+                until: 99,
+            },
+        );
+        l.save(&p).unwrap();
+        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let back = Ledger::load(&p, 2).unwrap().into_ledger();
+        assert_eq!(back, l);
+        // no temp file left behind
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        fs::write(&p, b"{ not json").unwrap();
+        match Ledger::load(&p, 42).unwrap() {
+            Loaded::Recovered {
+                aside,
+                detail,
+                ledger,
+            } => {
+                assert!(ledger.luns.is_empty());
+                assert!(!detail.is_empty());
+                assert_eq!(fs::read(&aside).unwrap(), b"{ not json");
+                assert!(aside.to_string_lossy().ends_with(".corrupt-42"));
+                assert!(!p.exists());
+            }
+            other => panic!("expected Recovered, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn old_agent_state_file_is_accepted() {
+        // The original agent's /var/lib/sbps-marshal/state.json holds {"initialized": true}.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        fs::write(&p, br#"{"initialized": true}"#).unwrap();
+        let l = Ledger::load(&p, 1).unwrap();
+        assert!(matches!(l, Loaded::Existing(ref x) if x.luns.is_empty()));
+    }
+}

@@ -1,0 +1,6 @@
+pub mod desired;
+pub mod identity;
+pub mod inventory;
+pub mod ledger;
+pub mod lio;
+pub mod plan;

@@ -1,0 +1,722 @@
+//! The plan: the smallest safe set of LIO changes that makes Actual match Desired.
+//!
+//! Pure: `plan(desired, actual, ledger, policy, now)` decides, the agent applies.
+//! Every safety rule of the design lives here, where it is property-tested:
+//!
+//! 1. unknown is not absent: a projection the inventory could not see is held;
+//! 3. own only what is ours: only fileio backstores whose file lies under the mount
+//!    root are managed; anything else is reported and never touched;
+//! 4. LUN numbers are identities: a projection keeps its number while desired (and
+//!    gets its old number back after the target was cleared); a new projection gets
+//!    the lowest number that is free, not reserved, not quarantined, and not 0;
+//!    a freed number is quarantined;
+//! 5. removal is conservative: only after the grace period, and a scan that would
+//!    remove more than the brake ratio of all managed projections removes nothing;
+//! 7. the TPG follows the node label, and is enabled only by a scan whose other
+//!    operations all succeed (the apply phase order guarantees that).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::{Desired, Kind, Projection};
+use crate::identity;
+use crate::ledger::{Ledger, LunRecord, Quarantine};
+use crate::lio::{Actual, Backstore, BackstoreRef, Op};
+
+/// Highest LUN number handed out (rtslib's MAX_TARGET_LUN).
+pub const MAX_LUN: u64 = 65535;
+
+/// What the policy says; all durations in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    pub mount_root: PathBuf,
+    /// How long an image must be known absent before its LUN is removed.
+    pub grace_secs: u64,
+    /// How long a freed LUN number stays unused.
+    pub quarantine_secs: u64,
+    /// A scan removing more than this share of the managed projections removes nothing.
+    pub brake_ratio: f64,
+    /// …unless it removes at most this many.
+    pub brake_min: usize,
+    /// Release the brake for this scan (operator override).
+    pub brake_released: bool,
+    /// The node label: `Some(true)` labelled, `Some(false)` not, `None` unknown.
+    pub labelled: Option<bool>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            mount_root: PathBuf::from("/var/lib/cps-local/boot-images"),
+            grace_secs: 600,
+            quarantine_secs: 7 * 24 * 3600,
+            brake_ratio: 0.5,
+            brake_min: 2,
+            brake_released: false,
+            labelled: Some(true),
+        }
+    }
+}
+
+/// Why a removal did not happen this scan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "why", rename_all = "kebab-case")]
+pub enum HoldReason {
+    /// The inventory could not see this image.
+    Unknown { detail: String },
+    /// Known absent since `since`; removable at `remove_at`.
+    Grace { since: u64, remove_at: u64 },
+    /// The deletion brake: this scan would remove `removals` of `managed`.
+    Brake { removals: usize, managed: usize },
+}
+
+impl fmt::Display for HoldReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HoldReason::Unknown { detail } => write!(f, "state unknown: {detail}"),
+            HoldReason::Grace { since, remove_at } => {
+                write!(f, "absent since {since}, grace period until {remove_at}")
+            }
+            HoldReason::Brake { removals, managed } => write!(
+                f,
+                "deletion brake: this scan would remove {removals} of {managed} projections"
+            ),
+        }
+    }
+}
+
+/// A projection that is no longer desired but stays for now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Held {
+    pub at: BackstoreRef,
+    pub serial: Option<String>,
+    pub luns: Vec<u64>,
+    pub reason: HoldReason,
+}
+
+/// Something an operator should know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "warning", rename_all = "kebab-case")]
+pub enum Warning {
+    /// The configured target or its TPG does not exist: no LUN can be mapped.
+    NoTarget,
+    /// A PE object's content changed under the same key (same serial, new ETag).
+    ContentChanged {
+        serial: String,
+        object_key: String,
+        was: String,
+        now: String,
+    },
+    /// A backstore is exported under more than one LUN; the extras are removed.
+    DuplicateLun { serial: String, luns: Vec<u64> },
+    /// Two desired projections share a backstore name (a 60-bit prefix collision).
+    NameCollision { name: String },
+    /// No LUN number is left.
+    LunSpaceExhausted,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::NoTarget => write!(f, "the configured iSCSI target/TPG does not exist; LUNs cannot be mapped"),
+            Warning::ContentChanged { serial, object_key, was, now } => write!(
+                f,
+                "content of {object_key} changed under the same key (serial {serial}, ETag {was} -> {now}); initiators may read inconsistent data: publish new content under a new name"
+            ),
+            Warning::DuplicateLun { serial, luns } => {
+                write!(f, "serial {serial} is exported at several LUNs {luns:?}")
+            }
+            Warning::NameCollision { name } => write!(f, "two images map to backstore name {name}"),
+            Warning::LunSpaceExhausted => write!(f, "no free LUN number left"),
+        }
+    }
+}
+
+/// The result of planning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// In phase order.
+    pub ops: Vec<Op>,
+    pub held: Vec<Held>,
+    pub warnings: Vec<Warning>,
+    /// Backstores LIO holds that the agent does not own.
+    pub unmanaged: Vec<BackstoreRef>,
+    /// The brake engaged this scan.
+    pub brake: bool,
+    /// The ledger to persist (before applying: quarantines are written ahead).
+    pub ledger: Ledger,
+}
+
+impl Plan {
+    /// Ops that remove an exported LUN.
+    pub fn removals(&self) -> impl Iterator<Item = &Op> {
+        self.ops.iter().filter(|o| {
+            matches!(
+                o,
+                Op::UnmapLun {
+                    serial: Some(_),
+                    ..
+                }
+            )
+        })
+    }
+}
+
+/// Computes the plan.
+pub fn plan(
+    desired: &Desired,
+    actual: &Actual,
+    ledger: &Ledger,
+    policy: &Policy,
+    now: u64,
+) -> Plan {
+    Planner::new(desired, actual, ledger, policy, now).run()
+}
+
+/// True when `path` lies strictly under `root`, compared lexically after removing
+/// `.` components and trailing slashes (the kernel reports the path it was given).
+pub fn under_root(path: &Path, root: &Path) -> bool {
+    let norm = |p: &Path| -> Option<Vec<String>> {
+        let mut v = Vec::new();
+        for c in p.components() {
+            match c {
+                Component::RootDir => {}
+                Component::CurDir => {}
+                Component::Normal(s) => v.push(s.to_string_lossy().into_owned()),
+                Component::ParentDir | Component::Prefix(_) => return None,
+            }
+        }
+        Some(v)
+    };
+    match (norm(path), norm(root)) {
+        (Some(p), Some(r)) => p.len() > r.len() && p[..r.len()] == r[..],
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Details.
+
+struct Planner<'a> {
+    desired: &'a Desired,
+    actual: &'a Actual,
+    old: &'a Ledger,
+    policy: &'a Policy,
+    now: u64,
+    ops: Vec<Op>,
+    held: Vec<Held>,
+    warnings: Vec<Warning>,
+    unmanaged: Vec<BackstoreRef>,
+    ledger: Ledger,
+    /// LUN numbers that exist (linked) and are not being unmapped.
+    luns_taken: BTreeSet<u64>,
+    /// HBA indexes in use or allocated (rtslib allocates across all plugins).
+    hbas_taken: BTreeSet<u32>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(
+        desired: &'a Desired,
+        actual: &'a Actual,
+        old: &'a Ledger,
+        policy: &'a Policy,
+        now: u64,
+    ) -> Self {
+        let mut ledger = old.clone();
+        ledger.version = crate::ledger::VERSION;
+        ledger.quarantine.retain(|_, q| q.until > now);
+        Planner {
+            desired,
+            actual,
+            old,
+            policy,
+            now,
+            ops: Vec::new(),
+            held: Vec::new(),
+            warnings: Vec::new(),
+            unmanaged: Vec::new(),
+            ledger,
+            luns_taken: BTreeSet::new(),
+            hbas_taken: actual
+                .hbas
+                .iter()
+                .map(|(_, i)| *i)
+                .chain(actual.backstores.iter().map(|b| b.at.hba))
+                .collect(),
+        }
+    }
+
+    fn run(mut self) -> Plan {
+        let Some(tpg) = &self.actual.tpg else {
+            self.warnings.push(Warning::NoTarget);
+            return self.finish(false);
+        };
+        let luns_of = self.actual.luns_by_backstore();
+        // Empty LUN directories (interrupted creates) are cleaned up; their numbers are free.
+        for l in tpg.luns.values() {
+            if l.backstore.is_some() {
+                self.luns_taken.insert(l.index);
+            } else {
+                self.ops.push(Op::UnmapLun {
+                    lun: l.index,
+                    serial: None,
+                });
+            }
+        }
+
+        // Which desired projection each managed backstore serves, by name.
+        let mut wanted: BTreeMap<&str, &Projection> = BTreeMap::new();
+        for p in self.desired.projections.values() {
+            if wanted.insert(p.identity.name.as_str(), p).is_some() {
+                self.warnings.push(Warning::NameCollision {
+                    name: p.identity.name.clone(),
+                });
+            }
+        }
+
+        let mut kept: BTreeSet<&str> = BTreeSet::new(); // serials served by a kept backstore
+        let mut removals: Vec<(&Backstore, Vec<u64>)> = Vec::new();
+        let mut garbage: Vec<(&Backstore, Vec<u64>)> = Vec::new();
+        let mut replaced: Vec<(&Backstore, Vec<u64>)> = Vec::new();
+        let mut managed = 0usize;
+
+        for b in &self.actual.backstores {
+            let luns = luns_of.get(&b.at).cloned().unwrap_or_default();
+            if !self.is_managed(b, &wanted) {
+                self.unmanaged.push(b.at.clone());
+                continue;
+            }
+            if b.enabled {
+                managed += 1;
+            }
+            match wanted.get(b.at.name.as_str()) {
+                Some(p) if matches(b, p) && !kept.contains(p.identity.serial.as_str()) => {
+                    kept.insert(p.identity.serial.as_str());
+                    self.keep(b, p, luns);
+                }
+                // Same name, other content (or a second copy): replace, never rewrite in place.
+                Some(_) => replaced.push((b, luns)),
+                None if luns.is_empty() && !b.enabled => garbage.push((b, luns)),
+                None => removals.push((b, luns)),
+            }
+        }
+
+        // Replacements and garbage go now; their numbers are quarantined for good.
+        for (b, luns) in replaced.into_iter().chain(garbage) {
+            for lun in &luns {
+                self.unmap(*lun, b, false);
+            }
+            self.ops.push(Op::DeleteBackstore { at: b.at.clone() });
+            if let Some(s) = &b.serial {
+                if !kept.contains(s.as_str()) {
+                    self.ledger.luns.remove(s);
+                }
+            }
+        }
+
+        self.removals(removals, managed);
+
+        // New projections.
+        let mut creates: Vec<&Projection> = self
+            .desired
+            .projections
+            .values()
+            .filter(|p| !kept.contains(p.identity.serial.as_str()))
+            .collect();
+        creates.sort_by_key(|p| {
+            (
+                self.old.lun_of(&p.identity.serial).is_none(),
+                p.identity.serial.clone(),
+            )
+        });
+        for p in creates {
+            self.create(p);
+        }
+
+        // Ledger records of images that are neither desired nor in LIO (the target was
+        // cleared while they were absent): free their numbers through quarantine.
+        let present: BTreeSet<&str> = self
+            .actual
+            .backstores
+            .iter()
+            .filter_map(|b| b.serial.as_deref())
+            .collect();
+        let stale: Vec<String> = self
+            .ledger
+            .luns
+            .keys()
+            .filter(|s| !self.desired.projections.contains_key(*s) && !present.contains(s.as_str()))
+            .cloned()
+            .collect();
+        for s in stale {
+            if self.uncertain_why(Some(&s)).is_some() {
+                continue;
+            }
+            if let Some(r) = self.ledger.luns.remove(&s) {
+                self.quarantine(r.lun, Some(s.clone()), r.etag, r.size, true);
+            }
+        }
+        self.ledger.absent_since.retain(|s, _| {
+            present.contains(s.as_str()) && !self.desired.projections.contains_key(s)
+        });
+
+        // Empty HBA directories left by interrupted creates.
+        let used: BTreeSet<(String, u32)> = self
+            .actual
+            .backstores
+            .iter()
+            .map(|b| (b.at.plugin.clone(), b.at.hba))
+            .collect();
+        for (plugin, hba) in &self.actual.hbas {
+            if plugin == "fileio" && !used.contains(&(plugin.clone(), *hba)) {
+                self.ops.push(Op::RemoveEmptyHba {
+                    plugin: plugin.clone(),
+                    hba: *hba,
+                });
+            }
+        }
+
+        let enabled = tpg.enabled;
+        self.finish(enabled)
+    }
+
+    fn finish(mut self, tpg_enabled: bool) -> Plan {
+        let has_tpg = self.actual.tpg.is_some();
+        match self.policy.labelled {
+            Some(false) if has_tpg && tpg_enabled => self.ops.push(Op::DisableTpg),
+            Some(true) if has_tpg && !tpg_enabled => self.ops.push(Op::EnableTpg),
+            _ => {}
+        }
+        self.ops.sort_by_key(|o| o.phase());
+        let brake = self
+            .held
+            .iter()
+            .any(|h| matches!(h.reason, HoldReason::Brake { .. }));
+        Plan {
+            ops: self.ops,
+            held: self.held,
+            warnings: self.warnings,
+            unmanaged: self.unmanaged,
+            brake,
+            ledger: self.ledger,
+        }
+    }
+
+    /// Rule 3: fileio, file under the mount root; or (an interrupted create with no
+    /// file recorded yet) a derived name that the agent wants or remembers.
+    fn is_managed(&self, b: &Backstore, wanted: &BTreeMap<&str, &Projection>) -> bool {
+        if b.at.plugin != "fileio" {
+            return false;
+        }
+        match &b.dev {
+            Some(dev) => under_root(dev, &self.policy.mount_root),
+            None => {
+                identity::is_derived_name(&b.at.name)
+                    && (wanted.contains_key(b.at.name.as_str())
+                        || self.old.luns.values().any(|r| r.name == b.at.name))
+            }
+        }
+    }
+
+    fn keep(&mut self, b: &Backstore, p: &Projection, luns: Vec<u64>) {
+        let serial = &p.identity.serial;
+        self.ledger.absent_since.remove(serial);
+        let remembered = self.old.lun_of(serial);
+        let keep_lun = match (&luns[..], remembered) {
+            ([], _) => None,
+            (ls, Some(r)) if ls.contains(&r) => Some(r),
+            (ls, _) => ls.iter().copied().min(),
+        };
+        if luns.len() > 1 {
+            self.warnings.push(Warning::DuplicateLun {
+                serial: serial.clone(),
+                luns: luns.clone(),
+            });
+            for l in luns.iter().filter(|l| Some(**l) != keep_lun) {
+                self.unmap(*l, b, true);
+            }
+        }
+        let old = self.old.luns.get(serial);
+        if p.kind == Kind::Pe {
+            if let Some(was) = old.and_then(|r| r.etag.as_ref()) {
+                if *was != p.etag {
+                    self.warnings.push(Warning::ContentChanged {
+                        serial: serial.clone(),
+                        object_key: p.object_key.clone(),
+                        was: was.clone(),
+                        now: p.etag.clone(),
+                    });
+                }
+            }
+        }
+        let lun = match keep_lun {
+            Some(l) => l,
+            None => match self.allocate(p) {
+                Some(l) => {
+                    self.ops.push(Op::MapLun {
+                        lun: l,
+                        at: b.at.clone(),
+                        alias: alias_for(serial),
+                    });
+                    l
+                }
+                None => return,
+            },
+        };
+        self.record(p, lun, old);
+    }
+
+    fn create(&mut self, p: &Projection) {
+        let hba = self.allocate_hba();
+        let at = BackstoreRef::fileio(hba, &p.identity.name);
+        self.ops.push(Op::CreateBackstore {
+            at: at.clone(),
+            path: p.path.clone(),
+            size: p.size,
+            serial: p.identity.serial.clone(),
+        });
+        self.ledger.absent_since.remove(&p.identity.serial);
+        if let Some(lun) = self.allocate(p) {
+            self.ops.push(Op::MapLun {
+                lun,
+                at,
+                alias: alias_for(&p.identity.serial),
+            });
+            let old = self
+                .old
+                .luns
+                .get(&p.identity.serial)
+                .filter(|r| r.lun == lun);
+            self.record(p, lun, old);
+        }
+    }
+
+    fn record(&mut self, p: &Projection, lun: u64, old: Option<&LunRecord>) {
+        let rec = LunRecord {
+            lun,
+            name: p.identity.name.clone(),
+            kind: Some(p.kind),
+            key: Some(p.key.clone()),
+            image_id: p.image_id.clone(),
+            etag: old
+                .and_then(|r| r.etag.clone())
+                .or_else(|| Some(p.etag.clone())),
+            size: Some(p.size),
+            since: old.map(|r| r.since).unwrap_or(self.now),
+        };
+        self.ledger.luns.insert(p.identity.serial.clone(), rec);
+        self.luns_taken.insert(lun);
+    }
+
+    fn removals(&mut self, candidates: Vec<(&Backstore, Vec<u64>)>, managed: usize) {
+        let mut due = Vec::new();
+        for (b, luns) in candidates {
+            let serial = b.serial.clone();
+            if let Some(detail) = self.uncertain_why(serial.as_deref()) {
+                self.held.push(Held {
+                    at: b.at.clone(),
+                    serial,
+                    luns,
+                    reason: HoldReason::Unknown { detail },
+                });
+                continue;
+            }
+            let key = serial.clone().unwrap_or_else(|| b.at.to_string());
+            let since = *self.ledger.absent_since.entry(key).or_insert(self.now);
+            let remove_at = since.saturating_add(self.policy.grace_secs);
+            if self.now < remove_at {
+                self.held.push(Held {
+                    at: b.at.clone(),
+                    serial,
+                    luns,
+                    reason: HoldReason::Grace { since, remove_at },
+                });
+                continue;
+            }
+            due.push((b, luns));
+        }
+        if !self.policy.brake_released && brake_engages(due.len(), managed, self.policy) {
+            let reason = HoldReason::Brake {
+                removals: due.len(),
+                managed,
+            };
+            for (b, luns) in due {
+                self.held.push(Held {
+                    at: b.at.clone(),
+                    serial: b.serial.clone(),
+                    luns,
+                    reason: reason.clone(),
+                });
+            }
+            return;
+        }
+        for (b, luns) in due {
+            for l in &luns {
+                self.unmap(*l, b, true);
+            }
+            self.ops.push(Op::DeleteBackstore { at: b.at.clone() });
+            let key = b.serial.clone().unwrap_or_else(|| b.at.to_string());
+            self.ledger.luns.remove(&key);
+            self.ledger.absent_since.remove(&key);
+        }
+    }
+
+    /// Rule 1: why this serial's absence cannot be trusted, if it cannot.
+    fn uncertain_why(&self, serial: Option<&str>) -> Option<String> {
+        let u = &self.desired.uncertainty;
+        if let Some(e) = &u.everything {
+            return Some(e.clone());
+        }
+        if serial.is_some_and(|s| u.serials.contains(s)) {
+            return Some("the inventory could not tell whether this image is still wanted".into());
+        }
+        let rec = serial.and_then(|s| self.old.luns.get(s));
+        if let Some(e) = &u.rootfs {
+            if rec.and_then(|r| r.kind) != Some(Kind::Pe) {
+                return Some(e.clone());
+            }
+        }
+        if !u.images.is_empty() {
+            match rec.and_then(|r| r.image_id.as_ref()) {
+                Some(id) if u.images.contains(id) => {
+                    return Some(format!("manifest of IMS image {id} unavailable"))
+                }
+                Some(_) => {}
+                None if rec.and_then(|r| r.kind) == Some(Kind::Pe) => {}
+                None => return Some(format!("{} IMS image(s) could not be evaluated and this backstore cannot be attributed", u.images.len())),
+            }
+        }
+        None
+    }
+
+    /// Unmaps `lun` of `b` and quarantines the number.
+    fn unmap(&mut self, lun: u64, b: &Backstore, same_serial_may_return: bool) {
+        self.ops.push(Op::UnmapLun {
+            lun,
+            serial: b.serial.clone(),
+        });
+        self.luns_taken.remove(&lun);
+        let rec = b.serial.as_ref().and_then(|s| self.old.luns.get(s));
+        self.quarantine(
+            lun,
+            b.serial.clone(),
+            rec.and_then(|r| r.etag.clone()),
+            b.size,
+            same_serial_may_return,
+        );
+    }
+
+    fn quarantine(
+        &mut self,
+        lun: u64,
+        serial: Option<String>,
+        etag: Option<String>,
+        size: Option<u64>,
+        same: bool,
+    ) {
+        self.ledger.quarantine.insert(
+            lun,
+            Quarantine {
+                serial,
+                etag,
+                size,
+                same_serial_may_return: same,
+                until: self.now.saturating_add(self.policy.quarantine_secs),
+            },
+        );
+    }
+
+    /// Rule 4: the remembered number if it is still this image's to take, else the
+    /// lowest number that is not 0, not taken, not reserved and not quarantined.
+    fn allocate(&mut self, p: &Projection) -> Option<u64> {
+        let serial = &p.identity.serial;
+        let reserved: BTreeSet<u64> = self
+            .ledger
+            .luns
+            .iter()
+            .filter(|(s, _)| *s != serial)
+            .map(|(_, r)| r.lun)
+            .collect();
+        let remembered = self.ledger.lun_of(serial);
+        let may_take = |n: u64, this: &Self| -> bool {
+            // 0 only back to the image that already had it: an unmapped LUN 0 silently
+            // serves zeros, so no new image starts there.
+            if (n == 0 && remembered != Some(0))
+                || this.luns_taken.contains(&n)
+                || reserved.contains(&n)
+            {
+                return false;
+            }
+            match this.ledger.quarantine.get(&n) {
+                None => true,
+                Some(q) => {
+                    q.same_serial_may_return
+                        && q.serial.as_deref() == Some(serial.as_str())
+                        && q.size == Some(p.size)
+                        && q.etag.as_deref().is_none_or(|e| e == p.etag)
+                }
+            }
+        };
+        if let Some(r) = remembered {
+            if may_take(r, self) {
+                self.ledger.quarantine.remove(&r);
+                self.luns_taken.insert(r);
+                return Some(r);
+            }
+        }
+        if let Some((&n, _)) = self
+            .ledger
+            .quarantine
+            .iter()
+            .find(|(n, q)| q.serial.as_deref() == Some(serial.as_str()) && may_take(**n, self))
+        {
+            self.ledger.quarantine.remove(&n);
+            self.luns_taken.insert(n);
+            return Some(n);
+        }
+        let n = (1..=MAX_LUN).find(|n| may_take(*n, self));
+        match n {
+            Some(n) => {
+                self.luns_taken.insert(n);
+                Some(n)
+            }
+            None => {
+                self.warnings.push(Warning::LunSpaceExhausted);
+                None
+            }
+        }
+    }
+
+    /// rtslib's rule: the first index unused by any HBA of any plugin.
+    fn allocate_hba(&mut self) -> u32 {
+        let n = (0..).find(|n| !self.hbas_taken.contains(n)).unwrap_or(0);
+        self.hbas_taken.insert(n);
+        n
+    }
+}
+
+/// Rule 5: does removing `removals` of `managed` projections engage the brake?
+pub fn brake_engages(removals: usize, managed: usize, policy: &Policy) -> bool {
+    removals > policy.brake_min && (removals as f64) > policy.brake_ratio * (managed as f64)
+}
+
+/// A backstore serves a projection exactly when name, serial, file and size agree
+/// and the kernel has it open.
+fn matches(b: &Backstore, p: &Projection) -> bool {
+    b.enabled
+        && b.serial.as_deref() == Some(p.identity.serial.as_str())
+        && b.size == Some(p.size)
+        && b.dev.as_deref().is_some_and(|d| same_path(d, &p.path))
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    a.components().eq(b.components())
+}
+
+/// The LUN symlink name: stable, derived from the serial (rtslib uses 10 random hex).
+pub fn alias_for(serial: &str) -> String {
+    serial.chars().take(10).collect()
+}
