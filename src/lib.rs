@@ -1,3 +1,5 @@
+pub mod cli;
+pub mod config;
 pub mod desired;
 pub mod identity;
 pub mod inventory;

@@ -15,7 +15,9 @@
 //! 7. the TPG follows the node label, and is enabled only by a scan whose other
 //!    operations all succeed (the apply phase order guarantees that).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
@@ -69,7 +71,8 @@ pub enum HoldReason {
     Unknown { detail: String },
     /// Known absent since `since`; removable at `remove_at`.
     Grace { since: u64, remove_at: u64 },
-    /// The deletion brake: this scan would remove `removals` of `managed`.
+    /// The deletion brake: this scan would remove `removals` of the `managed`
+    /// projections involved (exported or wanted).
     Brake { removals: usize, managed: usize },
 }
 
@@ -179,22 +182,36 @@ pub fn plan(
 /// True when `path` lies strictly under `root`, compared lexically after removing
 /// `.` components and trailing slashes (the kernel reports the path it was given).
 pub fn under_root(path: &Path, root: &Path) -> bool {
-    let norm = |p: &Path| -> Option<Vec<String>> {
-        let mut v = Vec::new();
-        for c in p.components() {
-            match c {
-                Component::RootDir => {}
-                Component::CurDir => {}
-                Component::Normal(s) => v.push(s.to_string_lossy().into_owned()),
-                Component::ParentDir | Component::Prefix(_) => return None,
-            }
+    use std::os::unix::ffi::OsStrExt;
+    // Fast path for the common, already-clean form `<root>/<relative path>`.
+    let (p, r) = (path.as_os_str().as_bytes(), root.as_os_str().as_bytes());
+    if let Some(rest) = p.strip_prefix(r).and_then(|rest| rest.strip_prefix(b"/")) {
+        let clean = !rest.is_empty()
+            && !r.ends_with(b"/")
+            && rest
+                .split(|b| *b == b'/')
+                .all(|c| !c.is_empty() && c != b"." && c != b"..");
+        if clean {
+            return true;
         }
-        Some(v)
-    };
-    match (norm(path), norm(root)) {
-        (Some(p), Some(r)) => p.len() > r.len() && p[..r.len()] == r[..],
-        _ => false,
     }
+    fn parts(p: &Path) -> impl Iterator<Item = Option<&std::ffi::OsStr>> {
+        p.components().filter_map(|c| match c {
+            Component::Normal(s) => Some(Some(s)),
+            Component::RootDir | Component::CurDir => None,
+            Component::ParentDir | Component::Prefix(_) => Some(None),
+        })
+    }
+    let mut p = parts(path);
+    for r in parts(root) {
+        match (r, p.next()) {
+            (Some(r), Some(Some(c))) if r == c => {}
+            _ => return false,
+        }
+    }
+    // At least one more component, and no `..` anywhere after the root.
+    let mut rest = p.peekable();
+    rest.peek().is_some() && rest.all(|c| c.is_some())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,6 +232,14 @@ struct Planner<'a> {
     luns_taken: BTreeSet<u64>,
     /// HBA indexes in use or allocated (rtslib allocates across all plugins).
     hbas_taken: BTreeSet<u32>,
+    /// LUN numbers the ledger remembers, by number: not for other images.
+    reserved: HashMap<u64, &'a str>,
+    /// Quarantined numbers by the serial that held them.
+    quarantined_for: HashMap<String, Vec<u64>>,
+    /// Where the search for the lowest free number goes on.
+    cursor: u64,
+    /// Where the search for a free HBA index goes on.
+    hba_cursor: u32,
 }
 
 impl<'a> Planner<'a> {
@@ -228,6 +253,13 @@ impl<'a> Planner<'a> {
         let mut ledger = old.clone();
         ledger.version = crate::ledger::VERSION;
         ledger.quarantine.retain(|_, q| q.until > now);
+        let reserved = old.luns.iter().map(|(s, r)| (r.lun, s.as_str())).collect();
+        let mut quarantined_for: HashMap<String, Vec<u64>> = HashMap::default();
+        for (n, q) in &ledger.quarantine {
+            if let (Some(s), true) = (&q.serial, q.same_serial_may_return) {
+                quarantined_for.entry(s.clone()).or_default().push(*n);
+            }
+        }
         Planner {
             desired,
             actual,
@@ -239,6 +271,10 @@ impl<'a> Planner<'a> {
             warnings: Vec::new(),
             unmanaged: Vec::new(),
             ledger,
+            reserved,
+            quarantined_for,
+            cursor: 1,
+            hba_cursor: 0,
             luns_taken: BTreeSet::new(),
             hbas_taken: actual
                 .hbas
@@ -268,7 +304,8 @@ impl<'a> Planner<'a> {
         }
 
         // Which desired projection each managed backstore serves, by name.
-        let mut wanted: BTreeMap<&str, &Projection> = BTreeMap::new();
+        let mut wanted: HashMap<&str, &Projection> =
+            HashMap::with_capacity_and_hasher(self.desired.projections.len(), Default::default());
         for p in self.desired.projections.values() {
             if wanted.insert(p.identity.name.as_str(), p).is_some() {
                 self.warnings.push(Warning::NameCollision {
@@ -277,11 +314,19 @@ impl<'a> Planner<'a> {
             }
         }
 
-        let mut kept: BTreeSet<&str> = BTreeSet::new(); // serials served by a kept backstore
+        let mut kept: HashSet<&str> =
+            HashSet::with_capacity_and_hasher(self.desired.projections.len(), Default::default()); // serials served by a kept backstore
         let mut removals: Vec<(&Backstore, Vec<u64>)> = Vec::new();
         let mut garbage: Vec<(&Backstore, Vec<u64>)> = Vec::new();
         let mut replaced: Vec<(&Backstore, Vec<u64>)> = Vec::new();
-        let mut managed = 0usize;
+        // The brake's base: every projection involved, exported or wanted, so that the
+        // decision does not change once this scan's creations exist (idempotence).
+        let mut involved: HashSet<&str> = self
+            .desired
+            .projections
+            .keys()
+            .map(String::as_str)
+            .collect();
 
         for b in &self.actual.backstores {
             let luns = luns_of.get(&b.at).cloned().unwrap_or_default();
@@ -290,7 +335,7 @@ impl<'a> Planner<'a> {
                 continue;
             }
             if b.enabled {
-                managed += 1;
+                involved.insert(b.serial.as_deref().unwrap_or(b.at.name.as_str()));
             }
             match wanted.get(b.at.name.as_str()) {
                 Some(p) if matches(b, p) && !kept.contains(p.identity.serial.as_str()) => {
@@ -317,6 +362,7 @@ impl<'a> Planner<'a> {
             }
         }
 
+        let managed = involved.len();
         self.removals(removals, managed);
 
         // New projections.
@@ -338,7 +384,7 @@ impl<'a> Planner<'a> {
 
         // Ledger records of images that are neither desired nor in LIO (the target was
         // cleared while they were absent): free their numbers through quarantine.
-        let present: BTreeSet<&str> = self
+        let present: HashSet<&str> = self
             .actual
             .backstores
             .iter()
@@ -364,14 +410,14 @@ impl<'a> Planner<'a> {
         });
 
         // Empty HBA directories left by interrupted creates.
-        let used: BTreeSet<(String, u32)> = self
+        let used: HashSet<(&str, u32)> = self
             .actual
             .backstores
             .iter()
-            .map(|b| (b.at.plugin.clone(), b.at.hba))
+            .map(|b| (b.at.plugin.as_str(), b.at.hba))
             .collect();
         for (plugin, hba) in &self.actual.hbas {
-            if plugin == "fileio" && !used.contains(&(plugin.clone(), *hba)) {
+            if plugin == "fileio" && !used.contains(&(plugin.as_str(), *hba)) {
                 self.ops.push(Op::RemoveEmptyHba {
                     plugin: plugin.clone(),
                     hba: *hba,
@@ -407,7 +453,7 @@ impl<'a> Planner<'a> {
 
     /// Rule 3: fileio, file under the mount root; or (an interrupted create with no
     /// file recorded yet) a derived name that the agent wants or remembers.
-    fn is_managed(&self, b: &Backstore, wanted: &BTreeMap<&str, &Projection>) -> bool {
+    fn is_managed(&self, b: &Backstore, wanted: &HashMap<&str, &Projection>) -> bool {
         if b.at.plugin != "fileio" {
             return false;
         }
@@ -424,7 +470,8 @@ impl<'a> Planner<'a> {
     fn keep(&mut self, b: &Backstore, p: &Projection, luns: Vec<u64>) {
         let serial = &p.identity.serial;
         self.ledger.absent_since.remove(serial);
-        let remembered = self.old.lun_of(serial);
+        let old = self.old.luns.get(serial);
+        let remembered = old.map(|r| r.lun);
         let keep_lun = match (&luns[..], remembered) {
             ([], _) => None,
             (ls, Some(r)) if ls.contains(&r) => Some(r),
@@ -439,7 +486,6 @@ impl<'a> Planner<'a> {
                 self.unmap(*l, b, true);
             }
         }
-        let old = self.old.luns.get(serial);
         if p.kind == Kind::Pe {
             if let Some(was) = old.and_then(|r| r.etag.as_ref()) {
                 if *was != p.etag {
@@ -495,6 +541,19 @@ impl<'a> Planner<'a> {
     }
 
     fn record(&mut self, p: &Projection, lun: u64, old: Option<&LunRecord>) {
+        self.luns_taken.insert(lun);
+        if let Some(o) = old {
+            // Steady state: nothing to write (and nothing to allocate).
+            if o.lun == lun
+                && o.size == Some(p.size)
+                && o.image_id == p.image_id
+                && o.kind == Some(p.kind)
+                && o.key.as_deref() == Some(p.key.as_str())
+                && o.etag.is_some()
+            {
+                return;
+            }
+        }
         let rec = LunRecord {
             lun,
             name: p.identity.name.clone(),
@@ -508,7 +567,6 @@ impl<'a> Planner<'a> {
             since: old.map(|r| r.since).unwrap_or(self.now),
         };
         self.ledger.luns.insert(p.identity.serial.clone(), rec);
-        self.luns_taken.insert(lun);
     }
 
     fn removals(&mut self, candidates: Vec<(&Backstore, Vec<u64>)>, managed: usize) {
@@ -629,72 +687,73 @@ impl<'a> Planner<'a> {
         );
     }
 
-    /// Rule 4: the remembered number if it is still this image's to take, else the
-    /// lowest number that is not 0, not taken, not reserved and not quarantined.
+    /// Rule 4: the remembered number if it is still this image's to take, else a
+    /// number quarantined for this very image and content, else the lowest number
+    /// that is not 0, not taken, not reserved and not quarantined.
     fn allocate(&mut self, p: &Projection) -> Option<u64> {
-        let serial = &p.identity.serial;
-        let reserved: BTreeSet<u64> = self
-            .ledger
-            .luns
-            .iter()
-            .filter(|(s, _)| *s != serial)
-            .map(|(_, r)| r.lun)
-            .collect();
+        let serial = p.identity.serial.as_str();
         let remembered = self.ledger.lun_of(serial);
-        let may_take = |n: u64, this: &Self| -> bool {
-            // 0 only back to the image that already had it: an unmapped LUN 0 silently
-            // serves zeros, so no new image starts there.
-            if (n == 0 && remembered != Some(0))
-                || this.luns_taken.contains(&n)
-                || reserved.contains(&n)
-            {
-                return false;
-            }
-            match this.ledger.quarantine.get(&n) {
-                None => true,
-                Some(q) => {
-                    q.same_serial_may_return
-                        && q.serial.as_deref() == Some(serial.as_str())
-                        && q.size == Some(p.size)
-                        && q.etag.as_deref().is_none_or(|e| e == p.etag)
-                }
-            }
-        };
-        if let Some(r) = remembered {
-            if may_take(r, self) {
-                self.ledger.quarantine.remove(&r);
-                self.luns_taken.insert(r);
-                return Some(r);
+        let candidates: Vec<u64> = remembered
+            .into_iter()
+            .chain(
+                self.quarantined_for
+                    .get(serial)
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+            .collect();
+        for n in candidates {
+            if self.may_take(n, p, remembered == Some(n)) {
+                return Some(self.take(n));
             }
         }
-        if let Some((&n, _)) = self
-            .ledger
-            .quarantine
-            .iter()
-            .find(|(n, q)| q.serial.as_deref() == Some(serial.as_str()) && may_take(**n, self))
-        {
-            self.ledger.quarantine.remove(&n);
-            self.luns_taken.insert(n);
-            return Some(n);
-        }
-        let n = (1..=MAX_LUN).find(|n| may_take(*n, self));
-        match n {
-            Some(n) => {
-                self.luns_taken.insert(n);
-                Some(n)
+        // Nothing is freed while creating, so the search never needs to look back.
+        while self.cursor <= MAX_LUN {
+            let n = self.cursor;
+            self.cursor += 1;
+            if self.may_take(n, p, false) {
+                return Some(self.take(n));
             }
-            None => {
-                self.warnings.push(Warning::LunSpaceExhausted);
-                None
+        }
+        self.warnings.push(Warning::LunSpaceExhausted);
+        None
+    }
+
+    fn may_take(&self, n: u64, p: &Projection, remembered: bool) -> bool {
+        let serial = p.identity.serial.as_str();
+        // 0 only back to the image that already had it: an unmapped LUN 0 silently
+        // serves zeros, so no new image starts there.
+        if (n == 0 && !remembered) || self.luns_taken.contains(&n) {
+            return false;
+        }
+        if self.reserved.get(&n).is_some_and(|s| *s != serial) {
+            return false;
+        }
+        match self.ledger.quarantine.get(&n) {
+            None => true,
+            Some(q) => {
+                q.same_serial_may_return
+                    && q.serial.as_deref() == Some(serial)
+                    && q.size == Some(p.size)
+                    && q.etag.as_deref().is_none_or(|e| e == p.etag)
             }
         }
     }
 
-    /// rtslib's rule: the first index unused by any HBA of any plugin.
-    fn allocate_hba(&mut self) -> u32 {
-        let n = (0..).find(|n| !self.hbas_taken.contains(n)).unwrap_or(0);
-        self.hbas_taken.insert(n);
+    fn take(&mut self, n: u64) -> u64 {
+        self.ledger.quarantine.remove(&n);
+        self.luns_taken.insert(n);
         n
+    }
+
+    /// rtslib's rule: the first index unused by any HBA of any plugin.
+    /// HBAs are only ever added while planning, so the search goes on where it stopped.
+    fn allocate_hba(&mut self) -> u32 {
+        while self.hbas_taken.contains(&self.hba_cursor) {
+            self.hba_cursor += 1;
+        }
+        self.hbas_taken.insert(self.hba_cursor);
+        self.hba_cursor
     }
 }
 
@@ -713,7 +772,7 @@ fn matches(b: &Backstore, p: &Projection) -> bool {
 }
 
 fn same_path(a: &Path, b: &Path) -> bool {
-    a.components().eq(b.components())
+    a.as_os_str() == b.as_os_str() || a.components().eq(b.components())
 }
 
 /// The LUN symlink name: stable, derived from the serial (rtslib uses 10 random hex).

@@ -231,8 +231,8 @@ impl Actual {
     }
 
     /// LUN numbers linking each backstore.
-    pub fn luns_by_backstore(&self) -> BTreeMap<&BackstoreRef, Vec<u64>> {
-        let mut m: BTreeMap<&BackstoreRef, Vec<u64>> = BTreeMap::new();
+    pub fn luns_by_backstore(&self) -> rustc_hash::FxHashMap<&BackstoreRef, Vec<u64>> {
+        let mut m: rustc_hash::FxHashMap<&BackstoreRef, Vec<u64>> = Default::default();
         if let Some(t) = &self.tpg {
             for l in t.luns.values() {
                 if let Some(b) = &l.backstore {

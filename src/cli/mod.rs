@@ -1,0 +1,111 @@
+//! The command line: `run` (the default), `scan --once`, `plan`, `status`,
+//! `explain`, `config`. Parsing and the settings layers live here; each
+//! subcommand's work lives in the module it names.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ConfigError, Layers, Settings};
+
+/// Exit status for bad settings or usage.
+pub const EXIT_USAGE: u8 = 2;
+
+/// sbps-marshal: projects squashfs boot images over iSCSI (Linux LIO).
+#[derive(Debug, Parser)]
+#[command(name = "sbps-marshal", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Debug logging (as the original's -d).
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    pub debug: bool,
+    /// Only warnings and errors (as the original's -q).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// TOML settings file (default /etc/sbps-marshal/config.toml when it exists).
+    #[arg(long, global = true, env = "SBPS_MARSHAL_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Override a setting: KEY=VALUE (e.g. --set SCAN_FREQUENCY=60). Repeatable; beats
+    /// the environment and the file.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the effective settings, each with where it came from.
+    Config {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Loads and validates the settings from every layer.
+pub fn load_settings(g: &Global) -> Result<(Layers, Settings), ConfigError> {
+    let layers = Layers::load(g.config.as_deref(), std::env::vars(), &g.set)?;
+    let host = hostname();
+    let settings = Settings::from_layers(&layers, &host)?;
+    Ok((layers, settings))
+}
+
+/// This host's short name, as the original's `socket.gethostname()`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Runs the parsed command line.
+pub fn main(cli: Cli) -> ExitCode {
+    let (layers, _settings) = match load_settings(&cli.global) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("sbps-marshal: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match cli.command {
+        Some(Command::Config { json }) => {
+            print_config(&layers, json);
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("sbps-marshal: the scan loop is not built into this binary yet");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_config(layers: &Layers, json: bool) {
+    let rows = layers.describe();
+    if json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(k, v, o)| serde_json::json!({"key": k, "value": v, "source": o.to_string()}))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return;
+    }
+    let w = rows.iter().map(|(k, _, _)| k.len()).max().unwrap_or(0);
+    let vw = rows
+        .iter()
+        .map(|(_, v, _)| v.len())
+        .max()
+        .unwrap_or(0)
+        .min(48);
+    for (k, v, o) in rows {
+        println!("{k:<w$}  {v:<vw$}  ({o})");
+    }
+}

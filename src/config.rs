@@ -1,0 +1,703 @@
+//! Settings: every key of the original agent, under the same `SBPS_MARSHAL_` names
+//! and defaults, plus what the original hard-coded and what the new design needs.
+//!
+//! Layers, lowest to highest: built-in defaults ← TOML file (`--config PATH`, else
+//! `/etc/sbps-marshal/config.toml` when it exists) ← environment
+//! (`SBPS_MARSHAL_<KEY>`) ← command line (`--set KEY=VALUE`). Every value remembers
+//! the layer it came from, so `sbps-marshal config` can say, and so a bad value is
+//! reported with its key, value, origin and what was expected.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Environment variable prefix, as the original.
+pub const ENV_PREFIX: &str = "SBPS_MARSHAL_";
+/// The configuration file read when `--config` is not given and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/sbps-marshal/config.toml";
+
+/// How a key's value is checked and parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Whole seconds, > 0.
+    Seconds,
+    /// Whole seconds, ≥ 0.
+    SecondsOrZero,
+    /// Positive integer.
+    Count,
+    /// A number in [0, 1].
+    Ratio,
+    /// true/false/1/0/yes/no, any case.
+    Bool,
+    /// An absolute path.
+    AbsPath,
+    /// An absolute path or empty (off).
+    OptAbsPath,
+    /// An http(s) URL.
+    Url,
+    /// `http` or `https`.
+    Proto,
+    /// One of the listed words.
+    OneOf(&'static [&'static str]),
+    /// `host:port`, or empty (off).
+    ListenAddr,
+    /// `key=value`.
+    Label,
+    /// Any non-empty text.
+    Text,
+    /// Any text, possibly empty.
+    OptText,
+}
+
+/// One setting.
+#[derive(Debug)]
+pub struct Key {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    /// How it differs from the original agent, if it does.
+    pub compat: &'static str,
+}
+
+macro_rules! keys {
+    ($( $name:literal, $default:literal, $kind:expr, $help:literal, $compat:literal; )*) => {
+        /// Every key, in the order `config` prints them.
+        pub const KEYS: &[Key] = &[ $( Key { name: $name, default: $default, kind: $kind, help: $help, compat: $compat }, )* ];
+    };
+}
+
+keys! {
+    "SCAN_FREQUENCY", "180", Kind::Seconds, "Seconds between scans.", "validated (the original accepted anything)";
+    "API_GATEWAY", "https://api-gw-service-nmn.local", Kind::Url, "API gateway base URL.", "";
+    "IMS_URI", "apis/ims/v3/images", Kind::Text, "IMS images path, joined to API_GATEWAY.", "";
+    "IMS_TAGGING", "true", Kind::Bool, "Project only IMS images tagged sbps-project=true (records without metadata are projected).", "accepts true/false/1/0/yes/no in any case; the original read anything but exactly \"true\" as false";
+    "IMS_TIMEOUT", "10", Kind::Seconds, "IMS request timeout, seconds.", "";
+    "S3_HOST", "rgw-vip.nmn", Kind::Text, "S3 endpoint host[:port].", "";
+    "S3_PROTO", "https", Kind::Proto, "S3 endpoint scheme.", "TLS is verified by default (the original never verified)";
+    "S3_CREDENTIAL_FILE", "/root/.ims.s3fs", Kind::AbsPath, "s3fs passwd file with ACCESS_KEY:SECRET.", "";
+    "S3_BUCKET", "boot-images", Kind::Text, "Bucket holding the images.", "";
+    "SQUASHFS_S3FS_MOUNT", "/var/lib/cps-local/boot-images", Kind::AbsPath, "s3fs mount of the bucket; only backstores under it are managed.", "";
+    "SPIRE_AGENT_PATH", "/opt/cray/cray-spire/sbps-marshal-spire-agent", Kind::AbsPath, "spire-agent binary (hard link attested by path).", "";
+    "SPIRE_JWT_AUDIENCE", "system-compute", Kind::Text, "JWT-SVID audience.", "";
+    "SPIRE_AGENT_SOCK_PATH", "/var/lib/spire/agent.sock", Kind::AbsPath, "SPIRE agent Workload API socket.", "";
+    "LIO_SAVE_FILE", "/etc/target/saveconfig.json", Kind::AbsPath, "LIO saveconfig.json, written from the kernel state after changes.", "written once per scan that changed something, not after every change";
+    "TARGETCLI_BIN", "/usr/bin/targetcli", Kind::AbsPath, "targetcli, used by the targetcli backend.", "";
+    "KUBECONFIG", "/etc/kubernetes/admin.conf", Kind::AbsPath, "kubeconfig used to read this node's labels.", "hard-coded in the original";
+    "XNAME_FILE", "/etc/cray/xname", Kind::AbsPath, "File holding this node's xname (accepted SPIFFE ID).", "hard-coded in the original";
+    "STATE_DIR", "/var/lib/sbps-marshal", Kind::AbsPath, "Directory of the ledger (LUN numbers, quarantine, absences).", "hard-coded in the original";
+    "NODE_NAME", "", Kind::OptText, "Kubernetes node name; empty = this host's name.", "hard-coded (hostname) in the original";
+    "NODE_LABEL", "iscsi=sbps", Kind::Label, "Label that enables the target on this node.", "hard-coded in the original";
+    "TARGET_IQN", "", Kind::OptText, "iSCSI target IQN; empty = iqn.2023-06.csm.iscsi:<node name>.", "hard-coded in the original";
+    "TPG_TAG", "1", Kind::Count, "Target portal group tag.", "new";
+    "LIO_BACKEND", "configfs", Kind::OneOf(&["configfs", "targetcli"]), "How LIO is changed: direct configfs writes, or targetcli as the original.", "new; the original always used targetcli";
+    "CONFIGFS_ROOT", "/sys/kernel/config/target", Kind::AbsPath, "LIO configfs root.", "new";
+    "TLS_VERIFY", "true", Kind::Bool, "Verify TLS certificates of S3, IMS and Kubernetes.", "new; the original never verified";
+    "CA_BUNDLE", "", Kind::OptAbsPath, "Extra PEM CA bundle trusted besides the system roots.", "new";
+    "SPIRE_PROVIDER", "cli", Kind::OneOf(&["cli", "workload-api"]), "Token source: the spire-agent CLI (as the original) or the Workload API socket.", "new";
+    "REMOVAL_GRACE", "600", Kind::SecondsOrZero, "Seconds an image must be known absent before its LUN is removed.", "new; the original removed at once";
+    "LUN_QUARANTINE", "604800", Kind::SecondsOrZero, "Seconds a freed LUN number stays unused.", "new; the original reused numbers at once";
+    "DELETION_BRAKE_RATIO", "0.5", Kind::Ratio, "A scan removing more than this share of projections removes nothing and alerts.", "new";
+    "DELETION_BRAKE_MIN", "2", Kind::SecondsOrZero, "Removals up to this count never engage the brake.", "new";
+    "METRICS_LISTEN", "127.0.0.1:9180", Kind::ListenAddr, "Listen address of /metrics, /healthz, /status; empty = off.", "new";
+    "MANIFEST_CONCURRENCY", "16", Kind::Count, "Manifests fetched at once.", "new";
+    "APPLY_PARALLELISM", "8", Kind::Count, "LIO operations run at once within a phase.", "new";
+    "LOCK_FILE", "/run/sbps-marshal.lock", Kind::AbsPath, "Single-instance lock.", "new";
+    "RESTART_TARGET_AFTER_FIRST_SCAN", "false", Kind::Bool, "The original's one-time `systemctl restart target.service` after the first scan.", "off by default: it drops every session";
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "layer", content = "at")]
+pub enum Origin {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => write!(f, "default"),
+            Origin::File(p) => write!(f, "file {}", p.display()),
+            Origin::Env(v) => write!(f, "env {v}"),
+            Origin::Flag => write!(f, "flag --set"),
+        }
+    }
+}
+
+/// A configuration error: exit status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {key}={value:?} (from {origin}): expected {expected}")]
+    Invalid {
+        key: String,
+        value: String,
+        origin: Origin,
+        expected: String,
+    },
+    #[error("unknown setting {key:?} (from {origin}); `sbps-marshal config` lists the keys")]
+    UnknownKey { key: String, origin: Origin },
+    #[error("cannot read config file {path}: {detail}")]
+    File { path: PathBuf, detail: String },
+    #[error("--set expects KEY=VALUE, got {0:?}")]
+    BadFlag(String),
+}
+
+/// The raw layered values: key → (value, origin).
+#[derive(Debug, Clone)]
+pub struct Layers {
+    values: BTreeMap<&'static str, (String, Origin)>,
+}
+
+impl Layers {
+    /// Defaults ← `file` (or the default file if it exists) ← `env` ← `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[String],
+    ) -> Result<Layers, ConfigError> {
+        let mut l = Layers {
+            values: KEYS
+                .iter()
+                .map(|k| (k.name, (k.default.to_string(), Origin::Default)))
+                .collect(),
+        };
+        let default = Path::new(DEFAULT_CONFIG_FILE);
+        let file = match file {
+            Some(f) => Some(f),
+            None if default.exists() => Some(default),
+            None => None,
+        };
+        if let Some(path) = file {
+            l.read_file(path)?;
+        }
+        for (var, value) in env {
+            let Some(name) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if name == "CONFIG" {
+                continue;
+            }
+            // Unknown SBPS_MARSHAL_* variables are ignored (the environment is shared),
+            // but a known one is always validated.
+            if let Some(k) = key(name) {
+                l.values.insert(k.name, (value, Origin::Env(var.clone())));
+            }
+        }
+        for f in flags {
+            let (name, value) = f
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadFlag(f.clone()))?;
+            let k =
+                key(&name.trim().to_ascii_uppercase()).ok_or_else(|| ConfigError::UnknownKey {
+                    key: name.to_string(),
+                    origin: Origin::Flag,
+                })?;
+            l.values.insert(k.name, (value.to_string(), Origin::Flag));
+        }
+        Ok(l)
+    }
+
+    fn read_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::File {
+                path: path.to_path_buf(),
+                detail: e.message().to_string(),
+            })?;
+        let origin = Origin::File(path.to_path_buf());
+        for (name, v) in table {
+            let upper = name.to_ascii_uppercase();
+            let k = key(&upper).ok_or_else(|| ConfigError::UnknownKey {
+                key: name.clone(),
+                origin: origin.clone(),
+            })?;
+            let value = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: k.name.into(),
+                        value: format!("{other:?}"),
+                        origin,
+                        expected: "a string, number or boolean".into(),
+                    })
+                }
+            };
+            self.values.insert(k.name, (value, origin.clone()));
+        }
+        Ok(())
+    }
+
+    /// The value and origin of `name`.
+    pub fn get(&self, name: &str) -> (&str, &Origin) {
+        match self.values.get(name) {
+            Some((v, o)) => (v.as_str(), o),
+            None => ("", &Origin::Default),
+        }
+    }
+
+    /// Every key with its value (redacted where needed) and origin, for `config`.
+    pub fn describe(&self) -> Vec<(&'static str, String, &Origin)> {
+        KEYS.iter()
+            .map(|k| {
+                let (v, o) = self.get(k.name);
+                (k.name, redact(k, v), o)
+            })
+            .collect()
+    }
+}
+
+/// Looks a key up by its bare name (`SCAN_FREQUENCY`).
+pub fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// No setting holds a secret itself (the S3 secret lives in its own file), but a URL
+/// may carry `user:password@`; never print that.
+fn redact(k: &Key, v: &str) -> String {
+    if k.kind == Kind::Url {
+        if let Some((scheme, rest)) = v.split_once("://") {
+            if let Some((userinfo, host)) = rest.split_once('@') {
+                if !userinfo.contains('/') {
+                    return format!("{scheme}://<redacted>@{host}");
+                }
+            }
+        }
+    }
+    v.to_string()
+}
+
+/// The typed, validated settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub scan_frequency: Duration,
+    pub api_gateway: String,
+    pub ims_uri: String,
+    pub ims_tagging: bool,
+    pub ims_timeout: Duration,
+    pub s3_host: String,
+    pub s3_proto: String,
+    pub s3_credential_file: PathBuf,
+    pub s3_bucket: String,
+    pub mount: PathBuf,
+    pub spire_agent_path: PathBuf,
+    pub spire_jwt_audience: String,
+    pub spire_agent_sock_path: PathBuf,
+    pub lio_save_file: PathBuf,
+    pub targetcli_bin: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub xname_file: PathBuf,
+    pub state_dir: PathBuf,
+    pub node_name: String,
+    pub node_label: (String, String),
+    pub target_iqn: String,
+    pub tpg_tag: u32,
+    pub lio_backend: String,
+    pub configfs_root: PathBuf,
+    pub tls_verify: bool,
+    pub ca_bundle: Option<PathBuf>,
+    pub spire_provider: String,
+    pub removal_grace: Duration,
+    pub lun_quarantine: Duration,
+    pub deletion_brake_ratio: f64,
+    pub deletion_brake_min: usize,
+    pub metrics_listen: Option<String>,
+    pub manifest_concurrency: usize,
+    pub apply_parallelism: usize,
+    pub lock_file: PathBuf,
+    pub restart_target_after_first_scan: bool,
+}
+
+impl Settings {
+    /// Validates every layer value; `hostname` fills NODE_NAME and TARGET_IQN when empty.
+    pub fn from_layers(l: &Layers, hostname: &str) -> Result<Settings, ConfigError> {
+        let p = Parser { l };
+        let node_name = match p.text("NODE_NAME")? {
+            n if n.is_empty() => hostname.to_string(),
+            n => n,
+        };
+        let target_iqn = match p.text("TARGET_IQN")? {
+            n if n.is_empty() => format!("iqn.2023-06.csm.iscsi:{node_name}"),
+            n => n,
+        };
+        Ok(Settings {
+            scan_frequency: p.secs("SCAN_FREQUENCY")?,
+            api_gateway: p.text("API_GATEWAY")?,
+            ims_uri: p.text("IMS_URI")?,
+            ims_tagging: p.bool("IMS_TAGGING")?,
+            ims_timeout: p.secs("IMS_TIMEOUT")?,
+            s3_host: p.text("S3_HOST")?,
+            s3_proto: p.text("S3_PROTO")?,
+            s3_credential_file: p.path("S3_CREDENTIAL_FILE")?,
+            s3_bucket: p.text("S3_BUCKET")?,
+            mount: p.path("SQUASHFS_S3FS_MOUNT")?,
+            spire_agent_path: p.path("SPIRE_AGENT_PATH")?,
+            spire_jwt_audience: p.text("SPIRE_JWT_AUDIENCE")?,
+            spire_agent_sock_path: p.path("SPIRE_AGENT_SOCK_PATH")?,
+            lio_save_file: p.path("LIO_SAVE_FILE")?,
+            targetcli_bin: p.path("TARGETCLI_BIN")?,
+            kubeconfig: p.path("KUBECONFIG")?,
+            xname_file: p.path("XNAME_FILE")?,
+            state_dir: p.path("STATE_DIR")?,
+            node_name,
+            node_label: p.label("NODE_LABEL")?,
+            target_iqn,
+            tpg_tag: u32::try_from(p.count("TPG_TAG")?)
+                .map_err(|_| p.invalid("TPG_TAG", "a TPG tag below 2^32"))?,
+            lio_backend: p.text("LIO_BACKEND")?,
+            configfs_root: p.path("CONFIGFS_ROOT")?,
+            tls_verify: p.bool("TLS_VERIFY")?,
+            ca_bundle: p.opt_path("CA_BUNDLE")?,
+            spire_provider: p.text("SPIRE_PROVIDER")?,
+            removal_grace: p.secs("REMOVAL_GRACE")?,
+            lun_quarantine: p.secs("LUN_QUARANTINE")?,
+            deletion_brake_ratio: p.ratio("DELETION_BRAKE_RATIO")?,
+            deletion_brake_min: p.count("DELETION_BRAKE_MIN")? as usize,
+            metrics_listen: Some(p.text("METRICS_LISTEN")?).filter(|s| !s.is_empty()),
+            manifest_concurrency: p.count("MANIFEST_CONCURRENCY")? as usize,
+            apply_parallelism: p.count("APPLY_PARALLELISM")? as usize,
+            lock_file: p.path("LOCK_FILE")?,
+            restart_target_after_first_scan: p.bool("RESTART_TARGET_AFTER_FIRST_SCAN")?,
+        })
+    }
+
+    /// The ledger file inside STATE_DIR. Not the original's `state.json`, which is
+    /// left alone so that switching back stays possible.
+    pub fn ledger_file(&self) -> PathBuf {
+        self.state_dir.join("ledger.json")
+    }
+
+    /// The S3 endpoint URL.
+    pub fn s3_endpoint(&self) -> String {
+        format!("{}://{}", self.s3_proto, self.s3_host)
+    }
+
+    /// IMS images URL: API_GATEWAY joined with IMS_URI (like Python's urljoin on a
+    /// base without a path).
+    pub fn ims_url(&self) -> String {
+        let uri = &self.ims_uri;
+        if uri.starts_with("http://") || uri.starts_with("https://") {
+            return uri.clone();
+        }
+        format!(
+            "{}/{}",
+            self.api_gateway.trim_end_matches('/'),
+            uri.trim_start_matches('/')
+        )
+    }
+
+    /// What `desired()` needs.
+    pub fn desired_settings(&self) -> crate::desired::Settings {
+        crate::desired::Settings {
+            bucket: self.s3_bucket.clone(),
+            mount_root: self.mount.clone(),
+            ims_tagging: self.ims_tagging,
+        }
+    }
+
+    /// What `plan()` needs, given the label state and operator overrides.
+    pub fn policy(&self, labelled: Option<bool>, brake_released: bool) -> crate::plan::Policy {
+        crate::plan::Policy {
+            mount_root: self.mount.clone(),
+            grace_secs: self.removal_grace.as_secs(),
+            quarantine_secs: self.lun_quarantine.as_secs(),
+            brake_ratio: self.deletion_brake_ratio,
+            brake_min: self.deletion_brake_min,
+            brake_released,
+            labelled,
+        }
+    }
+}
+
+struct Parser<'a> {
+    l: &'a Layers,
+}
+
+impl Parser<'_> {
+    fn invalid(&self, name: &str, expected: &str) -> ConfigError {
+        let (v, o) = self.l.get(name);
+        ConfigError::Invalid {
+            key: format!("{ENV_PREFIX}{name}"),
+            value: v.to_string(),
+            origin: o.clone(),
+            expected: expected.to_string(),
+        }
+    }
+
+    fn raw(&self, name: &str) -> &str {
+        self.l.get(name).0.trim()
+    }
+
+    fn checked(&self, name: &str) -> Result<String, ConfigError> {
+        let k = key(name).ok_or_else(|| self.invalid(name, "a known key"))?;
+        let v = self.raw(name);
+        let ok = match k.kind {
+            Kind::Text => !v.is_empty(),
+            Kind::OptText => true,
+            Kind::Url => {
+                (v.starts_with("http://") || v.starts_with("https://"))
+                    && v.split_once("://").is_some_and(|(_, h)| !h.is_empty())
+            }
+            Kind::Proto => v == "http" || v == "https",
+            Kind::OneOf(words) => words.contains(&v),
+            Kind::Label => v.split_once('=').is_some_and(|(a, _)| !a.is_empty()),
+            Kind::ListenAddr => v.is_empty() || v.parse::<std::net::SocketAddr>().is_ok(),
+            Kind::AbsPath => v.starts_with('/'),
+            Kind::OptAbsPath => v.is_empty() || v.starts_with('/'),
+            _ => true,
+        };
+        if ok {
+            Ok(v.to_string())
+        } else {
+            Err(self.invalid(name, expected(k.kind).as_str()))
+        }
+    }
+
+    fn text(&self, name: &str) -> Result<String, ConfigError> {
+        self.checked(name)
+    }
+
+    fn path(&self, name: &str) -> Result<PathBuf, ConfigError> {
+        self.checked(name).map(PathBuf::from)
+    }
+
+    fn opt_path(&self, name: &str) -> Result<Option<PathBuf>, ConfigError> {
+        Ok(Some(self.checked(name)?)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from))
+    }
+
+    fn label(&self, name: &str) -> Result<(String, String), ConfigError> {
+        let v = self.checked(name)?;
+        let (a, b) = v
+            .split_once('=')
+            .ok_or_else(|| self.invalid(name, "key=value"))?;
+        Ok((a.to_string(), b.to_string()))
+    }
+
+    fn count(&self, name: &str) -> Result<u64, ConfigError> {
+        let min = match key(name).map(|k| k.kind) {
+            Some(Kind::SecondsOrZero) => 0,
+            _ => 1,
+        };
+        match self.raw(name).parse::<u64>() {
+            Ok(n) if n >= min => Ok(n),
+            _ => Err(self.invalid(
+                name,
+                expected(key(name).map_or(Kind::Count, |k| k.kind)).as_str(),
+            )),
+        }
+    }
+
+    fn secs(&self, name: &str) -> Result<Duration, ConfigError> {
+        self.count(name).map(Duration::from_secs)
+    }
+
+    fn ratio(&self, name: &str) -> Result<f64, ConfigError> {
+        match self.raw(name).parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+            _ => Err(self.invalid(name, "a number from 0 to 1")),
+        }
+    }
+
+    fn bool(&self, name: &str) -> Result<bool, ConfigError> {
+        parse_bool(self.raw(name)).ok_or_else(|| self.invalid(name, "true/false, 1/0 or yes/no"))
+    }
+}
+
+/// true/false/1/0/yes/no in any case (also on/off).
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn expected(kind: Kind) -> String {
+    match kind {
+        Kind::Seconds => "a whole number of seconds greater than 0".into(),
+        Kind::SecondsOrZero => "a whole number, 0 or more".into(),
+        Kind::Count => "a whole number greater than 0".into(),
+        Kind::Ratio => "a number from 0 to 1".into(),
+        Kind::Bool => "true/false, 1/0 or yes/no".into(),
+        Kind::AbsPath => "an absolute path".into(),
+        Kind::OptAbsPath => "an absolute path, or empty".into(),
+        Kind::Url => "an http:// or https:// URL".into(),
+        Kind::Proto => "http or https".into(),
+        Kind::OneOf(words) => format!("one of {}", words.join(", ")),
+        Kind::ListenAddr => "an address like 127.0.0.1:9180, or empty to turn it off".into(),
+        Kind::Label => "key=value".into(),
+        Kind::Text => "a non-empty value".into(),
+        Kind::OptText => "any text".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let l = Layers::load(Some(Path::new("/dev/null")), env(pairs), &[])?;
+        Settings::from_layers(&l, "ncn-w001")
+    }
+
+    #[test]
+    fn defaults_are_the_originals() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.scan_frequency, Duration::from_secs(180));
+        assert_eq!(
+            s.ims_url(),
+            "https://api-gw-service-nmn.local/apis/ims/v3/images"
+        );
+        assert!(s.ims_tagging);
+        assert_eq!(s.ims_timeout, Duration::from_secs(10));
+        assert_eq!(s.s3_endpoint(), "https://rgw-vip.nmn");
+        assert_eq!(s.s3_credential_file, PathBuf::from("/root/.ims.s3fs"));
+        assert_eq!(s.s3_bucket, "boot-images");
+        assert_eq!(s.mount, PathBuf::from("/var/lib/cps-local/boot-images"));
+        assert_eq!(
+            s.spire_agent_path,
+            PathBuf::from("/opt/cray/cray-spire/sbps-marshal-spire-agent")
+        );
+        assert_eq!(s.spire_jwt_audience, "system-compute");
+        assert_eq!(
+            s.spire_agent_sock_path,
+            PathBuf::from("/var/lib/spire/agent.sock")
+        );
+        assert_eq!(
+            s.lio_save_file,
+            PathBuf::from("/etc/target/saveconfig.json")
+        );
+        assert_eq!(s.targetcli_bin, PathBuf::from("/usr/bin/targetcli"));
+        assert_eq!(s.target_iqn, "iqn.2023-06.csm.iscsi:ncn-w001");
+        assert_eq!(s.node_label, ("iscsi".into(), "sbps".into()));
+    }
+
+    #[test]
+    fn env_overrides_and_bools() {
+        for (v, want) in [("TRUE", true), ("no", false), ("0", false), ("Yes", true)] {
+            let s = settings(&[("SBPS_MARSHAL_IMS_TAGGING", v)]).unwrap();
+            assert_eq!(s.ims_tagging, want, "{v}");
+        }
+        let s = settings(&[("SBPS_MARSHAL_SCAN_FREQUENCY", "30")]).unwrap();
+        assert_eq!(s.scan_frequency, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_origin() {
+        let e = settings(&[("SBPS_MARSHAL_SCAN_FREQUENCY", "abc")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SBPS_MARSHAL_SCAN_FREQUENCY"), "{e}");
+        assert!(e.contains("\"abc\""), "{e}");
+        assert!(e.contains("env SBPS_MARSHAL_SCAN_FREQUENCY"), "{e}");
+        assert!(e.contains("greater than 0"), "{e}");
+        for (k, v) in [
+            ("SBPS_MARSHAL_SCAN_FREQUENCY", "0"),
+            ("SBPS_MARSHAL_SCAN_FREQUENCY", "-5"),
+            ("SBPS_MARSHAL_LIO_BACKEND", "rtslib"),
+            ("SBPS_MARSHAL_SQUASHFS_S3FS_MOUNT", "relative/mount"),
+            ("SBPS_MARSHAL_IMS_TAGGING", "maybe"),
+            ("SBPS_MARSHAL_S3_PROTO", "ftp"),
+            ("SBPS_MARSHAL_DELETION_BRAKE_RATIO", "1.5"),
+        ] {
+            let e = settings(&[(k, v)]).unwrap_err().to_string();
+            assert!(e.contains(k), "{k}={v}: {e}");
+        }
+    }
+
+    #[test]
+    fn precedence_flag_over_env_over_file_over_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "scan_frequency = 60\nims_timeout = 5\nS3_BUCKET = \"file-bucket\"\n",
+        )
+        .unwrap();
+        let l = Layers::load(
+            Some(&f),
+            env(&[
+                ("SBPS_MARSHAL_IMS_TIMEOUT", "7"),
+                ("SBPS_MARSHAL_S3_BUCKET", "env-bucket"),
+            ]),
+            &["s3_bucket=flag-bucket".to_string()],
+        )
+        .unwrap();
+        let s = Settings::from_layers(&l, "h").unwrap();
+        assert_eq!(s.scan_frequency, Duration::from_secs(60));
+        assert_eq!(s.ims_timeout, Duration::from_secs(7));
+        assert_eq!(s.s3_bucket, "flag-bucket");
+        assert_eq!(l.get("SCAN_FREQUENCY").1, &Origin::File(f.clone()));
+        assert_eq!(
+            l.get("IMS_TIMEOUT").1,
+            &Origin::Env("SBPS_MARSHAL_IMS_TIMEOUT".into())
+        );
+        assert_eq!(l.get("S3_BUCKET").1, &Origin::Flag);
+        assert_eq!(l.get("IMS_URI").1, &Origin::Default);
+    }
+
+    #[test]
+    fn file_errors_are_specific() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "no_such_key = 1\n").unwrap();
+        let e = Layers::load(Some(&f), env(&[]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no_such_key"), "{e}");
+        std::fs::write(&f, "scan_frequency = [1]\n").unwrap();
+        let e = Layers::load(Some(&f), env(&[]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SCAN_FREQUENCY"), "{e}");
+        let e = Layers::load(Some(&dir.path().join("missing.toml")), env(&[]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.toml"), "{e}");
+        let e = Layers::load(None, env(&[]), &["nonsense".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("KEY=VALUE"), "{e}");
+    }
+
+    #[test]
+    fn urls_with_credentials_are_redacted() {
+        let l = Layers::load(
+            Some(Path::new("/dev/null")),
+            env(&[("SBPS_MARSHAL_API_GATEWAY", "https://admin:hunter2@gw.local")]),
+            &[],
+        )
+        .unwrap();
+        let printed: Vec<String> = l
+            .describe()
+            .iter()
+            .map(|(k, v, o)| format!("{k} {v} {o}"))
+            .collect();
+        assert!(printed.iter().all(|l| !l.contains("hunter2")));
+        assert!(printed
+            .iter()
+            .any(|l| l.contains("https://<redacted>@gw.local")));
+        assert_eq!(printed.len(), KEYS.len());
+    }
+}

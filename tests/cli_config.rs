@@ -1,0 +1,76 @@
+//! `sbps-marshal config`: the effective settings, and exit status 2 on bad ones.
+
+use std::process::Command;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sbps-marshal"));
+    c.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .arg("--config")
+        .arg("/dev/null");
+    c
+}
+
+#[test]
+fn bad_value_exits_2_naming_the_key() {
+    let out = bin()
+        .env("SBPS_MARSHAL_SCAN_FREQUENCY", "abc")
+        .arg("config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SBPS_MARSHAL_SCAN_FREQUENCY"), "{err}");
+    assert!(err.contains("abc"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one message: {err}");
+}
+
+#[test]
+fn prints_every_key_with_its_source() {
+    let out = bin()
+        .env("SBPS_MARSHAL_S3_BUCKET", "other")
+        .args(["config", "--set", "SCAN_FREQUENCY=60"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for k in sbps_marshal::config::KEYS {
+        assert!(
+            text.lines().any(|l| l.starts_with(k.name)),
+            "{} missing:\n{text}",
+            k.name
+        );
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with("S3_BUCKET")
+            && l.contains("other")
+            && l.contains("env SBPS_MARSHAL_S3_BUCKET")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("SCAN_FREQUENCY") && l.contains("60") && l.contains("flag")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("IMS_TIMEOUT") && l.contains("(default)")),
+        "{text}"
+    );
+}
+
+#[test]
+fn original_debug_and_quiet_flags_are_accepted() {
+    for f in ["-d", "--debug", "-q", "--quiet"] {
+        let out = bin().args([f, "config"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
