@@ -199,7 +199,10 @@ impl Sources {
 
         let candidates = desired::mount_candidates(&inventory, settings);
         let t = Instant::now();
-        inventory.mount = self.mount.check_all(&settings.mount_root, &candidates).await;
+        inventory.mount = self
+            .mount
+            .check_all(&settings.mount_root, &candidates)
+            .await;
         stats.mount_checked = candidates.len();
         stats.mount_duration = t.elapsed();
         stats.total = start.elapsed();
@@ -258,7 +261,11 @@ impl Sources {
         };
         let t = Instant::now();
         let before = self.ims.requests();
-        let r = self.ims.list(token.secret()).await.map_err(|e| e.to_string());
+        let r = self
+            .ims
+            .list(token.secret())
+            .await
+            .map_err(|e| e.to_string());
         if let Err(e) = &r {
             tracing::error!(error = %e, "IMS listing failed: IMS state unknown this scan");
         }

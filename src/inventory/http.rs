@@ -66,12 +66,11 @@ pub fn client(
         b = b.tls_certs_merge(read_pem_bundle(path)?);
     }
     if let Some(pem) = extras.only_roots_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            ClientError::CaParse {
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::CaParse {
                 path: PathBuf::from("<embedded certificate-authority-data>"),
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         b = b.tls_certs_only(certs);
     }
     if let Some(pem) = extras.identity_pem {

@@ -183,7 +183,8 @@ fn retryable(e: &ImsError) -> bool {
 
 /// Parses the IMS answer: an array of records, each judged on its own.
 pub fn parse_listing(body: &[u8]) -> Result<ImsListing, ImsError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| ImsError::NotJson(e.to_string()))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ImsError::NotJson(e.to_string()))?;
     let items = match value {
         Value::Array(items) => items,
         other => return Err(ImsError::NotArray(type_name(&other))),
@@ -329,7 +330,10 @@ mod tests {
     #[test]
     fn urljoin_like_python() {
         let u = join_url("https://api-gw-service-nmn.local", "apis/ims/v3/images").unwrap();
-        assert_eq!(u.as_str(), "https://api-gw-service-nmn.local/apis/ims/v3/images");
+        assert_eq!(
+            u.as_str(),
+            "https://api-gw-service-nmn.local/apis/ims/v3/images"
+        );
         let u = join_url("https://gw/", "/apis/ims/v3/images").unwrap();
         assert_eq!(u.as_str(), "https://gw/apis/ims/v3/images");
     }
@@ -358,7 +362,10 @@ mod tests {
         assert_eq!(l.records[1].tagging, Tagging::Map(BTreeMap::new()));
         assert_eq!(l.records[2].link.as_ref().unwrap().etag, None);
         assert_eq!(l.records[2].tagging, Tagging::NoMetadata);
-        assert!(matches!(l.records[3].tagging, Tagging::BuggyKeyValue { .. }));
+        assert!(matches!(
+            l.records[3].tagging,
+            Tagging::BuggyKeyValue { .. }
+        ));
         let Tagging::Map(m) = &l.records[4].tagging else {
             panic!()
         };
@@ -366,7 +373,10 @@ mod tests {
         assert_eq!(m.get("n").map(String::as_str), Some("3"));
         assert_eq!(m.len(), 2);
         assert!(matches!(l.records[5].tagging, Tagging::Invalid(_)));
-        assert_eq!(l.records[6].link.as_ref().unwrap().etag.as_deref(), Some("123"));
+        assert_eq!(
+            l.records[6].link.as_ref().unwrap().etag.as_deref(),
+            Some("123")
+        );
         let skipped: Vec<_> = l.skipped.iter().map(|s| (s.index, s.id.clone())).collect();
         assert_eq!(
             skipped,
@@ -376,8 +386,14 @@ mod tests {
 
     #[test]
     fn whole_answer_errors() {
-        assert!(matches!(parse_listing(b"{}"), Err(ImsError::NotArray("object"))));
-        assert!(matches!(parse_listing(b"<html>"), Err(ImsError::NotJson(_))));
+        assert!(matches!(
+            parse_listing(b"{}"),
+            Err(ImsError::NotArray("object"))
+        ));
+        assert!(matches!(
+            parse_listing(b"<html>"),
+            Err(ImsError::NotJson(_))
+        ));
         assert_eq!(parse_listing(b"[]").unwrap(), ImsListing::default());
     }
 }

@@ -45,7 +45,12 @@ pub fn parse_manifest(body: &[u8]) -> Result<Manifest, String> {
     let items = match obj.get("artifacts") {
         Some(Value::Array(a)) => a,
         None => return Err("no artifacts".into()),
-        Some(other) => return Err(format!("artifacts is a JSON {}, not an array", type_name(other))),
+        Some(other) => {
+            return Err(format!(
+                "artifacts is a JSON {}, not an array",
+                type_name(other)
+            ))
+        }
     };
     let mut artifacts = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
@@ -138,7 +143,10 @@ impl ManifestFetcher {
             }
             stats.wanted += 1;
             let Some((_, key)) = parse_s3_url(&w.path) else {
-                out.insert(w.path.clone(), Err(format!("not an s3:// object URL: {}", w.path)));
+                out.insert(
+                    w.path.clone(),
+                    Err(format!("not an s3:// object URL: {}", w.path)),
+                );
                 stats.errors += 1;
                 continue;
             };
@@ -234,11 +242,17 @@ mod tests {
         ]});
         let m = parse_manifest(m.to_string().as_bytes()).unwrap();
         assert_eq!(m.artifacts.len(), 5);
-        assert_eq!(m.artifacts[0].link.as_ref().unwrap().etag.as_deref(), Some("abc-3"));
+        assert_eq!(
+            m.artifacts[0].link.as_ref().unwrap().etag.as_deref(),
+            Some("abc-3")
+        );
         assert_eq!(m.artifacts[1].link.as_ref().unwrap().etag, None);
         assert_eq!(m.artifacts[2].link, None);
         assert_eq!(m.artifacts[3].link.as_ref().unwrap().etag, None);
-        assert_eq!(m.artifacts[4].link.as_ref().unwrap().etag.as_deref(), Some("42"));
+        assert_eq!(
+            m.artifacts[4].link.as_ref().unwrap().etag.as_deref(),
+            Some("42")
+        );
     }
 
     #[test]

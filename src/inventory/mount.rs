@@ -41,7 +41,8 @@ impl MountChecker {
             return BTreeMap::new();
         }
         let root_owned = root.to_path_buf();
-        let canon_root = match tokio::task::spawn_blocking(move || root_owned.canonicalize()).await {
+        let canon_root = match tokio::task::spawn_blocking(move || root_owned.canonicalize()).await
+        {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 let why = format!("mount root {}: {e}", root.display());
@@ -66,7 +67,9 @@ impl MountChecker {
                     let k = key.clone();
                     let entry = tokio::task::spawn_blocking(move || check(&root, &k))
                         .await
-                        .unwrap_or_else(|e| MountEntry::Error(format!("stat did not complete: {e}")));
+                        .unwrap_or_else(|e| {
+                            MountEntry::Error(format!("stat did not complete: {e}"))
+                        });
                     (key, entry)
                 }
             })

@@ -111,7 +111,9 @@ impl NodeSource {
             .pop_if_empty()
             .extend(["api", "v1", "nodes", &name]);
         let shown = url.to_string();
-        let mut req = client.get(url).header(reqwest::header::ACCEPT, "application/json");
+        let mut req = client
+            .get(url)
+            .header(reqwest::header::ACCEPT, "application/json");
         if let Some(t) = &target.token {
             req = req.bearer_auth(t);
         }
@@ -138,10 +140,8 @@ impl NodeSource {
                 excerpt: String::from_utf8_lossy(&body).chars().take(300).collect(),
             });
         }
-        node_has_label(&body, &self.cfg.label).map_err(|detail| NodeError::Garbage {
-            url: shown,
-            detail,
-        })
+        node_has_label(&body, &self.cfg.label)
+            .map_err(|detail| NodeError::Garbage { url: shown, detail })
     }
 }
 
@@ -316,7 +316,11 @@ pub fn load_kubeconfig(path: &Path) -> Result<ApiTarget, NodeError> {
                 Some(c)
             }
             (None, None) => None,
-            _ => return Err(err("client certificate without key or key without certificate".into())),
+            _ => {
+                return Err(err(
+                    "client certificate without key or key without certificate".into(),
+                ))
+            }
         };
         token = match (&u.token, &u.token_file) {
             (Some(t), _) => Some(t.trim().to_string()),

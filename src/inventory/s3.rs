@@ -127,7 +127,10 @@ pub fn read_credentials(path: &Path) -> Result<Credentials, CredentialError> {
     Ok(Credentials::new(key, secret))
 }
 
-fn parse_credentials<'a>(text: &'a str, path: &Path) -> Result<(&'a str, &'a str), CredentialError> {
+fn parse_credentials<'a>(
+    text: &'a str,
+    path: &Path,
+) -> Result<(&'a str, &'a str), CredentialError> {
     let p = || path.to_path_buf();
     let line = text.trim();
     if line.is_empty() {
@@ -139,8 +142,15 @@ fn parse_credentials<'a>(text: &'a str, path: &Path) -> Result<(&'a str, &'a str
     let colons = line.matches(':').count();
     let (key, secret) = match colons {
         0 => return Err(CredentialError::NoColon { path: p() }),
-        1 => line.split_once(':').ok_or(CredentialError::NoColon { path: p() })?,
-        n => return Err(CredentialError::SeveralColons { path: p(), colons: n }),
+        1 => line
+            .split_once(':')
+            .ok_or(CredentialError::NoColon { path: p() })?,
+        n => {
+            return Err(CredentialError::SeveralColons {
+                path: p(),
+                colons: n,
+            })
+        }
     };
     let (key, secret) = (key.trim(), secret.trim());
     if key.is_empty() || secret.is_empty() {
@@ -211,7 +221,9 @@ impl S3Source {
                 action.with_continuation_token(t.as_str());
             }
             let body = self
-                .send("ListObjectsV2", None, LIST_PAGE_CAP, || action.sign(PRESIGN_FOR))
+                .send("ListObjectsV2", None, LIST_PAGE_CAP, || {
+                    action.sign(PRESIGN_FOR)
+                })
                 .await?;
             let text = String::from_utf8_lossy(&body);
             let parsed = ListObjectsV2::parse_response(&text).map_err(|e| S3Error::Parse {
@@ -220,7 +232,12 @@ impl S3Source {
             })?;
             for c in parsed.contents {
                 out.push(S3Object {
-                    etag: c.etag.as_deref().map(strip_etag_quotes).unwrap_or("").to_string(),
+                    etag: c
+                        .etag
+                        .as_deref()
+                        .map(strip_etag_quotes)
+                        .unwrap_or("")
+                        .to_string(),
                     size: c.size.unwrap_or(0),
                     key: c.key,
                 });
@@ -286,11 +303,16 @@ impl S3Source {
         url: Url,
         shown: &str,
     ) -> Result<Bytes, S3Error> {
-        let resp = self.client.get(url).send().await.map_err(|e| S3Error::Transport {
-            op,
-            url: shown.to_string(),
-            detail: transport_detail(&e),
-        })?;
+        let resp = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| S3Error::Transport {
+                op,
+                url: shown.to_string(),
+                detail: transport_detail(&e),
+            })?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             if let Some(key) = key {
@@ -306,11 +328,13 @@ impl S3Source {
                 detail: s3_error_detail(&body),
             });
         }
-        http::read_capped(resp, cap).await.map_err(|source| S3Error::Body {
-            op,
-            url: shown.to_string(),
-            source,
-        })
+        http::read_capped(resp, cap)
+            .await
+            .map_err(|source| S3Error::Body {
+                op,
+                url: shown.to_string(),
+                source,
+            })
     }
 }
 

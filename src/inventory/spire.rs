@@ -247,11 +247,18 @@ pub fn select_svid(svids: &Svids, xname: Option<&str>) -> Result<String, SpireEr
 
 async fn fetch_cli(agent: &Path, cfg: &SpireConfig) -> Result<Svids, SpireError> {
     let mut cmd = tokio::process::Command::new(agent);
-    cmd.args(["api", "fetch", "jwt", "-audience", &cfg.audience, "-socketPath"])
-        .arg(&cfg.socket)
-        .args(["-output", "json"])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
+    cmd.args([
+        "api",
+        "fetch",
+        "jwt",
+        "-audience",
+        &cfg.audience,
+        "-socketPath",
+    ])
+    .arg(&cfg.socket)
+    .args(["-output", "json"])
+    .stdin(std::process::Stdio::null())
+    .kill_on_drop(true);
     let out = tokio::time::timeout(cfg.timeout, cmd.output())
         .await
         .map_err(|_| SpireError::Timeout(format!("{} after {:?}", agent.display(), cfg.timeout)))?
@@ -276,8 +283,8 @@ async fn fetch_cli(agent: &Path, cfg: &SpireConfig) -> Result<Svids, SpireError>
 
 /// `[{"svids":[{"spiffe_id":…,"svid":…,"hint":…}]},{"bundles":{…}}]`.
 pub fn parse_cli_output(stdout: &[u8]) -> Result<Svids, SpireError> {
-    let v: Value = serde_json::from_slice(stdout)
-        .map_err(|e| SpireError::Output(format!("not JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(stdout).map_err(|e| SpireError::Output(format!("not JSON: {e}")))?;
     let items = v
         .as_array()
         .ok_or_else(|| SpireError::Output("not a JSON array".into()))?;
@@ -358,7 +365,12 @@ mod native {
                 }
             }))
             .await
-            .map_err(|e| rpc(format!("connect: {}", crate::inventory::http::error_chain(&e))))?;
+            .map_err(|e| {
+                rpc(format!(
+                    "connect: {}",
+                    crate::inventory::http::error_chain(&e)
+                ))
+            })?;
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready()
             .await
@@ -395,13 +407,20 @@ mod tests {
 
     fn jwt(claims: &str) -> String {
         let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        format!("{}.{}.sig", e.encode(r#"{"alg":"ES256"}"#), e.encode(claims))
+        format!(
+            "{}.{}.sig",
+            e.encode(r#"{"alg":"ES256"}"#),
+            e.encode(claims)
+        )
     }
 
     #[test]
     fn exp_is_read() {
         let t = Token::new(jwt(r#"{"sub":"x","exp":2000000000}"#));
-        assert_eq!(t.expires, Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)));
+        assert_eq!(
+            t.expires,
+            Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000))
+        );
         assert_eq!(jwt_exp(&jwt(r#"{"sub":"x"}"#)), None);
         assert_eq!(jwt_exp("garbage"), None);
         assert!(!format!("{t:?}").contains("eyJ"));
@@ -423,7 +442,10 @@ mod tests {
     #[test]
     fn cli_output() {
         let out = br#"[{"svids":[{"spiffe_id":"spiffe://shasta/ncn/workload/sbps-marshal","svid":"T","hint":""}]},{"bundles":{"spiffe://shasta":"e30="}}]"#;
-        assert_eq!(parse_cli_output(out).unwrap(), vec![(SPIFFE_ID.into(), "T".into())]);
+        assert_eq!(
+            parse_cli_output(out).unwrap(),
+            vec![(SPIFFE_ID.into(), "T".into())]
+        );
         assert!(parse_cli_output(b"{}").is_err());
         assert!(parse_cli_output(b"[{\"bundles\":{}}]").is_err());
     }

@@ -33,27 +33,38 @@ async fn gathers_everything_and_a_warm_scan_is_cheap() {
     let moto = Moto::start().await;
     moto.create_bucket(BUCKET).await;
     // Filler, so the listing takes two pages.
-    moto.put_many(BUCKET, (0..1_000).map(|i| format!("filler/{i:04}")).collect())
+    moto.put_many(
+        BUCKET,
+        (0..1_000).map(|i| format!("filler/{i:04}")).collect(),
+    )
+    .await;
+    moto.put(BUCKET, "PE/CPE-base.squashfs", vec![9u8; 2048])
         .await;
-    moto.put(BUCKET, "PE/CPE-base.squashfs", vec![9u8; 2048]).await;
     let mut records = Vec::new();
     for i in 0..3 {
         let id = format!("00000000-0000-0000-0000-00000000000{i}");
         let rootfs_etag = if i == 2 {
-            moto.put_multipart(BUCKET, &format!("{id}/rootfs"), &[vec![1u8; 600], vec![2u8; 400]])
-                .await
+            moto.put_multipart(
+                BUCKET,
+                &format!("{id}/rootfs"),
+                &[vec![1u8; 600], vec![2u8; 400]],
+            )
+            .await
         } else {
-            moto.put(BUCKET, &format!("{id}/rootfs"), vec![i as u8; 1000 + i]).await
+            moto.put(BUCKET, &format!("{id}/rootfs"), vec![i as u8; 1000 + i])
+                .await
         };
         let m = manifest(
             &format!("s3://{BUCKET}/{id}/rootfs"),
             rootfs_etag.trim_matches('"'),
         );
         let m_etag = moto.put(BUCKET, &format!("{id}/manifest.json"), m).await;
-        records.push(json!({"id": id, "name": format!("img{i}"), "arch": "x86_64",
+        records.push(
+            json!({"id": id, "name": format!("img{i}"), "arch": "x86_64",
             "link": {"path": format!("s3://{BUCKET}/{id}/manifest.json"),
                      "etag": m_etag.trim_matches('"'), "type": "s3"},
-            "metadata": {"sbps-project": "true"}}));
+            "metadata": {"sbps-project": "true"}}),
+        );
     }
     // Untagged: no manifest request. Manifest not in the bucket: no request either.
     records.push(json!({"id": "u", "name": "untagged",
@@ -63,7 +74,8 @@ async fn gathers_everything_and_a_warm_scan_is_cheap() {
         "link": {"path": "s3://boot-images/m/manifest.json", "etag": "x", "type": "s3"},
         "metadata": {"sbps-project": "true"}}));
     // A corrupt manifest: unknown for that image only.
-    moto.put(BUCKET, "c/manifest.json", "{\"artifacts\": 5}").await;
+    moto.put(BUCKET, "c/manifest.json", "{\"artifacts\": 5}")
+        .await;
     records.push(json!({"id": "c", "name": "corrupt",
         "link": {"path": "s3://boot-images/c/manifest.json", "type": "s3"},
         "metadata": {"sbps-project": "true"}}));
@@ -92,11 +104,8 @@ async fn gathers_everything_and_a_warm_scan_is_cheap() {
         ImsConfig::new(ims.url().join("apis/ims/v3/images").unwrap()),
     );
     cfg.node = None;
-    let sources = Sources::with_tokens(
-        cfg,
-        Arc::new(StaticToken(Token::new("the-token".into()))),
-    )
-    .unwrap();
+    let sources =
+        Sources::with_tokens(cfg, Arc::new(StaticToken(Token::new("the-token".into())))).unwrap();
     let settings = Settings {
         bucket: BUCKET.into(),
         mount_root: mnt.mountpoint.clone(),
@@ -117,7 +126,10 @@ async fn gathers_everything_and_a_warm_scan_is_cheap() {
     assert_eq!(manifests.len(), 5, "{manifests:?}");
     assert_eq!(manifests.values().filter(|ok| **ok).count(), 3);
     assert_eq!(inv.mount.len(), 4, "{:?}", inv.mount);
-    assert!(inv.mount.values().all(|e| matches!(e, MountEntry::File { .. })));
+    assert!(inv
+        .mount
+        .values()
+        .all(|e| matches!(e, MountEntry::File { .. })));
     let d = desired::desired(inv, &settings);
     assert_eq!(d.projections.len(), 4, "{:#?}", d.verdicts);
     let reason = |id: &str| {
@@ -127,15 +139,33 @@ async fn gathers_everything_and_a_warm_scan_is_cheap() {
             .map(|v| v.outcome.clone())
             .unwrap()
     };
-    assert!(matches!(reason("u"), Outcome::Skipped { reason: Reason::Untagged { .. } }));
-    assert!(matches!(reason("m"), Outcome::Skipped { reason: Reason::ManifestMissing { .. } }));
-    assert!(matches!(reason("c"), Outcome::Unknown { reason: Reason::ManifestError { .. } }));
+    assert!(matches!(
+        reason("u"),
+        Outcome::Skipped {
+            reason: Reason::Untagged { .. }
+        }
+    ));
+    assert!(matches!(
+        reason("m"),
+        Outcome::Skipped {
+            reason: Reason::ManifestMissing { .. }
+        }
+    ));
+    assert!(matches!(
+        reason("c"),
+        Outcome::Unknown {
+            reason: Reason::ManifestError { .. }
+        }
+    ));
 
     let s = &cold.stats;
     let pages = objects.div_ceil(1000) as u64;
     assert_eq!(s.ims.requests, 1);
     assert_eq!(s.s3_list.requests, pages);
-    assert_eq!(s.manifest_fetch.requests, 4, "3 good + 1 corrupt; the missing one costs none");
+    assert_eq!(
+        s.manifest_fetch.requests, 4,
+        "3 good + 1 corrupt; the missing one costs none"
+    );
     assert_eq!(s.manifests.not_listed, 1);
     assert_eq!(ims_hits.get(), 1);
     eprintln!("cold: {s:?}");
@@ -159,7 +189,10 @@ async fn failing_sources_are_unknown_not_empty() {
         .unwrap();
     let mut s3 = S3Config::new(closed.clone(), BUCKET, credential_file(dir.path()));
     s3.retry = sbps_marshal::inventory::http::RetryPolicy::once();
-    let mut cfg = SourcesConfig::new(s3, ImsConfig::new(closed.join("apis/ims/v3/images").unwrap()));
+    let mut cfg = SourcesConfig::new(
+        s3,
+        ImsConfig::new(closed.join("apis/ims/v3/images").unwrap()),
+    );
     cfg.node = None;
     cfg.spire.backend = sbps_marshal::inventory::spire::SpireBackend::Cli {
         agent: dir.path().join("no-such-agent"),

@@ -79,7 +79,9 @@ async fn parses_quirky_records_and_sends_the_bearer() {
     assert_eq!(r[1].link, None);
     assert_eq!(r[2].link.as_ref().unwrap().etag, None);
     assert_eq!(r[2].tagging, Tagging::NoMetadata);
-    assert!(matches!(&r[3].tagging, Tagging::BuggyKeyValue { key, value } if key == "sbps-project" && value == "true"));
+    assert!(
+        matches!(&r[3].tagging, Tagging::BuggyKeyValue { key, value } if key == "sbps-project" && value == "true")
+    );
     let Tagging::Map(m) = &r[4].tagging else {
         panic!("{:?}", r[4].tagging)
     };
@@ -132,7 +134,10 @@ async fn whole_answer_failures_are_errors() {
     let closed: url::Url = format!("http://127.0.0.1:{}", crate::support::free_port())
         .parse()
         .unwrap();
-    assert!(source(&closed, Duration::from_secs(2)).list("t").await.is_err());
+    assert!(source(&closed, Duration::from_secs(2))
+        .list("t")
+        .await
+        .is_err());
 }
 
 #[tokio::test]

@@ -43,7 +43,13 @@ async fn escapes_and_kinds_on_a_plain_tree() {
     assert_eq!(m["missing"], MountEntry::Missing);
     assert_eq!(m["img/rootfs/below-a-file"], MountEntry::Missing);
     assert_eq!(m["dangling"], MountEntry::Missing);
-    for k in ["../escape", "img/../../escape", "/etc/passwd", "link-out", "dir-out/secret"] {
+    for k in [
+        "../escape",
+        "img/../../escape",
+        "/etc/passwd",
+        "link-out",
+        "dir-out/secret",
+    ] {
         assert!(matches!(m[k], MountEntry::Outside(_)), "{k}: {:?}", m[k]);
     }
 }
@@ -54,16 +60,30 @@ async fn unusable_root_is_an_error_for_every_key() {
     let m = MountChecker::default()
         .check_all(std::path::Path::new("/nonexistent/mount"), &keys)
         .await;
-    assert!(m.values().all(|e| matches!(e, MountEntry::Error(_))), "{m:?}");
+    assert!(
+        m.values().all(|e| matches!(e, MountEntry::Error(_))),
+        "{m:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_s3fs_mount_of_moto() {
     let moto = Moto::start().await;
     moto.create_bucket("boot-images").await;
-    moto.put("boot-images", "PE/CPE-base.x86_64-25.09.squashfs", vec![1u8; 10_000]).await;
-    moto.put("boot-images", "a/b/c/rootfs", vec![2u8; 3_333]).await;
-    moto.put_multipart("boot-images", "mp/rootfs", &[vec![3u8; 700], vec![4u8; 300]]).await;
+    moto.put(
+        "boot-images",
+        "PE/CPE-base.x86_64-25.09.squashfs",
+        vec![1u8; 10_000],
+    )
+    .await;
+    moto.put("boot-images", "a/b/c/rootfs", vec![2u8; 3_333])
+        .await;
+    moto.put_multipart(
+        "boot-images",
+        "mp/rootfs",
+        &[vec![3u8; 700], vec![4u8; 300]],
+    )
+    .await;
     let mnt = S3fsMount::mount(&moto, "boot-images");
     let keys: Vec<String> = [
         "PE/CPE-base.x86_64-25.09.squashfs",
@@ -76,8 +96,13 @@ async fn real_s3fs_mount_of_moto() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let m = MountChecker::default().check_all(&mnt.mountpoint, &keys).await;
-    assert_eq!(m["PE/CPE-base.x86_64-25.09.squashfs"], MountEntry::File { size: 10_000 });
+    let m = MountChecker::default()
+        .check_all(&mnt.mountpoint, &keys)
+        .await;
+    assert_eq!(
+        m["PE/CPE-base.x86_64-25.09.squashfs"],
+        MountEntry::File { size: 10_000 }
+    );
     assert_eq!(m["a/b/c/rootfs"], MountEntry::File { size: 3_333 });
     assert_eq!(m["mp/rootfs"], MountEntry::File { size: 1_000 });
     assert_eq!(m["a/b"], MountEntry::NotRegular);
@@ -88,7 +113,9 @@ async fn real_s3fs_mount_of_moto() {
     moto.put("boot-images", "not/there", vec![5u8; 42]).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let m = MountChecker::default().check_all(&mnt.mountpoint, &keys[4..5]).await;
+        let m = MountChecker::default()
+            .check_all(&mnt.mountpoint, &keys[4..5])
+            .await;
         if m["not/there"] == (MountEntry::File { size: 42 }) {
             break;
         }

@@ -64,7 +64,10 @@ async fn label_states() {
     assert!(source(kc.clone(), "ncn-w001").labelled().await.unwrap());
     assert!(!source(kc.clone(), "ncn-w002").labelled().await.unwrap());
     assert!(!source(kc.clone(), "ncn-w003").labelled().await.unwrap());
-    assert!(!source(kc.clone(), "ncn-w999").labelled().await.unwrap(), "404 = not labelled");
+    assert!(
+        !source(kc.clone(), "ncn-w999").labelled().await.unwrap(),
+        "404 = not labelled"
+    );
     let e = source(kc.clone(), "flaky").labelled().await.unwrap_err();
     assert!(e.to_string().contains("503"), "{e}");
     let e = source(kc.clone(), "broken").labelled().await.unwrap_err();
@@ -79,6 +82,9 @@ async fn unreachable_and_missing_kubeconfig_are_unknown() {
     let e = s.labelled().await.unwrap_err();
     assert!(e.to_string().contains("127.0.0.1"), "{e}");
     assert_eq!(s.requests(), 1);
-    let e = source(dir.path().join("nope.conf"), "ncn-w001").labelled().await.unwrap_err();
+    let e = source(dir.path().join("nope.conf"), "ncn-w001")
+        .labelled()
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("nope.conf"), "{e}");
 }

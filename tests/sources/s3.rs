@@ -31,7 +31,9 @@ async fn lists_many_pages_with_etags_from_moto() {
     let t = Instant::now();
     moto.put_many("boot-images", keys.clone()).await;
     eprintln!("uploaded {} objects in {:?}", keys.len(), t.elapsed());
-    let quoted = moto.put("boot-images", "PE/CPE-base.squashfs", vec![7u8; 1234]).await;
+    let quoted = moto
+        .put("boot-images", "PE/CPE-base.squashfs", vec![7u8; 1234])
+        .await;
     let multipart = moto
         .put_multipart(
             "boot-images",
@@ -47,7 +49,10 @@ async fn lists_many_pages_with_etags_from_moto() {
     let list = s3.list_all().await.unwrap();
     assert_eq!(list.len(), 1_102);
     assert_eq!(s3.requests(), 2, "1,102 objects are two pages of 1,000");
-    let pe = list.iter().find(|o| o.key == "PE/CPE-base.squashfs").unwrap();
+    let pe = list
+        .iter()
+        .find(|o| o.key == "PE/CPE-base.squashfs")
+        .unwrap();
     assert_eq!(pe.size, 1234);
     assert_eq!(pe.etag, quoted.trim_matches('"'));
     let mp = list.iter().find(|o| o.key == "img/rootfs").unwrap();
@@ -65,7 +70,10 @@ async fn lists_many_pages_with_etags_from_moto() {
         s3.get_object("nope", 1024).await,
         Err(S3Error::NotFound { .. })
     ));
-    let e = s3.get_object("PE/CPE-base.squashfs", 1000).await.unwrap_err();
+    let e = s3
+        .get_object("PE/CPE-base.squashfs", 1000)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("1000-byte limit"), "{e}");
 }
 
@@ -92,7 +100,10 @@ async fn retries_a_5xx_then_succeeds() {
             let n = h.hit();
             async move {
                 if n == 1 {
-                    (StatusCode::SERVICE_UNAVAILABLE, "<Error><Code>SlowDown</Code></Error>")
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "<Error><Code>SlowDown</Code></Error>",
+                    )
                         .into_response()
                 } else {
                     EMPTY_LISTING.into_response()
@@ -157,8 +168,14 @@ async fn signature_rejection_is_reported_and_not_retried() {
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3Source::new(config(srv.url(), dir.path())).unwrap();
     let e = s3.list_all().await.unwrap_err().to_string();
-    assert!(e.contains("403") && e.contains("SignatureDoesNotMatch"), "{e}");
-    assert!(!e.contains("X-Amz-Signature"), "no presigned query in errors: {e}");
+    assert!(
+        e.contains("403") && e.contains("SignatureDoesNotMatch"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("X-Amz-Signature"),
+        "no presigned query in errors: {e}"
+    );
     assert!(!e.contains(crate::support::SECRET));
     assert_eq!(hits.get(), 1);
 }

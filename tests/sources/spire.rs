@@ -28,8 +28,15 @@ struct WorkloadApi {
 impl WorkloadApi {
     fn fetch(&self, req: Request<JwtSvidRequest>) -> Result<Response<JwtSvidResponse>, Status> {
         self.calls.hit();
-        if req.metadata().get("workload.spiffe.io").and_then(|v| v.to_str().ok()) != Some("true") {
-            return Err(Status::invalid_argument("security header missing from request"));
+        if req
+            .metadata()
+            .get("workload.spiffe.io")
+            .and_then(|v| v.to_str().ok())
+            != Some("true")
+        {
+            return Err(Status::invalid_argument(
+                "security header missing from request",
+            ));
         }
         let r = req.into_inner();
         self.audiences.lock().unwrap().push(r.audience.clone());
@@ -140,7 +147,9 @@ fn native_config(socket: &Path, xname_file: &Path) -> SpireConfig {
 }
 
 fn token_exp(secs_from_now: i64) -> String {
-    jwt(&json!({"sub": SPIFFE_ID, "aud": ["system-compute"], "exp": now_secs() as i64 + secs_from_now}))
+    jwt(
+        &json!({"sub": SPIFFE_ID, "aud": ["system-compute"], "exp": now_secs() as i64 + secs_from_now}),
+    )
 }
 
 #[tokio::test]
@@ -192,20 +201,30 @@ async fn native_xname_form_and_expired_token_not_reused() {
 #[tokio::test]
 async fn native_failures() {
     let dir = tempfile::tempdir().unwrap();
-    let d = start_double(vec![("spiffe://shasta/ncn/workload/other".into(), token_exp(60))]).await;
+    let d = start_double(vec![(
+        "spiffe://shasta/ncn/workload/other".into(),
+        token_exp(60),
+    )])
+    .await;
     let nox = dir.path().join("none");
     let e = SpireTokens::new(native_config(&d.socket, &nox))
         .token()
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("no SVID for") && e.contains("workload/other"), "{e}");
+    assert!(
+        e.contains("no SVID for") && e.contains("workload/other"),
+        "{e}"
+    );
     assert!(!e.contains("eyJ"), "token leaked: {e}");
 
     let mut cfg = native_config(&d.socket, &nox);
     cfg.audience = String::new();
     let e = SpireTokens::new(cfg).token().await.unwrap_err().to_string();
-    assert!(e.contains("InvalidArgument") && e.contains("audience"), "{e}");
+    assert!(
+        e.contains("InvalidArgument") && e.contains("audience"),
+        "{e}"
+    );
 
     let e = SpireTokens::new(native_config(&dir.path().join("absent.sock"), &nox))
         .token()
@@ -320,11 +339,17 @@ async fn cli_failures_carry_stderr_not_the_token() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("exit status: 1") && e.contains("code = Unavailable"), "{e}");
+    assert!(
+        e.contains("exit status: 1") && e.contains("code = Unavailable"),
+        "{e}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let agent = fake_agent(dir.path(), "not json", false);
-    let e = SpireTokens::new(cli_config(agent, &nox)).token().await.unwrap_err();
+    let e = SpireTokens::new(cli_config(agent, &nox))
+        .token()
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("not JSON"), "{e}");
 
     let e = SpireTokens::new(cli_config(dir.path().join("missing-agent"), &nox))
@@ -337,8 +362,13 @@ async fn cli_failures_carry_stderr_not_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let xname = dir.path().join("xname");
     std::fs::write(&xname, "x1").unwrap();
-    let out = json!([{"svids": [{"spiffe_id": spiffe_id_for("x2"), "svid": "SECRETTOKEN", "hint": ""}]}]);
+    let out =
+        json!([{"svids": [{"spiffe_id": spiffe_id_for("x2"), "svid": "SECRETTOKEN", "hint": ""}]}]);
     let agent = fake_agent(dir.path(), &out.to_string(), false);
-    let e = SpireTokens::new(cli_config(agent, &xname)).token().await.unwrap_err().to_string();
+    let e = SpireTokens::new(cli_config(agent, &xname))
+        .token()
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no SVID") && !e.contains("SECRETTOKEN"), "{e}");
 }

@@ -60,7 +60,10 @@ impl Moto {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "moto_server did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         m
@@ -81,7 +84,15 @@ impl Moto {
         let b = self.bucket(name);
         let action = b.create_bucket(&creds);
         let url = action.sign(Duration::from_secs(60));
-        let r = self.client.put(url).body(action.body()).send().await.unwrap();
+        let body = action.body();
+        let r = self
+            .client
+            .put(url)
+            .header("content-length", body.len())
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "create bucket: {}", r.status());
     }
 
@@ -89,7 +100,9 @@ impl Moto {
     pub async fn put(&self, bucket: &str, key: &str, body: impl Into<reqwest::Body>) -> String {
         let creds = creds();
         let b = self.bucket(bucket);
-        let url = b.put_object(Some(&creds), key).sign(Duration::from_secs(60));
+        let url = b
+            .put_object(Some(&creds), key)
+            .sign(Duration::from_secs(60));
         let r = self.client.put(url).body(body).send().await.unwrap();
         assert!(r.status().is_success(), "put {key}: {}", r.status());
         r.headers()["etag"].to_str().unwrap().to_string()
@@ -113,14 +126,28 @@ impl Moto {
         let url = b
             .create_multipart_upload(Some(&creds), key)
             .sign(Duration::from_secs(60));
-        let text = self.client.post(url).send().await.unwrap().text().await.unwrap();
+        let text = self
+            .client
+            .post(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let upload = CreateMultipartUpload::parse_response(&text).unwrap();
         let mut etags = Vec::new();
         for (i, part) in parts.iter().enumerate() {
             let url = b
                 .upload_part(Some(&creds), key, (i + 1) as u16, upload.upload_id())
                 .sign(Duration::from_secs(60));
-            let r = self.client.put(url).body(part.clone()).send().await.unwrap();
+            let r = self
+                .client
+                .put(url)
+                .body(part.clone())
+                .send()
+                .await
+                .unwrap();
             assert!(r.status().is_success());
             etags.push(r.headers()["etag"].to_str().unwrap().to_string());
         }
@@ -137,7 +164,9 @@ impl Moto {
         let text = r.text().await.unwrap();
         let start = text.find("<ETag>").unwrap() + 6;
         let end = text.find("</ETag>").unwrap();
-        text[start..end].replace("&#34;", "\"").replace("&quot;", "\"")
+        text[start..end]
+            .replace("&#34;", "\"")
+            .replace("&quot;", "\"")
     }
 }
 
@@ -229,7 +258,10 @@ impl Drop for S3fsMount {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mountpoint)
+            .status();
     }
 }
 
