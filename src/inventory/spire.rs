@@ -205,7 +205,7 @@ pub fn jwt_exp(jwt: &str) -> Option<SystemTime> {
         .ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;
     let exp = claims.get("exp")?.as_f64()?;
-    if !exp.is_finite() || exp < 0.0 || exp > 1e11 {
+    if !exp.is_finite() || !(0.0..=1e11).contains(&exp) {
         return None;
     }
     Some(UNIX_EPOCH + Duration::from_secs(exp as u64))
