@@ -5,6 +5,17 @@
 //! a value (known present), an explicit absence, or an error. An error is kept as
 //! an error all the way to the plan, so a failing source can never look like an
 //! empty one.
+//!
+//! The adapters live in the submodules; [`gather::Sources::gather`] runs them all.
+
+pub mod gather;
+pub mod http;
+pub mod ims;
+pub mod manifest;
+pub mod mount;
+pub mod node;
+pub mod s3;
+pub mod spire;
 
 use std::collections::BTreeMap;
 

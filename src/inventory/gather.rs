@@ -1,0 +1,295 @@
+//! One scan's gathering: every source, in the order their dependencies allow.
+//!
+//! ```text
+//!   S3 listing ─┐
+//!   SPIRE → IMS ┼─→ wanted manifests (cached) ─→ mount candidates (stat)
+//!   node label ─┘
+//! ```
+//! The three first sources run concurrently. Manifests are fetched only for records
+//! that pass the checks needing no manifest ([`desired::manifest_wanted`]), and only
+//! when the listing is known (without it nothing can be judged anyway); the mount is
+//! checked only for keys `desired` will ask about ([`desired::mount_candidates`]).
+//! Nothing here decides anything: errors are carried into the [`Inventory`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use super::http::error_chain;
+use super::ims::{ImsConfig, ImsError, ImsSource, SkippedRecord};
+use super::manifest::{ManifestFetcher, ManifestStats, Wanted, DEFAULT_CONCURRENCY};
+use super::mount::MountChecker;
+use super::node::{NodeConfig, NodeSource};
+use super::s3::{S3Config, S3Error, S3Source};
+use super::spire::{SpireConfig, SpireTokens, TokenProvider};
+use super::Inventory;
+use crate::desired::{self, Settings};
+
+/// Everything needed to build the sources.
+#[derive(Debug, Clone)]
+pub struct SourcesConfig {
+    pub s3: S3Config,
+    pub ims: ImsConfig,
+    pub spire: SpireConfig,
+    /// `None`: the node label is not checked (e.g. `scan --once` on a laptop).
+    pub node: Option<NodeConfig>,
+    pub manifest_concurrency: usize,
+    pub mount_concurrency: usize,
+}
+
+impl SourcesConfig {
+    pub fn new(s3: S3Config, ims: ImsConfig) -> SourcesConfig {
+        SourcesConfig {
+            s3,
+            ims,
+            spire: SpireConfig::default(),
+            node: Some(NodeConfig::default()),
+            manifest_concurrency: DEFAULT_CONCURRENCY,
+            mount_concurrency: super::mount::DEFAULT_CONCURRENCY,
+        }
+    }
+}
+
+/// A source that could not even be set up (bad CA bundle, bad endpoint).
+#[derive(Debug, Error)]
+pub enum SetupError {
+    #[error("S3 source: {0}")]
+    S3(#[from] S3Error),
+    #[error("IMS source: {0}")]
+    Ims(#[from] ImsError),
+}
+
+/// The sources, with the state they keep between scans (manifest and token caches).
+pub struct Sources {
+    s3: S3Source,
+    ims: ImsSource,
+    tokens: Arc<dyn TokenProvider>,
+    node: Option<NodeSource>,
+    manifests: ManifestFetcher,
+    mount: MountChecker,
+}
+
+/// Requests, time and failure of one source in one scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    pub requests: u64,
+    pub duration: Duration,
+    pub error: Option<String>,
+}
+
+/// What a gathering cost, for metrics and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatherStats {
+    pub total: Duration,
+    /// Listing requests to S3 (pages, retries included).
+    pub s3_list: SourceStats,
+    /// Token fetch (requests = CLI runs or RPCs; 0 when the cached token was used).
+    pub token: SourceStats,
+    pub ims: SourceStats,
+    pub node: Option<SourceStats>,
+    /// Manifest GETs to S3 (retries included) and time.
+    pub manifest_fetch: SourceStats,
+    pub manifests: ManifestStats,
+    pub mount_checked: usize,
+    pub mount_duration: Duration,
+}
+
+impl GatherStats {
+    /// Requests to the S3 server (listing and manifests).
+    pub fn s3_requests(&self) -> u64 {
+        self.s3_list.requests + self.manifest_fetch.requests
+    }
+}
+
+/// The result of [`Sources::gather`].
+#[derive(Debug, Clone)]
+pub struct Gathered {
+    pub inventory: Inventory,
+    /// `Some(Ok(labelled))`, `Some(Err(why unknown))`, or `None` when not checked.
+    pub node_labelled: Option<Result<bool, String>>,
+    /// IMS records that could not be used at all (also logged).
+    pub ims_skipped: Vec<SkippedRecord>,
+    pub stats: GatherStats,
+}
+
+impl Sources {
+    /// Builds the sources, with the SPIRE token provider the config asks for.
+    pub fn new(cfg: SourcesConfig) -> Result<Sources, SetupError> {
+        let tokens: Arc<dyn TokenProvider> = Arc::new(SpireTokens::new(cfg.spire.clone()));
+        Sources::with_tokens(cfg, tokens)
+    }
+
+    /// Builds the sources with another token provider (tests, a fixed token).
+    pub fn with_tokens(
+        cfg: SourcesConfig,
+        tokens: Arc<dyn TokenProvider>,
+    ) -> Result<Sources, SetupError> {
+        Ok(Sources {
+            s3: S3Source::new(cfg.s3)?,
+            ims: ImsSource::new(cfg.ims)?,
+            tokens,
+            node: cfg.node.map(NodeSource::new),
+            manifests: ManifestFetcher::new(cfg.manifest_concurrency),
+            mount: MountChecker {
+                concurrency: cfg.mount_concurrency,
+            },
+        })
+    }
+
+    /// Manifests held in the cache.
+    pub fn cached_manifests(&self) -> usize {
+        self.manifests.cached()
+    }
+
+    /// Gathers one scan's inventory. Never fails as a whole: each source's failure
+    /// is in the inventory as an error.
+    pub async fn gather(&self, settings: &Settings) -> Gathered {
+        let start = Instant::now();
+        if settings.bucket != self.s3.bucket() {
+            tracing::warn!(
+                listed = self.s3.bucket(),
+                judged = %settings.bucket,
+                "S3 source bucket differs from the bucket desired() judges against"
+            );
+        }
+        let mut stats = GatherStats::default();
+        let (s3, (ims, token_stats, ims_stats), node) =
+            tokio::join!(self.list_s3(), self.list_ims(), self.node_label());
+        let (s3, s3_stats) = s3;
+        stats.s3_list = s3_stats;
+        stats.token = token_stats;
+        stats.ims = ims_stats;
+        let node_labelled = node.map(|(r, st)| {
+            stats.node = Some(st);
+            r
+        });
+        let (ims, ims_skipped) = match ims {
+            Ok(l) => (Ok(l.records), l.skipped),
+            Err(e) => (Err(e), Vec::new()),
+        };
+        let mut inventory = Inventory {
+            s3,
+            ims,
+            manifests: Default::default(),
+            mount: Default::default(),
+        };
+
+        if let (Ok(listing), Ok(records)) = (&inventory.s3, &inventory.ims) {
+            let wanted: Vec<Wanted> = records
+                .iter()
+                .filter_map(|r| {
+                    desired::manifest_wanted(r, settings).map(|path| Wanted {
+                        path: path.to_string(),
+                        ims_etag: r.link.as_ref().and_then(|l| l.etag.clone()),
+                    })
+                })
+                .collect();
+            let t = Instant::now();
+            let before = self.s3.requests();
+            let (manifests, mstats) = self.manifests.fetch_all(&self.s3, &wanted, listing).await;
+            stats.manifest_fetch = SourceStats {
+                requests: self.s3.requests() - before,
+                duration: t.elapsed(),
+                error: None,
+            };
+            stats.manifests = mstats;
+            inventory.manifests = manifests;
+        }
+
+        let candidates = desired::mount_candidates(&inventory, settings);
+        let t = Instant::now();
+        inventory.mount = self
+            .mount
+            .check_all(&settings.mount_root, &candidates)
+            .await;
+        stats.mount_checked = candidates.len();
+        stats.mount_duration = t.elapsed();
+        stats.total = start.elapsed();
+        tracing::debug!(?stats, "inventory gathered");
+        Gathered {
+            inventory,
+            node_labelled,
+            ims_skipped,
+            stats,
+        }
+    }
+
+    async fn list_s3(&self) -> (Result<Vec<super::S3Object>, String>, SourceStats) {
+        let t = Instant::now();
+        let before = self.s3.requests();
+        let r = self.s3.list_all().await.map_err(|e| e.to_string());
+        if let Err(e) = &r {
+            tracing::error!(error = %e, "S3 listing failed: S3 state unknown this scan");
+        }
+        let st = SourceStats {
+            requests: self.s3.requests() - before,
+            duration: t.elapsed(),
+            error: r.as_ref().err().cloned(),
+        };
+        (r, st)
+    }
+
+    async fn list_ims(
+        &self,
+    ) -> (
+        Result<super::ims::ImsListing, String>,
+        SourceStats,
+        SourceStats,
+    ) {
+        let t = Instant::now();
+        let token = self.tokens.token().await;
+        let token_stats = SourceStats {
+            requests: 0,
+            duration: t.elapsed(),
+            error: token.as_ref().err().map(|e| error_chain(e)),
+        };
+        let token = match token {
+            Ok(t) => t,
+            Err(e) => {
+                let e = ImsError::NoToken(error_chain(&e)).to_string();
+                tracing::error!(error = %e, "IMS not asked: IMS state unknown this scan");
+                return (
+                    Err(e.clone()),
+                    token_stats,
+                    SourceStats {
+                        error: Some(e),
+                        ..Default::default()
+                    },
+                );
+            }
+        };
+        let t = Instant::now();
+        let before = self.ims.requests();
+        let r = self
+            .ims
+            .list(token.secret())
+            .await
+            .map_err(|e| e.to_string());
+        if let Err(e) = &r {
+            tracing::error!(error = %e, "IMS listing failed: IMS state unknown this scan");
+        }
+        let st = SourceStats {
+            requests: self.ims.requests() - before,
+            duration: t.elapsed(),
+            error: r.as_ref().err().cloned(),
+        };
+        (r, token_stats, st)
+    }
+
+    async fn node_label(&self) -> Option<(Result<bool, String>, SourceStats)> {
+        let node = self.node.as_ref()?;
+        let t = Instant::now();
+        let before = node.requests();
+        let r = node.labelled().await.map_err(|e| e.to_string());
+        if let Err(e) = &r {
+            tracing::warn!(error = %e, "node label unknown this scan");
+        }
+        let st = SourceStats {
+            requests: node.requests() - before,
+            duration: t.elapsed(),
+            error: r.as_ref().err().cloned(),
+        };
+        Some((r, st))
+    }
+}

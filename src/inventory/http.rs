@@ -1,0 +1,247 @@
+//! The one place HTTP clients are built: TLS policy, timeouts, body caps, retries.
+//!
+//! Every source (S3, IMS, Kubernetes) talks HTTP through a client made here, so the
+//! rules hold everywhere alike: TLS is verified against the system roots plus an
+//! optional CA bundle, verification is off only when the operator asked for it (and
+//! then we say so in the log), every request has a time bound, and no response body
+//! is read past a cap (a misbehaving server must not make the agent swallow gigabytes).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+
+/// TLS settings of one client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file of extra trusted CAs (added to the system roots).
+    pub ca_bundle: Option<PathBuf>,
+    /// Accept any server certificate. Only for an operator who asked for it explicitly.
+    pub insecure: bool,
+}
+
+/// Errors building a client.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("cannot read CA bundle {path}: {source}")]
+    CaRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("CA bundle {path} holds no usable PEM certificate: {detail}")]
+    CaParse { path: PathBuf, detail: String },
+    #[error("client identity (certificate/key) unusable: {0}")]
+    Identity(String),
+    #[error("cannot build HTTP client: {0}")]
+    Build(String),
+}
+
+/// Extra knobs for [`client`] that only some sources need.
+#[derive(Default)]
+pub struct ClientExtras {
+    /// Trust exactly these PEM roots instead of the system roots (kubeconfig CA data).
+    pub only_roots_pem: Option<Vec<u8>>,
+    /// PEM of a client certificate followed by its private key (kubeconfig user).
+    pub identity_pem: Option<Vec<u8>>,
+}
+
+/// Builds a client: `timeout` bounds each whole request, connecting included.
+///
+/// `what` names the server in the warning logged when verification is off.
+pub fn client(
+    what: &str,
+    tls: &TlsOptions,
+    timeout: Duration,
+    extras: ClientExtras,
+) -> Result<reqwest::Client, ClientError> {
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        // The agent talks to in-cluster endpoints; an inherited HTTP(S)_PROXY would
+        // silently route them elsewhere (and the sources do not want it).
+        .no_proxy()
+        .user_agent(concat!("sbps-marshal/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &tls.ca_bundle {
+        b = b.tls_certs_merge(read_pem_bundle(path)?);
+    }
+    if let Some(pem) = extras.only_roots_pem {
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::CaParse {
+                path: PathBuf::from("<embedded certificate-authority-data>"),
+                detail: e.to_string(),
+            })?;
+        b = b.tls_certs_only(certs);
+    }
+    if let Some(pem) = extras.identity_pem {
+        let id =
+            reqwest::Identity::from_pem(&pem).map_err(|e| ClientError::Identity(e.to_string()))?;
+        b = b.identity(id);
+    }
+    if tls.insecure {
+        tracing::warn!(
+            server = what,
+            "TLS certificate verification is OFF for {what} (explicitly configured)"
+        );
+        b = b.tls_danger_accept_invalid_certs(true);
+    }
+    b.build().map_err(|e| ClientError::Build(error_chain(&e)))
+}
+
+fn read_pem_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let pem = std::fs::read(path).map_err(|source| ClientError::CaRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::CaParse {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    if certs.is_empty() {
+        return Err(ClientError::CaParse {
+            path: path.to_path_buf(),
+            detail: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Why a body could not be read.
+#[derive(Debug, Error)]
+pub enum BodyError {
+    #[error("response body exceeds the {cap}-byte limit")]
+    TooLarge { cap: usize },
+    #[error("reading response body: {0}")]
+    Read(String),
+}
+
+impl BodyError {
+    /// A timeout while reading is worth a retry; an oversized body is not.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, BodyError::Read(s) if s.contains("timed out") || s.contains("timeout"))
+    }
+}
+
+/// Reads a body chunk by chunk, failing as soon as it passes `cap` bytes. A declared
+/// `Content-Length` above the cap fails before a byte is read.
+pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Bytes, BodyError> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(BodyError::TooLarge { cap });
+    }
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| BodyError::Read(error_chain(&e)))?
+    {
+        if buf.len() + chunk.len() > cap {
+            return Err(BodyError::TooLarge { cap });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// An error with its sources, on one line (reqwest hides the useful part in `source()`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+/// A URL for logs: no query string (presigned S3 URLs carry a signature there).
+pub fn redact_url(u: &reqwest::Url) -> String {
+    let mut u = u.clone();
+    u.set_query(None);
+    u.to_string()
+}
+
+/// How often and how patiently to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total attempts, the first included (1 = no retry).
+    pub attempts: u32,
+    /// Pause before the second attempt; doubled each further attempt.
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries.
+    pub fn once() -> Self {
+        RetryPolicy {
+            attempts: 1,
+            backoff: Duration::ZERO,
+        }
+    }
+
+    /// The pause before attempt `n` (1-based; `n >= 2`), capped at 5 s.
+    pub fn pause(&self, n: u32) -> Duration {
+        let factor = 1u32 << (n.saturating_sub(2)).min(8);
+        (self.backoff * factor).min(Duration::from_secs(5))
+    }
+}
+
+/// Whether an HTTP status is worth another try (server-side trouble, throttling).
+pub fn retryable_status(s: reqwest::StatusCode) -> bool {
+    s.is_server_error() || s == reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Whether a transport error is worth another try (timeouts, refused/reset connections).
+pub fn retryable_transport(e: &reqwest::Error) -> bool {
+    e.is_timeout() || e.is_connect() || e.is_request() || e.is_body()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let p = RetryPolicy {
+            attempts: 10,
+            backoff: Duration::from_millis(100),
+        };
+        assert_eq!(p.pause(2), Duration::from_millis(100));
+        assert_eq!(p.pause(3), Duration::from_millis(200));
+        assert_eq!(p.pause(4), Duration::from_millis(400));
+        assert_eq!(p.pause(10), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn missing_ca_bundle_is_named() {
+        let tls = TlsOptions {
+            ca_bundle: Some("/nonexistent/ca.pem".into()),
+            insecure: false,
+        };
+        let e = client("x", &tls, Duration::from_secs(1), ClientExtras::default()).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn garbage_ca_bundle_is_rejected() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "not a certificate").unwrap();
+        let tls = TlsOptions {
+            ca_bundle: Some(f.path().to_path_buf()),
+            insecure: false,
+        };
+        assert!(client("x", &tls, Duration::from_secs(1), ClientExtras::default()).is_err());
+    }
+}

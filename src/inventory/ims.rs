@@ -1,0 +1,399 @@
+//! The IMS source: every image record, parsed leniently.
+//!
+//! IMS has no server-side filter, so this is one GET of the whole collection. Real
+//! records deviate from the schema (null `link`, missing `etag`, the `{key, value}`
+//! metadata of the CSM < 1.7 create bug), so the body is read as `serde_json::Value`
+//! and each record is judged on its own: a record that cannot be understood is
+//! skipped *and reported*, the others are kept. Only a failure of the whole answer
+//! (HTTP error, not a JSON array) makes the IMS source unknown.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+use url::Url;
+
+use super::http::{self, BodyError, ClientError, RetryPolicy, TlsOptions};
+use super::{ImageRecord, Link, Tagging};
+
+/// Default cap of the IMS answer. Real systems have a few thousand records (~1 KiB each).
+pub const DEFAULT_MAX_BODY: usize = 256 * 1024 * 1024;
+
+/// Settings of the IMS source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImsConfig {
+    /// The images collection, e.g. `https://api-gw-service-nmn.local/apis/ims/v3/images`
+    /// (see [`join_url`]).
+    pub url: Url,
+    /// `IMS_TIMEOUT`: bound of the whole request, body included.
+    pub timeout: Duration,
+    pub tls: TlsOptions,
+    pub max_body: usize,
+    /// The original made one attempt; so does the default.
+    pub retry: RetryPolicy,
+}
+
+impl ImsConfig {
+    pub fn new(url: Url) -> ImsConfig {
+        ImsConfig {
+            url,
+            timeout: Duration::from_secs(10),
+            tls: TlsOptions::default(),
+            max_body: DEFAULT_MAX_BODY,
+            retry: RetryPolicy::once(),
+        }
+    }
+}
+
+/// `API_GATEWAY` joined with `IMS_URI` the way Python's `urljoin` does it (RFC 3986
+/// reference resolution): `https://gw` + `apis/ims/v3/images` →
+/// `https://gw/apis/ims/v3/images`.
+pub fn join_url(gateway: &str, uri: &str) -> Result<Url, url::ParseError> {
+    Url::parse(gateway)?.join(uri)
+}
+
+/// Why the IMS source could not answer.
+#[derive(Debug, Error)]
+pub enum ImsError {
+    #[error("no token: {0}")]
+    NoToken(String),
+    #[error("IMS GET {url}: {detail}")]
+    Transport { url: String, detail: String },
+    #[error("IMS GET {url}: HTTP {status}: {excerpt}")]
+    Status {
+        url: String,
+        status: u16,
+        excerpt: String,
+    },
+    #[error("IMS GET {url}: {source}")]
+    Body { url: String, source: BodyError },
+    #[error("IMS answer is not JSON: {0}")]
+    NotJson(String),
+    #[error("IMS answer is a JSON {0}, not an array of image records")]
+    NotArray(&'static str),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// A record left out of the listing, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedRecord {
+    /// Position in the IMS answer.
+    pub index: usize,
+    /// The record's id, when it had a usable one.
+    pub id: Option<String>,
+    pub reason: String,
+}
+
+/// The usable records and the skipped ones.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImsListing {
+    pub records: Vec<ImageRecord>,
+    pub skipped: Vec<SkippedRecord>,
+}
+
+/// The IMS source. Counts the requests it makes.
+pub struct ImsSource {
+    cfg: ImsConfig,
+    client: reqwest::Client,
+    requests: AtomicU64,
+}
+
+impl ImsSource {
+    pub fn new(cfg: ImsConfig) -> Result<ImsSource, ImsError> {
+        let client = http::client("IMS", &cfg.tls, cfg.timeout, Default::default())?;
+        Ok(ImsSource {
+            cfg,
+            client,
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    /// HTTP requests sent so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Fetches and parses every image record, authenticating with `token`.
+    pub async fn list(&self, token: &str) -> Result<ImsListing, ImsError> {
+        let mut attempt = 1;
+        loop {
+            match self.list_once(token).await {
+                Err(e) if attempt < self.cfg.retry.attempts && retryable(&e) => {
+                    let pause = self.cfg.retry.pause(attempt + 1);
+                    tracing::warn!(attempt, error = %e, ?pause, "IMS request failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn list_once(&self, token: &str) -> Result<ImsListing, ImsError> {
+        let url = self.cfg.url.to_string();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = self
+            .client
+            .get(self.cfg.url.clone())
+            .bearer_auth(token)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| ImsError::Transport {
+                url: url.clone(),
+                detail: if e.is_timeout() {
+                    format!("timed out after {:?}", self.cfg.timeout)
+                } else {
+                    http::error_chain(&e)
+                },
+            })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = http::read_capped(resp, 4096).await.unwrap_or_default();
+            return Err(ImsError::Status {
+                url,
+                status: status.as_u16(),
+                excerpt: String::from_utf8_lossy(&body).chars().take(300).collect(),
+            });
+        }
+        let body = http::read_capped(resp, self.cfg.max_body)
+            .await
+            .map_err(|source| ImsError::Body {
+                url: url.clone(),
+                source,
+            })?;
+        parse_listing(&body)
+    }
+}
+
+fn retryable(e: &ImsError) -> bool {
+    match e {
+        ImsError::Transport { .. } => true,
+        ImsError::Status { status, .. } => {
+            reqwest::StatusCode::from_u16(*status).is_ok_and(http::retryable_status)
+        }
+        ImsError::Body { source, .. } => source.is_timeout(),
+        _ => false,
+    }
+}
+
+/// Parses the IMS answer: an array of records, each judged on its own.
+pub fn parse_listing(body: &[u8]) -> Result<ImsListing, ImsError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ImsError::NotJson(e.to_string()))?;
+    let items = match value {
+        Value::Array(items) => items,
+        other => return Err(ImsError::NotArray(type_name(&other))),
+    };
+    let mut out = ImsListing::default();
+    for (index, item) in items.iter().enumerate() {
+        match parse_record(item) {
+            Ok(r) => out.records.push(r),
+            Err(reason) => {
+                let id = item.get("id").and_then(Value::as_str).map(str::to_string);
+                tracing::warn!(index, id = id.as_deref().unwrap_or("?"), %reason, "IMS record skipped");
+                out.skipped.push(SkippedRecord { index, id, reason });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One record. `Err` is the reason it cannot be used at all.
+pub fn parse_record(v: &Value) -> Result<ImageRecord, String> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("record is a JSON {}, not an object", type_name(v)))?;
+    let id = match obj.get("id") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::String(_)) => return Err("empty id".into()),
+        None | Some(Value::Null) => return Err("no id".into()),
+        Some(other) => return Err(format!("id is a JSON {}", type_name(other))),
+    };
+    let name = match obj.get("name") {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => String::new(),
+        Some(other) => return Err(format!("name is a JSON {}", type_name(other))),
+    };
+    let link = parse_link(obj.get("link")).map_err(|e| format!("link: {e}"))?;
+    let tagging = parse_tagging(&id, obj.get("metadata"));
+    Ok(ImageRecord {
+        id,
+        name,
+        link,
+        tagging,
+    })
+}
+
+/// A `link` (ArtifactLinkRecord) of an IMS record or a manifest artifact.
+///
+/// Absent or null → `None`; an object without a string `path` → `None` too (the
+/// callers treat both as "no link"). `etag`: a string is kept; missing/null → `None`;
+/// a JSON number is kept as its decimal text (a careless writer may have stored an
+/// all-digit ETag as a number; should the text not match, `desired` reports an ETag
+/// mismatch, never a wrong projection); any other type → `None`. A `link` that is
+/// neither object nor null, or a non-string `path`, is a type error.
+pub fn parse_link(v: Option<&Value>) -> Result<Option<Link>, String> {
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(o)) => o,
+        Some(other) => return Err(format!("a JSON {}, not an object", type_name(other))),
+    };
+    let path = match obj.get("path") {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => return Ok(None),
+        Some(other) => return Err(format!("path is a JSON {}", type_name(other))),
+    };
+    let etag = match obj.get("etag") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => {
+            tracing::warn!(%path, etag = %n, "link etag is a JSON number; using its text");
+            Some(n.to_string())
+        }
+        None | Some(Value::Null) => None,
+        Some(other) => {
+            tracing::warn!(%path, "link etag is a JSON {}; ignored", type_name(other));
+            None
+        }
+    };
+    let kind = obj.get("type").and_then(Value::as_str).map(str::to_string);
+    Ok(Some(Link { path, etag, kind }))
+}
+
+/// The record's `metadata`, classified. Never fails: an odd shape is `Invalid`.
+///
+/// Non-string values of the flat map: numbers and booleans become their JSON text
+/// (`true` → `"true"`, which is what the writer evidently meant); null, arrays and
+/// objects are dropped. Both with a warning: IMS's own schema forbids them.
+pub fn parse_tagging(id: &str, v: Option<&Value>) -> Tagging {
+    let obj = match v {
+        None => return Tagging::NoMetadata,
+        Some(Value::Object(o)) => o,
+        // `null` is not "an IMS without tagging" (that omits the field): not understood.
+        Some(other) => return Tagging::Invalid(format!("metadata is a JSON {}", type_name(other))),
+    };
+    if obj.len() == 2 {
+        if let (Some(Value::String(key)), Some(Value::String(value))) =
+            (obj.get("key"), obj.get("value"))
+        {
+            tracing::warn!(
+                image = id,
+                key,
+                value,
+                "IMS metadata has the {{key, value}} shape of the CSM < 1.7 create bug; treated as untagged"
+            );
+            return Tagging::BuggyKeyValue {
+                key: key.clone(),
+                value: value.clone(),
+            };
+        }
+    }
+    let mut map = BTreeMap::new();
+    for (k, val) in obj {
+        match val {
+            Value::String(s) => {
+                map.insert(k.clone(), s.clone());
+            }
+            Value::Number(_) | Value::Bool(_) => {
+                tracing::warn!(image = id, key = %k, value = %val, "IMS metadata value is not a string; using its text");
+                map.insert(k.clone(), val.to_string());
+            }
+            _ => {
+                tracing::warn!(image = id, key = %k, "IMS metadata value is a JSON {}; dropped", type_name(val));
+            }
+        }
+    }
+    Tagging::Map(map)
+}
+
+/// JSON type name for messages.
+pub fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn urljoin_like_python() {
+        let u = join_url("https://api-gw-service-nmn.local", "apis/ims/v3/images").unwrap();
+        assert_eq!(
+            u.as_str(),
+            "https://api-gw-service-nmn.local/apis/ims/v3/images"
+        );
+        let u = join_url("https://gw/", "/apis/ims/v3/images").unwrap();
+        assert_eq!(u.as_str(), "https://gw/apis/ims/v3/images");
+    }
+
+    #[test]
+    fn quirks() {
+        let body = json!([
+            {"id": "a", "name": "ok", "link": {"path": "s3://b/a/manifest.json", "etag": "e", "type": "s3"},
+             "metadata": {"sbps-project": "true"}},
+            {"id": "b", "name": "nulllink", "link": null, "metadata": {}},
+            {"id": "c", "name": "noetag", "link": {"path": "s3://b/c/manifest.json", "type": "s3"}},
+            {"id": "d", "name": "buggy", "metadata": {"key": "sbps-project", "value": "true"}},
+            {"id": "e", "name": "nonstr", "metadata": {"sbps-project": true, "n": 3, "x": null, "o": {}}},
+            {"id": 7, "name": "badid"},
+            {"name": "noid"},
+            "garbage",
+            {"id": "f", "name": "badlink", "link": "s3://b/f"},
+            {"id": "g", "name": "badmeta", "metadata": []},
+            {"id": "h", "name": "numetag", "link": {"path": "s3://b/h/manifest.json", "etag": 123}},
+        ]);
+        let l = parse_listing(body.to_string().as_bytes()).unwrap();
+        let ids: Vec<_> = l.records.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c", "d", "e", "g", "h"]);
+        assert_eq!(l.records[0].tagging.tag(), Some("true"));
+        assert_eq!(l.records[1].link, None);
+        assert_eq!(l.records[1].tagging, Tagging::Map(BTreeMap::new()));
+        assert_eq!(l.records[2].link.as_ref().unwrap().etag, None);
+        assert_eq!(l.records[2].tagging, Tagging::NoMetadata);
+        assert!(matches!(
+            l.records[3].tagging,
+            Tagging::BuggyKeyValue { .. }
+        ));
+        let Tagging::Map(m) = &l.records[4].tagging else {
+            panic!()
+        };
+        assert_eq!(m.get("sbps-project").map(String::as_str), Some("true"));
+        assert_eq!(m.get("n").map(String::as_str), Some("3"));
+        assert_eq!(m.len(), 2);
+        assert!(matches!(l.records[5].tagging, Tagging::Invalid(_)));
+        assert_eq!(
+            l.records[6].link.as_ref().unwrap().etag.as_deref(),
+            Some("123")
+        );
+        let skipped: Vec<_> = l.skipped.iter().map(|s| (s.index, s.id.clone())).collect();
+        assert_eq!(
+            skipped,
+            [(5, None), (6, None), (7, None), (8, Some("f".to_string()))]
+        );
+    }
+
+    #[test]
+    fn whole_answer_errors() {
+        assert!(matches!(
+            parse_listing(b"{}"),
+            Err(ImsError::NotArray("object"))
+        ));
+        assert!(matches!(
+            parse_listing(b"<html>"),
+            Err(ImsError::NotJson(_))
+        ));
+        assert_eq!(parse_listing(b"[]").unwrap(), ImsListing::default());
+    }
+}

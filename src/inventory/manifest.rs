@@ -1,0 +1,273 @@
+//! Image manifests: lenient parsing, bounded concurrent fetching, and a cache.
+//!
+//! A system with thousands of images would otherwise GET thousands of manifests
+//! every scan. A manifest is immutable in practice (IMS registers it with its ETag),
+//! so a parsed manifest is kept in memory under (manifest path, the IMS record's
+//! link etag, the manifest object's ETag in this scan's listing): an unchanged image
+//! costs no request on later scans, and a manifest rewritten in place is refetched
+//! because its listing ETag changes. Parsed results are cached, an unparsable
+//! manifest included (the same bytes fail the same way); a failed download is
+//! retried next scan. Each error is an unknown for that one image, never for the
+//! others.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use futures_util::stream::{self, StreamExt};
+use serde_json::Value;
+
+use super::ims::{parse_link, type_name};
+use super::s3::{S3Error, S3Source};
+use super::{parse_s3_url, Artifact, Manifest, S3Object};
+
+/// IMS refuses manifests of 1 MiB or more (`MAX_IMAGE_MANIFEST_SIZE_BYTES`).
+pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
+/// Default number of manifest downloads in flight.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+
+/// Parses a manifest.
+///
+/// Required: a JSON object whose `artifacts` is an array of objects. Per artifact,
+/// `type` must be a string (an artifact without one is dropped: it cannot be the
+/// rootfs) and `link` an object or null (see [`parse_link`] for `etag`). Structural
+/// type errors fail the whole manifest, which makes the image *unknown* rather than
+/// skipped: a corrupt manifest must not remove a projection. `version` other than
+/// IMS's `"1.0"` is accepted with a warning; IMS itself validates it at registration.
+pub fn parse_manifest(body: &[u8]) -> Result<Manifest, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("a JSON {}, not an object", type_name(&v)))?;
+    match obj.get("version") {
+        Some(Value::String(s)) if s == "1.0" => {}
+        other => tracing::warn!(version = ?other, "manifest version is not \"1.0\"; parsed anyway"),
+    }
+    let items = match obj.get("artifacts") {
+        Some(Value::Array(a)) => a,
+        None => return Err("no artifacts".into()),
+        Some(other) => {
+            return Err(format!(
+                "artifacts is a JSON {}, not an array",
+                type_name(other)
+            ))
+        }
+    };
+    let mut artifacts = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let a = item
+            .as_object()
+            .ok_or_else(|| format!("artifact {i} is a JSON {}", type_name(item)))?;
+        let kind = match a.get("type") {
+            Some(Value::String(s)) => s.clone(),
+            other => {
+                tracing::warn!(index = i, kind = ?other, "manifest artifact without a string type; ignored");
+                continue;
+            }
+        };
+        let link = parse_link(a.get("link")).map_err(|e| format!("artifact {i} link: {e}"))?;
+        artifacts.push(Artifact { kind, link });
+    }
+    Ok(Manifest { artifacts })
+}
+
+/// One manifest to fetch: its `s3://` path and the IMS record's link etag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub path: String,
+    pub ims_etag: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    path: String,
+    ims_etag: Option<String>,
+    listing_etag: String,
+}
+
+/// What one round of fetching did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ManifestStats {
+    pub wanted: usize,
+    pub cache_hits: usize,
+    /// Downloads attempted (not counting S3 retries).
+    pub fetched: usize,
+    /// Manifests absent from the listing: reported without a request.
+    pub not_listed: usize,
+    pub errors: usize,
+}
+
+/// Fetches manifests through a cache that lives as long as the agent.
+pub struct ManifestFetcher {
+    concurrency: usize,
+    cache: Mutex<HashMap<CacheKey, Result<Manifest, String>>>,
+}
+
+/// A download error (retried next scan) or a parse error (cached with its key).
+enum FetchError {
+    Download(String),
+    Parse(String),
+}
+
+impl ManifestFetcher {
+    pub fn new(concurrency: usize) -> ManifestFetcher {
+        ManifestFetcher {
+            concurrency: concurrency.max(1),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Entries in the cache.
+    pub fn cached(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Fetches every wanted manifest (deduplicated by path), using `listing` (this
+    /// scan's bucket listing) to validate cache entries and to answer for manifests
+    /// that are not in the bucket. Cache entries not wanted this scan are dropped.
+    pub async fn fetch_all(
+        &self,
+        s3: &S3Source,
+        wanted: &[Wanted],
+        listing: &[S3Object],
+    ) -> (BTreeMap<String, Result<Manifest, String>>, ManifestStats) {
+        let by_key: HashMap<&str, &S3Object> =
+            listing.iter().map(|o| (o.key.as_str(), o)).collect();
+        let mut stats = ManifestStats::default();
+        let mut out = BTreeMap::new();
+        let mut to_fetch = Vec::new();
+        let mut used = HashSet::new();
+        let mut seen = HashSet::new();
+        for w in wanted {
+            if !seen.insert(w.path.as_str()) {
+                continue;
+            }
+            stats.wanted += 1;
+            let Some((_, key)) = parse_s3_url(&w.path) else {
+                out.insert(
+                    w.path.clone(),
+                    Err(format!("not an s3:// object URL: {}", w.path)),
+                );
+                stats.errors += 1;
+                continue;
+            };
+            let Some(obj) = by_key.get(key) else {
+                // `desired` turns this into "manifest missing" (a skip).
+                out.insert(w.path.clone(), Err("not in the bucket listing".into()));
+                stats.not_listed += 1;
+                continue;
+            };
+            let ck = CacheKey {
+                path: w.path.clone(),
+                ims_etag: w.ims_etag.clone(),
+                listing_etag: obj.etag.clone(),
+            };
+            if let Some(m) = self.lock().get(&ck) {
+                if m.is_err() {
+                    stats.errors += 1;
+                }
+                out.insert(w.path.clone(), m.clone());
+                stats.cache_hits += 1;
+                used.insert(ck);
+                continue;
+            }
+            to_fetch.push((ck, key.to_string()));
+        }
+        stats.fetched = to_fetch.len();
+        let results: Vec<_> = stream::iter(to_fetch)
+            .map(|(ck, key)| async move {
+                let r = fetch_one(s3, &key).await;
+                (ck, r)
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        for (ck, r) in results {
+            let r = match r {
+                Ok(m) => Ok(m),
+                Err(FetchError::Parse(e)) => Err(e),
+                Err(FetchError::Download(e)) => {
+                    tracing::warn!(manifest = %ck.path, error = %e, "manifest unavailable");
+                    stats.errors += 1;
+                    out.insert(ck.path, Err(e));
+                    continue;
+                }
+            };
+            if let Err(e) = &r {
+                tracing::warn!(manifest = %ck.path, error = %e, "manifest unusable");
+                stats.errors += 1;
+            }
+            self.lock().insert(ck.clone(), r.clone());
+            out.insert(ck.path.clone(), r);
+            used.insert(ck);
+        }
+        self.lock().retain(|k, _| used.contains(k));
+        (out, stats)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Result<Manifest, String>>> {
+        // A panic while holding the lock cannot leave a half-written entry (inserts are
+        // atomic), so a poisoned cache is still valid.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+async fn fetch_one(s3: &S3Source, key: &str) -> Result<Manifest, FetchError> {
+    let body = s3
+        .get_object(key, MAX_MANIFEST_BYTES)
+        .await
+        .map_err(|e| match e {
+            S3Error::NotFound { .. } => FetchError::Download("not found (HTTP 404)".into()),
+            other => FetchError::Download(other.to_string()),
+        })?;
+    parse_manifest(&body).map_err(|e| FetchError::Parse(format!("unparsable manifest: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::ROOTFS_ARTIFACT_TYPE;
+    use serde_json::json;
+
+    #[test]
+    fn real_shape() {
+        let m = json!({"version": "1.0", "created": "2024-08-15 09:37:13.123456", "artifacts": [
+            {"link": {"path": "s3://boot-images/x/rootfs", "etag": "abc-3", "type": "s3"},
+             "type": ROOTFS_ARTIFACT_TYPE, "md5": "m"},
+            {"link": {"path": "s3://boot-images/x/kernel", "type": "s3"},
+             "type": "application/vnd.cray.image.kernel", "md5": "m"},
+            {"link": null, "type": "application/vnd.cray.image.initrd"},
+            {"link": {"path": "s3://boot-images/x/p", "etag": null}, "type": "application/vnd.cray.image.parameters.boot"},
+            {"link": {"path": "s3://boot-images/x/q", "etag": 42}, "type": "x"},
+            {"type": 5},
+        ]});
+        let m = parse_manifest(m.to_string().as_bytes()).unwrap();
+        assert_eq!(m.artifacts.len(), 5);
+        assert_eq!(
+            m.artifacts[0].link.as_ref().unwrap().etag.as_deref(),
+            Some("abc-3")
+        );
+        assert_eq!(m.artifacts[1].link.as_ref().unwrap().etag, None);
+        assert_eq!(m.artifacts[2].link, None);
+        assert_eq!(m.artifacts[3].link.as_ref().unwrap().etag, None);
+        assert_eq!(
+            m.artifacts[4].link.as_ref().unwrap().etag.as_deref(),
+            Some("42")
+        );
+    }
+
+    #[test]
+    fn structural_errors() {
+        for bad in [
+            "[]",
+            "{}",
+            r#"{"artifacts": {}}"#,
+            r#"{"artifacts": [1]}"#,
+            r#"{"artifacts": [{"type": "t", "link": "s3://x"}]}"#,
+            r#"{"artifacts": [{"type": "t", "link": {"path": 1}}]}"#,
+            "not json",
+        ] {
+            assert!(parse_manifest(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert!(parse_manifest(br#"{"artifacts": []}"#).is_ok());
+    }
+}

@@ -1,0 +1,158 @@
+//! The IMS source against a double that serves records shaped like the IMS API
+//! (ims-api.md), quirks included.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use sbps_marshal::inventory::ims::{join_url, ImsConfig, ImsSource};
+use sbps_marshal::inventory::Tagging;
+use serde_json::json;
+
+use crate::support::{Counter, Served};
+
+/// Records as IMS ≥ 3.24 emits them, plus the real-world deviations.
+pub fn records() -> serde_json::Value {
+    json!([
+        {"id": "46a2731e-a1d0-4f98-ba92-4f78c756bb12", "created": "2024-07-18T22:05:16.565885",
+         "name": "compute-tagged", "arch": "x86_64",
+         "link": {"path": "s3://boot-images/46a2731e-a1d0-4f98-ba92-4f78c756bb12/manifest.json",
+                  "etag": "f04af5f34635ae7c507322985e60c00c-131", "type": "s3"},
+         "metadata": {"sbps-project": "true"}},
+        {"id": "11111111-0000-0000-0000-000000000001", "created": "2024-07-18T22:05:16+00:00",
+         "name": "no-link", "arch": "x86_64", "link": null, "metadata": {}},
+        {"id": "11111111-0000-0000-0000-000000000002", "name": "no-etag", "arch": "aarch64",
+         "link": {"path": "s3://boot-images/2/manifest.json", "type": "s3"}},
+        {"id": "11111111-0000-0000-0000-000000000003", "name": "buggy-create",
+         "link": {"path": "s3://boot-images/3/manifest.json", "etag": "x", "type": "s3"},
+         "metadata": {"key": "sbps-project", "value": "true"}},
+        {"id": "11111111-0000-0000-0000-000000000004", "name": "non-string",
+         "link": {"path": "s3://boot-images/4/manifest.json", "etag": "y", "type": "s3"},
+         "metadata": {"sbps-project": true, "count": 3, "nested": {"a": 1}}},
+        {"id": 5, "name": "numeric-id"},
+        {"name": "no-id"},
+    ])
+}
+
+fn source(base: &url::Url, timeout: Duration) -> ImsSource {
+    let url = join_url(base.as_str().trim_end_matches('/'), "apis/ims/v3/images").unwrap();
+    let mut cfg = ImsConfig::new(url);
+    cfg.timeout = timeout;
+    ImsSource::new(cfg).unwrap()
+}
+
+#[tokio::test]
+async fn parses_quirky_records_and_sends_the_bearer() {
+    let hits = Counter::default();
+    let h = hits.clone();
+    let app = Router::new().route(
+        "/apis/ims/v3/images",
+        get(move |headers: HeaderMap| {
+            h.hit();
+            async move {
+                if headers.get("authorization").and_then(|v| v.to_str().ok())
+                    != Some("Bearer tok.en.x")
+                {
+                    return (StatusCode::UNAUTHORIZED, "no bearer").into_response();
+                }
+                axum::Json(records()).into_response()
+            }
+        }),
+    );
+    let srv = Served::start(app).await;
+    let ims = source(&srv.url(), Duration::from_secs(5));
+    let l = ims.list("tok.en.x").await.unwrap();
+    assert_eq!(hits.get(), 1);
+    assert_eq!(l.records.len(), 5);
+    assert_eq!(l.skipped.len(), 2);
+    assert_eq!(l.skipped[0].index, 5);
+    assert!(l.skipped[0].reason.contains("id is a JSON number"));
+    assert_eq!(l.skipped[1].reason, "no id");
+    let r = &l.records;
+    assert_eq!(r[0].tagging.tag(), Some("true"));
+    assert_eq!(
+        r[0].link.as_ref().unwrap().etag.as_deref(),
+        Some("f04af5f34635ae7c507322985e60c00c-131")
+    );
+    assert_eq!(r[1].link, None);
+    assert_eq!(r[2].link.as_ref().unwrap().etag, None);
+    assert_eq!(r[2].tagging, Tagging::NoMetadata);
+    assert!(
+        matches!(&r[3].tagging, Tagging::BuggyKeyValue { key, value } if key == "sbps-project" && value == "true")
+    );
+    let Tagging::Map(m) = &r[4].tagging else {
+        panic!("{:?}", r[4].tagging)
+    };
+    assert_eq!(m.get("sbps-project").map(String::as_str), Some("true"));
+    assert_eq!(m.get("count").map(String::as_str), Some("3"));
+    assert!(!m.contains_key("nested"));
+
+    // Wrong token: the gateway's 401 is an error, not an empty list.
+    let e = ims.list("wrong").await.unwrap_err().to_string();
+    assert!(e.contains("401"), "{e}");
+}
+
+#[tokio::test]
+async fn whole_answer_failures_are_errors() {
+    let app = Router::new()
+        .route(
+            "/a/apis/ims/v3/images",
+            get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
+        )
+        .route(
+            "/b/apis/ims/v3/images",
+            get(|| async { axum::Json(json!({"images": []})) }),
+        )
+        .route(
+            "/c/apis/ims/v3/images",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                axum::Json(json!([]))
+            }),
+        )
+        .route("/d/apis/ims/v3/images", get(|| async { "[{\"id\": " }));
+    let srv = Served::start(app).await;
+    let at = |p: &str| -> url::Url { format!("{}{p}/", srv.url()).parse().unwrap() };
+    let join = |p: &str| {
+        let mut cfg = ImsConfig::new(at(p).join("apis/ims/v3/images").unwrap());
+        cfg.timeout = Duration::from_millis(300);
+        ImsSource::new(cfg).unwrap()
+    };
+    let e = join("a").list("t").await.unwrap_err().to_string();
+    assert!(e.contains("HTTP 500") && e.contains("boom"), "{e}");
+    let e = join("b").list("t").await.unwrap_err().to_string();
+    assert!(e.contains("not an array"), "{e}");
+    let t = std::time::Instant::now();
+    let e = join("c").list("t").await.unwrap_err().to_string();
+    assert!(e.contains("timed out"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let e = join("d").list("t").await.unwrap_err().to_string();
+    assert!(e.contains("not JSON"), "{e}");
+    // A closed port: unknown, not empty.
+    let closed: url::Url = format!("http://127.0.0.1:{}", crate::support::free_port())
+        .parse()
+        .unwrap();
+    assert!(source(&closed, Duration::from_secs(2))
+        .list("t")
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn oversized_answer_is_refused() {
+    let big = json!([{"id": "x", "name": "y".repeat(2_000)}]);
+    let app = Router::new().route(
+        "/apis/ims/v3/images",
+        get(move || {
+            let b = big.clone();
+            async move { axum::Json(b) }
+        }),
+    );
+    let srv = Served::start(app).await;
+    let mut cfg = ImsConfig::new(srv.url().join("apis/ims/v3/images").unwrap());
+    cfg.max_body = 1_000;
+    let e = ImsSource::new(cfg).unwrap().list("t").await.unwrap_err();
+    assert!(e.to_string().contains("1000-byte limit"), "{e}");
+}

@@ -1,0 +1,195 @@
+//! The S3 source against a real moto server, and against doubles for the faults
+//! moto cannot produce (5xx, slowness, signature rejection).
+
+use std::time::{Duration, Instant};
+
+use axum::extract::Query;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use sbps_marshal::inventory::http::RetryPolicy;
+use sbps_marshal::inventory::s3::{S3Config, S3Error, S3Source};
+
+use crate::support::{credential_file, Counter, Moto, Served};
+
+fn config(endpoint: url::Url, dir: &std::path::Path) -> S3Config {
+    let mut c = S3Config::new(endpoint, "boot-images", credential_file(dir));
+    c.timeout = Duration::from_secs(5);
+    c.retry = RetryPolicy {
+        attempts: 3,
+        backoff: Duration::from_millis(10),
+    };
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_many_pages_with_etags_from_moto() {
+    let moto = Moto::start().await;
+    moto.create_bucket("boot-images").await;
+    let keys: Vec<String> = (0..1_100).map(|i| format!("obj/{i:05}")).collect();
+    let t = Instant::now();
+    moto.put_many("boot-images", keys.clone()).await;
+    eprintln!("uploaded {} objects in {:?}", keys.len(), t.elapsed());
+    let quoted = moto
+        .put("boot-images", "PE/CPE-base.squashfs", vec![7u8; 1234])
+        .await;
+    let multipart = moto
+        .put_multipart(
+            "boot-images",
+            "img/rootfs",
+            &[vec![1u8; 100], vec![2u8; 100], vec![3u8; 50]],
+        )
+        .await;
+    assert!(quoted.starts_with('"'), "{quoted}");
+    assert!(multipart.ends_with("-3\""), "{multipart}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Source::new(config(moto.endpoint.clone(), dir.path())).unwrap();
+    let list = s3.list_all().await.unwrap();
+    assert_eq!(list.len(), 1_102);
+    assert_eq!(s3.requests(), 2, "1,102 objects are two pages of 1,000");
+    let pe = list
+        .iter()
+        .find(|o| o.key == "PE/CPE-base.squashfs")
+        .unwrap();
+    assert_eq!(pe.size, 1234);
+    assert_eq!(pe.etag, quoted.trim_matches('"'));
+    let mp = list.iter().find(|o| o.key == "img/rootfs").unwrap();
+    assert_eq!(mp.etag, multipart.trim_matches('"'));
+    assert_eq!(mp.size, 250);
+    assert!(!mp.etag.contains('"'));
+    let mut listed: Vec<_> = list.iter().map(|o| o.key.clone()).collect();
+    listed.sort();
+    listed.dedup();
+    assert_eq!(listed.len(), 1_102, "no duplicates across pages");
+
+    let body = s3.get_object("obj/00042", 1024).await.unwrap();
+    assert_eq!(&body[..], b"obj/00042");
+    assert!(matches!(
+        s3.get_object("nope", 1024).await,
+        Err(S3Error::NotFound { .. })
+    ));
+    let e = s3
+        .get_object("PE/CPE-base.squashfs", 1000)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("1000-byte limit"), "{e}");
+}
+
+#[tokio::test]
+async fn missing_bucket_is_an_error_not_empty() {
+    let moto = Moto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Source::new(config(moto.endpoint.clone(), dir.path())).unwrap();
+    let e = s3.list_all().await.unwrap_err();
+    assert!(e.to_string().contains("404"), "{e}");
+}
+
+const EMPTY_LISTING: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>boot-images</Name><KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>
+<Contents><Key>a</Key><ETag>&quot;abc&quot;</ETag><Size>3</Size></Contents></ListBucketResult>"#;
+
+#[tokio::test]
+async fn retries_a_5xx_then_succeeds() {
+    let hits = Counter::default();
+    let h = hits.clone();
+    let app = Router::new().route(
+        "/boot-images/",
+        get(move || {
+            let n = h.hit();
+            async move {
+                if n == 1 {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "<Error><Code>SlowDown</Code></Error>",
+                    )
+                        .into_response()
+                } else {
+                    EMPTY_LISTING.into_response()
+                }
+            }
+        }),
+    );
+    let srv = Served::start(app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Source::new(config(srv.url(), dir.path())).unwrap();
+    let list = s3.list_all().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].etag, "abc");
+    assert_eq!(hits.get(), 2);
+}
+
+#[tokio::test]
+async fn retries_a_timeout_then_gives_up() {
+    let hits = Counter::default();
+    let h = hits.clone();
+    let app = Router::new().route(
+        "/boot-images/",
+        get(move || {
+            h.hit();
+            async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                EMPTY_LISTING
+            }
+        }),
+    );
+    let srv = Served::start(app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(srv.url(), dir.path());
+    cfg.timeout = Duration::from_millis(200);
+    cfg.retry.attempts = 2;
+    let s3 = S3Source::new(cfg).unwrap();
+    let t = Instant::now();
+    let e = s3.list_all().await.unwrap_err();
+    assert!(e.to_string().contains("timed out"), "{e}");
+    assert_eq!(hits.get(), 2, "one retry");
+    assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn signature_rejection_is_reported_and_not_retried() {
+    let hits = Counter::default();
+    let h = hits.clone();
+    let app = Router::new().route(
+        "/boot-images/",
+        get(move |q: Query<std::collections::HashMap<String, String>>| {
+            h.hit();
+            assert!(q.contains_key("X-Amz-Signature"), "request is SigV4-presigned");
+            async move {
+                (
+                    StatusCode::FORBIDDEN,
+                    "<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error>",
+                )
+            }
+        }),
+    );
+    let srv = Served::start(app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Source::new(config(srv.url(), dir.path())).unwrap();
+    let e = s3.list_all().await.unwrap_err().to_string();
+    assert!(
+        e.contains("403") && e.contains("SignatureDoesNotMatch"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("X-Amz-Signature"),
+        "no presigned query in errors: {e}"
+    );
+    assert!(!e.contains(crate::support::SECRET));
+    assert_eq!(hits.get(), 1);
+}
+
+#[tokio::test]
+async fn bad_credential_file_fails_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config("http://127.0.0.1:9".parse().unwrap(), dir.path());
+    std::fs::write(&cfg.credential_file, "no-colon-here\n").unwrap();
+    let s3 = S3Source::new(cfg.clone()).unwrap();
+    let e = s3.list_all().await.unwrap_err().to_string();
+    assert!(e.contains("s3.passwd") && e.contains("no ':'"), "{e}");
+    assert_eq!(s3.requests(), 0);
+    cfg.credential_file = dir.path().join("absent");
+    let s3 = S3Source::new(cfg).unwrap();
+    assert!(s3.list_all().await.is_err());
+}
