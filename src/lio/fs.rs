@@ -58,35 +58,43 @@ pub trait Fs: Send + Sync {
     }
 }
 
-impl<T: Fs + ?Sized> Fs for std::sync::Arc<T> {
-    fn mkdir(&self, p: &Path) -> io::Result<()> {
-        (**self).mkdir(p)
-    }
-    fn rmdir(&self, p: &Path) -> io::Result<()> {
-        (**self).rmdir(p)
-    }
-    fn read(&self, p: &Path) -> io::Result<String> {
-        (**self).read(p)
-    }
-    fn write(&self, p: &Path, d: &str) -> io::Result<()> {
-        (**self).write(p, d)
-    }
-    fn symlink(&self, t: &Path, l: &Path) -> io::Result<()> {
-        (**self).symlink(t, l)
-    }
-    fn readlink(&self, p: &Path) -> io::Result<PathBuf> {
-        (**self).readlink(p)
-    }
-    fn unlink(&self, p: &Path) -> io::Result<()> {
-        (**self).unlink(p)
-    }
-    fn read_dir(&self, p: &Path) -> io::Result<Vec<Entry>> {
-        (**self).read_dir(p)
-    }
-    fn metadata(&self, p: &Path) -> io::Result<Meta> {
-        (**self).metadata(p)
-    }
+/// Forwards every call to the inner `Fs` (for `Arc<dyn Fs>` and `&F`).
+macro_rules! forward_fs {
+    ($($t:tt)*) => {
+        $($t)* {
+            fn mkdir(&self, p: &Path) -> io::Result<()> {
+                (**self).mkdir(p)
+            }
+            fn rmdir(&self, p: &Path) -> io::Result<()> {
+                (**self).rmdir(p)
+            }
+            fn read(&self, p: &Path) -> io::Result<String> {
+                (**self).read(p)
+            }
+            fn write(&self, p: &Path, d: &str) -> io::Result<()> {
+                (**self).write(p, d)
+            }
+            fn symlink(&self, t: &Path, l: &Path) -> io::Result<()> {
+                (**self).symlink(t, l)
+            }
+            fn readlink(&self, p: &Path) -> io::Result<PathBuf> {
+                (**self).readlink(p)
+            }
+            fn unlink(&self, p: &Path) -> io::Result<()> {
+                (**self).unlink(p)
+            }
+            fn read_dir(&self, p: &Path) -> io::Result<Vec<Entry>> {
+                (**self).read_dir(p)
+            }
+            fn metadata(&self, p: &Path) -> io::Result<Meta> {
+                (**self).metadata(p)
+            }
+        }
+    };
 }
+
+forward_fs!(impl<T: Fs + ?Sized> Fs for std::sync::Arc<T>);
+forward_fs!(impl<T: Fs + ?Sized> Fs for &T);
 
 /// The real filesystem (the kernel's configfs at `/sys/kernel/config/target`).
 #[derive(Debug, Clone, Copy, Default)]
