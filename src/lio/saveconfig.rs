@@ -535,7 +535,7 @@ pub fn parse(text: &str) -> Result<Saved, String> {
                 .collect();
             tpgs.push(SavedTpg {
                 tag,
-                enable: g.get("enable").map_or(true, |_| b(g, "enable")),
+                enable: g.get("enable").is_none_or(|_| b(g, "enable")),
                 attributes: map(g, "attributes"),
                 parameters: map(g, "parameters")
                     .into_iter()
