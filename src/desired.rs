@@ -278,10 +278,7 @@ pub struct Desired {
 /// that need no manifest (link, tagging, bucket). Gathering uses this, so untagged
 /// images cost no request.
 pub fn manifest_wanted<'a>(record: &'a ImageRecord, s: &Settings) -> Option<&'a str> {
-    match pre_manifest_checks(record, s) {
-        Ok(path) => Some(path),
-        Err(_) => None,
-    }
+    pre_manifest_checks(record, s).ok()
 }
 
 /// The object keys whose mount state `desired` will need, given the listing and the
