@@ -5,24 +5,136 @@
 //! independent ops in parallel, and never lets one failure stop the others, except
 //! that the TPG is not enabled when anything before it failed.
 
+pub mod attr;
+pub mod configfs;
+pub mod fake;
+pub mod fs;
+pub mod lock;
 pub mod model;
+pub mod saveconfig;
+pub mod targetcli;
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+pub use configfs::{ConfigfsSettings, ConfigfsTarget};
+pub use lock::LockGuard;
 pub use model::{Actual, Backstore, BackstoreRef, Lun, Op, Phase, Tpg};
 
-/// Errors of the LIO backends, each naming what it was doing.
+/// Errors of the LIO backends, each naming what it was doing and where. Kernel
+/// errnos that mean something specific for LIO get their own variant, so callers
+/// (and the contract suite) can tell "still linked" from "already there".
 #[derive(Debug, thiserror::Error)]
 pub enum LioError {
+    /// Any other I/O error.
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
         path: PathBuf,
         source: io::Error,
     },
+    /// EEXIST: a backstore of that name, a LUN, a link or an enable already there.
+    #[error("{what} {path}: already exists")]
+    Exists { what: &'static str, path: PathBuf },
+    /// ENOENT: the object (or the directory of the backing file) does not exist.
+    #[error("{what} {path}: does not exist")]
+    NotFound { what: &'static str, path: PathBuf },
+    /// EBUSY: the backstore is still linked by a LUN (of any target).
+    #[error("{what} {path}: busy (the backstore is still exported through a LUN)")]
+    Busy { what: &'static str, path: PathBuf },
+    /// ENOTEMPTY: a LUN directory still holds its link, an HBA still holds devices.
+    #[error("{what} {path}: not empty")]
+    NotEmpty { what: &'static str, path: PathBuf },
+    /// ENODEV: linking a backstore the kernel has not enabled.
+    #[error("{what} {path}: the backstore is not enabled")]
+    NotEnabled { what: &'static str, path: PathBuf },
+    /// EROFS: the backing file lies on a read-only filesystem (LIO opens it O_RDWR).
+    #[error("{what} {path}: read-only filesystem (LIO opens backing files read-write)")]
+    ReadOnly { what: &'static str, path: PathBuf },
+    /// EINVAL (and EOVERFLOW, EFAULT): the kernel refused the value; see dmesg.
+    #[error("{what} {path}: invalid ({source}); the kernel logs the reason")]
+    Invalid {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// EACCES/EPERM.
+    #[error("{what} {path}: permission denied ({source})")]
+    Denied {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// The backing file failed the check made before handing it to the kernel.
+    #[error("backing file {path}: {reason}")]
+    BackingFile { path: PathBuf, reason: String },
+    /// Taking the targetcli/rtslib lock files failed.
+    #[error("lock {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+    /// A targetcli command failed.
+    #[error("targetcli {command:?} failed ({status}): {stderr}")]
+    Targetcli {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    /// saveconfig.json could not be read, parsed or written.
+    #[error("saveconfig {path}: {detail}")]
+    Saveconfig { path: PathBuf, detail: String },
     #[error("{0}")]
     Refused(String),
+}
+
+impl LioError {
+    /// Maps an `io::Error` of a configfs call to the variant for its errno.
+    pub fn from_io(what: &'static str, path: &Path, e: io::Error) -> LioError {
+        let path = path.to_path_buf();
+        match e.raw_os_error() {
+            Some(libc::EEXIST) => LioError::Exists { what, path },
+            Some(libc::ENOENT) => LioError::NotFound { what, path },
+            Some(libc::EBUSY) => LioError::Busy { what, path },
+            Some(libc::ENOTEMPTY) => LioError::NotEmpty { what, path },
+            Some(libc::ENODEV) => LioError::NotEnabled { what, path },
+            Some(libc::EROFS) => LioError::ReadOnly { what, path },
+            Some(libc::EINVAL | libc::EOVERFLOW | libc::EFAULT | libc::ERANGE) => {
+                LioError::Invalid {
+                    what,
+                    path,
+                    source: e,
+                }
+            }
+            Some(libc::EACCES | libc::EPERM) => LioError::Denied {
+                what,
+                path,
+                source: e,
+            },
+            _ => LioError::Io {
+                what,
+                path,
+                source: e,
+            },
+        }
+    }
+
+    /// The errno-like name of the error, for tests and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LioError::Io { .. } => "io",
+            LioError::Exists { .. } => "exists",
+            LioError::NotFound { .. } => "not-found",
+            LioError::Busy { .. } => "busy",
+            LioError::NotEmpty { .. } => "not-empty",
+            LioError::NotEnabled { .. } => "not-enabled",
+            LioError::ReadOnly { .. } => "read-only",
+            LioError::Invalid { .. } => "invalid",
+            LioError::Denied { .. } => "denied",
+            LioError::BackingFile { .. } => "backing-file",
+            LioError::Lock { .. } => "lock",
+            LioError::Targetcli { .. } => "targetcli",
+            LioError::Saveconfig { .. } => "saveconfig",
+            LioError::Refused(_) => "refused",
+        }
+    }
 }
 
 /// One LIO backend.
@@ -31,6 +143,13 @@ pub trait Target: Send + Sync {
     fn observe(&self) -> Result<Actual, LioError>;
     /// Performs one operation.
     fn execute(&self, op: &Op) -> Result<(), LioError>;
+    /// Takes the locks that keep an admin's targetcli from interleaving with us, for as
+    /// long as the guard lives. Hold one around a whole [`apply`] (and the observe
+    /// before it): each `execute` otherwise takes and releases them per op. Backends
+    /// without such locks return a no-op guard.
+    fn lock(&self) -> Result<LockGuard, LioError> {
+        Ok(LockGuard::none())
+    }
 }
 
 /// The result of one op.

@@ -1,0 +1,489 @@
+//! The native backend: LIO through the kernel's configfs, the way rtslib does it.
+//!
+//! Layout (root `/sys/kernel/config/target`):
+//! `core/<plugin>_<hba>/<name>/{control,udev_path,enable,info,wwn/vpd_unit_serial,attrib/*}`
+//! and `iscsi/<iqn>/tpgt_<tag>/{enable,lun/lun_<N>/<alias> -> core/...}`.
+//!
+//! Observing lists only `core/`, each HBA and the TPG's `lun/` (a full-tree walk of
+//! configfs with 500 LUNs takes seconds). Every change takes the targetcli/rtslib
+//! lock files (see [`super::lock`]); hold [`Target::lock`] for a whole apply.
+//! Ops are safe to run in parallel: HBA directories are created idempotently and
+//! a create that loses a race against the removal of an empty HBA retries.
+
+use std::path::{Path, PathBuf};
+
+use super::attr;
+use super::fs::{Fs, Kind, RealFs};
+use super::lock::{LockGuard, Locker};
+use super::model::{Actual, Backstore, BackstoreRef, Lun, Op, Tpg};
+use super::{LioError, Target};
+
+/// Where and what the backend manages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigfsSettings {
+    /// configfs target root, normally `/sys/kernel/config/target`.
+    pub root: PathBuf,
+    /// The iSCSI target IQN (created by csm-config, not by the agent).
+    pub iqn: String,
+    /// The TPG tag (1).
+    pub tag: u32,
+    /// Backing files must lie (after symlinks) inside this directory.
+    pub mount_root: PathBuf,
+    /// Where `targetcli.lock` and `rtslib_backstore.lock` live (`/var/run`);
+    /// `None` takes no locks (a private fake in tests).
+    pub lock_dir: Option<PathBuf>,
+}
+
+impl ConfigfsSettings {
+    /// The production defaults for `iqn` and `mount_root`.
+    pub fn new(iqn: &str, mount_root: &Path) -> ConfigfsSettings {
+        ConfigfsSettings {
+            root: PathBuf::from("/sys/kernel/config/target"),
+            iqn: iqn.to_string(),
+            tag: 1,
+            mount_root: mount_root.to_path_buf(),
+            lock_dir: Some(PathBuf::from("/var/run")),
+        }
+    }
+}
+
+/// LIO through configfs, over any [`Fs`].
+#[derive(Debug)]
+pub struct ConfigfsTarget<F: Fs = RealFs> {
+    fs: F,
+    s: ConfigfsSettings,
+    locker: Locker,
+}
+
+impl ConfigfsTarget<RealFs> {
+    /// The backend on the real configfs.
+    pub fn real(s: ConfigfsSettings) -> Self {
+        Self::new(RealFs, s)
+    }
+}
+
+impl<F: Fs> ConfigfsTarget<F> {
+    pub fn new(fs: F, s: ConfigfsSettings) -> Self {
+        let locker = Locker::new(s.lock_dir.clone());
+        ConfigfsTarget { fs, s, locker }
+    }
+
+    pub fn settings(&self) -> &ConfigfsSettings {
+        &self.s
+    }
+
+    pub fn fs(&self) -> &F {
+        &self.fs
+    }
+
+    /// Dumps the live configfs into `path` in rtslib's saveconfig.json format (with
+    /// targetcli's backups), only if the content changed. Returns whether it wrote.
+    pub fn save_config(&self, path: &Path) -> Result<bool, LioError> {
+        let _g = self.locker.acquire()?;
+        let doc = super::saveconfig::dump(&self.fs, &self.s.root)?;
+        super::saveconfig::write(path, &doc, super::saveconfig::MAX_BACKUPS)
+    }
+
+    fn core(&self) -> PathBuf {
+        self.s.root.join("core")
+    }
+    fn hba_dir(&self, plugin: &str, hba: u32) -> PathBuf {
+        self.core().join(format!("{plugin}_{hba}"))
+    }
+    fn so_dir(&self, at: &BackstoreRef) -> PathBuf {
+        self.core().join(at.hba_dir()).join(&at.name)
+    }
+    /// `iscsi/<iqn>/tpgt_<tag>`.
+    pub fn tpg_dir(&self) -> PathBuf {
+        self.s
+            .root
+            .join("iscsi")
+            .join(&self.s.iqn)
+            .join(format!("tpgt_{}", self.s.tag))
+    }
+    fn lun_dir(&self, lun: u64) -> PathBuf {
+        self.tpg_dir().join("lun").join(format!("lun_{lun}"))
+    }
+
+    fn write(&self, what: &'static str, path: &Path, value: &str) -> Result<(), LioError> {
+        tracing::trace!(path = %path.display(), value, "configfs write");
+        self.fs
+            .write(path, value)
+            .map_err(|e| LioError::from_io(what, path, e))
+    }
+
+    fn read(&self, what: &'static str, path: &Path) -> Result<String, LioError> {
+        self.fs
+            .read(path)
+            .map_err(|e| LioError::from_io(what, path, e))
+    }
+
+    // ----------------------------------------------------------------- observe
+
+    fn observe_locked(&self) -> Result<Actual, LioError> {
+        let mut actual = Actual::default();
+        let core = self.core();
+        let hbas = self
+            .fs
+            .read_dir(&core)
+            .map_err(|e| LioError::from_io("list backstores", &core, e))?;
+        for h in hbas.iter().filter(|e| e.kind == Kind::Dir) {
+            let Some((plugin, hba)) = attr::parse_hba_dir(&h.name) else {
+                continue; // core/alua
+            };
+            let dir = core.join(&h.name);
+            let sos = match self.fs.read_dir(&dir) {
+                Ok(v) => v,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue, // vanished
+                Err(e) => return Err(LioError::from_io("list HBA", &dir, e)),
+            };
+            actual.hbas.insert((plugin.clone(), hba));
+            for so in sos.iter().filter(|e| e.kind == Kind::Dir) {
+                let at = BackstoreRef {
+                    plugin: plugin.clone(),
+                    hba,
+                    name: so.name.clone(),
+                };
+                match self.read_backstore(&at) {
+                    Ok(b) => actual.backstores.push(b),
+                    Err(LioError::NotFound { .. }) => {} // removed while we looked
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        actual.tpg = self.read_tpg()?;
+        Ok(actual)
+    }
+
+    fn read_backstore(&self, at: &BackstoreRef) -> Result<Backstore, LioError> {
+        let dir = self.so_dir(at);
+        let info = attr::parse_info(&self.read("read info", &dir.join("info"))?);
+        let udev = self.read("read udev_path", &dir.join("udev_path"))?;
+        let udev = udev.trim_end_matches('\n');
+        let serial = attr::parse_serial(
+            &self.read("read serial", &dir.join("wwn").join("vpd_unit_serial"))?,
+        );
+        let enabled =
+            attr::parse_flag(&self.read("read enable", &dir.join("enable"))?).unwrap_or(false);
+        // The kernel opens `fd_dev_name` (info's File:); udev_path is only what
+        // rtslib wrote for display. Prefer the truth, fall back for other plugins.
+        let dev = info
+            .file
+            .clone()
+            .or_else(|| (!udev.is_empty()).then(|| udev.to_string()))
+            .map(PathBuf::from);
+        Ok(Backstore {
+            at: at.clone(),
+            dev,
+            size: info.size,
+            serial,
+            enabled,
+            write_back: info.buffered,
+        })
+    }
+
+    fn read_tpg(&self) -> Result<Option<Tpg>, LioError> {
+        let tpg = self.tpg_dir();
+        let enable = match self.fs.read(&tpg.join("enable")) {
+            Ok(s) => attr::parse_flag(&s).unwrap_or(false),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(LioError::from_io("read TPG enable", &tpg, e)),
+        };
+        let lun_root = tpg.join("lun");
+        let mut luns = std::collections::BTreeMap::new();
+        let entries = self
+            .fs
+            .read_dir(&lun_root)
+            .map_err(|e| LioError::from_io("list LUNs", &lun_root, e))?;
+        for e in entries.iter().filter(|e| e.kind == Kind::Dir) {
+            let Some(index) = attr::parse_lun_dir(&e.name) else {
+                continue;
+            };
+            let dir = lun_root.join(&e.name);
+            let inner = match self.fs.read_dir(&dir) {
+                Ok(v) => v,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(LioError::from_io("list LUN", &dir, e)),
+            };
+            let mut lun = Lun {
+                index,
+                alias: None,
+                backstore: None,
+            };
+            if let Some(link) = inner.iter().find(|e| e.kind == Kind::Symlink) {
+                let p = dir.join(&link.name);
+                let target = self
+                    .fs
+                    .readlink(&p)
+                    .map_err(|e| LioError::from_io("read LUN link", &p, e))?;
+                lun.alias = Some(link.name.clone());
+                lun.backstore = attr::parse_link_target(&target);
+            }
+            luns.insert(index, lun);
+        }
+        Ok(Some(Tpg {
+            iqn: self.s.iqn.clone(),
+            tag: self.s.tag,
+            enabled: enable,
+            luns,
+        }))
+    }
+
+    // ----------------------------------------------------------------- execute
+
+    fn create_backstore(
+        &self,
+        at: &BackstoreRef,
+        path: &Path,
+        size: u64,
+        serial: &str,
+    ) -> Result<(), LioError> {
+        attr::check_name(&at.name).map_err(LioError::Refused)?;
+        if at.plugin != "fileio" {
+            return Err(LioError::Refused(format!(
+                "only fileio backstores are created, not {at}"
+            )));
+        }
+        let path_str = path.to_str().ok_or_else(|| LioError::BackingFile {
+            path: path.to_path_buf(),
+            reason: "not valid UTF-8".into(),
+        })?;
+        attr::check_control_path(path_str).map_err(|reason| LioError::BackingFile {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        if serial.is_empty() || serial.len() > 254 || serial.contains(['\n', '\0']) {
+            return Err(LioError::Refused(format!(
+                "unusable unit serial {serial:?}"
+            )));
+        }
+        let hba = self.hba_dir(&at.plugin, at.hba);
+        let so = self.so_dir(at);
+        // mkdir HBA (idempotent) → mkdir SO; a parallel removal of the then-empty
+        // HBA between the two makes the second ENOENT: create the HBA again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.fs.mkdir(&hba) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(LioError::from_io("create HBA", &hba, e)),
+            }
+            match self.fs.mkdir(&so) {
+                Ok(()) => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && attempt < 3 => continue,
+                Err(e) => {
+                    let err = LioError::from_io("create backstore", &so, e);
+                    if !matches!(err, LioError::Exists { .. }) {
+                        self.remove_hba_if_empty(&hba);
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        let configure = || -> Result<(), LioError> {
+            self.write(
+                "configure backstore",
+                &so.join("control"),
+                &format!("fd_dev_name={path_str},fd_dev_size={size}"),
+            )?;
+            self.write("set udev_path", &so.join("udev_path"), path_str)?;
+            self.write(
+                "set unit serial",
+                &so.join("wwn").join("vpd_unit_serial"),
+                serial,
+            )?;
+            self.write(
+                "set emulate_model_alias",
+                &so.join("attrib").join("emulate_model_alias"),
+                "1",
+            )?;
+            // Immediately before enable: LIO opens the file O_RDWR|O_CREAT, so a
+            // wrong path would silently become a new empty file.
+            check_backing_file(path, size, &self.s.mount_root)?;
+            self.write("enable backstore", &so.join("enable"), "1")
+        };
+        if let Err(e) = configure() {
+            tracing::warn!(backstore = %at, error = %e, "create failed; rolling back");
+            if let Err(re) = self.fs.rmdir(&so) {
+                tracing::warn!(path = %so.display(), error = %re, "rollback: cannot remove backstore");
+            }
+            self.remove_hba_if_empty(&hba);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn remove_hba_if_empty(&self, hba: &Path) {
+        match self.fs.rmdir(hba) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::ENOENT)) => {}
+            Err(e) => {
+                tracing::warn!(path = %hba.display(), error = %e, "cannot remove HBA directory")
+            }
+        }
+    }
+
+    fn map_lun(&self, lun: u64, at: &BackstoreRef, alias: &str) -> Result<(), LioError> {
+        if alias.is_empty() || alias.contains('/') || alias == "." || alias == ".." {
+            return Err(LioError::Refused(format!("unusable LUN alias {alias:?}")));
+        }
+        let dir = self.lun_dir(lun);
+        let created = match self.fs.mkdir(&dir) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                // An empty lun_N left by an interrupted create is reused.
+                let inner = self
+                    .fs
+                    .read_dir(&dir)
+                    .map_err(|e| LioError::from_io("list LUN", &dir, e))?;
+                if inner.iter().any(|e| e.kind == Kind::Symlink) {
+                    return Err(LioError::Exists {
+                        what: "map LUN (already linked)",
+                        path: dir,
+                    });
+                }
+                false
+            }
+            Err(e) => return Err(LioError::from_io("create LUN", &dir, e)),
+        };
+        let link = dir.join(alias);
+        if let Err(e) = self.fs.symlink(&self.so_dir(at), &link) {
+            if created {
+                if let Err(re) = self.fs.rmdir(&dir) {
+                    tracing::warn!(path = %dir.display(), error = %re, "rollback: cannot remove LUN directory");
+                }
+            }
+            return Err(LioError::from_io("link LUN", &link, e));
+        }
+        Ok(())
+    }
+
+    fn unmap_lun(&self, lun: u64, serial: Option<&str>) -> Result<(), LioError> {
+        let dir = self.lun_dir(lun);
+        let inner = self
+            .fs
+            .read_dir(&dir)
+            .map_err(|e| LioError::from_io("list LUN", &dir, e))?;
+        for link in inner.iter().filter(|e| e.kind == Kind::Symlink) {
+            let p = dir.join(&link.name);
+            if let Some(want) = serial {
+                // The plan was made from an earlier observation: never unmap a LUN
+                // that meanwhile carries something else.
+                let target = self
+                    .fs
+                    .readlink(&p)
+                    .map_err(|e| LioError::from_io("read LUN link", &p, e))?;
+                if let Some(at) = attr::parse_link_target(&target) {
+                    let sp = self.so_dir(&at).join("wwn").join("vpd_unit_serial");
+                    let have = attr::parse_serial(&self.read("read serial", &sp)?);
+                    if have.as_deref() != Some(want) {
+                        return Err(LioError::Refused(format!(
+                            "LUN {lun} now links {at} (serial {have:?}), not serial {want}; not unmapping"
+                        )));
+                    }
+                }
+            }
+            self.fs
+                .unlink(&p)
+                .map_err(|e| LioError::from_io("unlink LUN", &p, e))?;
+        }
+        self.fs
+            .rmdir(&dir)
+            .map_err(|e| LioError::from_io("remove LUN", &dir, e))
+    }
+
+    fn delete_backstore(&self, at: &BackstoreRef) -> Result<(), LioError> {
+        let so = self.so_dir(at);
+        self.fs
+            .rmdir(&so)
+            .map_err(|e| LioError::from_io("delete backstore", &so, e))?;
+        self.remove_hba_if_empty(&self.hba_dir(&at.plugin, at.hba));
+        Ok(())
+    }
+
+    fn set_tpg_enabled(&self, on: bool) -> Result<(), LioError> {
+        let p = self.tpg_dir().join("enable");
+        let now = attr::parse_flag(&self.read("read TPG enable", &p)?);
+        if now == Some(on) {
+            return Ok(());
+        }
+        self.write(
+            if on { "enable TPG" } else { "disable TPG" },
+            &p,
+            if on { "1" } else { "0" },
+        )
+    }
+}
+
+/// Rule 6 of the design, checked right before `enable`: `path` resolves (after
+/// symlinks) to a regular file strictly inside `mount_root` with exactly `size` bytes.
+pub fn check_backing_file(path: &Path, size: u64, mount_root: &Path) -> Result<(), LioError> {
+    let bad = |reason: String| LioError::BackingFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let real = std::fs::canonicalize(path).map_err(|e| {
+        bad(match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "does not exist (the kernel would create an empty file there)".into()
+            }
+            _ => format!("cannot resolve: {e}"),
+        })
+    })?;
+    let root = std::fs::canonicalize(mount_root)
+        .map_err(|e| bad(format!("mount root {} unusable: {e}", mount_root.display())))?;
+    if real == root || !real.starts_with(&root) {
+        return Err(bad(format!(
+            "resolves to {}, outside the mount root {}",
+            real.display(),
+            root.display()
+        )));
+    }
+    let meta = std::fs::metadata(&real).map_err(|e| bad(format!("cannot stat: {e}")))?;
+    if !meta.is_file() {
+        return Err(bad(format!("{} is not a regular file", real.display())));
+    }
+    if meta.len() != size {
+        return Err(bad(format!(
+            "has {} bytes, expected {size} (upload in progress?)",
+            meta.len()
+        )));
+    }
+    Ok(())
+}
+
+impl<F: Fs> Target for ConfigfsTarget<F> {
+    fn observe(&self) -> Result<Actual, LioError> {
+        let _g = self.locker.acquire()?;
+        self.observe_locked()
+    }
+
+    fn execute(&self, op: &Op) -> Result<(), LioError> {
+        let _g = self.locker.acquire()?;
+        tracing::debug!(%op, "configfs");
+        match op {
+            Op::CreateBackstore {
+                at,
+                path,
+                size,
+                serial,
+            } => self.create_backstore(at, path, *size, serial),
+            Op::MapLun { lun, at, alias } => self.map_lun(*lun, at, alias),
+            Op::UnmapLun { lun, serial } => self.unmap_lun(*lun, serial.as_deref()),
+            Op::DeleteBackstore { at } => self.delete_backstore(at),
+            Op::RemoveEmptyHba { plugin, hba } => {
+                let p = self.hba_dir(plugin, *hba);
+                self.fs
+                    .rmdir(&p)
+                    .map_err(|e| LioError::from_io("remove HBA", &p, e))
+            }
+            Op::EnableTpg => self.set_tpg_enabled(true),
+            Op::DisableTpg => self.set_tpg_enabled(false),
+        }
+    }
+
+    fn lock(&self) -> Result<LockGuard, LioError> {
+        self.locker.acquire()
+    }
+}

@@ -1,0 +1,235 @@
+//! The compatibility backend: the same ops through the `targetcli` commands the
+//! original Python agent ran (one process per command, argv[1] one string).
+//!
+//! Not the default: every targetcli run takes seconds (it refreshes its view of all
+//! of configfs), it cannot choose LUN aliases or HBA numbers, and it needs D-Bus on
+//! some distributions. It is kept as a fallback for hosts where writing configfs
+//! directly is not wanted. Observing runs `saveconfig <temp file>` and reads it back.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::configfs::check_backing_file;
+use super::model::{Actual, Op};
+use super::{saveconfig, LioError, Target};
+
+/// Settings of the targetcli backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetcliSettings {
+    /// The binary (`TARGETCLI_BIN` of the original, default `targetcli`).
+    pub bin: PathBuf,
+    pub iqn: String,
+    pub tag: u32,
+    pub mount_root: PathBuf,
+    /// Where observe's temporary saveconfig dumps go.
+    pub tmp_dir: PathBuf,
+}
+
+/// LIO through targetcli.
+#[derive(Debug)]
+pub struct TargetcliTarget {
+    s: TargetcliSettings,
+}
+
+impl TargetcliTarget {
+    pub fn new(s: TargetcliSettings) -> Self {
+        TargetcliTarget { s }
+    }
+
+    /// Runs `targetcli <command>`.
+    pub fn run(&self, command: &str) -> Result<String, LioError> {
+        tracing::debug!(command, "targetcli");
+        let out = Command::new(&self.s.bin)
+            .arg(command)
+            .output()
+            .map_err(|e| LioError::Targetcli {
+                command: command.to_string(),
+                status: "not started".into(),
+                stderr: e.to_string(),
+            })?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        // targetcli reports many errors on stdout with status 0 ("No such path", ...);
+        // treat its error markers as failures too.
+        let failed = !out.status.success()
+            || stdout.lines().any(|l| {
+                let l = l.trim_start();
+                l.starts_with("No such") || l.starts_with("Could not") || l.contains("Error")
+            });
+        if failed {
+            return Err(LioError::Targetcli {
+                command: command.to_string(),
+                status: out.status.to_string(),
+                stderr: format!("{}{}", String::from_utf8_lossy(&out.stderr), stdout)
+                    .trim()
+                    .to_string(),
+            });
+        }
+        Ok(stdout)
+    }
+
+    /// `targetcli saveconfig` (to the default file, with targetcli's backups).
+    pub fn saveconfig(&self) -> Result<(), LioError> {
+        self.run("saveconfig").map(|_| ())
+    }
+
+    fn tpg(&self) -> String {
+        format!("/iscsi/{}/tpg{}", self.s.iqn, self.s.tag)
+    }
+
+    /// The command for one op (pure, for tests and logs); `None` when targetcli has
+    /// nothing to do.
+    pub fn command(&self, op: &Op) -> Option<String> {
+        Some(match op {
+            Op::CreateBackstore {
+                at, path, serial, ..
+            } => format!(
+                "/backstores/fileio create {} {} 0 false true {serial}",
+                at.name,
+                path.display()
+            ),
+            Op::MapLun { lun, at, .. } => format!(
+                "{}/luns create /backstores/fileio/{} lun={lun} add_mapped_luns=false",
+                self.tpg(),
+                at.name
+            ),
+            Op::UnmapLun { lun, .. } => format!("{}/luns delete lun={lun}", self.tpg()),
+            Op::DeleteBackstore { at } => format!("/backstores/fileio delete {}", at.name),
+            // rtslib removes an object's HBA with it: never left empty by targetcli.
+            Op::RemoveEmptyHba { .. } => return None,
+            Op::EnableTpg => format!("{} enable", self.tpg()),
+            Op::DisableTpg => format!("{} disable", self.tpg()),
+        })
+    }
+}
+
+impl Target for TargetcliTarget {
+    fn observe(&self) -> Result<Actual, LioError> {
+        let tmp = self.s.tmp_dir.join(format!(
+            "sbps-marshal-observe-{}-{:?}.json",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let tmp_s = tmp.to_string_lossy().into_owned();
+        let result = self
+            .run(&format!("saveconfig {tmp_s}"))
+            .and_then(|_| saveconfig::load(&tmp));
+        let _ = std::fs::remove_file(&tmp);
+        Ok(result?.to_actual(&self.s.iqn, self.s.tag))
+    }
+
+    fn execute(&self, op: &Op) -> Result<(), LioError> {
+        if let Op::CreateBackstore { path, size, .. } = op {
+            // targetcli also creates a missing file: check first, as the native backend does.
+            check_backing_file(path, *size, &self.s.mount_root)?;
+        }
+        match self.command(op) {
+            Some(c) => self.run(&c).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The targetcli binary the environment asks for (`TARGETCLI_BIN`, as the original).
+pub fn default_bin() -> PathBuf {
+    std::env::var_os("TARGETCLI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new("targetcli").to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lio::BackstoreRef;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn stand_in(dir: &Path, fixture: &Path) -> PathBuf {
+        let script = dir.join("targetcli");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$#:$1\" >> {log}\ncase \"$1\" in\n  'saveconfig '*) cp {fixture} \"${{1#saveconfig }}\" ;;\n  *fail*) echo 'No such path /x'; exit 0 ;;\nesac\n",
+                log = dir.join("argv.log").display(),
+                fixture = fixture.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    }
+
+    #[test]
+    fn runs_the_original_commands_and_observes_via_saveconfig() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/saveconfig-with-targetcli-lun.json");
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).unwrap();
+        std::fs::write(mount.join("img"), vec![0u8; 4096]).unwrap();
+        let t = TargetcliTarget::new(TargetcliSettings {
+            bin: stand_in(dir.path(), &fixture),
+            iqn: "iqn.2023-06.csm.iscsi:testhost".into(),
+            tag: 1,
+            mount_root: mount.clone(),
+            tmp_dir: dir.path().to_path_buf(),
+        });
+        let a = t.observe().unwrap();
+        assert_eq!(a.backstores.len(), 3);
+        assert_eq!(a.tpg.as_ref().unwrap().luns.len(), 3);
+        let at = BackstoreRef::fileio(7, "a50dd52157e1636");
+        let ops = [
+            Op::CreateBackstore {
+                at: at.clone(),
+                path: mount.join("img"),
+                size: 4096,
+                serial: "a50dd52157e1636aaaaaaaaaaaaaaaa".into(),
+            },
+            Op::MapLun {
+                lun: 9,
+                at: at.clone(),
+                alias: "x".into(),
+            },
+            Op::UnmapLun {
+                lun: 9,
+                serial: None,
+            },
+            Op::DeleteBackstore { at },
+            Op::RemoveEmptyHba {
+                plugin: "fileio".into(),
+                hba: 7,
+            },
+            Op::DisableTpg,
+            Op::EnableTpg,
+        ];
+        for op in &ops {
+            t.execute(op).unwrap();
+        }
+        let log = std::fs::read_to_string(dir.path().join("argv.log")).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert!(lines[0].starts_with("1:saveconfig "));
+        assert_eq!(
+            &lines[1..],
+            &[
+                format!("1:/backstores/fileio create a50dd52157e1636 {}/img 0 false true a50dd52157e1636aaaaaaaaaaaaaaaa", mount.display()).as_str(),
+                "1:/iscsi/iqn.2023-06.csm.iscsi:testhost/tpg1/luns create /backstores/fileio/a50dd52157e1636 lun=9 add_mapped_luns=false",
+                "1:/iscsi/iqn.2023-06.csm.iscsi:testhost/tpg1/luns delete lun=9",
+                "1:/backstores/fileio delete a50dd52157e1636",
+                "1:/iscsi/iqn.2023-06.csm.iscsi:testhost/tpg1 disable",
+                "1:/iscsi/iqn.2023-06.csm.iscsi:testhost/tpg1 enable",
+            ]
+        );
+        // A wrong path never reaches targetcli (which would create the file).
+        let e = t
+            .execute(&Op::CreateBackstore {
+                at: BackstoreRef::fileio(1, "b"),
+                path: mount.join("typo"),
+                size: 1,
+                serial: "s".into(),
+            })
+            .unwrap_err();
+        assert!(matches!(e, LioError::BackingFile { .. }));
+        assert!(!mount.join("typo").exists());
+        // targetcli's "No such path" on stdout with status 0 is a failure.
+        let e = t.run("fail please").unwrap_err();
+        assert!(matches!(e, LioError::Targetcli { .. }), "{e}");
+    }
+}
