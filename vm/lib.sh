@@ -1,11 +1,13 @@
 # vm/lib.sh — helpers for guest scripts run by vm/harness.
+# shellcheck shell=dash
 # In the guest:  . /vm/lib.sh
-# POSIX sh: works under the guest's busybox ash and, in --host-root mode,
-# under the host's dash.  iscsiadm/iscsid live in the guest initramfs; in
+# POSIX sh (+ 'local'): works under the guest's busybox ash and, in
+# --host-root mode, under the host's dash.  iscsiadm/iscsid live in the guest initramfs; in
 # --host-root mode they are run through chroot "$SBPS_VM_GUEST_ROOT".
 #
 #   start_iscsid                    start iscsid, wait until it accepts requests
 #   iscsi_login TARGET_IQN [PORTAL] discovery (sendtargets) + login + wait for the disks
+#                                   (already logged in: just rescan and wait)
 #   iscsi_logout [TARGET_IQN]       log out of TARGET (default: all sessions)
 #   iscsi_rescan                    rescan all sessions, wait for the disks
 #   iscsi_devices [TARGET_IQN]      list /dev/sdX of the session(s), one per line
@@ -24,8 +26,8 @@ _vm_g() { # run a guest (initramfs) tool
 _vm_err() { echo "lib.sh: $*" >&2; }
 
 vm_wait_until() { # vm_wait_until SECS CMD... ; rc 1 on timeout
-  _w_max=$(( $1 * 20 )); shift
-  _w_i=0
+  local _w_max=$(( $1 * 20 )) _w_i=0
+  shift
   while ! "$@"; do
     _w_i=$((_w_i + 1))
     [ "$_w_i" -ge "$_w_max" ] && return 1
@@ -45,6 +47,7 @@ start_iscsid() {
 }
 
 _vm_quiet() { # run, print the output only on failure
+  local _q_out _q_rc
   _q_out=$("$@" 2>&1) && return 0
   _q_rc=$?
   _vm_err "'$*' failed (rc $_q_rc):"; printf '%s\n' "$_q_out" >&2
@@ -53,6 +56,7 @@ _vm_quiet() { # run, print the output only on failure
 
 # sessions of TARGET (all if empty): prints sysfs session dirs
 _vm_sessions() {
+  local _s
   for _s in /sys/class/iscsi_session/session*; do
     [ -e "$_s/targetname" ] || continue
     if [ -z "${1:-}" ] || [ "$(cat "$_s/targetname")" = "$1" ]; then echo "$_s"; fi
@@ -61,6 +65,7 @@ _vm_sessions() {
 
 # scsi host numbers of the sessions of TARGET
 _vm_hosts() {
+  local _s _p _h
   for _s in $(_vm_sessions "${1:-}"); do
     _p=$(readlink -f "$_s/device")          # /sys/devices/platform/hostN/sessionM
     _h=${_p%/*}; _h=${_h##*/}
@@ -70,6 +75,7 @@ _vm_hosts() {
 
 # every disk-type scsi device of the given hosts has its block device
 _vm_disks_ready() {
+  local _h _d _b
   for _h in "$@"; do
     for _d in /sys/bus/scsi/devices/"$_h":*:*:*; do
       [ -e "$_d/type" ] || continue
@@ -82,6 +88,7 @@ _vm_disks_ready() {
 }
 
 _vm_scan_and_wait() { # TARGET (may be empty)
+  local _hosts _h
   _hosts=$(_vm_hosts "${1:-}")
   [ -n "$_hosts" ] || { _vm_err "no iSCSI session${1:+ for $1}"; return 1; }
   for _h in $_hosts; do echo '- - -' >"/sys/class/scsi_host/host$_h/scan" || return 1; done
@@ -91,10 +98,12 @@ _vm_scan_and_wait() { # TARGET (may be empty)
 
 iscsi_login() { # TARGET_IQN [PORTAL]
   [ -n "${1:-}" ] || { _vm_err "usage: iscsi_login TARGET_IQN [PORTAL]"; return 2; }
-  _l_t=$1 _l_p=${2:-$SBPS_VM_PORTAL}
+  local _l_t=$1 _l_p=${2:-$SBPS_VM_PORTAL}
   start_iscsid || return 1
-  _vm_quiet _vm_g iscsiadm -m discovery -t sendtargets -p "$_l_p" || return 1
-  _vm_quiet _vm_g iscsiadm -m node -T "$_l_t" -p "$_l_p" --login || return 1
+  if [ -z "$(_vm_sessions "$_l_t")" ]; then
+    _vm_quiet _vm_g iscsiadm -m discovery -t sendtargets -p "$_l_p" || return 1
+    _vm_quiet _vm_g iscsiadm -m node -T "$_l_t" -p "$_l_p" --login || return 1
+  fi
   _vm_scan_and_wait "$_l_t"
 }
 
@@ -113,6 +122,7 @@ iscsi_rescan() {
 }
 
 iscsi_devices() { # [TARGET_IQN]
+  local _h _d
   for _h in $(_vm_hosts "${1:-}"); do
     for _d in /sys/bus/scsi/devices/"$_h":*:*:*/block/*; do
       [ -e "$_d" ] && echo "/dev/${_d##*/}"
@@ -125,6 +135,7 @@ _vm_hex() { od -An -v -tx1 "$1" | tr -s ' \n' '  '; }
 
 # NAA designator (LU association) from a VPD page 0x83 file -> hex, or nothing
 _vm_naa_from_pg83() {
+  local _type _assoc _len _x _i
   [ -r "$1" ] || return 1
   # shellcheck disable=SC2046
   set -- $(_vm_hex "$1")
@@ -145,7 +156,7 @@ _vm_naa_from_pg83() {
 }
 
 wwid_of() { # /dev/sdX -> 3<naa hex>, as udev's ID_SERIAL / multipath WWID
-  _n=${1#/dev/}
+  local _n=${1#/dev/} _sys _w _x
   _sys=/sys/block/$_n/device
   [ -d "$_sys" ] || { _vm_err "wwid_of: no such disk $1"; return 1; }
   _w=$(tr -d '\0' <"$_sys/wwid" 2>/dev/null | tr -d ' \n') || _w=
@@ -159,6 +170,7 @@ wwid_of() { # /dev/sdX -> 3<naa hex>, as udev's ID_SERIAL / multipath WWID
 }
 
 dev_for_wwid() { # WWID -> /dev/sdX
+  local _b
   for _b in /sys/block/sd*; do
     [ -e "$_b/device" ] || continue
     if [ "$(wwid_of "/dev/${_b##*/}" 2>/dev/null)" = "$1" ]; then echo "/dev/${_b##*/}"; return 0; fi
@@ -167,7 +179,7 @@ dev_for_wwid() { # WWID -> /dev/sdX
 }
 
 lun_of() { # /dev/sdX -> LUN
-  _n=${1#/dev/}
+  local _n=${1#/dev/} _hctl
   [ -e "/sys/block/$_n/device" ] || { _vm_err "lun_of: no such disk $1"; return 1; }
   _hctl=$(readlink -f "/sys/block/$_n/device"); _hctl=${_hctl##*/}
   echo "${_hctl##*:}"
