@@ -90,7 +90,7 @@ keys! {
     "XNAME_FILE", "/etc/cray/xname", Kind::AbsPath, "File holding this node's xname (accepted SPIFFE ID).", "hard-coded in the original";
     "STATE_DIR", "/var/lib/sbps-marshal", Kind::AbsPath, "Directory of the ledger (LUN numbers, quarantine, absences).", "hard-coded in the original";
     "NODE_NAME", "", Kind::OptText, "Kubernetes node name; empty = this host's name.", "hard-coded (hostname) in the original";
-    "NODE_LABEL", "iscsi=sbps", Kind::Label, "Label that enables the target on this node.", "hard-coded in the original";
+    "NODE_LABEL", "iscsi=sbps", Kind::Label, "Label that enables the target on this node; empty = no label gating (the target is always enabled).", "hard-coded in the original";
     "TARGET_IQN", "", Kind::OptText, "iSCSI target IQN; empty = iqn.2023-06.csm.iscsi:<node name>.", "hard-coded in the original";
     "TPG_TAG", "1", Kind::Count, "Target portal group tag.", "new";
     "LIO_BACKEND", "configfs", Kind::OneOf(&["configfs", "targetcli"]), "How LIO is changed: direct configfs writes, or targetcli as the original.", "new; the original always used targetcli";
@@ -105,7 +105,9 @@ keys! {
     "METRICS_LISTEN", "127.0.0.1:9180", Kind::ListenAddr, "Listen address of /metrics, /healthz, /status; empty = off.", "new";
     "MANIFEST_CONCURRENCY", "16", Kind::Count, "Manifests fetched at once.", "new";
     "APPLY_PARALLELISM", "8", Kind::Count, "LIO operations run at once within a phase.", "new";
-    "LOCK_FILE", "/run/sbps-marshal.lock", Kind::AbsPath, "Single-instance lock.", "new";
+    "LOCK_FILE", "/run/sbps-marshal.lock", Kind::AbsPath, "Single-instance lock.", "new; the original relied on systemd alone";
+    "RTSLIB_LOCK_DIR", "/var/run", Kind::AbsPath, "Where rtslib/targetcli keep targetcli.lock and rtslib_backstore.lock, taken around changes.", "new";
+    "TARGET_SERVICE", "target.service", Kind::OptText, "systemd unit started when the node is labelled and it is not active; empty = not managed.", "the original always used target.service";
     "RESTART_TARGET_AFTER_FIRST_SCAN", "false", Kind::Bool, "The original's one-time `systemctl restart target.service` after the first scan.", "off by default: it drops every session";
 }
 
@@ -301,7 +303,8 @@ pub struct Settings {
     pub xname_file: PathBuf,
     pub state_dir: PathBuf,
     pub node_name: String,
-    pub node_label: (String, String),
+    /// `None`: not gated by a label.
+    pub node_label: Option<(String, String)>,
     pub target_iqn: String,
     pub tpg_tag: u32,
     pub lio_backend: String,
@@ -317,6 +320,8 @@ pub struct Settings {
     pub manifest_concurrency: usize,
     pub apply_parallelism: usize,
     pub lock_file: PathBuf,
+    pub rtslib_lock_dir: PathBuf,
+    pub target_service: Option<String>,
     pub restart_target_after_first_scan: bool,
 }
 
@@ -369,6 +374,8 @@ impl Settings {
             manifest_concurrency: p.count("MANIFEST_CONCURRENCY")? as usize,
             apply_parallelism: p.count("APPLY_PARALLELISM")? as usize,
             lock_file: p.path("LOCK_FILE")?,
+            rtslib_lock_dir: p.path("RTSLIB_LOCK_DIR")?,
+            target_service: Some(p.text("TARGET_SERVICE")?).filter(|s| !s.is_empty()),
             restart_target_after_first_scan: p.bool("RESTART_TARGET_AFTER_FIRST_SCAN")?,
         })
     }
@@ -382,20 +389,6 @@ impl Settings {
     /// The S3 endpoint URL.
     pub fn s3_endpoint(&self) -> String {
         format!("{}://{}", self.s3_proto, self.s3_host)
-    }
-
-    /// IMS images URL: API_GATEWAY joined with IMS_URI (like Python's urljoin on a
-    /// base without a path).
-    pub fn ims_url(&self) -> String {
-        let uri = &self.ims_uri;
-        if uri.starts_with("http://") || uri.starts_with("https://") {
-            return uri.clone();
-        }
-        format!(
-            "{}/{}",
-            self.api_gateway.trim_end_matches('/'),
-            uri.trim_start_matches('/')
-        )
     }
 
     /// What `desired()` needs.
@@ -452,7 +445,7 @@ impl Parser<'_> {
             }
             Kind::Proto => v == "http" || v == "https",
             Kind::OneOf(words) => words.contains(&v),
-            Kind::Label => v.split_once('=').is_some_and(|(a, _)| !a.is_empty()),
+            Kind::Label => v.is_empty() || v.split_once('=').is_some_and(|(a, _)| !a.is_empty()),
             Kind::ListenAddr => v.is_empty() || v.parse::<std::net::SocketAddr>().is_ok(),
             Kind::AbsPath => v.starts_with('/'),
             Kind::OptAbsPath => v.is_empty() || v.starts_with('/'),
@@ -479,12 +472,15 @@ impl Parser<'_> {
             .map(PathBuf::from))
     }
 
-    fn label(&self, name: &str) -> Result<(String, String), ConfigError> {
+    fn label(&self, name: &str) -> Result<Option<(String, String)>, ConfigError> {
         let v = self.checked(name)?;
+        if v.is_empty() {
+            return Ok(None);
+        }
         let (a, b) = v
             .split_once('=')
             .ok_or_else(|| self.invalid(name, "key=value"))?;
-        Ok((a.to_string(), b.to_string()))
+        Ok(Some((a.to_string(), b.to_string())))
     }
 
     fn count(&self, name: &str) -> Result<u64, ConfigError> {
@@ -539,7 +535,7 @@ fn expected(kind: Kind) -> String {
         Kind::Proto => "http or https".into(),
         Kind::OneOf(words) => format!("one of {}", words.join(", ")),
         Kind::ListenAddr => "an address like 127.0.0.1:9180, or empty to turn it off".into(),
-        Kind::Label => "key=value".into(),
+        Kind::Label => "key=value, or empty".into(),
         Kind::Text => "a non-empty value".into(),
         Kind::OptText => "any text".into(),
     }
@@ -565,10 +561,8 @@ mod tests {
     fn defaults_are_the_originals() {
         let s = settings(&[]).unwrap();
         assert_eq!(s.scan_frequency, Duration::from_secs(180));
-        assert_eq!(
-            s.ims_url(),
-            "https://api-gw-service-nmn.local/apis/ims/v3/images"
-        );
+        assert_eq!(s.api_gateway, "https://api-gw-service-nmn.local");
+        assert_eq!(s.ims_uri, "apis/ims/v3/images");
         assert!(s.ims_tagging);
         assert_eq!(s.ims_timeout, Duration::from_secs(10));
         assert_eq!(s.s3_endpoint(), "https://rgw-vip.nmn");
@@ -590,7 +584,7 @@ mod tests {
         );
         assert_eq!(s.targetcli_bin, PathBuf::from("/usr/bin/targetcli"));
         assert_eq!(s.target_iqn, "iqn.2023-06.csm.iscsi:ncn-w001");
-        assert_eq!(s.node_label, ("iscsi".into(), "sbps".into()));
+        assert_eq!(s.node_label, Some(("iscsi".into(), "sbps".into())));
     }
 
     #[test]

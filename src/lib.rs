@@ -1,3 +1,4 @@
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod desired;
@@ -6,3 +7,4 @@ pub mod inventory;
 pub mod ledger;
 pub mod lio;
 pub mod plan;
+pub mod telemetry;

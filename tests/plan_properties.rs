@@ -70,7 +70,7 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
 
 /// Image i: even ones are PE objects, odd ones IMS rootfs images.
 fn image(i: usize, size: u64) -> Projection {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         pe(i, size, &format!("etag-{size}"))
     } else {
         rootfs(i, size)

@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{ConfigError, Layers, Settings};
 
+mod commands;
+
 /// Exit status for bad settings or usage.
 pub const EXIT_USAGE: u8 = 2;
 
@@ -42,6 +44,29 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent: a scan every SCAN_FREQUENCY seconds (the default).
+    Run,
+    /// Run scans.
+    Scan {
+        /// One scan, then exit: 0 when it converged, 1 with the reasons otherwise.
+        #[arg(long)]
+        once: bool,
+        /// Let this scan remove what the deletion brake holds back.
+        #[arg(long)]
+        release_brake: bool,
+    },
+    /// Show what a scan would change, without changing anything.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every projection with its LUN, held removals, unmanaged objects, the gate.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why an image (id or name), S3 key, backstore name, serial or WWID is or is not projected.
+    Explain { query: String },
     /// Print the effective settings, each with where it came from.
     Config {
         /// As JSON.
@@ -69,20 +94,35 @@ pub fn hostname() -> String {
 
 /// Runs the parsed command line.
 pub fn main(cli: Cli) -> ExitCode {
-    let (layers, _settings) = match load_settings(&cli.global) {
+    crate::telemetry::init_logging(cli.global.debug, cli.global.quiet);
+    let (layers, settings) = match load_settings(&cli.global) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("sbps-marshal: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match cli.command {
-        Some(Command::Config { json }) => {
-            print_config(&layers, json);
-            ExitCode::SUCCESS
+    let command = cli.command.unwrap_or(Command::Run);
+    if let Command::Config { json } = command {
+        print_config(&layers, json);
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sbps-marshal: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
         }
-        None => {
-            eprintln!("sbps-marshal: the scan loop is not built into this binary yet");
+    };
+    match runtime.block_on(commands::dispatch(command, settings)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("sbps-marshal: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -454,6 +454,10 @@ pub fn check_backing_file(path: &Path, size: u64, mount_root: &Path) -> Result<(
 }
 
 impl<F: Fs> Target for ConfigfsTarget<F> {
+    fn save_config(&self, path: &Path) -> Result<bool, LioError> {
+        ConfigfsTarget::save_config(self, path)
+    }
+
     fn observe(&self) -> Result<Actual, LioError> {
         let _g = self.locker.acquire()?;
         self.observe_locked()

@@ -150,6 +150,9 @@ pub trait Target: Send + Sync {
     fn lock(&self) -> Result<LockGuard, LioError> {
         Ok(LockGuard::none())
     }
+    /// Writes the live state to `path` in rtslib's saveconfig.json format (what
+    /// `targetctl restore` reads at boot), only when it changed. Returns whether it wrote.
+    fn save_config(&self, path: &std::path::Path) -> Result<bool, LioError>;
 }
 
 /// The result of one op.
@@ -165,6 +168,22 @@ pub struct OpResult {
 /// not stop the others; `EnableTpg` is skipped when any earlier op failed, so
 /// initiators never see a half-built LUN map.
 pub fn apply(target: &dyn Target, ops: &[Op], parallelism: usize) -> Vec<OpResult> {
+    apply_until(
+        target,
+        ops,
+        parallelism,
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+}
+
+/// [`apply`], stopping early when `stop` is set (SIGTERM): ops already running
+/// finish, ops not yet started are reported as skipped.
+pub fn apply_until(
+    target: &dyn Target,
+    ops: &[Op],
+    parallelism: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<OpResult> {
     let mut results: Vec<OpResult> = Vec::with_capacity(ops.len());
     let mut start = 0;
     while start < ops.len() {
@@ -185,14 +204,21 @@ pub fn apply(target: &dyn Target, ops: &[Op], parallelism: usize) -> Vec<OpResul
                 });
             }
         } else {
-            results.extend(run_batch(target, batch, parallelism.max(1)));
+            results.extend(run_batch(target, batch, parallelism.max(1), stop));
         }
         start = end;
     }
     results
 }
 
-fn run_one(target: &dyn Target, op: &Op) -> OpResult {
+fn run_one(target: &dyn Target, op: &Op, stop: &std::sync::atomic::AtomicBool) -> OpResult {
+    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        return OpResult {
+            op: op.clone(),
+            result: Err(LioError::Refused("skipped: the agent is stopping".into())),
+            elapsed: std::time::Duration::ZERO,
+        };
+    }
     let t = std::time::Instant::now();
     let result = target.execute(op);
     OpResult {
@@ -202,9 +228,14 @@ fn run_one(target: &dyn Target, op: &Op) -> OpResult {
     }
 }
 
-fn run_batch(target: &dyn Target, batch: &[Op], parallelism: usize) -> Vec<OpResult> {
+fn run_batch(
+    target: &dyn Target,
+    batch: &[Op],
+    parallelism: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<OpResult> {
     if parallelism == 1 || batch.len() == 1 {
-        return batch.iter().map(|op| run_one(target, op)).collect();
+        return batch.iter().map(|op| run_one(target, op, stop)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let slots: Vec<std::sync::Mutex<Option<OpResult>>> =
@@ -214,7 +245,7 @@ fn run_batch(target: &dyn Target, batch: &[Op], parallelism: usize) -> Vec<OpRes
             s.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(op) = batch.get(i) else { break };
-                let r = run_one(target, op);
+                let r = run_one(target, op, stop);
                 if let Ok(mut slot) = slots[i].lock() {
                     *slot = Some(r);
                 }

@@ -103,6 +103,26 @@ impl TargetcliTarget {
 }
 
 impl Target for TargetcliTarget {
+    /// `targetcli saveconfig` into a temporary file, then the same write-if-changed
+    /// (with backups) as the native backend, so a steady scan rewrites nothing.
+    fn save_config(&self, path: &Path) -> Result<bool, LioError> {
+        let tmp = self
+            .s
+            .tmp_dir
+            .join(format!("sbps-marshal-save-{}.json", std::process::id()));
+        let result = self
+            .run(&format!("saveconfig {}", tmp.to_string_lossy()))
+            .and_then(|_| {
+                let text = std::fs::read_to_string(&tmp)
+                    .map_err(|e| LioError::from_io("read", &tmp, e))?;
+                serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
+                    LioError::Refused(format!("targetcli saveconfig output is not JSON: {e}"))
+                })
+            });
+        let _ = std::fs::remove_file(&tmp);
+        saveconfig::write(path, &result?, saveconfig::MAX_BACKUPS)
+    }
+
     fn observe(&self) -> Result<Actual, LioError> {
         let tmp = self.s.tmp_dir.join(format!(
             "sbps-marshal-observe-{}-{:?}.json",

@@ -83,7 +83,7 @@ pub fn add_exported(a: &mut Actual, p: &Projection, hba: u32, lun: u64) {
         size: Some(p.size),
         serial: Some(p.identity.serial.clone()),
         enabled: true,
-        write_back: hba % 2 == 0,
+        write_back: hba.is_multiple_of(2),
     });
     let t = a.tpg.as_mut().expect("tpg");
     t.luns.insert(

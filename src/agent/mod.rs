@@ -1,0 +1,450 @@
+//! The agent: one scan is gather → desired → observe → plan → apply → persist →
+//! report; `run` repeats it every SCAN_FREQUENCY, on SIGHUP, until SIGTERM.
+//!
+//! Level-triggered: every scan starts from what the kernel holds, so a crash, a
+//! half-applied plan or an administrator's change is simply the next scan's input.
+
+pub mod lock;
+pub mod run;
+pub mod service;
+pub mod status;
+pub mod wiring;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::desired::{self, Desired};
+use crate::inventory::gather::{GatherStats, Sources};
+use crate::ledger::{Ledger, Loaded};
+use crate::lio::{self, Actual, Op, Target};
+use crate::plan::{self, Plan};
+use crate::telemetry::metrics::Metrics;
+use service::ServiceManager;
+use status::Status;
+
+/// Apply the plan, or only compute it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Apply,
+    DryRun,
+}
+
+/// One op's outcome, for logs, status and `scan --once`.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpOutcome {
+    pub op: Op,
+    pub error: Option<String>,
+    pub millis: u64,
+}
+
+/// Wall time of each phase of a scan.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub gather: Duration,
+    pub desired: Duration,
+    pub observe: Duration,
+    pub plan: Duration,
+    pub apply: Duration,
+    pub persist: Duration,
+    pub total: Duration,
+}
+
+/// Everything one scan saw and did.
+#[derive(Debug, Clone)]
+pub struct ScanReport {
+    pub started: u64,
+    pub desired: Desired,
+    /// The kernel state after the scan (before it, for a dry run).
+    pub actual: Option<Actual>,
+    pub plan: Option<Plan>,
+    pub outcomes: Vec<OpOutcome>,
+    /// Why the scan stopped before planning (LIO unreadable, ledger unwritable …).
+    pub failure: Option<String>,
+    pub labelled: Option<bool>,
+    pub label_error: Option<String>,
+    pub stats: GatherStats,
+    pub timings: Timings,
+    /// Every desired image is exported and nothing failed.
+    pub converged: bool,
+    pub saveconfig_written: bool,
+    pub ledger_written: bool,
+}
+
+impl ScanReport {
+    /// Why this scan did not converge, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.failure.iter().cloned().collect();
+        for o in &self.outcomes {
+            if let Some(e) = &o.error {
+                v.push(format!("{}: {e}", o.op));
+            }
+        }
+        if let Some(p) = &self.plan {
+            for w in &p.warnings {
+                if matches!(
+                    w,
+                    plan::Warning::NoTarget | plan::Warning::LunSpaceExhausted
+                ) {
+                    v.push(w.to_string());
+                }
+            }
+        }
+        if let Some(e) = &self.desired.uncertainty.everything {
+            v.push(e.clone());
+        }
+        v
+    }
+}
+
+/// The long-lived agent state.
+pub struct Agent {
+    pub settings: Settings,
+    sources: Sources,
+    target: Arc<dyn Target>,
+    service: Box<dyn ServiceManager>,
+    ledger: Ledger,
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<RwLock<Option<Status>>>,
+    /// Set on SIGTERM: ops not yet started are skipped.
+    pub stop: Arc<AtomicBool>,
+    converged_since_start: bool,
+    restarted_target: bool,
+    /// Operator override for the deletion brake, for the next scan only.
+    pub release_brake: bool,
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Agent {
+    /// Builds the agent from settings with the real adapters.
+    pub fn new(settings: Settings, service: Box<dyn ServiceManager>) -> anyhow::Result<Agent> {
+        let sources = wiring::sources(&settings)?;
+        let target = wiring::target(&settings);
+        Agent::with_parts(settings, sources, target, service)
+    }
+
+    /// Builds the agent from given adapters (tests, other backends).
+    pub fn with_parts(
+        settings: Settings,
+        sources: Sources,
+        target: Arc<dyn Target>,
+        service: Box<dyn ServiceManager>,
+    ) -> anyhow::Result<Agent> {
+        let ledger = match Ledger::load(&settings.ledger_file(), unix_now())? {
+            Loaded::Fresh(l) | Loaded::Existing(l) => l,
+            Loaded::Recovered {
+                ledger,
+                aside,
+                detail,
+            } => {
+                tracing::error!(
+                    aside = %aside.display(),
+                    "ledger {} was corrupt ({detail}); moved aside, starting from the kernel's state",
+                    settings.ledger_file().display()
+                );
+                ledger
+            }
+        };
+        Ok(Agent {
+            metrics: Arc::new(Metrics::new(&settings)),
+            status: Arc::new(RwLock::new(None)),
+            stop: Arc::new(AtomicBool::new(false)),
+            settings,
+            sources,
+            target,
+            service,
+            ledger,
+            converged_since_start: false,
+            restarted_target: false,
+            release_brake: false,
+        })
+    }
+
+    /// The ledger as it stands.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// One scan. Never panics and never returns early without a report: every
+    /// failure is in the report, and a failure before planning changes nothing.
+    pub async fn scan(&mut self, mode: Mode) -> ScanReport {
+        let t0 = Instant::now();
+        if mode == Mode::Apply {
+            tracing::info!("START SCAN");
+        }
+        let now = unix_now();
+        let dset = self.settings.desired_settings();
+        let mut timings = Timings::default();
+
+        let t = Instant::now();
+        let gathered = self.sources.gather(&dset).await;
+        timings.gather = t.elapsed();
+        let (labelled, label_error) = match &gathered.node_labelled {
+            None => (Some(true), None),
+            Some(Ok(b)) => (Some(*b), None),
+            Some(Err(e)) => (None, Some(e.clone())),
+        };
+        for skip in &gathered.ims_skipped {
+            tracing::warn!(record = ?skip, "IMS record skipped");
+        }
+
+        let t = Instant::now();
+        let desired = desired::desired(&gathered.inventory, &dset);
+        timings.desired = t.elapsed();
+
+        if mode == Mode::Apply && labelled == Some(true) {
+            self.ensure_target_service().await;
+        }
+
+        let policy = self.settings.policy(labelled, self.release_brake);
+        let job = Job {
+            target: self.target.clone(),
+            desired: desired.clone(),
+            ledger: self.ledger.clone(),
+            policy,
+            now,
+            mode,
+            parallelism: self.settings.apply_parallelism,
+            ledger_file: self.settings.ledger_file(),
+            save_file: self.settings.lio_save_file.clone(),
+            stop: self.stop.clone(),
+        };
+        let done = tokio::task::spawn_blocking(move || job.run())
+            .await
+            .unwrap_or_else(|e| JobDone::failed(format!("scan worker failed: {e}")));
+        timings.observe = done.observe;
+        timings.plan = done.plan_time;
+        timings.apply = done.apply;
+        timings.persist = done.persist;
+        if let Some(l) = done.ledger.clone() {
+            self.ledger = l;
+        }
+        let converged = done.failure.is_none()
+            && done.outcomes.iter().all(|o| o.error.is_none())
+            && done
+                .plan
+                .as_ref()
+                .is_some_and(|p| !p.warnings.contains(&plan::Warning::NoTarget))
+            && desired.uncertainty.everything.is_none();
+        if mode == Mode::Apply {
+            self.release_brake = false;
+            if converged {
+                self.converged_since_start = true;
+                self.maybe_restart_target_once().await;
+            }
+        }
+        timings.total = t0.elapsed();
+        let report = ScanReport {
+            started: now,
+            desired,
+            actual: done.actual,
+            plan: done.plan,
+            outcomes: done.outcomes,
+            failure: done.failure,
+            labelled,
+            label_error,
+            stats: gathered.stats,
+            timings,
+            converged,
+            saveconfig_written: done.saveconfig_written,
+            ledger_written: done.ledger_written,
+        };
+        if mode == Mode::Apply {
+            report::log(&report);
+            self.metrics.record_scan(&report);
+            let st = Status::build(
+                &report,
+                &self.ledger,
+                &self.settings,
+                self.converged_since_start,
+            );
+            if let Ok(mut slot) = self.status.write() {
+                *slot = Some(st);
+            }
+            tracing::info!("END SCAN");
+        }
+        report
+    }
+
+    /// Starts the target unit when the node is labelled and it is not active (the
+    /// original did this with systemctl every scan).
+    async fn ensure_target_service(&self) {
+        let Some(unit) = &self.settings.target_service else {
+            return;
+        };
+        match self.service.is_active(unit).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(unit, "not active; starting it");
+                if let Err(e) = self.service.start(unit).await {
+                    tracing::error!(unit, "cannot start: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(unit, "cannot tell whether it is active: {e}"),
+        }
+    }
+
+    /// RESTART_TARGET_AFTER_FIRST_SCAN: the original's one-time restart, kept as an option.
+    async fn maybe_restart_target_once(&mut self) {
+        if !self.settings.restart_target_after_first_scan || self.restarted_target {
+            return;
+        }
+        self.restarted_target = true;
+        let marker = self.settings.state_dir.join("state.json");
+        let done = std::fs::read(&marker)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("initialized").and_then(|x| x.as_bool()))
+            .unwrap_or(false);
+        if done {
+            return;
+        }
+        let Some(unit) = &self.settings.target_service else {
+            return;
+        };
+        tracing::warn!(unit, "restarting once after the first scan (RESTART_TARGET_AFTER_FIRST_SCAN): every session drops");
+        if let Err(e) = self.service.restart(unit).await {
+            tracing::error!(unit, "restart failed: {e}");
+            return;
+        }
+        if let Err(e) = crate::ledger::write_atomic(&marker, b"{\"initialized\": true}\n") {
+            tracing::error!(file = %marker.display(), "cannot record the restart: {e}");
+        }
+    }
+
+    /// Whether a scan has converged since the agent started.
+    pub fn converged_since_start(&self) -> bool {
+        self.converged_since_start
+    }
+}
+
+/// The blocking part of a scan: everything that touches the kernel, under the
+/// rtslib/targetcli locks.
+struct Job {
+    target: Arc<dyn Target>,
+    desired: Desired,
+    ledger: Ledger,
+    policy: plan::Policy,
+    now: u64,
+    mode: Mode,
+    parallelism: usize,
+    ledger_file: std::path::PathBuf,
+    save_file: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct JobDone {
+    actual: Option<Actual>,
+    plan: Option<Plan>,
+    outcomes: Vec<OpOutcome>,
+    failure: Option<String>,
+    ledger: Option<Ledger>,
+    observe: Duration,
+    plan_time: Duration,
+    apply: Duration,
+    persist: Duration,
+    saveconfig_written: bool,
+    ledger_written: bool,
+}
+
+impl JobDone {
+    fn failed(why: String) -> JobDone {
+        JobDone {
+            failure: Some(why),
+            ..JobDone::default()
+        }
+    }
+}
+
+impl Job {
+    fn run(self) -> JobDone {
+        let mut done = JobDone::default();
+        let _guard = match (self.mode, self.target.lock()) {
+            (Mode::DryRun, _) => None,
+            (Mode::Apply, Ok(g)) => Some(g),
+            (Mode::Apply, Err(e)) => {
+                return JobDone::failed(format!("cannot take the LIO locks: {e}"))
+            }
+        };
+        let t = Instant::now();
+        let actual = match self.target.observe() {
+            Ok(a) => a,
+            Err(e) => return JobDone::failed(format!("cannot read LIO: {e}")),
+        };
+        done.observe = t.elapsed();
+        let t = Instant::now();
+        let p = plan::plan(&self.desired, &actual, &self.ledger, &self.policy, self.now);
+        done.plan_time = t.elapsed();
+        if self.mode == Mode::DryRun {
+            done.actual = Some(actual);
+            done.plan = Some(p);
+            return done;
+        }
+        // Write-ahead: the quarantine of every number this plan frees is on disk
+        // before the first unmap.
+        let t = Instant::now();
+        if p.ledger != self.ledger {
+            if let Err(e) = p.ledger.save(&self.ledger_file) {
+                done.failure = Some(format!("{e}; nothing applied"));
+                done.actual = Some(actual);
+                done.plan = Some(p);
+                return done;
+            }
+            done.ledger_written = true;
+        }
+        done.ledger = Some(p.ledger.clone());
+        done.persist = t.elapsed();
+
+        let t = Instant::now();
+        let results = lio::apply_until(self.target.as_ref(), &p.ops, self.parallelism, &self.stop);
+        done.apply = t.elapsed();
+        done.outcomes = results
+            .into_iter()
+            .map(|r| OpOutcome {
+                op: r.op,
+                error: r.result.err().map(|e| e.to_string()),
+                millis: r.elapsed.as_millis() as u64,
+            })
+            .collect();
+
+        let t = Instant::now();
+        let after = if done.outcomes.is_empty() {
+            Ok(actual)
+        } else {
+            self.target.observe()
+        };
+        match after {
+            Ok(a) => done.actual = Some(a),
+            Err(e) => done.failure = Some(format!("cannot read LIO after applying: {e}")),
+        }
+        // saveconfig.json mirrors the kernel; it is rewritten only when that changed.
+        match self.target.save_config(&self.save_file) {
+            Ok(w) => done.saveconfig_written = w,
+            Err(e) => {
+                let msg = format!("cannot write {}: {e}", self.save_file.display());
+                done.failure.get_or_insert(msg);
+            }
+        }
+        done.persist += t.elapsed();
+        done.plan = Some(p);
+        done
+    }
+}
+
+/// Stop flag helper for signal handlers.
+pub fn request_stop(flag: &AtomicBool) {
+    flag.store(true, Ordering::SeqCst);
+}
+
+pub mod report;

@@ -1,0 +1,81 @@
+//! The scan's log lines: one per change, one summary, and the problems an operator
+//! must see. Runbooks grep `START SCAN` … `END SCAN` and `error`.
+
+use super::ScanReport;
+use crate::desired::Outcome;
+
+/// Logs what the scan did.
+pub fn log(r: &ScanReport) {
+    if let Some(e) = &r.label_error {
+        tracing::warn!("node label unknown, target portal group left as it is: {e}");
+    }
+    for (source, stats) in [
+        ("s3", Some(&r.stats.s3_list)),
+        ("spire", Some(&r.stats.token)),
+        ("ims", Some(&r.stats.ims)),
+        ("manifests", Some(&r.stats.manifest_fetch)),
+        ("kubernetes", r.stats.node.as_ref()),
+    ] {
+        if let Some(e) = stats.and_then(|s| s.error.as_ref()) {
+            tracing::error!(source, "source error: {e}");
+        }
+    }
+    for v in &r.desired.verdicts {
+        if let Outcome::Unknown { reason } = &v.outcome {
+            tracing::warn!(
+                rule = reason.label(),
+                "{}: unknown, projection kept: {reason}",
+                v.subject
+            );
+        }
+    }
+    for o in &r.outcomes {
+        match &o.error {
+            None => tracing::info!(ms = o.millis, "{}", o.op),
+            Some(e) => tracing::error!("{} failed: {e}", o.op),
+        }
+    }
+    if let Some(p) = &r.plan {
+        for w in &p.warnings {
+            tracing::warn!("{w}");
+        }
+        for h in &p.held {
+            tracing::info!(backstore = %h.at, luns = ?h.luns, "removal held: {}", h.reason);
+        }
+        if p.brake {
+            tracing::error!(
+                "deletion brake engaged: {} removals held; fix the inventory or release the brake with `sbps-marshal scan --once --release-brake`",
+                p.held.iter().filter(|h| matches!(h.reason, crate::plan::HoldReason::Brake { .. })).count()
+            );
+        }
+    }
+    if let Some(f) = &r.failure {
+        tracing::error!("scan failed: {f}");
+    }
+    let skipped = r
+        .desired
+        .verdicts
+        .iter()
+        .filter(|v| matches!(v.outcome, Outcome::Skipped { .. }))
+        .count();
+    let unknown = r
+        .desired
+        .verdicts
+        .iter()
+        .filter(|v| matches!(v.outcome, Outcome::Unknown { .. }))
+        .count();
+    let failed = r.outcomes.iter().filter(|o| o.error.is_some()).count();
+    tracing::info!(
+        projected = r.desired.projections.len(),
+        skipped,
+        unknown,
+        changes = r.outcomes.len() - failed,
+        failed,
+        held = r.plan.as_ref().map_or(0, |p| p.held.len()),
+        converged = r.converged,
+        gather_ms = r.timings.gather.as_millis() as u64,
+        apply_ms = r.timings.apply.as_millis() as u64,
+        total_ms = r.timings.total.as_millis() as u64,
+        "scan summary"
+    );
+}

@@ -1,0 +1,337 @@
+//! The status document (`status`, `/status`) and `explain`, both read from one
+//! scan's report: what is projected where, what is held and why, what LIO holds
+//! that is not ours, and the gate.
+
+use serde::Serialize;
+
+use super::ScanReport;
+use crate::config::Settings;
+use crate::desired::{Kind, Outcome, Subject, Verdict};
+use crate::identity::{wwid_of_serial, Identity};
+use crate::ledger::Ledger;
+use crate::plan::{HoldReason, Warning};
+
+/// One exported image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectionRow {
+    pub kind: Kind,
+    pub image_id: Option<String>,
+    /// Image name, or the PE file name.
+    pub name: String,
+    pub object_key: String,
+    pub lun: Option<u64>,
+    pub backstore: String,
+    pub serial: String,
+    pub wwid: String,
+    pub size: u64,
+    /// When the agent first saw it exported (seconds since the epoch).
+    pub since: Option<u64>,
+}
+
+/// A projection that stays although it is no longer (or not known to be) wanted.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldRow {
+    pub backstore: String,
+    pub serial: Option<String>,
+    pub luns: Vec<u64>,
+    pub reason: String,
+}
+
+/// The gate (rule 7).
+#[derive(Debug, Clone, Serialize)]
+pub struct Gate {
+    pub labelled: Option<bool>,
+    pub tpg_enabled: Option<bool>,
+    pub converged_since_start: bool,
+}
+
+/// The whole document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub scanned_at: u64,
+    pub target_iqn: String,
+    pub converged: bool,
+    pub problems: Vec<String>,
+    pub gate: Gate,
+    pub projections: Vec<ProjectionRow>,
+    pub held: Vec<HeldRow>,
+    pub unmanaged: Vec<String>,
+    pub warnings: Vec<String>,
+    pub brake: bool,
+    /// Candidates not projected, with the rule.
+    pub not_projected: Vec<Verdict>,
+}
+
+impl Status {
+    /// Builds the document from a scan.
+    pub fn build(
+        r: &ScanReport,
+        ledger: &Ledger,
+        s: &Settings,
+        converged_since_start: bool,
+    ) -> Status {
+        let lun_of = |serial: &str| -> Option<u64> {
+            let a = r.actual.as_ref()?;
+            let t = a.tpg.as_ref()?;
+            t.luns.values().find_map(|l| {
+                let b = l.backstore.as_ref()?;
+                a.backstores
+                    .iter()
+                    .any(|x| &x.at == b && x.serial.as_deref() == Some(serial))
+                    .then_some(l.index)
+            })
+        };
+        let mut projections: Vec<ProjectionRow> = r
+            .desired
+            .projections
+            .values()
+            .map(|p| ProjectionRow {
+                kind: p.kind,
+                image_id: p.image_id.clone(),
+                name: p.image_name.clone().unwrap_or_else(|| {
+                    p.object_key
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or(&p.object_key)
+                        .to_string()
+                }),
+                object_key: p.object_key.clone(),
+                lun: lun_of(&p.identity.serial),
+                backstore: p.identity.name.clone(),
+                serial: p.identity.serial.clone(),
+                wwid: p.identity.wwid(),
+                size: p.size,
+                since: ledger.luns.get(&p.identity.serial).map(|l| l.since),
+            })
+            .collect();
+        projections.sort_by_key(|p| (p.lun.is_none(), p.lun, p.backstore.clone()));
+        let plan = r.plan.as_ref();
+        Status {
+            scanned_at: r.started,
+            target_iqn: s.target_iqn.clone(),
+            converged: r.converged,
+            problems: r.problems(),
+            gate: Gate {
+                labelled: r.labelled,
+                tpg_enabled: r
+                    .actual
+                    .as_ref()
+                    .and_then(|a| a.tpg.as_ref())
+                    .map(|t| t.enabled),
+                converged_since_start,
+            },
+            projections,
+            held: plan
+                .map(|p| {
+                    p.held
+                        .iter()
+                        .map(|h| HeldRow {
+                            backstore: h.at.to_string(),
+                            serial: h.serial.clone(),
+                            luns: h.luns.clone(),
+                            reason: h.reason.to_string(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            unmanaged: plan
+                .map(|p| p.unmanaged.iter().map(|b| b.to_string()).collect())
+                .unwrap_or_default(),
+            warnings: plan
+                .map(|p| p.warnings.iter().map(|w| w.to_string()).collect())
+                .unwrap_or_default(),
+            brake: plan.is_some_and(|p| p.brake),
+            not_projected: r
+                .desired
+                .verdicts
+                .iter()
+                .filter(|v| !matches!(v.outcome, Outcome::Projected { .. }))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The text `sbps-marshal status` prints.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let yn = |b: Option<bool>| match b {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "unknown",
+        };
+        out += &format!(
+            "target {}  labelled: {}  TPG enabled: {}  converged since start: {}  last scan converged: {}\n",
+            self.target_iqn,
+            yn(self.gate.labelled),
+            yn(self.gate.tpg_enabled),
+            self.gate.converged_since_start,
+            self.converged
+        );
+        for p in &self.problems {
+            out += &format!("problem: {p}\n");
+        }
+        out += &format!(
+            "\n{:<6} {:<4} {:<15} {:<33} {:>12}  {}\n",
+            "KIND", "LUN", "BACKSTORE", "WWID", "SIZE", "IMAGE"
+        );
+        for p in &self.projections {
+            let lun = p.lun.map_or("-".to_string(), |l| l.to_string());
+            let image = match &p.image_id {
+                Some(id) => format!("{id} ({})", p.name),
+                None => p.name.clone(),
+            };
+            out += &format!(
+                "{:<6} {:<4} {:<15} {:<33} {:>12}  {}\n",
+                p.kind, lun, p.backstore, p.wwid, p.size, image
+            );
+        }
+        if !self.held.is_empty() {
+            out += "\nheld removals:\n";
+            for h in &self.held {
+                out += &format!("  {} LUN {:?}: {}\n", h.backstore, h.luns, h.reason);
+            }
+        }
+        if !self.unmanaged.is_empty() {
+            out += &format!(
+                "\nnot managed (left alone): {}\n",
+                self.unmanaged.join(", ")
+            );
+        }
+        for w in &self.warnings {
+            out += &format!("warning: {w}\n");
+        }
+        let unknown = self
+            .not_projected
+            .iter()
+            .filter(|v| matches!(v.outcome, Outcome::Unknown { .. }))
+            .count();
+        out += &format!(
+            "\n{} projected, {} not projected ({} unknown); `sbps-marshal explain <image|key|serial|wwid>` says why\n",
+            self.projections.len(),
+            self.not_projected.len(),
+            unknown
+        );
+        out
+    }
+}
+
+/// Why `query` (an image id or name, an S3 key or URL, a backstore name, a serial
+/// or a WWID) is or is not projected, naming the rule and the data behind it.
+pub fn explain(r: &ScanReport, query: &str) -> Vec<String> {
+    let q = query.trim();
+    let mut out = Vec::new();
+    for v in &r.desired.verdicts {
+        if !verdict_matches(v, q) {
+            continue;
+        }
+        let mut lines = vec![format!("{}", v.subject)];
+        if let Some(k) = &v.object_key {
+            lines.push(format!("  S3 object: {k}"));
+        }
+        if let Some(id) = &v.identity {
+            lines.push(format!(
+                "  identity: backstore {}  serial {}  WWID {}",
+                id.name,
+                id.serial,
+                id.wwid()
+            ));
+        }
+        match &v.outcome {
+            Outcome::Projected { serial } => {
+                lines.push("  projected: every rule passed".into());
+                lines.push(match lun_of(r, serial) {
+                    Some(l) => format!("  exported at LUN {l}"),
+                    None => "  not exported yet (see the scan's problems)".into(),
+                });
+            }
+            Outcome::Skipped { reason } => {
+                lines.push(format!(
+                    "  not projected, rule {}: {reason}",
+                    reason.label()
+                ));
+            }
+            Outcome::Unknown { reason } => {
+                lines.push(format!(
+                    "  unknown, rule {}: {reason}; an existing projection is kept until this clears",
+                    reason.label()
+                ));
+            }
+        }
+        if let (Some(id), Some(p)) = (&v.identity, &r.plan) {
+            for h in p
+                .held
+                .iter()
+                .filter(|h| h.serial.as_deref() == Some(id.serial.as_str()))
+            {
+                lines.push(format!("  removal held: {}", h.reason));
+            }
+            for w in &p.warnings {
+                if let Warning::ContentChanged { serial, .. } = w {
+                    if *serial == id.serial {
+                        lines.push(format!("  warning: {w}"));
+                    }
+                }
+            }
+        }
+        out.push(lines.join("\n"));
+    }
+    // A backstore in LIO that no candidate explains (removed image in its grace period …).
+    if out.is_empty() {
+        if let Some(p) = &r.plan {
+            for h in &p.held {
+                let serial = h.serial.clone().unwrap_or_default();
+                if h.at.name == q
+                    || serial == q
+                    || wwid_of_serial(&serial) == q.to_ascii_lowercase()
+                {
+                    let why = match &h.reason {
+                        HoldReason::Grace { .. } => "no longer in the inventory",
+                        HoldReason::Brake { .. } => "no longer in the inventory",
+                        HoldReason::Unknown { .. } => "the inventory cannot see it",
+                    };
+                    out.push(format!(
+                        "backstore {} (serial {serial}) at LUN {:?}: {why}; removal held: {}",
+                        h.at, h.luns, h.reason
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn lun_of(r: &ScanReport, serial: &str) -> Option<u64> {
+    let a = r.actual.as_ref()?;
+    let t = a.tpg.as_ref()?;
+    t.luns.values().find_map(|l| {
+        let b = l.backstore.as_ref()?;
+        a.backstores
+            .iter()
+            .any(|x| &x.at == b && x.serial.as_deref() == Some(serial))
+            .then_some(l.index)
+    })
+}
+
+fn verdict_matches(v: &Verdict, q: &str) -> bool {
+    let ql = q.to_ascii_lowercase();
+    let by_subject = match &v.subject {
+        Subject::Image { id, name } => id == q || name == q,
+        Subject::Pe { object_key } => {
+            object_key == q
+                || object_key.rsplit('/').next() == Some(q)
+                || q.ends_with(&format!("/{object_key}"))
+        }
+    };
+    let by_key = v.object_key.as_deref().is_some_and(|k| {
+        k == q
+            || q.strip_prefix("s3://")
+                .and_then(|r| r.split_once('/'))
+                .map(|x| x.1)
+                == Some(k)
+    });
+    let by_identity = v
+        .identity
+        .as_ref()
+        .is_some_and(|id: &Identity| id.name == ql || id.serial == ql || id.wwid() == ql);
+    by_subject || by_key || by_identity
+}

@@ -1,0 +1,96 @@
+//! From settings to the live adapters: the sources and the LIO backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use url::Url;
+
+use crate::config::Settings;
+use crate::inventory::gather::{Sources, SourcesConfig};
+use crate::inventory::http::TlsOptions;
+use crate::inventory::ims::ImsConfig;
+use crate::inventory::node::NodeConfig;
+use crate::inventory::s3::S3Config;
+use crate::inventory::spire::{SpireBackend, SpireConfig};
+use crate::lio::configfs::{ConfigfsSettings, ConfigfsTarget};
+use crate::lio::targetcli::{TargetcliSettings, TargetcliTarget};
+use crate::lio::Target;
+
+/// The TLS options every client uses.
+pub fn tls(s: &Settings) -> TlsOptions {
+    TlsOptions {
+        ca_bundle: s.ca_bundle.clone(),
+        insecure: !s.tls_verify,
+    }
+}
+
+/// The sources configuration the settings describe.
+pub fn sources_config(s: &Settings) -> Result<SourcesConfig> {
+    let endpoint = Url::parse(&s.s3_endpoint()).with_context(|| {
+        format!(
+            "S3 endpoint {:?} (S3_PROTO + S3_HOST) is not a URL",
+            s.s3_endpoint()
+        )
+    })?;
+    let mut s3 = S3Config::new(endpoint, &s.s3_bucket, s.s3_credential_file.clone());
+    s3.tls = tls(s);
+    let ims_url =
+        crate::inventory::ims::join_url(&s.api_gateway, &s.ims_uri).with_context(|| {
+            format!(
+                "API_GATEWAY {:?} joined with IMS_URI {:?} is not a URL",
+                s.api_gateway, s.ims_uri
+            )
+        })?;
+    let mut ims = ImsConfig::new(ims_url);
+    ims.timeout = s.ims_timeout;
+    ims.tls = tls(s);
+    let spire = SpireConfig {
+        backend: match s.spire_provider.as_str() {
+            "workload-api" => SpireBackend::Native,
+            _ => SpireBackend::Cli {
+                agent: s.spire_agent_path.clone(),
+            },
+        },
+        socket: s.spire_agent_sock_path.clone(),
+        audience: s.spire_jwt_audience.clone(),
+        xname_file: s.xname_file.clone(),
+        ..SpireConfig::default()
+    };
+    let node = s.node_label.as_ref().map(|label| NodeConfig {
+        kubeconfig: s.kubeconfig.clone(),
+        node_name: Some(s.node_name.clone()),
+        label: label.clone(),
+        timeout: Duration::from_secs(10),
+    });
+    Ok(SourcesConfig {
+        spire,
+        node,
+        manifest_concurrency: s.manifest_concurrency,
+        ..SourcesConfig::new(s3, ims)
+    })
+}
+
+/// Builds the sources.
+pub fn sources(s: &Settings) -> Result<Sources> {
+    Sources::new(sources_config(s)?).context("setting up the inventory sources")
+}
+
+/// Builds the LIO backend LIO_BACKEND names.
+pub fn target(s: &Settings) -> Arc<dyn Target> {
+    match s.lio_backend.as_str() {
+        "targetcli" => Arc::new(TargetcliTarget::new(TargetcliSettings {
+            bin: s.targetcli_bin.clone(),
+            iqn: s.target_iqn.clone(),
+            tag: s.tpg_tag,
+            mount_root: s.mount.clone(),
+            tmp_dir: std::env::temp_dir(),
+        })),
+        _ => Arc::new(ConfigfsTarget::real(ConfigfsSettings {
+            root: s.configfs_root.clone(),
+            tag: s.tpg_tag,
+            lock_dir: Some(s.rtslib_lock_dir.clone()),
+            ..ConfigfsSettings::new(&s.target_iqn, &s.mount)
+        })),
+    }
+}

@@ -1,0 +1,137 @@
+//! The subcommands that talk to the world.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use super::Command;
+use crate::agent::lock::InstanceLock;
+use crate::agent::service::{NoServices, ServiceManager, Systemctl};
+use crate::agent::status::{explain, Status};
+use crate::agent::{run, Agent, Mode};
+use crate::config::Settings;
+
+/// Runs one subcommand (everything but `config`).
+pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> {
+    match command {
+        Command::Run => {
+            let _lock = single_instance(&settings)?;
+            check_state_dir(&settings)?;
+            let agent = Agent::new(settings, services())?;
+            run::run(agent).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Scan {
+            once,
+            release_brake,
+        } => {
+            if !once {
+                anyhow::bail!("`scan` needs --once (the periodic scan is `sbps-marshal run`)");
+            }
+            let _lock = single_instance(&settings)?;
+            check_state_dir(&settings)?;
+            let mut agent = Agent::new(settings, services())?;
+            agent.release_brake = release_brake;
+            let report = agent.scan(Mode::Apply).await;
+            if report.converged {
+                println!(
+                    "converged: {} projections",
+                    report.desired.projections.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for p in report.problems() {
+                    println!("not converged: {p}");
+                }
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Plan { json } => {
+            let mut agent = Agent::new(settings, services())?;
+            let report = agent.scan(Mode::DryRun).await;
+            let plan = report
+                .plan
+                .as_ref()
+                .with_context(|| report.failure.clone().unwrap_or_default())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(plan)?);
+            } else if plan.ops.is_empty() {
+                println!(
+                    "nothing to do ({} projections)",
+                    report.desired.projections.len()
+                );
+                for h in &plan.held {
+                    println!("held: {} LUN {:?}: {}", h.at, h.luns, h.reason);
+                }
+            } else {
+                println!("{:<8} OPERATION", "PHASE");
+                for op in &plan.ops {
+                    println!("{:<8} {op}", format!("{:?}", op.phase()).to_lowercase());
+                }
+                for h in &plan.held {
+                    println!("held     {} LUN {:?}: {}", h.at, h.luns, h.reason);
+                }
+                for w in &plan.warnings {
+                    println!("warning  {w}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let mut agent = Agent::new(settings, services())?;
+            let report = agent.scan(Mode::DryRun).await;
+            let st = Status::build(&report, agent.ledger(), &agent.settings, false);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", st.to_text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain { query } => {
+            let mut agent = Agent::new(settings, services())?;
+            let report = agent.scan(Mode::DryRun).await;
+            let found = explain(&report, &query);
+            if found.is_empty() {
+                println!("nothing in the inventory or in LIO matches {query:?}");
+                return Ok(ExitCode::from(1));
+            }
+            for f in found {
+                println!("{f}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { .. } => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn services() -> Box<dyn ServiceManager> {
+    if std::path::Path::new("/run/systemd/system").exists() {
+        Box::new(Systemctl)
+    } else {
+        Box::new(NoServices)
+    }
+}
+
+fn single_instance(s: &Settings) -> Result<InstanceLock> {
+    Ok(InstanceLock::acquire(&s.lock_file)?)
+}
+
+/// The ledger decides which LUN numbers images get: a state directory others can
+/// write is refused.
+fn check_state_dir(s: &Settings) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::create_dir_all(&s.state_dir)
+        .with_context(|| format!("cannot create STATE_DIR {}", s.state_dir.display()))?;
+    let meta = std::fs::metadata(&s.state_dir)
+        .with_context(|| format!("cannot stat STATE_DIR {}", s.state_dir.display()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o002 != 0 || (mode & 0o020 != 0 && meta.gid() != 0) {
+        anyhow::bail!(
+            "STATE_DIR {} is writable by others (mode {:o}); refusing to start: chmod o-w,g-w it",
+            s.state_dir.display(),
+            mode & 0o7777
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! `/metrics` (Prometheus text), `/healthz` (alive, with the age of the last scan),
+//! `/status` (the status document as JSON), on METRICS_LISTEN (loopback by default).
+
+use std::sync::{Arc, RwLock};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use super::metrics::Metrics;
+use crate::agent::status::Status;
+
+#[derive(Clone)]
+struct Shared {
+    metrics: Arc<Metrics>,
+    status: Arc<RwLock<Option<Status>>>,
+    /// Scans older than this make `/healthz` answer 503.
+    stale_after_secs: u64,
+}
+
+/// Serves the endpoints until the listener fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    status: Arc<RwLock<Option<Status>>>,
+    stale_after_secs: u64,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/status", get(status_handler))
+        .with_state(Shared {
+            metrics,
+            status,
+            stale_after_secs,
+        });
+    axum::serve(listener, app).await
+}
+
+async fn metrics_handler(State(s): State<Shared>) -> Response {
+    let body = tokio::task::spawn_blocking(move || s.metrics.render())
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn healthz(State(s): State<Shared>) -> Response {
+    let last = s
+        .status
+        .read()
+        .ok()
+        .and_then(|g| g.as_ref().map(|st| st.scanned_at));
+    let now = crate::agent::unix_now();
+    match last {
+        None => (StatusCode::OK, "alive; no scan finished yet\n".to_string()).into_response(),
+        Some(t) => {
+            let age = now.saturating_sub(t);
+            let code = if age > s.stale_after_secs {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            (code, format!("alive; last scan {age} s ago\n")).into_response()
+        }
+    }
+}
+
+async fn status_handler(State(s): State<Shared>) -> Response {
+    let doc = s.status.read().ok().and_then(|g| g.clone());
+    match doc {
+        Some(d) => axum::Json(d).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no scan finished yet\n").into_response(),
+    }
+}
