@@ -1,1 +1,217 @@
-fn main() {}
+//! Gather benchmark: cold and warm `Sources::gather` over loopback for N images.
+//!
+//! `cargo bench --bench gather` runs N = 1,000 and 5,000. Under `cargo test` (no
+//! `--bench` argument) it runs one tiny round as a smoke test.
+//!
+//! S3 is an in-memory double (ListObjectsV2 pages of 1,000 with continuation tokens,
+//! GetObject), not moto: moto stores ~100 objects/s, too slow to load 10,000+ objects
+//! per run, and its own latency would dominate. The IMS double serves N tagged
+//! records; the mount is a plain directory of sparse files of the right sizes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use sbps_marshal::desired::{self, Settings};
+use sbps_marshal::inventory::gather::{Sources, SourcesConfig};
+use sbps_marshal::inventory::ims::ImsConfig;
+use sbps_marshal::inventory::s3::S3Config;
+use sbps_marshal::inventory::spire::{StaticToken, Token};
+use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
+use serde_json::json;
+
+const BUCKET: &str = "boot-images";
+
+struct Store {
+    objects: BTreeMap<String, (String, Vec<u8>, u64)>, // key → (etag, body, size)
+    lists: AtomicU64,
+    gets: AtomicU64,
+}
+
+async fn list(
+    State(st): State<Arc<Store>>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> impl IntoResponse {
+    st.lists.fetch_add(1, Ordering::Relaxed);
+    let start = q.get("continuation-token").cloned().unwrap_or_default();
+    let page: Vec<_> = st
+        .objects
+        .range::<String, _>((
+            std::ops::Bound::Excluded(start.clone()),
+            std::ops::Bound::Unbounded,
+        ))
+        .take(1000)
+        .collect();
+    let last = page.last().map(|(k, _)| (*k).clone());
+    let truncated = last.as_ref().is_some_and(|l| {
+        st.objects
+            .range::<String, _>((
+                std::ops::Bound::Excluded(l.clone()),
+                std::ops::Bound::Unbounded,
+            ))
+            .next()
+            .is_some()
+    });
+    let mut xml = String::from(
+        r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>boot-images</Name><MaxKeys>1000</MaxKeys>"#,
+    );
+    xml.push_str(&format!("<IsTruncated>{truncated}</IsTruncated>"));
+    if truncated {
+        xml.push_str(&format!(
+            "<NextContinuationToken>{}</NextContinuationToken>",
+            last.unwrap()
+        ));
+    }
+    for (k, (etag, _, size)) in page {
+        xml.push_str(&format!(
+            "<Contents><Key>{k}</Key><ETag>&quot;{etag}&quot;</ETag><Size>{size}</Size></Contents>"
+        ));
+    }
+    xml.push_str("</ListBucketResult>");
+    xml
+}
+
+async fn object(State(st): State<Arc<Store>>, Path(key): Path<String>) -> impl IntoResponse {
+    st.gets.fetch_add(1, Ordering::Relaxed);
+    match st.objects.get(&key) {
+        Some((_, body, _)) => body.clone().into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn serve(router: Router) -> url::Url {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, router).await;
+    });
+    format!("http://{addr}").parse().unwrap()
+}
+
+async fn round(n: usize, verbose: bool) {
+    let mount = tempfile::tempdir().unwrap();
+    let mut objects = BTreeMap::new();
+    let mut records = Vec::new();
+    for i in 0..n {
+        let id = format!("{i:08x}-0000-4000-8000-000000000000");
+        let rootfs_etag = format!("{:032x}-{}", i, 1 + i % 7);
+        let size = 1_000_000 + i as u64;
+        let manifest = json!({"version": "1.0", "created": "x", "artifacts": [
+            {"link": {"path": format!("s3://{BUCKET}/{id}/rootfs"), "etag": rootfs_etag, "type": "s3"},
+             "type": ROOTFS_ARTIFACT_TYPE, "md5": "x"}]})
+        .to_string();
+        let m_etag = format!("{:032x}", i + 1);
+        objects.insert(
+            format!("{id}/manifest.json"),
+            (
+                m_etag.clone(),
+                manifest.clone().into_bytes(),
+                manifest.len() as u64,
+            ),
+        );
+        objects.insert(format!("{id}/rootfs"), (rootfs_etag, Vec::new(), size));
+        std::fs::create_dir(mount.path().join(&id)).unwrap();
+        std::fs::File::create(mount.path().join(&id).join("rootfs"))
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        records.push(json!({"id": id, "name": format!("img{i}"), "arch": "x86_64",
+            "link": {"path": format!("s3://{BUCKET}/{id}/manifest.json"), "etag": m_etag, "type": "s3"},
+            "metadata": {"sbps-project": "true"}}));
+    }
+    let n_objects = objects.len();
+    let store = Arc::new(Store {
+        objects,
+        lists: AtomicU64::new(0),
+        gets: AtomicU64::new(0),
+    });
+    let s3_url = serve(
+        Router::new()
+            .route("/boot-images/", get(list))
+            .route("/boot-images/{*key}", get(object))
+            .with_state(store.clone()),
+    )
+    .await;
+    let ims_hits = Arc::new(AtomicU64::new(0));
+    let body = serde_json::to_vec(&records).unwrap();
+    let h = ims_hits.clone();
+    let ims_url = serve(Router::new().route(
+        "/apis/ims/v3/images",
+        get(move || {
+            h.fetch_add(1, Ordering::Relaxed);
+            let b = body.clone();
+            async move { ([("content-type", "application/json")], b) }
+        }),
+    ))
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("creds");
+    std::fs::write(&creds, "AK:SK\n").unwrap();
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut cfg = SourcesConfig::new(
+        S3Config::new(s3_url, BUCKET, creds),
+        ImsConfig::new(ims_url.join("apis/ims/v3/images").unwrap()),
+    );
+    cfg.node = None;
+    let sources = Sources::with_tokens(cfg, Arc::new(StaticToken(Token::new("t".into())))).unwrap();
+    let settings = Settings {
+        bucket: BUCKET.into(),
+        mount_root: mount.path().into(),
+        ims_tagging: true,
+    };
+    for label in ["cold", "warm"] {
+        let (l0, g0, i0) = (
+            store.lists.load(Ordering::Relaxed),
+            store.gets.load(Ordering::Relaxed),
+            ims_hits.load(Ordering::Relaxed),
+        );
+        let t = Instant::now();
+        let g = sources.gather(&settings).await;
+        let wall = t.elapsed();
+        let d = desired::desired(&g.inventory, &settings);
+        assert_eq!(d.projections.len(), n, "every image projected");
+        let s = &g.stats;
+        if verbose {
+            println!(
+                "N={n:>5} images ({n_objects} objects) {label}: gather {:>8.1} ms | S3 list {:>2} req {:>7.1} ms | IMS {} req {:>6.1} ms | manifests {:>4} GET {:>7.1} ms ({} cache hits) | mount {} stats {:>6.1} ms",
+                ms(wall),
+                store.lists.load(Ordering::Relaxed) - l0,
+                ms(s.s3_list.duration),
+                ims_hits.load(Ordering::Relaxed) - i0,
+                ms(s.ims.duration),
+                store.gets.load(Ordering::Relaxed) - g0,
+                ms(s.manifest_fetch.duration),
+                s.manifests.cache_hits,
+                s.mount_checked,
+                ms(s.mount_duration),
+            );
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if !bench {
+        rt.block_on(round(20, false));
+        return;
+    }
+    println!("gather benchmark: loopback, in-memory S3 double (not moto), IMS double, plain-directory mount");
+    for n in [1_000, 5_000] {
+        rt.block_on(round(n, true));
+    }
+}

@@ -234,6 +234,29 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 
+    /// A real CA bundle merges with the system roots (the platform verifier supports it).
+    #[test]
+    fn valid_ca_bundle_is_accepted() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), include_str!("test-ca.pem")).unwrap();
+        let tls = TlsOptions {
+            ca_bundle: Some(f.path().to_path_buf()),
+            insecure: false,
+        };
+        client("x", &tls, Duration::from_secs(1), ClientExtras::default()).unwrap();
+        let insecure = TlsOptions {
+            ca_bundle: None,
+            insecure: true,
+        };
+        client(
+            "x",
+            &insecure,
+            Duration::from_secs(1),
+            ClientExtras::default(),
+        )
+        .unwrap();
+    }
+
     #[test]
     fn garbage_ca_bundle_is_rejected() {
         let f = tempfile::NamedTempFile::new().unwrap();

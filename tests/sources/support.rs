@@ -37,17 +37,25 @@ pub struct Moto {
 impl Moto {
     pub async fn start() -> Moto {
         let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // `python3 -m moto.server` is `moto_server` without depending on a PATH shim.
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             // Small multipart parts, so a multipart ETag costs no megabytes.
             .env("S3_UPLOAD_PART_MIN_SIZE", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("moto_server not runnable (pip install 'moto[server]')");
+            .expect("python3 not runnable");
         let endpoint: Url = format!("http://127.0.0.1:{port}").parse().unwrap();
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let m = Moto {
+        let mut m = Moto {
             child,
             port,
             endpoint,
@@ -60,9 +68,12 @@ impl Moto {
                     break;
                 }
             }
+            if let Ok(Some(status)) = m.child.try_wait() {
+                panic!("moto server exited with {status} (is it installed? pip install 'moto[server]')");
+            }
             assert!(
                 Instant::now() < deadline,
-                "moto_server did not become ready"
+                "moto server did not become ready"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
