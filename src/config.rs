@@ -261,6 +261,32 @@ impl Layers {
     }
 }
 
+/// The packaged `/etc/sbps-marshal/config.toml`: every key, commented out at its
+/// default, with what it means (`sbps-marshal config --default-file` prints it).
+pub fn default_file() -> String {
+    let mut out = String::from(
+        "# sbps-marshal settings. Every key is shown at its default, commented out.\n\
+         # Precedence: --set KEY=VALUE > SBPS_MARSHAL_<KEY> environment > this file > default.\n",
+    );
+    for k in KEYS {
+        out.push_str(&format!("\n# {}\n", k.help));
+        if !k.compat.is_empty() {
+            out.push_str(&format!(
+                "# Compared with the original agent: {}.\n",
+                k.compat
+            ));
+        }
+        let value = match k.kind {
+            Kind::Seconds | Kind::SecondsOrZero | Kind::Count | Kind::Ratio | Kind::Bool => {
+                k.default.to_string()
+            }
+            _ => format!("{:?}", k.default),
+        };
+        out.push_str(&format!("# {} = {value}\n", k.name.to_ascii_lowercase()));
+    }
+    out
+}
+
 /// Looks a key up by its bare name (`SCAN_FREQUENCY`).
 pub fn key(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
@@ -673,6 +699,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("KEY=VALUE"), "{e}");
+    }
+
+    #[test]
+    fn packaged_default_file_lists_every_key_and_parses() {
+        let text = default_file();
+        let packaged = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/packaging/config.toml"
+        ))
+        .unwrap_or_default();
+        assert_eq!(packaged, text, "packaging/config.toml is stale: run `sbps-marshal config --default-file > packaging/config.toml`");
+        // Uncommented, it is a valid file giving the defaults.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|x| {
+                x.split_once(" = ").is_some_and(|(k, _)| {
+                    k.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&f, uncommented).unwrap();
+        let l = Layers::load(Some(&f), env(&[]), &[]).unwrap();
+        assert!(Settings::from_layers(&l, "h").is_ok());
+        assert_eq!(l.get("SCAN_FREQUENCY").1, &Origin::File(f.clone()));
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub enum Command {
         /// As JSON.
         #[arg(long)]
         json: bool,
+        /// Print the packaged config.toml (every key, commented, at its default).
+        #[arg(long)]
+        default_file: bool,
     },
 }
 
@@ -103,8 +106,12 @@ pub fn main(cli: Cli) -> ExitCode {
         }
     };
     let command = cli.command.unwrap_or(Command::Run);
-    if let Command::Config { json } = command {
-        print_config(&layers, json);
+    if let Command::Config { json, default_file } = command {
+        if default_file {
+            print!("{}", crate::config::default_file());
+        } else {
+            print_config(&layers, json);
+        }
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,11 @@
+//! The agent's scan, end to end on the host: a real moto S3 server, an IMS double
+//! that follows the IMS schema, the mount as a directory, and the fake configfs
+//! (which the contract suite holds to the kernel's behaviour).
+
+#[path = "../support/mod.rs"]
+#[allow(dead_code)]
+mod lio;
+#[path = "../sources/support.rs"]
+mod s3support;
+
+mod scans;

@@ -1,0 +1,257 @@
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use sbps_marshal::agent::service::NoServices;
+use sbps_marshal::agent::status::{explain, Status};
+use sbps_marshal::agent::{wiring, Agent, Mode};
+use sbps_marshal::config::{Layers, Settings};
+use sbps_marshal::identity::{self, Identity};
+use sbps_marshal::inventory::gather::Sources;
+use sbps_marshal::inventory::spire::{StaticToken, Token};
+use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
+use sbps_marshal::lio::{Op, Target};
+use serde_json::{json, Value};
+
+use crate::lio::Rig;
+use crate::s3support::{credential_file, Moto, Served};
+
+const BUCKET: &str = "boot-images";
+const TOKEN: &str = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ0In0.c2ln";
+
+/// What the IMS double serves: a body and a status, changeable by the test.
+#[derive(Clone)]
+struct Ims {
+    body: Arc<Mutex<(StatusCode, Value)>>,
+}
+
+async fn images(State(ims): State<Ims>, headers: HeaderMap) -> impl IntoResponse {
+    if headers.get("authorization").and_then(|h| h.to_str().ok())
+        != Some(&format!("Bearer {TOKEN}"))
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"title": "Unauthorized"})),
+        );
+    }
+    let (code, body) = ims.body.lock().unwrap().clone();
+    (code, axum::Json(body))
+}
+
+struct World {
+    _moto: Moto,
+    _ims_server: Served,
+    ims: Ims,
+    rig: Rig,
+    state: tempfile::TempDir,
+    agent: Agent,
+    target: Arc<dyn Target>,
+    rootfs_etag: String,
+}
+
+fn record(id: &str, tag: Option<&str>) -> Value {
+    let mut r = json!({
+        "id": id, "name": format!("image-{id}"), "created": "2024-07-18T22:05:16.565885", "arch": "x86_64",
+        "link": {"path": format!("s3://{BUCKET}/{id}/manifest.json"), "etag": "m", "type": "s3"},
+        "metadata": {}
+    });
+    if let Some(t) = tag {
+        r["metadata"] = json!({"sbps-project": t});
+    }
+    r
+}
+
+async fn world() -> World {
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    let rig = Rig::new();
+    let pe = vec![7u8; 4096];
+    let rootfs = vec![9u8; 8192];
+    moto.put(BUCKET, "PE/CPE-base.x86_64-24.11.squashfs", pe.clone())
+        .await;
+    let etag = moto
+        .put(BUCKET, "img1/rootfs", rootfs.clone())
+        .await
+        .trim_matches('"')
+        .to_string();
+    let manifest = json!({"version": "1.0", "created": "x", "artifacts": [
+        {"type": ROOTFS_ARTIFACT_TYPE, "md5": "x", "link": {"path": format!("s3://{BUCKET}/img1/rootfs"), "etag": etag, "type": "s3"}}]});
+    moto.put(BUCKET, "img1/manifest.json", manifest.to_string())
+        .await;
+    for (key, body) in [
+        ("PE/CPE-base.x86_64-24.11.squashfs", &pe),
+        ("img1/rootfs", &rootfs),
+    ] {
+        let p = rig.images.path().join(key);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    let ims = Ims {
+        body: Arc::new(Mutex::new((
+            StatusCode::OK,
+            json!([record("img1", Some("true")), record("img2", Some("false"))]),
+        ))),
+    };
+    let ims_server = Served::start(
+        Router::new()
+            .route("/apis/ims/v3/images", get(images))
+            .with_state(ims.clone()),
+    )
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let env = [
+        ("S3_PROTO", "http".to_string()),
+        ("S3_HOST", format!("127.0.0.1:{}", moto.port)),
+        (
+            "S3_CREDENTIAL_FILE",
+            credential_file(state.path()).display().to_string(),
+        ),
+        ("API_GATEWAY", ims_server.url().to_string()),
+        (
+            "SQUASHFS_S3FS_MOUNT",
+            rig.images.path().display().to_string(),
+        ),
+        (
+            "STATE_DIR",
+            state.path().join("state").display().to_string(),
+        ),
+        (
+            "LIO_SAVE_FILE",
+            state.path().join("saveconfig.json").display().to_string(),
+        ),
+        ("TARGET_IQN", crate::lio::IQN.to_string()),
+        ("NODE_LABEL", String::new()),
+        ("TARGET_SERVICE", String::new()),
+        ("REMOVAL_GRACE", "0".to_string()),
+    ];
+    let layers = Layers::load(
+        Some(std::path::Path::new("/dev/null")),
+        env.iter()
+            .map(|(k, v)| (format!("SBPS_MARSHAL_{k}"), v.clone())),
+        &[],
+    )
+    .unwrap();
+    let settings = Settings::from_layers(&layers, "ncn-w001").unwrap();
+    std::fs::create_dir_all(&settings.state_dir).unwrap();
+    let sources = Sources::with_tokens(
+        wiring::sources_config(&settings).unwrap(),
+        Arc::new(StaticToken(Token::new(TOKEN.to_string()))),
+    )
+    .unwrap();
+    let target: Arc<dyn Target> = Arc::new(rig.target());
+    let agent = Agent::with_parts(settings, sources, target.clone(), Box::new(NoServices)).unwrap();
+    World {
+        _moto: moto,
+        _ims_server: ims_server,
+        ims,
+        rig,
+        state,
+        agent,
+        target,
+        rootfs_etag: etag,
+    }
+}
+
+fn serial_at(target: &dyn Target, lun: u64) -> Option<String> {
+    let a = target.observe().unwrap();
+    let l = a.tpg.as_ref()?.luns.get(&lun)?.backstore.clone()?;
+    a.backstores
+        .iter()
+        .find(|b| b.at == l)
+        .and_then(|b| b.serial.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_converge_adopt_and_hold() {
+    let mut w = world().await;
+    let pe_id = Identity::of_key(&identity::pe_key(
+        BUCKET,
+        "PE/CPE-base.x86_64-24.11.squashfs",
+    ));
+    let rootfs_id = Identity::of_key(&identity::rootfs_key(
+        &format!("s3://{BUCKET}/img1/rootfs"),
+        &w.rootfs_etag,
+    ));
+    assert_eq!(pe_id.name, "de4cc04e7dacfb9");
+
+    // Cold scan: two projections on LUNs 1 and 2 (never 0), TPG enabled last.
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(r.converged, "{:?}", r.problems());
+    assert_eq!(r.desired.projections.len(), 2);
+    assert_eq!(r.outcomes.last().map(|o| &o.op), Some(&Op::EnableTpg));
+    assert!(r.saveconfig_written && r.ledger_written);
+    let luns: Vec<Option<String>> = (0..3).map(|l| serial_at(w.target.as_ref(), l)).collect();
+    assert_eq!(luns[0], None);
+    let mut got: Vec<String> = luns[1..].iter().flatten().cloned().collect();
+    got.sort();
+    let mut want = vec![pe_id.serial.clone(), rootfs_id.serial.clone()];
+    want.sort();
+    assert_eq!(got, want);
+    let saved = std::fs::read_to_string(w.state.path().join("saveconfig.json")).unwrap();
+    assert!(saved.contains(&pe_id.serial) && saved.contains(&rootfs_id.serial));
+
+    // Steady scan: nothing to do, no file rewritten.
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(r.converged && r.outcomes.is_empty(), "{:?}", r.outcomes);
+    assert!(!r.saveconfig_written && !r.ledger_written);
+    let metrics = w.agent.metrics.render();
+    assert!(metrics.contains("iscsi_pe_lun_cnt 1"), "{metrics}");
+    assert!(metrics.contains("iscsi_rootfs_lun_cnt 1"), "{metrics}");
+    assert!(
+        metrics.contains("sbps_marshal_skipped{reason=\"untagged\"} 1"),
+        "{metrics}"
+    );
+
+    // explain and status name the rule and the LUN.
+    let e = explain(&r, "img2").join("\n");
+    assert!(e.contains("untagged") && e.contains("\"false\""), "{e}");
+    let e = explain(&r, &pe_id.wwid()).join("\n");
+    assert!(e.contains("exported at LUN"), "{e}");
+    let st = Status::build(&r, w.agent.ledger(), &w.agent.settings, true);
+    assert_eq!(st.projections.len(), 2);
+    assert!(st.projections.iter().all(|p| p.lun.is_some_and(|l| l > 0)));
+    assert_eq!(st.gate.tpg_enabled, Some(true));
+
+    // IMS fails: nothing is removed, the reason is visible.
+    *w.ims.body.lock().unwrap() = (StatusCode::SERVICE_UNAVAILABLE, json!({"title": "down"}));
+    let before = w.target.observe().unwrap();
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(r.outcomes.is_empty(), "{:?}", r.outcomes);
+    assert_eq!(w.target.observe().unwrap(), before);
+    assert!(r
+        .plan
+        .as_ref()
+        .unwrap()
+        .held
+        .iter()
+        .any(|h| h.serial.as_deref() == Some(rootfs_id.serial.as_str())));
+    assert!(w
+        .agent
+        .metrics
+        .render()
+        .contains("sbps_marshal_source_errors_total{source=\"ims\"}"));
+
+    // IMS answers []: the rootfs image looks gone, but 1 of 2 is within the brake's
+    // floor; with grace 0 it goes, its LUN number quarantined.
+    *w.ims.body.lock().unwrap() = (StatusCode::OK, json!([record("img2", Some("false"))]));
+    let lun_of_rootfs = (1..3)
+        .find(|l| serial_at(w.target.as_ref(), *l).as_deref() == Some(rootfs_id.serial.as_str()))
+        .unwrap();
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(r.converged, "{:?}", r.problems());
+    assert_eq!(serial_at(w.target.as_ref(), lun_of_rootfs), None);
+    assert!(w.agent.ledger().quarantine.contains_key(&lun_of_rootfs));
+
+    // It comes back: same content, same key, so it gets its old number back.
+    *w.ims.body.lock().unwrap() = (StatusCode::OK, json!([record("img1", Some("true"))]));
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(r.converged, "{:?}", r.problems());
+    assert_eq!(
+        serial_at(w.target.as_ref(), lun_of_rootfs).as_deref(),
+        Some(rootfs_id.serial.as_str())
+    );
+    drop(w.rig);
+}
