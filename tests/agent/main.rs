@@ -3,7 +3,6 @@
 //! (which the contract suite holds to the kernel's behaviour).
 
 #[path = "../support/mod.rs"]
-#[allow(dead_code)]
 mod lio;
 #[path = "../sources/support.rs"]
 mod s3support;
