@@ -431,9 +431,16 @@ impl<'a> Planner<'a> {
 
     fn finish(mut self, tpg_enabled: bool) -> Plan {
         let has_tpg = self.actual.tpg.is_some();
+        // Rule 7: enabled only by a scan that saw the whole inventory (S3 and IMS
+        // answered), so initiators never log in to a half-built LUN map. `apply`
+        // further skips it when any earlier op of the scan failed.
+        let inventory_complete = self.desired.uncertainty.everything.is_none()
+            && self.desired.uncertainty.rootfs.is_none();
         match self.policy.labelled {
             Some(false) if has_tpg && tpg_enabled => self.ops.push(Op::DisableTpg),
-            Some(true) if has_tpg && !tpg_enabled => self.ops.push(Op::EnableTpg),
+            Some(true) if has_tpg && !tpg_enabled && inventory_complete => {
+                self.ops.push(Op::EnableTpg)
+            }
             _ => {}
         }
         self.ops.sort_by_key(|o| o.phase());

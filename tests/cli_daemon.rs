@@ -1,0 +1,273 @@
+//! The binary as operators run it: the daemon's signals, the single-instance lock,
+//! the health endpoints, and the subcommands' exit codes, on the host. Every source
+//! is down here (nothing listens on the S3 port, the SPIRE CLI fails), which is also
+//! the case the agent must survive: it keeps running, changes nothing, says why.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const IQN: &str = "iqn.2023-06.csm.iscsi:ncn-w001";
+
+struct Env {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        // A configfs-shaped tree with the provisioned target, TPG disabled.
+        let tpg = p.join(format!("configfs/iscsi/{IQN}/tpgt_1"));
+        std::fs::create_dir_all(tpg.join("lun")).unwrap();
+        std::fs::create_dir_all(p.join("configfs/core")).unwrap();
+        std::fs::write(tpg.join("enable"), "0\n").unwrap();
+        std::fs::create_dir_all(p.join("mnt")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Env { dir, port }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sbps-marshal"));
+        c.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .args(["--config", "/dev/null"])
+            .args(args);
+        let d = |rel: &str| self.path(rel).display().to_string();
+        for (k, v) in [
+            ("CONFIGFS_ROOT", d("configfs")),
+            ("S3_PROTO", "http".into()),
+            ("S3_HOST", "127.0.0.1:9".into()),
+            ("S3_CREDENTIAL_FILE", d("creds")),
+            ("API_GATEWAY", "http://127.0.0.1:9".into()),
+            ("SPIRE_AGENT_PATH", "/bin/false".into()),
+            ("NODE_LABEL", String::new()),
+            ("NODE_NAME", "ncn-w001".into()),
+            ("STATE_DIR", d("state")),
+            ("LOCK_FILE", d("run/sbps-marshal.lock")),
+            ("RTSLIB_LOCK_DIR", d("run")),
+            ("LIO_SAVE_FILE", d("saveconfig.json")),
+            ("SQUASHFS_S3FS_MOUNT", d("mnt")),
+            ("TARGET_SERVICE", String::new()),
+            ("METRICS_LISTEN", format!("127.0.0.1:{}", self.port)),
+            ("SCAN_FREQUENCY", "3600".into()),
+        ] {
+            c.env(format!("SBPS_MARSHAL_{k}"), v);
+        }
+        c
+    }
+}
+
+/// A running daemon whose log lines arrive on a channel.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    fn start(env: &Env) -> Daemon {
+        let mut child = env
+            .cmd(&["run"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Daemon { child, lines }
+    }
+
+    /// Waits for a log line containing `needle`; returns everything seen up to it.
+    fn wait_for(&self, needle: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let hit = l.contains(needle);
+                    seen.push(l);
+                    if hit {
+                        return seen;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no {needle:?} within {within:?}; log:\n{}", seen.join("\n"));
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn daemon_scans_on_sighup_serves_health_holds_the_lock_and_stops_on_sigterm() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("state")).unwrap();
+    let mut d = Daemon::start(&env);
+    let first = d.wait_for("END SCAN", Duration::from_secs(60));
+    assert!(first.iter().any(|l| l.contains("START SCAN")));
+    assert!(
+        first
+            .iter()
+            .any(|l| l.contains("S3") && l.contains("ERROR")),
+        "{first:#?}"
+    );
+
+    // A second instance is refused, naming the holder.
+    let out = env.cmd(&["run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&d.child.id().to_string()), "{err}");
+
+    // Health and metrics while sources are down: alive, and the errors are counted.
+    let (code, body) = http_get(env.port, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("last scan"), "{body}");
+    let (code, body) = http_get(env.port, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("sbps_marshal_source_errors_total{source=\"s3\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("sbps_marshal_converged 0"), "{body}");
+    let (code, body) = http_get(env.port, "/status");
+    assert_eq!(code, 200);
+    assert!(body.contains("\"converged\":false"), "{body}");
+
+    // SIGHUP: a scan now, not in an hour.
+    let t = Instant::now();
+    d.signal(libc::SIGHUP);
+    d.wait_for("START SCAN", Duration::from_secs(10));
+    d.wait_for("END SCAN", Duration::from_secs(60));
+    assert!(t.elapsed() < Duration::from_secs(60));
+    let (_, body) = http_get(env.port, "/metrics");
+    assert!(
+        body.contains("sbps_marshal_source_errors_total{source=\"s3\"} 2"),
+        "{body}"
+    );
+
+    // Nothing was changed in "LIO": the TPG stays disabled (the inventory is unknown).
+    assert_eq!(
+        std::fs::read_to_string(env.path(&format!("configfs/iscsi/{IQN}/tpgt_1/enable"))).unwrap(),
+        "0\n"
+    );
+
+    // SIGTERM: exits 0.
+    d.signal(libc::SIGTERM);
+    assert_eq!(wait_exit(&mut d.child, Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn subcommands_report_and_exit_codes() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("state")).unwrap();
+    let run = |args: &[&str]| {
+        let out = env.cmd(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = run(&["scan", "--once"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("not converged") && out.contains("S3"), "{out}");
+
+    let (code, out, err) = run(&["plan"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("nothing to do"), "{out}");
+    let (code, out, _) = run(&["plan", "--json"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["ops"].as_array().unwrap().is_empty());
+
+    let (code, out, _) = run(&["status"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains(IQN) && out.contains("problem: S3 listing unavailable"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["status", "--json"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["gate"]["tpg_enabled"], serde_json::json!(false));
+
+    let (code, out, _) = run(&["explain", "no-such-image"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("nothing"), "{out}");
+
+    let (code, _, err) = run(&["scan"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--once"), "{err}");
+}
+
+#[test]
+fn refuses_a_state_dir_writable_by_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let state = env.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = env.cmd(&["scan", "--once"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("writable by others"), "{err}");
+    assert!(!Path::new(&state.join("ledger.json")).exists());
+}
