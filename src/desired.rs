@@ -578,7 +578,7 @@ impl Desired {
     fn judge(&mut self, c: Candidate<'_>, subject: Subject, inv: &Inventory, s: &Settings) {
         let id = Identity::of_key(&c.key);
         let path = s.mount_root.join(&c.object.key);
-        let outcome = match self.mount_outcome(&c, &id, &path, inv, s) {
+        let outcome = match self.mount_outcome(&c, &id, &path, inv) {
             Ok(size) => {
                 self.projections.insert(
                     id.serial.clone(),
@@ -618,7 +618,6 @@ impl Desired {
         id: &Identity,
         path: &Path,
         inv: &Inventory,
-        s: &Settings,
     ) -> Result<u64, Outcome> {
         let skip = |reason| Err(Outcome::Skipped { reason });
         let unknown = |reason| Err(Outcome::Unknown { reason });
@@ -628,7 +627,6 @@ impl Desired {
         if let Err(detail) = kernel_safe_path(path) {
             return skip(Reason::UnsafePath { detail });
         }
-        let _ = s;
         match inv.mount.get(&c.object.key) {
             None => unknown(Reason::MountNotChecked),
             Some(MountEntry::Error(error)) => unknown(Reason::MountError {
