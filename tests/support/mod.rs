@@ -153,6 +153,9 @@ impl Rig {
             }
             let hd = core.join(&h.name);
             for so in fs.read_dir(&hd).unwrap_or_default() {
+                if so.kind != Kind::Dir {
+                    continue; // hba_info, hba_mode
+                }
                 let sd = hd.join(&so.name);
                 let info = attr::parse_info(&fs.read(&sd.join("info")).unwrap_or_default());
                 let ours = match &info.file {
