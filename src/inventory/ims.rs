@@ -134,7 +134,7 @@ impl ImsSource {
     }
 
     async fn list_once(&self, token: &str) -> Result<ImsListing, ImsError> {
-        let url = self.cfg.url.to_string();
+        let url = http::redact_url(&self.cfg.url);
         self.requests.fetch_add(1, Ordering::Relaxed);
         let resp = self
             .client
@@ -148,7 +148,7 @@ impl ImsSource {
                 detail: if e.is_timeout() {
                     format!("timed out after {:?}", self.cfg.timeout)
                 } else {
-                    http::error_chain(&e)
+                    http::request_error(e)
                 },
             })?;
         let status = resp.status();
@@ -157,7 +157,7 @@ impl ImsSource {
             return Err(ImsError::Status {
                 url,
                 status: status.as_u16(),
-                excerpt: String::from_utf8_lossy(&body).chars().take(300).collect(),
+                excerpt: excerpt(&body, token),
             });
         }
         let body = http::read_capped(resp, self.cfg.max_body)
@@ -168,6 +168,18 @@ impl ImsSource {
             })?;
         parse_listing(&body)
     }
+}
+
+/// The start of an error body for the message, without the token: a gateway may
+/// echo the `Authorization` header back, and the message goes to the log.
+fn excerpt(body: &[u8], token: &str) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = if token.is_empty() {
+        text.into_owned()
+    } else {
+        text.replace(token, "<redacted>")
+    };
+    text.chars().take(300).collect()
 }
 
 fn retryable(e: &ImsError) -> bool {
@@ -382,6 +394,18 @@ mod tests {
             skipped,
             [(5, None), (6, None), (7, None), (8, Some("f".to_string()))]
         );
+    }
+
+    /// Regression: a gateway echoing the Authorization header put the JWT in the log.
+    #[test]
+    fn error_excerpt_never_carries_the_token() {
+        let body = b"{\"detail\": \"token rejected: Bearer eyJ.secret.sig\"}";
+        let e = excerpt(body, "eyJ.secret.sig");
+        assert!(
+            !e.contains("eyJ.secret.sig") && e.contains("Bearer <redacted>"),
+            "{e}"
+        );
+        assert_eq!(excerpt(b"plain", ""), "plain");
     }
 
     #[test]
