@@ -443,3 +443,39 @@ fn credential_files_of_every_shape() {
         .to_string();
     assert!(e.contains("absent"), "{e}");
 }
+
+/// IMS answers that are not a listing, through the double and `desired()`: IMS is
+/// unknown (no rootfs image judged absent), PE images are still judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ims_answers_that_are_not_listings_make_ims_unknown() {
+    let mount = tempfile::tempdir().unwrap();
+    put(mount.path(), "PE/ok.squashfs", 100);
+    let s3 = Served::start(s3_router(S3Double {
+        objects: vec![Obj::new("PE/ok.squashfs", "e", 100)],
+        ..Default::default()
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = cred_file(dir.path(), &format!("{ACCESS}:{S3_SECRET}\n"));
+    for body in ["{}", "null", "\"x\"", "[1,", "<html>gateway</html>"] {
+        let ims = Served::start(ims_router(body.into())).await;
+        let src = sources(
+            s3.url(),
+            ims.url(),
+            creds.clone(),
+            TlsOptions::default(),
+            Duration::from_secs(5),
+        );
+        let set = settings(mount.path());
+        let g = src.gather(&set).await;
+        let e = g.inventory.ims.as_ref().unwrap_err();
+        assert!(
+            e.contains("not an array") || e.contains("not JSON"),
+            "{body}: {e}"
+        );
+        let d = desired::desired(&g.inventory, &set);
+        assert!(d.uncertainty.rootfs.is_some(), "{body}");
+        assert_eq!(d.projections.len(), 1, "{body}: PE still judged");
+        assert_projections_safe(&d, mount.path());
+    }
+}

@@ -197,7 +197,14 @@ fn scene(rng: &mut Rng) -> Scene {
 }
 
 fn files() -> Files {
-    let dir = tempfile::tempdir().unwrap();
+    // tmpfs when there is one: the logic is under test, not the disk's fsync latency
+    // (a thousand fsyncs on a busy shared disk take tens of seconds).
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
     Files {
         ledger: dir.path().join("ledger.json"),
         save: dir.path().join("saveconfig.json"),
