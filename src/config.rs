@@ -307,6 +307,11 @@ fn redact(k: &Key, v: &str) -> String {
     v.to_string()
 }
 
+/// `v` as it may be shown for the key `name` (a URL's `user:password@` redacted).
+pub fn shown(name: &str, v: &str) -> String {
+    key(name).map_or_else(|| v.to_string(), |k| redact(k, v))
+}
+
 /// The typed, validated settings.
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
@@ -449,7 +454,8 @@ impl Parser<'_> {
         let (v, o) = self.l.get(name);
         ConfigError::Invalid {
             key: format!("{ENV_PREFIX}{name}"),
-            value: v.to_string(),
+            // A URL's `user:password@` is not shown, valid or not.
+            value: shown(name, v),
             origin: o.clone(),
             expected: expected.to_string(),
         }
@@ -748,5 +754,15 @@ mod tests {
             .iter()
             .any(|l| l.contains("https://<redacted>@gw.local")));
         assert_eq!(printed.len(), KEYS.len());
+    }
+
+    /// Regression: an invalid URL was echoed whole, password included, in the error.
+    #[test]
+    fn invalid_urls_with_credentials_are_redacted_in_errors() {
+        let e = settings(&[("SBPS_MARSHAL_API_GATEWAY", "ftp://admin:hunter2@gw.local")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SBPS_MARSHAL_API_GATEWAY"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
     }
 }

@@ -684,6 +684,10 @@ pub fn lexically_inside(object_key: &str) -> Result<(), String> {
 /// The kernel splits `control` into `key=value` pairs on `,` and newline
 /// (`fd_set_configfs_dev_params`), and bounds `fd_dev_name` to 255 bytes. A path that breaks that
 /// parser would configure a different file than the one checked.
+///
+/// Also refuses `=`: the backends refuse it ([`crate::lio::attr::check_control_path`]), and a
+/// projection the backend cannot create would fail every scan and, on a fresh start, keep
+/// the TPG from ever being enabled. Whatever passes here passes that check.
 pub fn kernel_safe_path(path: &Path) -> Result<(), String> {
     let s = path
         .to_str()
@@ -694,8 +698,33 @@ pub fn kernel_safe_path(path: &Path) -> Result<(), String> {
             s.len()
         ));
     }
-    if let Some(c) = s.chars().find(|c| *c == ',' || c.is_control()) {
+    if let Some(c) = s.chars().find(|c| *c == ',' || *c == '=' || c.is_control()) {
         return Err(format!("contains {c:?}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `=` passed here but the configfs backend refuses it, so a key like
+    /// `PE/a=b.squashfs` was projected and its create failed every scan (keeping a
+    /// fresh target's TPG from ever being enabled).
+    #[test]
+    fn kernel_safe_path_agrees_with_the_backend() {
+        for p in [
+            "/m/PE/a=b.squashfs",
+            "/m/PE/a,b.squashfs",
+            "/m/PE/a\nb",
+            "/m/PE/a\rb",
+            "/m/PE/a\0b",
+        ] {
+            assert!(kernel_safe_path(Path::new(p)).is_err(), "{p:?}");
+            assert!(crate::lio::attr::check_control_path(p).is_err(), "{p:?}");
+        }
+        let ok = "/m/PE/with space/\u{2025}.squashfs";
+        assert!(kernel_safe_path(Path::new(ok)).is_ok());
+        assert!(crate::lio::attr::check_control_path(ok).is_ok());
+    }
 }

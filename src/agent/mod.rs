@@ -329,33 +329,36 @@ impl Agent {
 }
 
 /// The blocking part of a scan: everything that touches the kernel, under the
-/// rtslib/targetcli locks.
-struct Job {
-    target: Arc<dyn Target>,
-    desired: Desired,
-    ledger: Ledger,
-    policy: plan::Policy,
-    now: u64,
-    mode: Mode,
-    parallelism: usize,
-    ledger_file: std::path::PathBuf,
-    save_file: std::path::PathBuf,
-    stop: Arc<AtomicBool>,
+/// rtslib/targetcli locks: observe → plan → write-ahead ledger → apply → observe →
+/// saveconfig.json. Public so crash-consistency tests drive exactly this sequence.
+pub struct Job {
+    pub target: Arc<dyn Target>,
+    pub desired: Desired,
+    pub ledger: Ledger,
+    pub policy: plan::Policy,
+    pub now: u64,
+    pub mode: Mode,
+    pub parallelism: usize,
+    pub ledger_file: std::path::PathBuf,
+    pub save_file: std::path::PathBuf,
+    pub stop: Arc<AtomicBool>,
 }
 
+/// What a [`Job`] did.
 #[derive(Default)]
-struct JobDone {
-    actual: Option<Actual>,
-    plan: Option<Plan>,
-    outcomes: Vec<OpOutcome>,
-    failure: Option<String>,
-    ledger: Option<Ledger>,
-    observe: Duration,
-    plan_time: Duration,
-    apply: Duration,
-    persist: Duration,
-    saveconfig_written: bool,
-    ledger_written: bool,
+pub struct JobDone {
+    pub actual: Option<Actual>,
+    pub plan: Option<Plan>,
+    pub outcomes: Vec<OpOutcome>,
+    pub failure: Option<String>,
+    /// The ledger now in force (written ahead), when the job got that far.
+    pub ledger: Option<Ledger>,
+    pub observe: Duration,
+    pub plan_time: Duration,
+    pub apply: Duration,
+    pub persist: Duration,
+    pub saveconfig_written: bool,
+    pub ledger_written: bool,
 }
 
 impl JobDone {
@@ -368,7 +371,8 @@ impl JobDone {
 }
 
 impl Job {
-    fn run(self) -> JobDone {
+    /// Runs the job (blocking).
+    pub fn run(self) -> JobDone {
         let mut done = JobDone::default();
         let _guard = match (self.mode, self.target.lock()) {
             (Mode::DryRun, _) => None,

@@ -39,7 +39,8 @@ pub fn sources_config(s: &Settings) -> Result<SourcesConfig> {
         crate::inventory::ims::join_url(&s.api_gateway, &s.ims_uri).with_context(|| {
             format!(
                 "API_GATEWAY {:?} joined with IMS_URI {:?} is not a URL",
-                s.api_gateway, s.ims_uri
+                crate::config::shown("API_GATEWAY", &s.api_gateway),
+                s.ims_uri
             )
         })?;
     let mut ims = ImsConfig::new(ims_url);

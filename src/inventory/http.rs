@@ -132,7 +132,7 @@ pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Byte
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| BodyError::Read(error_chain(&e)))?
+        .map_err(|e| BodyError::Read(request_error(e)))?
     {
         if buf.len() + chunk.len() > cap {
             return Err(BodyError::TooLarge { cap });
@@ -140,6 +140,13 @@ pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Byte
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// A reqwest error on one line, without its URL (a presigned S3 URL carries a
+/// signature valid for minutes, a gateway URL may carry `user:password@`); callers
+/// name the redacted URL themselves.
+pub fn request_error(e: reqwest::Error) -> String {
+    error_chain(&e.without_url())
 }
 
 /// An error with its sources, on one line (reqwest hides the useful part in `source()`).
@@ -157,10 +164,13 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// A URL for logs: no query string (presigned S3 URLs carry a signature there).
+/// A URL for logs: no query string (presigned S3 URLs carry a signature there) and
+/// no `user:password@`.
 pub fn redact_url(u: &reqwest::Url) -> String {
     let mut u = u.clone();
     u.set_query(None);
+    let _ = u.set_password(None);
+    let _ = u.set_username("");
     u.to_string()
 }
 
@@ -211,6 +221,12 @@ pub fn retryable_transport(e: &reqwest::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_for_logs_carry_no_credentials() {
+        let u: reqwest::Url = "https://admin:pw@gw/x?X-Amz-Signature=s".parse().unwrap();
+        assert_eq!(redact_url(&u), "https://gw/x");
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -134,7 +134,7 @@ impl ImsSource {
     }
 
     async fn list_once(&self, token: &str) -> Result<ImsListing, ImsError> {
-        let url = self.cfg.url.to_string();
+        let url = http::redact_url(&self.cfg.url);
         self.requests.fetch_add(1, Ordering::Relaxed);
         let resp = self
             .client
@@ -148,7 +148,7 @@ impl ImsSource {
                 detail: if e.is_timeout() {
                     format!("timed out after {:?}", self.cfg.timeout)
                 } else {
-                    http::error_chain(&e)
+                    http::request_error(e)
                 },
             })?;
         let status = resp.status();
@@ -157,7 +157,7 @@ impl ImsSource {
             return Err(ImsError::Status {
                 url,
                 status: status.as_u16(),
-                excerpt: String::from_utf8_lossy(&body).chars().take(300).collect(),
+                excerpt: excerpt(&body, token),
             });
         }
         let body = http::read_capped(resp, self.cfg.max_body)
@@ -168,6 +168,18 @@ impl ImsSource {
             })?;
         parse_listing(&body)
     }
+}
+
+/// The start of an error body for the message, without the token: a gateway may
+/// echo the `Authorization` header back, and the message goes to the log.
+fn excerpt(body: &[u8], token: &str) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = if token.is_empty() {
+        text.into_owned()
+    } else {
+        text.replace(token, "<redacted>")
+    };
+    text.chars().take(300).collect()
 }
 
 fn retryable(e: &ImsError) -> bool {
@@ -182,25 +194,77 @@ fn retryable(e: &ImsError) -> bool {
 }
 
 /// Parses the IMS answer: an array of records, each judged on its own.
+///
+/// Streamed: one record's JSON tree at a time, never the whole answer's (a tree of
+/// `serde_json::Value`s is ~15× the size of its text: 100,000 records took 360 MiB).
 pub fn parse_listing(body: &[u8]) -> Result<ImsListing, ImsError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| ImsError::NotJson(e.to_string()))?;
-    let items = match value {
-        Value::Array(items) => items,
-        other => return Err(ImsError::NotArray(type_name(&other))),
-    };
-    let mut out = ImsListing::default();
-    for (index, item) in items.iter().enumerate() {
-        match parse_record(item) {
-            Ok(r) => out.records.push(r),
-            Err(reason) => {
-                let id = item.get("id").and_then(Value::as_str).map(str::to_string);
-                tracing::warn!(index, id = id.as_deref().unwrap_or("?"), %reason, "IMS record skipped");
-                out.skipped.push(SkippedRecord { index, id, reason });
-            }
-        }
+    use serde::de::Deserializer as _;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = de
+        .deserialize_any(ListingVisitor)
+        .and_then(|p| de.end().map(|()| p))
+        .map_err(|e| ImsError::NotJson(e.to_string()))?;
+    match parsed {
+        Parsed::Listing(l) => Ok(l),
+        Parsed::Not(kind) => Err(ImsError::NotArray(kind)),
     }
-    Ok(out)
+}
+
+enum Parsed {
+    Listing(ImsListing),
+    /// The answer was valid JSON of this type, not an array.
+    Not(&'static str),
+}
+
+struct ListingVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ListingVisitor {
+    type Value = Parsed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array of image records")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed, A::Error> {
+        let mut out = ImsListing::default();
+        let mut index = 0;
+        while let Some(item) = seq.next_element::<Value>()? {
+            match parse_record(&item) {
+                Ok(r) => out.records.push(r),
+                Err(reason) => {
+                    let id = item.get("id").and_then(Value::as_str).map(str::to_string);
+                    tracing::warn!(index, id = id.as_deref().unwrap_or("?"), %reason, "IMS record skipped");
+                    out.skipped.push(SkippedRecord { index, id, reason });
+                }
+            }
+            index += 1;
+        }
+        Ok(Parsed::Listing(out))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
+        use serde::de::IgnoredAny;
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Parsed::Not("object"))
+    }
+    fn visit_unit<E>(self) -> Result<Parsed, E> {
+        Ok(Parsed::Not("null"))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Parsed, E> {
+        Ok(Parsed::Not("boolean"))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Parsed, E> {
+        Ok(Parsed::Not("number"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Parsed, E> {
+        Ok(Parsed::Not("number"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Parsed, E> {
+        Ok(Parsed::Not("number"))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Parsed, E> {
+        Ok(Parsed::Not("string"))
+    }
 }
 
 /// One record. `Err` is the reason it cannot be used at all.
@@ -382,6 +446,18 @@ mod tests {
             skipped,
             [(5, None), (6, None), (7, None), (8, Some("f".to_string()))]
         );
+    }
+
+    /// Regression: a gateway echoing the Authorization header put the JWT in the log.
+    #[test]
+    fn error_excerpt_never_carries_the_token() {
+        let body = b"{\"detail\": \"token rejected: Bearer eyJ.secret.sig\"}";
+        let e = excerpt(body, "eyJ.secret.sig");
+        assert!(
+            !e.contains("eyJ.secret.sig") && e.contains("Bearer <redacted>"),
+            "{e}"
+        );
+        assert_eq!(excerpt(b"plain", ""), "plain");
     }
 
     #[test]

@@ -120,7 +120,7 @@ impl NodeSource {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let resp = req.send().await.map_err(|e| NodeError::Transport {
             url: shown.clone(),
-            detail: http::error_chain(&e),
+            detail: http::request_error(e),
         })?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND {

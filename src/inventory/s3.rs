@@ -311,7 +311,7 @@ impl S3Source {
             .map_err(|e| S3Error::Transport {
                 op,
                 url: shown.to_string(),
-                detail: transport_detail(&e),
+                detail: transport_detail(e),
             })?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND {
@@ -338,9 +338,10 @@ impl S3Source {
     }
 }
 
-fn transport_detail(e: &reqwest::Error) -> String {
-    let chain = http::error_chain(e);
-    if e.is_timeout() {
+fn transport_detail(e: reqwest::Error) -> String {
+    let timeout = e.is_timeout();
+    let chain = http::request_error(e);
+    if timeout {
         format!("timed out ({chain})")
     } else {
         chain

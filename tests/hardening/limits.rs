@@ -1,0 +1,193 @@
+//! Resource limits: servers that accept and never answer, answers above the
+//! caps; the gather stays within its time bounds and the next one still works.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use axum::Router;
+use sbps_marshal::inventory::http::TlsOptions;
+use sbps_marshal::inventory::ims::{ImsConfig, ImsSource};
+use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
+use serde_json::json;
+use tower::ServiceExt;
+
+use crate::doubles::*;
+use crate::support::Served;
+
+/// A TCP server that accepts and holds every connection without a byte of answer.
+async fn black_hole() -> (url::Url, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    (url, task)
+}
+
+/// `inner`, but every request hangs while `stall` is set.
+fn stallable(inner: Router, stall: Arc<AtomicBool>) -> Router {
+    Router::new().fallback(move |req: Request| {
+        let inner = inner.clone();
+        let stall = stall.clone();
+        async move {
+            if stall.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            inner.oneshot(req).await.unwrap()
+        }
+    })
+}
+
+fn scene() -> (S3Double, String) {
+    let manifest = json!({"version": "1.0", "artifacts": [{"type": ROOTFS_ARTIFACT_TYPE,
+        "link": {"path": format!("s3://{BUCKET}/img/rootfs"), "etag": "r", "type": "s3"}}]})
+    .to_string();
+    let s3 = S3Double {
+        objects: vec![
+            Obj::new("PE/a.squashfs", "e", 1),
+            Obj::new("img/manifest.json", "m", manifest.len() as u64),
+            Obj::new("img/rootfs", "r", 1),
+        ],
+        bodies: [("img/manifest.json".to_string(), manifest.into_bytes())].into(),
+        ..Default::default()
+    };
+    let ims = json!([{"id": "i", "name": "i", "link": {"path": format!("s3://{BUCKET}/img/manifest.json"), "etag": "m"},
+        "metadata": {"sbps-project": "true"}}])
+    .to_string();
+    (s3, ims)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_servers_are_bounded_and_the_next_gather_works() {
+    let timeout = Duration::from_secs(1);
+    let dir = tempfile::tempdir().unwrap();
+    let creds = cred_file(dir.path(), &format!("{ACCESS}:{S3_SECRET}\n"));
+    let mount = tempfile::tempdir().unwrap();
+    let set = settings(mount.path());
+
+    // IMS and S3 both black holes.
+    let (hole, task) = black_hole().await;
+    let src = sources(
+        hole.clone(),
+        hole,
+        creds.clone(),
+        TlsOptions::default(),
+        timeout,
+    );
+    let t = Instant::now();
+    let g = src.gather(&set).await;
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "gather took {took:?} with 1 s timeouts"
+    );
+    let s3e = g.inventory.s3.unwrap_err();
+    let imse = g.inventory.ims.unwrap_err();
+    assert!(s3e.contains("timed out"), "{s3e}");
+    assert!(imse.contains("timed out"), "{imse}");
+    task.abort();
+
+    // Listing fine, manifest GETs stall: that image is unknown, the rest judged.
+    let (mut s3, ims_body) = scene();
+    s3.stall_get = true;
+    let s3s = Served::start(s3_router(s3)).await;
+    let ims = Served::start(ims_router(ims_body.clone())).await;
+    let src = sources(
+        s3s.url(),
+        ims.url(),
+        creds.clone(),
+        TlsOptions::default(),
+        timeout,
+    );
+    let t = Instant::now();
+    let g = src.gather(&set).await;
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    let m = g.inventory.manifests.values().next().unwrap();
+    assert!(m.as_ref().unwrap_err().contains("timed out"), "{m:?}");
+    assert!(g.inventory.s3.is_ok() && g.inventory.ims.is_ok());
+
+    // One set of sources: a stalled scan, then the servers recover.
+    let (s3, ims_body) = scene();
+    let stall = Arc::new(AtomicBool::new(true));
+    let s3s = Served::start(stallable(s3_router(s3), stall.clone())).await;
+    let ims = Served::start(stallable(ims_router(ims_body), stall.clone())).await;
+    let src = sources(s3s.url(), ims.url(), creds, TlsOptions::default(), timeout);
+    let t = Instant::now();
+    let g = src.gather(&set).await;
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert!(g.inventory.s3.is_err() && g.inventory.ims.is_err());
+    stall.store(false, Ordering::SeqCst);
+    let g = src.gather(&set).await;
+    assert_eq!(g.inventory.s3.as_ref().unwrap().len(), 3);
+    assert_eq!(g.inventory.ims.as_ref().unwrap().len(), 1);
+    assert!(
+        g.inventory.manifests.values().all(|m| m.is_ok()),
+        "{:?}",
+        g.inventory.manifests
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_above_the_caps_are_refused() {
+    // IMS above its cap.
+    let big = format!("[{}]", vec!["{\"id\": \"x\"}"; 2000].join(","));
+    let ims = Served::start(ims_router(big)).await;
+    let mut cfg = ImsConfig::new(ims.url());
+    cfg.max_body = 4096;
+    let e = ImsSource::new(cfg)
+        .unwrap()
+        .list("t")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exceeds the 4096-byte limit"), "{e}");
+
+    // An S3 listing page above 16 MiB, a manifest above 1 MiB.
+    let dir = tempfile::tempdir().unwrap();
+    let creds = cred_file(dir.path(), &format!("{ACCESS}:{S3_SECRET}\n"));
+    let mount = tempfile::tempdir().unwrap();
+    let (mut s3, ims_body) = scene();
+    s3.list_padding = 17 * 1024 * 1024;
+    let s3s = Served::start(s3_router(s3)).await;
+    let ims = Served::start(ims_router(ims_body.clone())).await;
+    let src = sources(
+        s3s.url(),
+        ims.url(),
+        creds.clone(),
+        TlsOptions::default(),
+        Duration::from_secs(10),
+    );
+    let g = src.gather(&settings(mount.path())).await;
+    let e = g.inventory.s3.unwrap_err();
+    assert!(e.contains("exceeds the 16777216-byte limit"), "{e}");
+
+    let (mut s3, ims_body) = scene();
+    s3.bodies
+        .insert("img/manifest.json".into(), vec![b' '; 1024 * 1024 + 1]);
+    let s3s = Served::start(s3_router(s3)).await;
+    let ims = Served::start(ims_router(ims_body)).await;
+    let src = sources(
+        s3s.url(),
+        ims.url(),
+        creds,
+        TlsOptions::default(),
+        Duration::from_secs(10),
+    );
+    let g = src.gather(&settings(mount.path())).await;
+    let m = g
+        .inventory
+        .manifests
+        .values()
+        .next()
+        .unwrap()
+        .as_ref()
+        .unwrap_err();
+    assert!(m.contains("exceeds the 1048576-byte limit"), "{m}");
+}
