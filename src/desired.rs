@@ -698,7 +698,8 @@ pub fn kernel_safe_path(path: &Path) -> Result<(), String> {
             s.len()
         ));
     }
-    if let Some(c) = s.chars().find(|c| *c == ',' || *c == '=' || c.is_control()) {
+    // `=` is fine: the kernel's `fd_dev_name=%s` takes everything after the first one.
+    if let Some(c) = s.chars().find(|c| *c == ',' || c.is_control()) {
         return Err(format!("contains {c:?}"));
     }
     Ok(())
@@ -708,13 +709,16 @@ pub fn kernel_safe_path(path: &Path) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    /// Regression: `=` passed here but the configfs backend refuses it, so a key like
-    /// `PE/a=b.squashfs` was projected and its create failed every scan (keeping a
-    /// fresh target's TPG from ever being enabled).
+    /// Regression: this check and the configfs backend's must agree, or a key is
+    /// projected and its create fails every scan (keeping a fresh target's TPG from
+    /// ever being enabled). `=` passes both: the kernel's `fd_dev_name=%s` takes the
+    /// rest of the pair, and the original agent projected such keys.
     #[test]
     fn kernel_safe_path_agrees_with_the_backend() {
+        let eq = "/m/PE/a=b.squashfs";
+        assert!(kernel_safe_path(Path::new(eq)).is_ok());
+        assert!(crate::lio::attr::check_control_path(eq).is_ok());
         for p in [
-            "/m/PE/a=b.squashfs",
             "/m/PE/a,b.squashfs",
             "/m/PE/a\nb",
             "/m/PE/a\rb",

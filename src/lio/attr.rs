@@ -192,8 +192,8 @@ pub fn check_control_path(path: &str) -> Result<(), String> {
     if path.is_empty() || path.len() > 255 {
         return Err(format!("path {path:?} must be 1..=255 bytes"));
     }
-    if path.contains([',', '\n', '\r', '\0', '=']) {
-        return Err(format!("path {path:?} contains ',', '=', a newline or NUL"));
+    if path.contains([',', '\n', '\r', '\0']) {
+        return Err(format!("path {path:?} contains ',', a newline or NUL"));
     }
     Ok(())
 }
