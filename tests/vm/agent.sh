@@ -45,6 +45,15 @@ finish() {
 }
 
 # ---------------------------------------------------------------- helpers
+# wait_for SECS CMD...: poll CMD until it succeeds or SECS of wall time passed
+# (vm_wait_until counts polls, which under TCG take far longer than their 50 ms)
+wait_for() {
+  local end=$(( $(date +%s) + $1 )); shift
+  while ! "$@"; do
+    [ "$(date +%s)" -ge "$end" ] && return 1
+    sleep 0.2
+  done
+}
 count() { local n; n=$(grep -c "$1" "$LOG" 2>/dev/null); echo "${n:-0}"; }
 
 # A scan started after this call and finished: SIGHUP, then wait for it.
@@ -52,9 +61,16 @@ scan_now() {
   local s0 e
   s0=$(count 'START SCAN')
   kill -HUP "$AGENT"
-  vm_wait_until 60 sh -c "[ \$(grep -c 'START SCAN' $LOG) -gt $s0 ] && [ \$(grep -c 'END SCAN' $LOG) -ge \$(grep -c 'START SCAN' $LOG) ]" \
+  wait_for 60 scan_done_after "$s0" \
     || { fail "scan after SIGHUP did not finish within 60s"; return 1; }
 }
+
+scan_done_after() { # a START SCAN beyond the first $1, and every scan ended
+  local s
+  s=$(count 'START SCAN')
+  [ "$s" -gt "$1" ] && [ "$(count 'END SCAN')" -ge "$s" ]
+}
+ended_more_than() { [ "$(count 'END SCAN')" -gt "$1" ]; }
 
 metric() { # metric 'name{labels}' -> value (empty if absent)
   wget -q -O - "http://$METRICS/metrics" 2>/dev/null | awk -v n="$1" '$1 == n { print $2 }'
@@ -159,7 +175,7 @@ echo 1 >"$TPG/attrib/cache_dynamic_acls"
 
 "$BIN/testbed" serve "$TB" --ports-file "$TB/ports" >/tmp/testbed.log 2>&1 &
 TBPID=$!
-vm_wait_until 30 test -s "$TB/ports" || { cat /tmp/testbed.log; echo "testbed did not start"; exit 3; }
+wait_for 30 test -s "$TB/ports" || { cat /tmp/testbed.log; echo "testbed did not start"; exit 3; }
 S3P=$(sed 's/.*s3=\([0-9]*\).*/\1/' "$TB/ports")
 IMSP=$(sed 's/.*ims=\([0-9]*\).*/\1/' "$TB/ports")
 K8SP=$(sed 's/.*k8s=\([0-9]*\).*/\1/' "$TB/ports")
@@ -180,9 +196,11 @@ export SBPS_MARSHAL_S3_PROTO=http SBPS_MARSHAL_S3_HOST=127.0.0.1:$S3P \
   SBPS_MARSHAL_XNAME_FILE=/tmp/no-xname
 
 start_agent() {
+  local n
+  n=$(count 'END SCAN')
   "$BIN/sbps-marshal" run >>"$LOG" 2>&1 &
   AGENT=$!
-  vm_wait_until 60 sh -c "[ \$(grep -c 'END SCAN' $LOG) -gt $(count 'END SCAN') ]" \
+  wait_for 60 ended_more_than "$n" \
     || { fail "agent's first scan did not finish within 60s"; finish; }
 }
 stop_agent() { # SIGTERM; check exit 0
@@ -411,13 +429,13 @@ check "session up before" session_on_target
 set_label no
 scan_now
 check "label removed: TPG enable=0" tpg_disabled
-check "label removed: the session drops" vm_wait_until 20 no_session_on_target
+check "label removed: the session drops" wait_for 20 no_session_on_target
 check "label removed: LUNs kept" [ "$(lun_count)" -ge 4 ]
 set_label sbps
 scan_now
 check "label back: TPG enable=1 after a converged scan" tpg_enabled
 check "label back: metric converged 1" metric_is sbps_marshal_converged 1
-if ! vm_wait_until 30 session_on_target; then
+if ! wait_for 30 session_on_target; then
   iscsi_logout >/dev/null 2>&1; iscsi_login "$IQN" >/dev/null 2>&1
 fi
 check "label back: the initiator is logged in again" session_on_target
