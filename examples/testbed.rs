@@ -169,7 +169,12 @@ fn serve_main(args: &[String]) -> Result<()> {
             .with_state(ctx.clone());
         let k8s_app = Router::new()
             .route("/api/v1/nodes/{name}", get(k8s_node))
-            .route("/version", get(|| async { axum::Json(json!({"major": "1", "minor": "24", "gitVersion": "v1.24.17"})) }))
+            .route(
+                "/version",
+                get(|| async {
+                    axum::Json(json!({"major": "1", "minor": "24", "gitVersion": "v1.24.17"}))
+                }),
+            )
             .with_state(ctx.clone());
         let k8s = FaultyListener {
             inner: k8s,
@@ -378,14 +383,32 @@ async fn s3_list(
     })
     .await;
     match result {
-        Ok(x) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/xml")], x).into_response(),
-        Err(e) => s3_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &e.to_string(), &bucket),
+        Ok(x) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/xml")],
+            x,
+        )
+            .into_response(),
+        Err(e) => s3_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &e.to_string(),
+            &bucket,
+        ),
     }
 }
 
-async fn s3_get(State(ctx): State<Ctx>, UrlPath((bucket, key)): UrlPath<(String, String)>) -> Response {
+async fn s3_get(
+    State(ctx): State<Ctx>,
+    UrlPath((bucket, key)): UrlPath<(String, String)>,
+) -> Response {
     if bucket != ctx.bucket {
-        return s3_error(StatusCode::NOT_FOUND, "NoSuchBucket", "The specified bucket does not exist", &bucket);
+        return s3_error(
+            StatusCode::NOT_FOUND,
+            "NoSuchBucket",
+            "The specified bucket does not exist",
+            &bucket,
+        );
     }
     if let Some((id, "manifest.json")) = key.split_once('/') {
         if let Some(s) = ctx.fault_status(&format!("manifest-{id}")) {
@@ -395,18 +418,36 @@ async fn s3_get(State(ctx): State<Ctx>, UrlPath((bucket, key)): UrlPath<(String,
     if let Some(s) = ctx.fault_status(&format!("object-{}", key.replace('/', "_"))) {
         return s3_error(s, "InternalError", "injected fault", &key);
     }
-    if key.split('/').any(|c| c == ".." || c == "." || c.is_empty()) {
+    if key
+        .split('/')
+        .any(|c| c == ".." || c == "." || c.is_empty())
+    {
         return s3_error(StatusCode::BAD_REQUEST, "InvalidArgument", "bad key", &key);
     }
     let path = ctx.dir.join("bucket").join(&key);
     let Ok(meta) = std::fs::metadata(&path) else {
-        return s3_error(StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist.", &key);
+        return s3_error(
+            StatusCode::NOT_FOUND,
+            "NoSuchKey",
+            "The specified key does not exist.",
+            &key,
+        );
     };
     if !meta.is_file() {
-        return s3_error(StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist.", &key);
+        return s3_error(
+            StatusCode::NOT_FOUND,
+            "NoSuchKey",
+            "The specified key does not exist.",
+            &key,
+        );
     }
     let Ok(bytes) = std::fs::read(&path) else {
-        return s3_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "read failed", &key);
+        return s3_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "read failed",
+            &key,
+        );
     };
     let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
     let etag = ctx.etag(&path, meta.len(), mtime).unwrap_or_default();
@@ -448,7 +489,11 @@ fn ims_records(ctx: &Ctx) -> Result<Value, Response> {
     match ctx.fault("ims").as_deref() {
         Some("empty") => return Ok(json!([])),
         Some(s) => {
-            if let Some(st) = s.parse::<u16>().ok().and_then(|n| StatusCode::from_u16(n).ok()) {
+            if let Some(st) = s
+                .parse::<u16>()
+                .ok()
+                .and_then(|n| StatusCode::from_u16(n).ok())
+            {
                 return Err(json_error(st, "injected fault"));
             }
         }
@@ -470,16 +515,29 @@ async fn ims_list(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn ims_one(State(ctx): State<Ctx>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+async fn ims_one(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
     if let Some(r) = ims_auth(&ctx, &headers) {
         return r;
     }
     match ims_records(&ctx) {
-        Ok(Value::Array(a)) => match a.into_iter().find(|r| r.get("id").and_then(Value::as_str) == Some(id.as_str())) {
+        Ok(Value::Array(a)) => match a
+            .into_iter()
+            .find(|r| r.get("id").and_then(Value::as_str) == Some(id.as_str()))
+        {
             Some(r) => axum::Json(r).into_response(),
-            None => json_error(StatusCode::NOT_FOUND, &format!("Image record {id} not found")),
+            None => json_error(
+                StatusCode::NOT_FOUND,
+                &format!("Image record {id} not found"),
+            ),
         },
-        Ok(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "ims.json is not an array"),
+        Ok(_) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ims.json is not an array",
+        ),
         Err(r) => r,
     }
 }
@@ -504,7 +562,12 @@ async fn k8s_node(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> Res
     };
     let mut labels: serde_json::Map<String, Value> = match serde_json::from_str(&text) {
         Ok(Value::Object(m)) => m,
-        _ => return json_error(StatusCode::INTERNAL_SERVER_ERROR, "node-labels.json is not an object"),
+        _ => {
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "node-labels.json is not an object",
+            )
+        }
     };
     labels
         .entry("kubernetes.io/hostname".to_string())
@@ -533,13 +596,55 @@ struct ImageSpec {
 }
 
 const IMAGES: &[ImageSpec] = &[
-    ImageSpec { label: "A", id: "a0000000-0000-4000-8000-00000000000a", name: "rootfs-a", tagged: true, bad_etag: false },
-    ImageSpec { label: "B", id: "b0000000-0000-4000-8000-00000000000b", name: "rootfs-b", tagged: true, bad_etag: false },
-    ImageSpec { label: "C", id: "c0000000-0000-4000-8000-00000000000c", name: "rootfs-c", tagged: false, bad_etag: false },
-    ImageSpec { label: "D", id: "d0000000-0000-4000-8000-00000000000d", name: "rootfs-d", tagged: true, bad_etag: false },
-    ImageSpec { label: "E", id: "e0000000-0000-4000-8000-00000000000e", name: "rootfs-e-badetag", tagged: true, bad_etag: true },
-    ImageSpec { label: "F", id: "f0000000-0000-4000-8000-00000000000f", name: "rootfs-f-notinmount", tagged: true, bad_etag: false },
-    ImageSpec { label: "G", id: "90000000-0000-4000-8000-000000000009", name: "rootfs-g-manifesterror", tagged: true, bad_etag: false },
+    ImageSpec {
+        label: "A",
+        id: "a0000000-0000-4000-8000-00000000000a",
+        name: "rootfs-a",
+        tagged: true,
+        bad_etag: false,
+    },
+    ImageSpec {
+        label: "B",
+        id: "b0000000-0000-4000-8000-00000000000b",
+        name: "rootfs-b",
+        tagged: true,
+        bad_etag: false,
+    },
+    ImageSpec {
+        label: "C",
+        id: "c0000000-0000-4000-8000-00000000000c",
+        name: "rootfs-c",
+        tagged: false,
+        bad_etag: false,
+    },
+    ImageSpec {
+        label: "D",
+        id: "d0000000-0000-4000-8000-00000000000d",
+        name: "rootfs-d",
+        tagged: true,
+        bad_etag: false,
+    },
+    ImageSpec {
+        label: "E",
+        id: "e0000000-0000-4000-8000-00000000000e",
+        name: "rootfs-e-badetag",
+        tagged: true,
+        bad_etag: true,
+    },
+    ImageSpec {
+        label: "F",
+        id: "f0000000-0000-4000-8000-00000000000f",
+        name: "rootfs-f-notinmount",
+        tagged: true,
+        bad_etag: false,
+    },
+    ImageSpec {
+        label: "G",
+        id: "90000000-0000-4000-8000-000000000009",
+        name: "rootfs-g-manifesterror",
+        tagged: true,
+        bad_etag: false,
+    },
 ];
 
 const PES: &[(&str, &str)] = &[("P1", "cpe-one.squashfs"), ("P2", "cpe-two.squashfs")];
@@ -633,15 +738,30 @@ pub fn make_fixtures(dir: &Path, bucket: &str) -> Result<()> {
         ids += &format!("NAME_{}='{content}'\n", img.label);
     }
     for (label, name) in PES {
-        squashfs(&work, &format!("pe {label} {name}"), &b.join("PE").join(name))?;
+        squashfs(
+            &work,
+            &format!("pe {label} {name}"),
+            &b.join("PE").join(name),
+        )?;
         ids += &format!("NAME_{label}='pe {label} {name}'\n");
-        squashfs(&work, &format!("pe {label} {name} v2"), &dir.join("alt").join(name))?;
+        squashfs(
+            &work,
+            &format!("pe {label} {name} v2"),
+            &dir.join("alt").join(name),
+        )?;
         keys += &format!("{label} pe - s3://{bucket}/PE/{name}\n");
         ids += &format!("PE_{label}={name}\n");
     }
-    let g = IMAGES.iter().find(|i| i.label == "G").map(|i| i.id).unwrap_or_default();
+    let g = IMAGES
+        .iter()
+        .find(|i| i.label == "G")
+        .map(|i| i.id)
+        .unwrap_or_default();
     std::fs::write(dir.join("faults").join(format!("manifest-{g}")), "500\n")?;
-    std::fs::write(dir.join("ims.json"), serde_json::to_string_pretty(&first)? + "\n")?;
+    std::fs::write(
+        dir.join("ims.json"),
+        serde_json::to_string_pretty(&first)? + "\n",
+    )?;
     std::fs::write(dir.join("keys.txt"), keys)?;
     std::fs::write(dir.join("ids.env"), ids)?;
     std::fs::write(dir.join("node-labels.json"), "{\"iscsi\": \"sbps\"}\n")?;
@@ -689,7 +809,16 @@ fn squashfs(work: &Path, content: &str, out: &Path) -> Result<()> {
     let st = std::process::Command::new("mksquashfs")
         .arg(&src)
         .arg(out)
-        .args(["-noappend", "-quiet", "-no-progress", "-all-root", "-mkfs-time", "0", "-all-time", "0"])
+        .args([
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+            "-all-root",
+            "-mkfs-time",
+            "0",
+            "-all-time",
+            "0",
+        ])
         .stdout(std::process::Stdio::null())
         .status()
         .context("running mksquashfs (Debian package squashfs-tools)")?;
@@ -700,7 +829,10 @@ fn squashfs(work: &Path, content: &str, out: &Path) -> Result<()> {
     if len > IMAGE_SIZE {
         bail!("{} is {len} bytes, more than {IMAGE_SIZE}", out.display());
     }
-    std::fs::OpenOptions::new().write(true).open(out)?.set_len(IMAGE_SIZE)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(out)?
+        .set_len(IMAGE_SIZE)?;
     Ok(())
 }
 
@@ -710,8 +842,10 @@ fn jwt_far_future() -> String {
     format!(
         "{}.{}.{}",
         e(json!({"alg": "ES256", "kid": "testbed", "typ": "JWT"})),
-        e(json!({"sub": "spiffe://shasta/ncn/workload/sbps-marshal", "aud": ["system-compute"],
-                 "iat": 1_700_000_000u64, "exp": 4_102_444_800u64})),
+        e(
+            json!({"sub": "spiffe://shasta/ncn/workload/sbps-marshal", "aud": ["system-compute"],
+                 "iat": 1_700_000_000u64, "exp": 4_102_444_800u64})
+        ),
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 64])
     )
 }
@@ -721,14 +855,15 @@ fn jwt_far_future() -> String {
 
 fn md5_hex(data: &[u8]) -> String {
     const S: [u32; 64] = [
-        7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5, 9, 14, 20, 5,
-        9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10, 15, 21, 6, 10, 15, 21, 6,
-        10, 15, 21, 6, 10, 15, 21,
+        7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5,
+        9, 14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10,
+        15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
     ];
     let k: Vec<u32> = (0..64)
         .map(|i| ((i as f64 + 1.0).sin().abs() * 4294967296.0) as u32)
         .collect();
-    let (mut a0, mut b0, mut c0, mut d0) = (0x67452301u32, 0xefcdab89u32, 0x98badcfeu32, 0x10325476u32);
+    let (mut a0, mut b0, mut c0, mut d0) =
+        (0x67452301u32, 0xefcdab89u32, 0x98badcfeu32, 0x10325476u32);
     let mut msg = data.to_vec();
     let bit_len = (data.len() as u64).wrapping_mul(8);
     msg.push(0x80);
