@@ -84,12 +84,15 @@ fn opt(args: &[String], name: &str) -> Result<Option<String>> {
 // ---------------------------------------------------------------------------
 // serve
 
+/// path → (size, mtime, md5)
+type Md5Cache = BTreeMap<PathBuf, (u64, SystemTime, String)>;
+
 #[derive(Clone)]
 struct Ctx {
     dir: PathBuf,
     bucket: String,
     /// md5 of object files, by (path, size, mtime).
-    md5s: Arc<Mutex<BTreeMap<PathBuf, (u64, SystemTime, String)>>>,
+    md5s: Arc<Mutex<Md5Cache>>,
 }
 
 impl Ctx {
@@ -485,6 +488,7 @@ fn ims_auth(ctx: &Ctx, headers: &HeaderMap) -> Option<Response> {
     None
 }
 
+#[allow(clippy::result_large_err)] // the error is the response to send
 fn ims_records(ctx: &Ctx) -> Result<Value, Response> {
     match ctx.fault("ims").as_deref() {
         Some("empty") => return Ok(json!([])),
