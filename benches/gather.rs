@@ -8,14 +8,14 @@
 //! per run, and its own latency would dominate. The IMS double serves N tagged
 //! records; the mount is a plain directory of sparse files of the right sizes.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use sbps_marshal::desired::{self, Settings};
@@ -25,74 +25,7 @@ use sbps_marshal::inventory::s3::S3Config;
 use sbps_marshal::inventory::spire::{StaticToken, Token};
 use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
 use serde_json::json;
-
-const BUCKET: &str = "boot-images";
-
-struct Store {
-    objects: BTreeMap<String, (String, Vec<u8>, u64)>, // key → (etag, body, size)
-    lists: AtomicU64,
-    gets: AtomicU64,
-}
-
-async fn list(
-    State(st): State<Arc<Store>>,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> impl IntoResponse {
-    st.lists.fetch_add(1, Ordering::Relaxed);
-    let start = q.get("continuation-token").cloned().unwrap_or_default();
-    let page: Vec<_> = st
-        .objects
-        .range::<String, _>((
-            std::ops::Bound::Excluded(start.clone()),
-            std::ops::Bound::Unbounded,
-        ))
-        .take(1000)
-        .collect();
-    let last = page.last().map(|(k, _)| (*k).clone());
-    let truncated = last.as_ref().is_some_and(|l| {
-        st.objects
-            .range::<String, _>((
-                std::ops::Bound::Excluded(l.clone()),
-                std::ops::Bound::Unbounded,
-            ))
-            .next()
-            .is_some()
-    });
-    let mut xml = String::from(
-        r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>boot-images</Name><MaxKeys>1000</MaxKeys>"#,
-    );
-    xml.push_str(&format!("<IsTruncated>{truncated}</IsTruncated>"));
-    if truncated {
-        xml.push_str(&format!(
-            "<NextContinuationToken>{}</NextContinuationToken>",
-            last.unwrap()
-        ));
-    }
-    for (k, (etag, _, size)) in page {
-        xml.push_str(&format!(
-            "<Contents><Key>{k}</Key><ETag>&quot;{etag}&quot;</ETag><Size>{size}</Size></Contents>"
-        ));
-    }
-    xml.push_str("</ListBucketResult>");
-    xml
-}
-
-async fn object(State(st): State<Arc<Store>>, Path(key): Path<String>) -> impl IntoResponse {
-    st.gets.fetch_add(1, Ordering::Relaxed);
-    match st.objects.get(&key) {
-        Some((_, body, _)) => body.clone().into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
-    }
-}
-
-async fn serve(router: Router) -> url::Url {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(l, router).await;
-    });
-    format!("http://{addr}").parse().unwrap()
-}
+use support::{serve, Store, BUCKET};
 
 async fn round(n: usize, verbose: bool) {
     let mount = tempfile::tempdir().unwrap();
@@ -127,17 +60,10 @@ async fn round(n: usize, verbose: bool) {
     }
     let n_objects = objects.len();
     let store = Arc::new(Store {
-        objects,
-        lists: AtomicU64::new(0),
-        gets: AtomicU64::new(0),
+        objects: RwLock::new(objects),
+        ..Store::default()
     });
-    let s3_url = serve(
-        Router::new()
-            .route("/boot-images/", get(list))
-            .route("/boot-images/{*key}", get(object))
-            .with_state(store.clone()),
-    )
-    .await;
+    let s3_url = serve(support::s3_router(store.clone())).await;
     let ims_hits = Arc::new(AtomicU64::new(0));
     let body = serde_json::to_vec(&records).unwrap();
     let h = ims_hits.clone();
