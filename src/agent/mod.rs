@@ -115,6 +115,8 @@ pub struct Agent {
     restarted_target: bool,
     /// Operator override for the deletion brake, for the next scan only.
     pub release_brake: bool,
+    /// What saveconfig.json was last written from (see [`Job::saved_state`]).
+    saved_state: Option<Actual>,
 }
 
 /// Seconds since the epoch.
@@ -167,6 +169,7 @@ impl Agent {
             converged_since_start: false,
             restarted_target: false,
             release_brake: false,
+            saved_state: None,
         })
     }
 
@@ -218,6 +221,7 @@ impl Agent {
             ledger_file: self.settings.ledger_file(),
             save_file: self.settings.lio_save_file.clone(),
             stop: self.stop.clone(),
+            saved_state: self.saved_state.clone(),
         };
         let done = tokio::task::spawn_blocking(move || job.run())
             .await
@@ -228,6 +232,9 @@ impl Agent {
         timings.persist = done.persist;
         if let Some(l) = done.ledger.clone() {
             self.ledger = l;
+        }
+        if mode == Mode::Apply {
+            self.saved_state = done.saved_state.clone();
         }
         let converged = done.failure.is_none()
             && done.outcomes.iter().all(|o| o.error.is_none())
@@ -342,6 +349,11 @@ pub struct Job {
     pub ledger_file: std::path::PathBuf,
     pub save_file: std::path::PathBuf,
     pub stop: Arc<AtomicBool>,
+    /// The state saveconfig.json was last written from (or found equal to) by this
+    /// process. When nothing was applied and the kernel still shows exactly that, the
+    /// file is known to be current and the full configfs dump is skipped: the most
+    /// expensive part of a steady scan at thousands of LUNs.
+    pub saved_state: Option<Actual>,
 }
 
 /// What a [`Job`] did.
@@ -359,6 +371,8 @@ pub struct JobDone {
     pub persist: Duration,
     pub saveconfig_written: bool,
     pub ledger_written: bool,
+    /// The state saveconfig.json now mirrors, when the job checked or wrote it.
+    pub saved_state: Option<Actual>,
 }
 
 impl JobDone {
@@ -433,11 +447,22 @@ impl Job {
             Err(e) => done.failure = Some(format!("cannot read LIO after applying: {e}")),
         }
         // saveconfig.json mirrors the kernel; it is rewritten only when that changed.
-        match self.target.save_config(&self.save_file) {
-            Ok(w) => done.saveconfig_written = w,
-            Err(e) => {
-                let msg = format!("cannot write {}: {e}", self.save_file.display());
-                done.failure.get_or_insert(msg);
+        let unchanged = done.outcomes.is_empty()
+            && done.actual.is_some()
+            && done.actual == self.saved_state
+            && self.save_file.exists();
+        if unchanged {
+            done.saved_state = self.saved_state.clone();
+        } else {
+            match self.target.save_config(&self.save_file) {
+                Ok(w) => {
+                    done.saveconfig_written = w;
+                    done.saved_state = done.actual.clone();
+                }
+                Err(e) => {
+                    let msg = format!("cannot write {}: {e}", self.save_file.display());
+                    done.failure.get_or_insert(msg);
+                }
             }
         }
         done.persist += t.elapsed();

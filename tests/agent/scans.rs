@@ -197,6 +197,24 @@ async fn scans_converge_adopt_and_hold() {
     let r = w.agent.scan(Mode::Apply).await;
     assert!(r.converged && r.outcomes.is_empty(), "{:?}", r.outcomes);
     assert!(!r.saveconfig_written && !r.ledger_written);
+    // saveconfig.json is still checked: a lost file comes back at the next scan, and
+    // a change made behind the agent's back (an admin's targetcli) reaches it too.
+    std::fs::remove_file(w.state.path().join("saveconfig.json")).unwrap();
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(r.saveconfig_written && r.outcomes.is_empty());
+    let tpg = w.rig.tpg();
+    w.rig
+        .fs
+        .write(&tpg.join("attrib/login_timeout"), "20")
+        .unwrap();
+    w.rig.fs.mkdir(&tpg.join("lun/lun_9")).unwrap();
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(
+        r.saveconfig_written,
+        "an empty lun_9 appeared and was cleaned: the file follows"
+    );
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(!r.saveconfig_written && r.outcomes.is_empty());
     let metrics = w.agent.metrics.render();
     assert!(metrics.contains("iscsi_pe_lun_cnt 1"), "{metrics}");
     assert!(metrics.contains("iscsi_rootfs_lun_cnt 1"), "{metrics}");

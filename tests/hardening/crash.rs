@@ -125,6 +125,7 @@ fn job(
         ledger_file: f.ledger.clone(),
         save_file: f.save.clone(),
         stop: Arc::new(AtomicBool::new(false)),
+        saved_state: None,
     }
 }
 
