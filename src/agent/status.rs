@@ -217,7 +217,7 @@ impl Status {
 
 /// Why `query` (an image id or name, an S3 key or URL, a backstore name, a serial
 /// or a WWID) is or is not projected, naming the rule and the data behind it.
-pub fn explain(r: &ScanReport, query: &str) -> Vec<String> {
+pub fn explain(r: &ScanReport, ledger: &Ledger, query: &str) -> Vec<String> {
     let q = query.trim();
     let mut out = Vec::new();
     for v in &r.desired.verdicts {
@@ -274,6 +274,47 @@ pub fn explain(r: &ScanReport, query: &str) -> Vec<String> {
             }
         }
         out.push(lines.join("\n"));
+    }
+    // An image the inventory could not list this scan (IMS down …): the ledger still
+    // knows which serial it had, so say where it is exported and why it stays.
+    if out.is_empty() {
+        for (serial, rec) in &ledger.luns {
+            let object_key = rec
+                .key
+                .as_deref()
+                .and_then(|k| k.split('|').next())
+                .unwrap_or("");
+            let hit = rec.image_id.as_deref() == Some(q)
+                || object_key == q
+                || object_key.ends_with(&format!("/{q}"));
+            if !hit {
+                continue;
+            }
+            let why = r
+                .desired
+                .uncertainty
+                .everything
+                .clone()
+                .or_else(|| r.desired.uncertainty.rootfs.clone())
+                .unwrap_or_else(|| "not in this scan's inventory".into());
+            let held = r
+                .plan
+                .as_ref()
+                .and_then(|p| {
+                    p.held
+                        .iter()
+                        .find(|h| h.serial.as_deref() == Some(serial.as_str()))
+                })
+                .map(|h| format!("; removal held: {}", h.reason))
+                .unwrap_or_default();
+            out.push(format!(
+                "{} (backstore {}, serial {serial}, WWID {}) was exported at LUN {}; this scan could not see it: {why}{held}",
+                rec.image_id.as_deref().map_or_else(|| object_key.to_string(), |id| format!("IMS image {id}")),
+                rec.name,
+                wwid_of_serial(serial),
+                lun_of(r, serial).unwrap_or(rec.lun),
+            ));
+        }
     }
     // A backstore in LIO that no candidate explains (removed image in its grace period …).
     if out.is_empty() {

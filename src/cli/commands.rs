@@ -91,7 +91,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
         Command::Explain { query } => {
             let mut agent = Agent::new(settings, services())?;
             let report = agent.scan(Mode::DryRun).await;
-            let found = explain(&report, &query);
+            let found = explain(&report, agent.ledger(), &query);
             if found.is_empty() {
                 println!("nothing in the inventory or in LIO matches {query:?}");
                 return Ok(ExitCode::from(1));

@@ -55,6 +55,31 @@ pub fn client(
     timeout: Duration,
     extras: ClientExtras,
 ) -> Result<reqwest::Client, ClientError> {
+    match builder(what, tls, timeout, &extras, false)?.build() {
+        Ok(c) => Ok(c),
+        // A machine without system CA certificates (a minimal container, the test VM)
+        // must still reach plain-http endpoints: build with only the configured roots,
+        // so https fails later with a certificate error that names the server.
+        Err(e) if error_chain(&e).contains("CA certificates") => {
+            tracing::warn!(
+                server = what,
+                "no system CA certificates found; only CA_BUNDLE (if any) is trusted for {what}"
+            );
+            builder(what, tls, timeout, &extras, true)?
+                .build()
+                .map_err(|e| ClientError::Build(error_chain(&e)))
+        }
+        Err(e) => Err(ClientError::Build(error_chain(&e))),
+    }
+}
+
+fn builder(
+    what: &str,
+    tls: &TlsOptions,
+    timeout: Duration,
+    extras: &ClientExtras,
+    without_system_roots: bool,
+) -> Result<reqwest::ClientBuilder, ClientError> {
     let mut b = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -62,20 +87,26 @@ pub fn client(
         // silently route them elsewhere (and the sources do not want it).
         .no_proxy()
         .user_agent(concat!("sbps-marshal/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = &tls.ca_bundle {
-        b = b.tls_certs_merge(read_pem_bundle(path)?);
+    let bundle = match &tls.ca_bundle {
+        Some(path) => read_pem_bundle(path)?,
+        None => Vec::new(),
+    };
+    if without_system_roots {
+        b = b.tls_certs_only(bundle);
+    } else if !bundle.is_empty() {
+        b = b.tls_certs_merge(bundle);
     }
-    if let Some(pem) = extras.only_roots_pem {
+    if let Some(pem) = &extras.only_roots_pem {
         let certs =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::CaParse {
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| ClientError::CaParse {
                 path: PathBuf::from("<embedded certificate-authority-data>"),
                 detail: e.to_string(),
             })?;
         b = b.tls_certs_only(certs);
     }
-    if let Some(pem) = extras.identity_pem {
+    if let Some(pem) = &extras.identity_pem {
         let id =
-            reqwest::Identity::from_pem(&pem).map_err(|e| ClientError::Identity(e.to_string()))?;
+            reqwest::Identity::from_pem(pem).map_err(|e| ClientError::Identity(e.to_string()))?;
         b = b.identity(id);
     }
     if tls.insecure {
@@ -85,7 +116,7 @@ pub fn client(
         );
         b = b.tls_danger_accept_invalid_certs(true);
     }
-    b.build().map_err(|e| ClientError::Build(error_chain(&e)))
+    Ok(b)
 }
 
 fn read_pem_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {

@@ -224,9 +224,9 @@ async fn scans_converge_adopt_and_hold() {
     );
 
     // explain and status name the rule and the LUN.
-    let e = explain(&r, "img2").join("\n");
+    let e = explain(&r, w.agent.ledger(), "img2").join("\n");
     assert!(e.contains("untagged") && e.contains("\"false\""), "{e}");
-    let e = explain(&r, &pe_id.wwid()).join("\n");
+    let e = explain(&r, w.agent.ledger(), &pe_id.wwid()).join("\n");
     assert!(e.contains("exported at LUN"), "{e}");
     let st = Status::build(&r, w.agent.ledger(), &w.agent.settings, true);
     assert_eq!(st.projections.len(), 2);
@@ -251,6 +251,12 @@ async fn scans_converge_adopt_and_hold() {
         .metrics
         .render()
         .contains("sbps_marshal_source_errors_total{source=\"ims\"}"));
+    // explain by image id still answers while IMS cannot list it.
+    let e = explain(&r, w.agent.ledger(), "img1").join("\n");
+    assert!(
+        e.contains("was exported at LUN") && e.contains("IMS unavailable"),
+        "{e}"
+    );
 
     // IMS answers []: the rootfs image looks gone, but 1 of 2 is within the brake's
     // floor; with grace 0 it goes, its LUN number quarantined.
