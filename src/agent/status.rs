@@ -70,17 +70,6 @@ impl Status {
         s: &Settings,
         converged_since_start: bool,
     ) -> Status {
-        let lun_of = |serial: &str| -> Option<u64> {
-            let a = r.actual.as_ref()?;
-            let t = a.tpg.as_ref()?;
-            t.luns.values().find_map(|l| {
-                let b = l.backstore.as_ref()?;
-                a.backstores
-                    .iter()
-                    .any(|x| &x.at == b && x.serial.as_deref() == Some(serial))
-                    .then_some(l.index)
-            })
-        };
         let mut projections: Vec<ProjectionRow> = r
             .desired
             .projections
@@ -96,7 +85,7 @@ impl Status {
                         .to_string()
                 }),
                 object_key: p.object_key.clone(),
-                lun: lun_of(&p.identity.serial),
+                lun: lun_of(r, &p.identity.serial),
                 backstore: p.identity.name.clone(),
                 serial: p.identity.serial.clone(),
                 wwid: p.identity.wwid(),
