@@ -9,14 +9,8 @@ pub fn log(r: &ScanReport) {
     if let Some(e) = &r.label_error {
         tracing::warn!("node label unknown, target portal group left as it is: {e}");
     }
-    for (source, stats) in [
-        ("s3", Some(&r.stats.s3_list)),
-        ("spire", Some(&r.stats.token)),
-        ("ims", Some(&r.stats.ims)),
-        ("manifests", Some(&r.stats.manifest_fetch)),
-        ("kubernetes", r.stats.node.as_ref()),
-    ] {
-        if let Some(e) = stats.and_then(|s| s.error.as_ref()) {
+    for (source, stats) in r.stats.by_source() {
+        if let Some(e) = &stats.error {
             tracing::error!(source, "source error: {e}");
         }
     }

@@ -9,6 +9,7 @@ use crate::config::Settings;
 use crate::desired::{Kind, Outcome, Subject, Verdict};
 use crate::identity::{wwid_of_serial, Identity};
 use crate::ledger::Ledger;
+use crate::lio::Actual;
 use crate::plan::{HoldReason, Warning};
 
 /// One exported image.
@@ -70,6 +71,11 @@ impl Status {
         s: &Settings,
         converged_since_start: bool,
     ) -> Status {
+        let luns = r
+            .actual
+            .as_ref()
+            .map(Actual::lun_by_serial)
+            .unwrap_or_default();
         let mut projections: Vec<ProjectionRow> = r
             .desired
             .projections
@@ -85,7 +91,7 @@ impl Status {
                         .to_string()
                 }),
                 object_key: p.object_key.clone(),
-                lun: lun_of(r, &p.identity.serial),
+                lun: luns.get(p.identity.serial.as_str()).copied(),
                 backstore: p.identity.name.clone(),
                 serial: p.identity.serial.clone(),
                 wwid: p.identity.wwid(),
@@ -330,16 +336,9 @@ pub fn explain(r: &ScanReport, ledger: &Ledger, query: &str) -> Vec<String> {
     out
 }
 
+/// The LUN exporting `serial` (explain asks about a handful of serials only).
 fn lun_of(r: &ScanReport, serial: &str) -> Option<u64> {
-    let a = r.actual.as_ref()?;
-    let t = a.tpg.as_ref()?;
-    t.luns.values().find_map(|l| {
-        let b = l.backstore.as_ref()?;
-        a.backstores
-            .iter()
-            .any(|x| &x.at == b && x.serial.as_deref() == Some(serial))
-            .then_some(l.index)
-    })
+    r.actual.as_ref()?.lun_by_serial().get(serial).copied()
 }
 
 fn verdict_matches(v: &Verdict, q: &str) -> bool {

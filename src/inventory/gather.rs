@@ -96,6 +96,18 @@ pub struct GatherStats {
 }
 
 impl GatherStats {
+    /// Each source's stats under the name logs and metrics use for it.
+    pub fn by_source(&self) -> Vec<(&'static str, &SourceStats)> {
+        let mut v = vec![
+            ("s3", &self.s3_list),
+            ("spire", &self.token),
+            ("ims", &self.ims),
+            ("manifests", &self.manifest_fetch),
+        ];
+        v.extend(self.node.as_ref().map(|n| ("kubernetes", n)));
+        v
+    }
+
     /// Requests to the S3 server (listing and manifests).
     pub fn s3_requests(&self) -> u64 {
         self.s3_list.requests + self.manifest_fetch.requests

@@ -242,4 +242,22 @@ impl Actual {
         }
         m
     }
+
+    /// The lowest LUN number exporting each unit serial: one pass over backstores and
+    /// LUNs, for callers that ask about many serials (status, metrics, explain).
+    pub fn lun_by_serial(&self) -> rustc_hash::FxHashMap<&str, u64> {
+        let serial_of: rustc_hash::FxHashMap<&BackstoreRef, &str> = self
+            .backstores
+            .iter()
+            .filter_map(|b| Some((&b.at, b.serial.as_deref()?)))
+            .collect();
+        let mut m: rustc_hash::FxHashMap<&str, u64> = Default::default();
+        for l in self.tpg.iter().flat_map(|t| t.luns.values()) {
+            if let Some(serial) = l.backstore.as_ref().and_then(|b| serial_of.get(b)) {
+                let e = m.entry(*serial).or_insert(l.index);
+                *e = (*e).min(l.index);
+            }
+        }
+        m
+    }
 }

@@ -191,18 +191,9 @@ impl Metrics {
         }
         let (mut rootfs, mut pe) = (0, 0);
         if let Some(a) = &r.actual {
-            let exported: std::collections::HashSet<_> = a
-                .tpg
-                .iter()
-                .flat_map(|t| t.luns.values())
-                .filter_map(|l| l.backstore.as_ref())
-                .collect();
+            let luns = a.lun_by_serial();
             for p in r.desired.projections.values() {
-                let here = a.backstores.iter().any(|b| {
-                    b.serial.as_deref() == Some(p.identity.serial.as_str())
-                        && exported.contains(&b.at)
-                });
-                if here {
+                if luns.contains_key(p.identity.serial.as_str()) {
                     match p.kind {
                         Kind::Rootfs => rootfs += 1,
                         Kind::Pe => pe += 1,
@@ -231,14 +222,7 @@ impl Metrics {
                 Outcome::Projected { .. } => {}
             }
         }
-        for (source, stats) in [
-            ("s3", Some(&r.stats.s3_list)),
-            ("spire", Some(&r.stats.token)),
-            ("ims", Some(&r.stats.ims)),
-            ("manifests", Some(&r.stats.manifest_fetch)),
-            ("kubernetes", r.stats.node.as_ref()),
-        ] {
-            let Some(stats) = stats else { continue };
+        for (source, stats) in r.stats.by_source() {
             let l = vec![("source".to_string(), source.to_string())];
             self.requests.get_or_create(&l).inc_by(stats.requests);
             if stats.error.is_some() {

@@ -134,14 +134,7 @@ pub fn policy() -> Policy {
 
 /// The LUN number `a` exports `serial` at.
 pub fn lun_of(a: &Actual, serial: &str) -> Option<u64> {
-    let t = a.tpg.as_ref()?;
-    t.luns.values().find_map(|l| {
-        let b = l.backstore.as_ref()?;
-        a.backstores
-            .iter()
-            .find(|x| &x.at == b && x.serial.as_deref() == Some(serial))
-            .map(|_| l.index)
-    })
+    a.lun_by_serial().get(serial).copied()
 }
 
 pub fn apply_all(a: &mut Actual, ops: &[sbps_marshal::lio::Op]) {
