@@ -271,3 +271,13 @@ fn refuses_a_state_dir_writable_by_others() {
     assert!(err.contains("writable by others"), "{err}");
     assert!(!Path::new(&state.join("ledger.json")).exists());
 }
+
+#[test]
+fn daemon_stops_on_sigint_too() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("state")).unwrap();
+    let mut d = Daemon::start(&env);
+    d.wait_for("END SCAN", Duration::from_secs(60));
+    d.signal(libc::SIGINT);
+    assert_eq!(wait_exit(&mut d.child, Duration::from_secs(30)), Some(0));
+}
