@@ -136,7 +136,7 @@ fn load(f: &Files) -> Ledger {
     }
 }
 
-fn lun_map(a: &Actual) -> BTreeMap<String, u64> {
+pub(crate) fn lun_map(a: &Actual) -> BTreeMap<String, u64> {
     let serial_of: BTreeMap<_, _> = a
         .backstores
         .iter()

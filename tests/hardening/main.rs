@@ -12,6 +12,7 @@ mod corpus;
 mod crash;
 mod doubles;
 mod fuzz;
+mod kernel_kill;
 mod limits;
 mod secrets;
 mod tls;
