@@ -154,7 +154,12 @@ fn sigkill_mid_apply_on_the_kernel() {
             delay.as_secs_f64() * 1000.0,
         );
 
+        let t = Instant::now();
         actual = w.check_converged(&rig, &s3, &wanted, &before, round);
+        eprintln!(
+            "  recovered and checked in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
     }
     eprintln!(
         "{mid_apply} mid-apply kills ({half_way} with the kernel half-way) in {round} rounds, every one recovered"
@@ -232,7 +237,12 @@ impl World {
     /// The agent binary, configured for this world (no label gating, no grace, no
     /// brake: every change of a round is applied at once).
     fn agent(&self, s3: &Served, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sbps-marshal"));
+        // In the VM the binary runs from a stripped copy in RAM (SBPS_AGENT_BIN):
+        // paging 150 MB of debug info in over 9p costs seconds per start.
+        let bin = std::env::var_os("SBPS_AGENT_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sbps-marshal")));
+        let mut c = Command::new(bin);
         c.env_clear()
             .env("PATH", "/usr/bin:/bin")
             .args(["--config", "/dev/null"])
@@ -273,8 +283,10 @@ impl World {
         before: &BTreeMap<String, u64>,
         round: usize,
     ) -> Actual {
+        let t = Instant::now();
         let out = self.agent(s3, &["scan", "--once"]).output().unwrap();
         assert!(out.status.success(), "round {round}: {}", text(&out));
+        let scan = t.elapsed();
         let a = rig.target().observe().unwrap();
         let tpg = a.tpg.as_ref().expect("the TPG");
         assert!(
@@ -313,7 +325,13 @@ impl World {
             }
             assert_ne!(*lun, 0, "round {round}: LUN 0 handed out");
         }
+        let t = Instant::now();
         let plan = self.agent(s3, &["plan", "--json"]).output().unwrap();
+        eprintln!(
+            "  scan {:.1}s, plan {:.1}s",
+            scan.as_secs_f64(),
+            t.elapsed().as_secs_f64()
+        );
         assert!(plan.status.success(), "round {round}: {}", text(&plan));
         let p: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
         assert_eq!(

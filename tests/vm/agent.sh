@@ -14,7 +14,7 @@ set -u
 
 E=${E2E_DIR:-/e2e}
 SCENARIOS=${SCENARIOS:-all}
-BIN=$E/bin
+BIN=/tmp/bin                     # a copy in RAM of $E/bin
 TB=/tmp/tb                       # testbed dir (writable copy: tests edit ims.json, faults/)
 MNT=/tmp/mnt                     # the agent's "s3fs mount": a writable copy of the bucket
 NODE=e2e-node
@@ -159,7 +159,7 @@ no_session_on_target() { ! session_on_target; }
 
 # ---------------------------------------------------------------- setup
 note "setup: kernel $(uname -r)"
-cp -a "$E/tb" "$TB" || { echo "cannot copy the fixtures"; exit 3; }
+cp -a "$E/tb" "$TB" && cp -a "$E/bin" "$BIN" || { echo "cannot copy the fixtures"; exit 3; }
 . "$TB/ids.env"; . "$TB/wwids.env"
 cp -a "$TB/bucket" "$MNT"
 rm -f "$MNT/$ID_F/rootfs"                       # F: listed in S3, not (yet) in the mount

@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Guest script (run by vm/harness --host-root via tests/vm/run-adopt): adoption of a
+# target the original agent built. targetcli-fb (rtslib, as on CSM) sets the scene
+# with the commands CSM's provisioning script and the original agent run; an
+# initiator logs in and mounts an image; then the sbps-marshal daemon starts on it.
+# It must change nothing: the same LUN numbers, serials, backstores and aliases in
+# configfs, no operation applied, the initiator's session and mounted filesystem
+# undisturbed, every image still found by WWID at the LUN targetcli gave it.
+#
+# Shared at /e2e: bin/{sbps-marshal,testbed}, tb/ (fixtures of `testbed make-fixtures`
+# plus wwids.env and names.env computed on the host with python3).
+# Prints PASS/FAIL per check and "adopt.sh: N passed, M failed"; exits 0 only when
+# nothing failed.
+set -u
+. /vm/lib.sh
+
+E=${E2E_DIR:-/e2e}
+BIN=/tmp/bin                     # a copy in RAM of $E/bin
+TB=/tmp/tb
+MNT=/tmp/mnt
+NODE=e2e-node
+IQN=iqn.2023-06.csm.iscsi:$NODE
+CFS=/sys/kernel/config/target
+TPG=$CFS/iscsi/$IQN/tpgt_1
+LOG=/tmp/agent.log
+METRICS=127.0.0.1:9180
+PASS=0 FAIL=0
+T0=$(date +%s)
+
+pass() { PASS=$((PASS + 1)); echo "PASS: $*"; }
+fail() { FAIL=$((FAIL + 1)); echo "FAIL: $*"; }
+check() { local d=$1; shift; if "$@"; then pass "$d"; else fail "$d"; fi; }
+note() { echo "---- [$(( $(date +%s) - T0 ))s] $*"; }
+finish() {
+  note "agent log tail:"; tail -n 30 "$LOG" 2>/dev/null | sed 's/^/  | /'
+  [ -n "${AGENT:-}" ] && kill -TERM "$AGENT" 2>/dev/null
+  [ -n "${TBPID:-}" ] && kill "$TBPID" 2>/dev/null
+  mountpoint -q /tmp/m.A 2>/dev/null && umount /tmp/m.A
+  echo "adopt.sh: $PASS passed, $FAIL failed ($(( $(date +%s) - T0 ))s)"
+  [ "$FAIL" = 0 ] && [ "$PASS" -gt 0 ]
+  exit $?
+}
+wait_for() { # wait_for SECS CMD...
+  local end=$(( $(date +%s) + $1 )); shift
+  while ! "$@"; do [ "$(date +%s)" -ge "$end" ] && return 1; sleep 0.2; done
+}
+count() { local n; n=$(grep -c "$1" "$LOG" 2>/dev/null); echo "${n:-0}"; }
+ended_more_than() { [ "$(count 'END SCAN')" -gt "$1" ]; }
+metrics() { python3 -c 'import sys,urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "http://$METRICS/metrics"; }
+
+# Everything the kernel holds for the target and the fileio backstores, one line per
+# fact, sorted: LUN -> backstore (with its alias), and each backstore's file, size,
+# serial, enable and write-cache mode. Equal snapshots = nothing changed.
+snapshot() {
+  local l a so
+  echo "tpg enable=$(cat "$TPG/enable")"
+  for l in "$TPG"/lun/lun_*; do
+    for a in "$l"/*; do
+      [ -L "$a" ] && echo "$(basename "$l") $(basename "$a") -> $(readlink -f "$a" | sed "s|^$CFS/||")"
+    done
+  done
+  for so in "$CFS"/core/fileio_*/*/; do
+    [ -f "$so/udev_path" ] || continue
+    echo "${so#"$CFS"/} file=$(cat "$so/udev_path") serial=$(sed 's/.*: //' "$so/wwn/vpd_unit_serial")" \
+      "enable=$(cat "$so/enable") wce=$(cat "$so/attrib/emulate_write_cache") $(tr '\n' ' ' <"$so/info" | tr -s ' ')"
+  done
+}
+session_id() { _vm_g iscsiadm -m session 2>/dev/null | sed -n 's/.*\[\([0-9]*\)\].*/\1/p' | head -n1; }
+
+# ---------------------------------------------------------------- the scene
+note "setup: kernel $(uname -r), $(targetcli version 2>&1 | tail -n1)"
+cp -a "$E/tb" "$TB" && cp -a "$E/bin" "$BIN" || { echo "cannot copy the fixtures"; exit 3; }
+. "$TB/ids.env"; . "$TB/wwids.env"; . "$TB/names.env"
+cp -a "$TB/bucket" "$MNT"
+# The inventory: A, B tagged, C untagged, and the two PE files: the original
+# projects A, B, P1, P2.
+{ echo '['; cat "$TB/rec/A.tagged.json"; echo ','; cat "$TB/rec/B.tagged.json"; echo ',';
+  cat "$TB/rec/C.untagged.json"; echo ']'; } >"$TB/ims.json"
+path_A=$MNT/$ID_A/rootfs path_B=$MNT/$ID_B/rootfs
+path_P1=$MNT/PE/$PE_P1 path_P2=$MNT/PE/$PE_P2
+# An image the original projected once and removed later (its file is gone now):
+# its LUN number stays a gap.
+cp "$path_P1" /tmp/retired.squashfs
+
+# CSM's provisioning (roles/csm.sbps.lio_config), then the original agent's
+# commands, in one targetcli session: `targetcli <command>` per command (as the
+# original runs them) takes ~10 s each under emulation; the commands are the same.
+note "targetcli builds the target (CSM provisioning + the original agent's commands)"
+t=$(date +%s)
+targetcli >/tmp/targetcli.log 2>&1 <<EOF
+/iscsi create $IQN
+/iscsi/$IQN/tpg1/portals delete 0.0.0.0 3260
+/iscsi/$IQN/tpg1/portals create 127.0.0.1 3260
+/iscsi/$IQN/tpg1 set attribute demo_mode_write_protect=1 prod_mode_write_protect=1 generate_node_acls=1 authentication=0 cache_dynamic_acls=1
+/backstores/fileio create $NAME15_A $path_A 0 false true $SERIAL_A
+/iscsi/$IQN/tpg1/luns create /backstores/fileio/$NAME15_A
+/backstores/fileio create retired0000001 /tmp/retired.squashfs 0 false true 0000000000000000000000000000001
+/iscsi/$IQN/tpg1/luns create /backstores/fileio/retired0000001
+/backstores/fileio create $NAME15_B $path_B 0 false true $SERIAL_B
+/iscsi/$IQN/tpg1/luns create /backstores/fileio/$NAME15_B
+/backstores/fileio create $NAME15_P1 $path_P1 0 false true $SERIAL_P1
+/iscsi/$IQN/tpg1/luns create /backstores/fileio/$NAME15_P1
+/backstores/fileio create $NAME15_P2 $path_P2 0 false true $SERIAL_P2
+/iscsi/$IQN/tpg1/luns create /backstores/fileio/$NAME15_P2
+/iscsi/$IQN/tpg1/luns delete lun=1
+/backstores/fileio delete retired0000001
+saveconfig
+exit
+EOF
+rc=$?
+sed 's/^/  targetcli| /' /tmp/targetcli.log
+note "targetcli took $(( $(date +%s) - t ))s (exit $rc)"
+rm -f /tmp/retired.squashfs
+check "targetcli built the target (LUNs $(ls "$TPG/lun" 2>/dev/null | tr '\n' ' '))" \
+  [ "$(ls "$TPG/lun" 2>/dev/null | sort | tr '\n' ' ')" = "lun_0 lun_2 lun_3 lun_4 " ]
+check "TPG enabled by targetcli" [ "$(cat "$TPG/enable" 2>/dev/null)" = 1 ]
+[ "$FAIL" = 0 ] || finish
+declare -A WANT_LUN=([A]=0 [B]=2 [P1]=3 [P2]=4)
+
+# An initiator is already using the target: logged in, A mounted.
+start_iscsid
+iscsi_login "$IQN" || { fail "initiator login to the targetcli-built target"; finish; }
+SID=$(session_id)
+for l in A B P1 P2; do
+  eval "w=\$WWID_$l"
+  d=$(dev_for_wwid "$w") || { fail "before the agent: no device with $l's WWID $w"; continue; }
+  check "before the agent: $l found by WWID at LUN ${WANT_LUN[$l]} ($d)" [ "$(lun_of "$d")" = "${WANT_LUN[$l]}" ]
+  [ "$l" = A ] && DEV_A=$d
+done
+mkdir -p /tmp/m.A
+mount -t squashfs -o ro "$DEV_A" /tmp/m.A || fail "mounting A"
+check "A mounted: NAME reads '$NAME_A'" [ "$(cat /tmp/m.A/NAME 2>/dev/null)" = "$NAME_A" ]
+before=$(snapshot)
+echo "$before" | sed 's/^/  before| /'
+
+# ---------------------------------------------------------------- the agent
+"$BIN/testbed" serve "$TB" --ports-file "$TB/ports" >/tmp/testbed.log 2>&1 &
+TBPID=$!
+wait_for 60 test -s "$TB/ports" || { cat /tmp/testbed.log; fail "testbed did not start"; finish; }
+S3P=$(sed 's/.*s3=\([0-9]*\).*/\1/' "$TB/ports")
+IMSP=$(sed 's/.*ims=\([0-9]*\).*/\1/' "$TB/ports")
+K8SP=$(sed 's/.*k8s=\([0-9]*\).*/\1/' "$TB/ports")
+sed "s/\${K8S_PORT}/$K8SP/" "$TB/kubeconfig" >"$TB/kubeconfig.run"
+mkdir -p /tmp/state && chmod 700 /tmp/state
+# LIO_SAVE_FILE: the file targetcli just saved (Debian's rtslib keeps it under
+# /etc/rtslib-fb-target; on CSM it is /etc/target/saveconfig.json).
+export SBPS_MARSHAL_S3_PROTO=http SBPS_MARSHAL_S3_HOST=127.0.0.1:$S3P \
+  SBPS_MARSHAL_S3_CREDENTIAL_FILE=$TB/s3.creds \
+  SBPS_MARSHAL_API_GATEWAY=http://127.0.0.1:$IMSP \
+  SBPS_MARSHAL_SPIRE_AGENT_PATH=$TB/spire-agent \
+  SBPS_MARSHAL_KUBECONFIG=$TB/kubeconfig.run SBPS_MARSHAL_NODE_NAME=$NODE \
+  SBPS_MARSHAL_SQUASHFS_S3FS_MOUNT=$MNT \
+  SBPS_MARSHAL_STATE_DIR=/tmp/state SBPS_MARSHAL_LOCK_FILE=/tmp/sbps-marshal.lock \
+  SBPS_MARSHAL_LIO_SAVE_FILE=/etc/rtslib-fb-target/saveconfig.json SBPS_MARSHAL_RTSLIB_LOCK_DIR=/run \
+  SBPS_MARSHAL_METRICS_LISTEN=$METRICS SBPS_MARSHAL_SCAN_FREQUENCY=3600 \
+  SBPS_MARSHAL_TARGET_SERVICE= SBPS_MARSHAL_XNAME_FILE=/tmp/no-xname
+
+note "plan (dry run) before the daemon starts"
+plan=$("$BIN/sbps-marshal" plan 2>&1)
+echo "$plan" | sed 's/^/  plan| /'
+check "plan: nothing to do for the 4 projections" [ "$plan" = "nothing to do (4 projections)" ]
+
+note "daemon start, then a second scan (SIGHUP)"
+"$BIN/sbps-marshal" run >>"$LOG" 2>&1 &
+AGENT=$!
+wait_for 90 ended_more_than 0 || { fail "the agent's first scan did not finish within 90s"; finish; }
+kill -HUP "$AGENT"
+wait_for 90 ended_more_than 1 || { fail "the second scan did not finish within 90s"; finish; }
+
+after=$(snapshot)
+if [ "$after" = "$before" ]; then
+  pass "configfs unchanged: same LUN numbers, backstores, serials, aliases, TPG state"
+else
+  fail "configfs changed by the agent:"; diff <(echo "$before") <(echo "$after") | sed 's/^/  /'
+fi
+m=$(metrics)
+check "metrics: no LIO operation applied" [ -z "$(grep '^sbps_marshal_operations_total' <<<"$m")" ]
+check "metrics: converged" grep -qx 'sbps_marshal_converged 1' <<<"$m"
+check "metrics: iscsi_rootfs_lun_cnt 2, iscsi_pe_lun_cnt 2" \
+  [ "$(grep -cE '^iscsi_(rootfs|pe)_lun_cnt 2$' <<<"$m")" = 2 ]
+check "log: no operation in either scan" [ -z "$(grep -E 'create backstore|delete backstore|map LUN|unmap LUN|enable TPG|disable TPG' "$LOG")" ]
+for l in A B P1 P2; do
+  eval "w=\$WWID_$l"
+  out=$("$BIN/sbps-marshal" explain "$w" 2>&1)
+  check "explain $l: exported at LUN ${WANT_LUN[$l]}" grep -qE "exported at LUN ${WANT_LUN[$l]}$" <<<"$out" \
+    || echo "$out" | head -n 6 | sed 's/^/  /'
+done
+check "ledger adopted the numbers: A 0, B 2, P1 3, P2 4" python3 - "$SERIAL_A:0" "$SERIAL_B:2" "$SERIAL_P1:3" "$SERIAL_P2:4" <<'PY'
+import json, sys
+luns = json.load(open("/tmp/state/ledger.json"))["luns"]
+sys.exit(0 if all(luns.get(s, {}).get("lun") == int(n) for s, n in (a.split(":") for a in sys.argv[1:])) else 1)
+PY
+
+# The initiator never noticed.
+check "initiator: the same session ($SID)" [ "$(session_id)" = "$SID" ]
+check "initiator: mounted A still reads '$NAME_A'" [ "$(cat /tmp/m.A/NAME 2>/dev/null)" = "$NAME_A" ]
+umount /tmp/m.A
+iscsi_rescan >/dev/null 2>&1
+for l in A B P1 P2; do
+  eval "w=\$WWID_$l want=\$NAME_$l"
+  d=$(dev_for_wwid "$w") || { fail "after adoption: no device with $l's WWID"; continue; }
+  check "after adoption: $l at LUN ${WANT_LUN[$l]}" [ "$(lun_of "$d")" = "${WANT_LUN[$l]}" ]
+  mkdir -p "/tmp/m.$l"
+  got=$(mount -t squashfs -o ro "$d" "/tmp/m.$l" && cat "/tmp/m.$l/NAME"; umount "/tmp/m.$l" 2>/dev/null)
+  check "after adoption: $l reads '$want'" [ "$got" = "$want" ]
+done
+finish
