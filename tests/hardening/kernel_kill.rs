@@ -32,9 +32,9 @@ use crate::lio_support::{Rig, IQN, NOW};
 use crate::support::Served;
 
 /// Kills that must land mid-apply (half of them with the kernel half-way).
-const KILLS: usize = 10;
+const KILLS: usize = 20;
 /// Rounds before giving up on reaching [`KILLS`].
-const MAX_ROUNDS: usize = 30;
+const MAX_ROUNDS: usize = 60;
 /// Images in the pool; each round wants a random ~60 % of them.
 const POOL: usize = 40;
 
