@@ -131,6 +131,7 @@ mkdir -p /tmp/m.A
 mount -t squashfs -o ro "$DEV_A" /tmp/m.A || fail "mounting A"
 check "A mounted: NAME reads '$NAME_A'" [ "$(cat /tmp/m.A/NAME 2>/dev/null)" = "$NAME_A" ]
 before=$(snapshot)
+cp /etc/rtslib-fb-target/saveconfig.json /tmp/rtslib-saveconfig.json
 echo "$before" | sed 's/^/  before| /'
 
 # ---------------------------------------------------------------- the agent
@@ -189,6 +190,27 @@ check "ledger adopted the numbers: A 0, B 2, P1 3, P2 4" python3 - "$SERIAL_A:0"
 import json, sys
 luns = json.load(open("/tmp/state/ledger.json"))["luns"]
 sys.exit(0 if all(luns.get(s, {}).get("lun") == int(n) for s, n in (a.split(":") for a in sys.argv[1:])) else 1)
+PY
+check "saveconfig.json as rewritten by the agent says what rtslib's said (objects, LUNs, aliases, portals, attributes)" \
+  python3 - /tmp/rtslib-saveconfig.json /etc/rtslib-fb-target/saveconfig.json <<'PY'
+import json, sys
+def essence(path):
+    d = json.load(open(path))
+    sos = sorted((o["plugin"], o["name"], o.get("dev"), o.get("size"), o.get("wwn"), o.get("write_back"))
+                 for o in d["storage_objects"])
+    tgts = []
+    for t in d["targets"]:
+        for g in t["tpgs"]:
+            tgts.append((t["wwn"], g["tag"], g["enable"],
+                         sorted((l["index"], l["storage_object"], l["alias"]) for l in g["luns"]),
+                         sorted((p["ip_address"], p["port"]) for p in g["portals"]),
+                         {k: g["attributes"].get(k) for k in ("authentication", "generate_node_acls",
+                          "demo_mode_write_protect", "prod_mode_write_protect", "cache_dynamic_acls")}))
+    return sos, tgts
+a, b = essence(sys.argv[1]), essence(sys.argv[2])
+if a != b:
+    print("  rtslib:", a, "\n  agent: ", b)
+sys.exit(a != b)
 PY
 
 # The initiator never noticed.
