@@ -273,7 +273,7 @@ impl Agent {
                 &report,
                 &self.ledger,
                 &self.settings,
-                self.converged_since_start,
+                Some(self.converged_since_start),
             );
             if let Ok(mut slot) = self.status.write() {
                 *slot = Some(st);

@@ -43,7 +43,9 @@ pub struct HeldRow {
 pub struct Gate {
     pub labelled: Option<bool>,
     pub tpg_enabled: Option<bool>,
-    pub converged_since_start: bool,
+    /// Whether the daemon has converged since it started; `None` from a one-off
+    /// command (`sbps-marshal status`), which does not know the daemon's history.
+    pub converged_since_start: Option<bool>,
 }
 
 /// The whole document.
@@ -69,7 +71,7 @@ impl Status {
         r: &ScanReport,
         ledger: &Ledger,
         s: &Settings,
-        converged_since_start: bool,
+        converged_since_start: Option<bool>,
     ) -> Status {
         let luns = r
             .actual
@@ -159,7 +161,10 @@ impl Status {
             self.target_iqn,
             yn(self.gate.labelled),
             yn(self.gate.tpg_enabled),
-            self.gate.converged_since_start,
+            match self.gate.converged_since_start {
+                None => "unknown (the daemon's /status knows)",
+                b => yn(b),
+            },
             self.converged
         );
         for p in &self.problems {

@@ -228,7 +228,7 @@ async fn scans_converge_adopt_and_hold() {
     assert!(e.contains("untagged") && e.contains("\"false\""), "{e}");
     let e = explain(&r, w.agent.ledger(), &pe_id.wwid()).join("\n");
     assert!(e.contains("exported at LUN"), "{e}");
-    let st = Status::build(&r, w.agent.ledger(), &w.agent.settings, true);
+    let st = Status::build(&r, w.agent.ledger(), &w.agent.settings, Some(true));
     assert_eq!(st.projections.len(), 2);
     assert!(st.projections.iter().all(|p| p.lun.is_some_and(|l| l > 0)));
     assert_eq!(st.gate.tpg_enabled, Some(true));
