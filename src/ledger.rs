@@ -178,7 +178,8 @@ impl Ledger {
 
 /// Writes `bytes` to `path` atomically: a temp file in the same directory created
 /// 0600, fsync, rename over `path`, fsync of the directory. A crash leaves either
-/// the old or the new file, never a torn one.
+/// the old or the new file, never a torn one; the temp file such a crash leaves
+/// (`<file>.tmp-<pid>`) is removed by the next successful write.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -201,15 +202,64 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         fs::rename(&tmp, path)?;
         fs::File::open(dir)?.sync_all()
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    match result {
+        Ok(()) => remove_stale_temps(dir, path),
+        Err(_) => {
+            let _ = fs::remove_file(&tmp);
+        }
     }
     result
+}
+
+/// Removes `<file>.tmp-<pid>` left in `dir` by a process that died mid-write.
+/// Only one agent writes these files at a time (the single-instance lock), so any
+/// such file of another pid is dead. Best effort: a failure only leaves litter.
+fn remove_stale_temps(dir: &Path, path: &Path) {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let prefix = format!("{name}.tmp-");
+    let own = std::process::id().to_string();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name();
+        let Some(pid) = n.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if pid != own && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
+            match fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %e.path().display(), "removed a temp file left by a crashed write")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %e.path().display(), error = %err, "cannot remove a stale temp file")
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_removes_temp_files_of_crashed_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ledger.json");
+        let stale = dir.path().join("ledger.json.tmp-999999");
+        let other = dir.path().join("saveconfig.json.tmp-999999");
+        let odd = dir.path().join("ledger.json.tmp-x1");
+        for f in [&stale, &other, &odd] {
+            fs::write(f, "{\"torn").unwrap();
+        }
+        write_atomic(&p, b"{}\n").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"{}\n");
+        assert!(!stale.exists(), "the dead writer's temp file is gone");
+        assert!(other.exists() && odd.exists(), "other files are left alone");
+    }
 
     #[test]
     fn missing_file_is_fresh_start() {

@@ -290,6 +290,16 @@ fn check_converged(seed: u64, s: &Scene, f: &Files, lun_before: &BTreeMap<String
         text, live,
         "seed {seed}: saveconfig.json is not the kernel's state"
     );
+    let litter: Vec<_> = std::fs::read_dir(f.ledger.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(
+        litter.is_empty(),
+        "seed {seed}: temp files left: {litter:?}"
+    );
     for p in [&f.ledger, &f.save] {
         let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "seed {seed}: {}", p.display());
