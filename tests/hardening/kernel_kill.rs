@@ -345,6 +345,18 @@ impl World {
             save, live,
             "round {round}: saveconfig.json is not the kernel's state"
         );
+        for d in [self.dir.path(), &self.dir.path().join("state")] {
+            let litter: Vec<_> = std::fs::read_dir(d)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".tmp-"))
+                .collect();
+            assert!(
+                litter.is_empty(),
+                "round {round}: temp files left: {litter:?}"
+            );
+        }
         a
     }
 }
