@@ -145,6 +145,7 @@ impl Sources {
             manifests: ManifestFetcher::new(cfg.manifest_concurrency),
             mount: MountChecker {
                 concurrency: cfg.mount_concurrency,
+                ..MountChecker::default()
             },
         })
     }

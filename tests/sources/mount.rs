@@ -54,6 +54,55 @@ async fn escapes_and_kinds_on_a_plain_tree() {
     }
 }
 
+/// Released at the end of the stalled-mount test, so the stuck thread can finish.
+static RELEASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A `stat` that hangs on one key, as on a hung FUSE mount.
+fn hangs_on_b(root: &std::path::Path, key: &str) -> MountEntry {
+    if key.starts_with("b-") {
+        while !RELEASE.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    sbps_marshal::inventory::mount::check(root, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stat_makes_keys_unknown_not_a_stuck_scan() {
+    let root = tempfile::tempdir().unwrap();
+    for f in ["a-ok", "b-hangs", "c-ok", "d-ok"] {
+        std::fs::write(root.path().join(f), "x").unwrap();
+    }
+    let keys: Vec<String> = ["a-ok", "b-hangs", "c-ok", "d-ok"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let checker = MountChecker {
+        concurrency: 1, // in key order: a, then b stalls, then c and d
+        timeout: std::time::Duration::from_millis(300),
+    };
+    let t0 = std::time::Instant::now();
+    let m = checker.check_all_with(root.path(), &keys, hangs_on_b).await;
+    let took = t0.elapsed();
+    RELEASE.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(m["a-ok"], MountEntry::File { size: 1 });
+    assert!(
+        matches!(&m["b-hangs"], MountEntry::Error(e) if e.contains("did not answer within 0.3s")),
+        "{:?}",
+        m["b-hangs"]
+    );
+    // No more threads are queued behind the stalled one.
+    for k in ["c-ok", "d-ok"] {
+        assert!(
+            matches!(&m[k], MountEntry::Error(e) if e.contains("the mount stalled")),
+            "{k}: {:?}",
+            m[k]
+        );
+    }
+    // Generous: without the deadline the call would not return until RELEASE.
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+}
+
 #[tokio::test]
 async fn unusable_root_is_an_error_for_every_key() {
     let keys = vec!["a".to_string(), "b".to_string()];
