@@ -245,30 +245,7 @@ fn check_converged(seed: u64, s: &Scene, f: &Files, lun_before: &BTreeMap<String
         rounds += 1;
         assert!(rounds <= 2, "seed {seed}: no convergence");
     };
-    let tpg = a.tpg.as_ref().unwrap();
-    assert!(tpg.enabled, "seed {seed}");
-    assert!(
-        tpg.luns.values().all(|l| l.backstore.is_some()),
-        "seed {seed}: empty lun_N left"
-    );
-    let used: BTreeSet<_> = a
-        .backstores
-        .iter()
-        .map(|b| (b.at.plugin.clone(), b.at.hba))
-        .collect();
-    assert_eq!(a.hbas, used, "seed {seed}: empty HBA left");
-    let mapped: Vec<_> = tpg
-        .luns
-        .values()
-        .filter_map(|l| l.backstore.clone())
-        .collect();
-    let distinct: BTreeSet<_> = mapped.iter().collect();
-    assert_eq!(distinct.len(), mapped.len(), "seed {seed}: duplicate LUN");
-    assert_eq!(
-        mapped.len(),
-        a.backstores.len(),
-        "seed {seed}: orphan backstore"
-    );
+    assert_whole(&a, &format!("seed {seed}"));
     assert_eq!(a.backstores.len(), s.after.projections.len(), "seed {seed}");
     let lun_after = lun_map(&a);
     for serial in &s.kept {
@@ -290,20 +267,47 @@ fn check_converged(seed: u64, s: &Scene, f: &Files, lun_before: &BTreeMap<String
         text, live,
         "seed {seed}: saveconfig.json is not the kernel's state"
     );
-    let litter: Vec<_> = std::fs::read_dir(f.ledger.parent().unwrap())
+    assert_no_litter(f.ledger.parent().unwrap(), &format!("seed {seed}"));
+    for p in [&f.ledger, &f.save] {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "seed {seed}: {}", p.display());
+    }
+}
+
+/// What every converged LIO state looks like: the TPG enabled, no empty `lun_N`,
+/// no empty HBA, no backstore on two LUNs, none without one (an orphan).
+pub(crate) fn assert_whole(a: &Actual, what: &str) {
+    let tpg = a.tpg.as_ref().expect("the TPG");
+    assert!(tpg.enabled, "{what}: TPG not enabled");
+    assert!(
+        tpg.luns.values().all(|l| l.backstore.is_some()),
+        "{what}: empty lun_N left"
+    );
+    let used: BTreeSet<_> = a
+        .backstores
+        .iter()
+        .map(|b| (b.at.plugin.clone(), b.at.hba))
+        .collect();
+    assert_eq!(a.hbas, used, "{what}: empty HBA left");
+    let mapped: Vec<_> = tpg
+        .luns
+        .values()
+        .filter_map(|l| l.backstore.clone())
+        .collect();
+    let distinct: BTreeSet<_> = mapped.iter().collect();
+    assert_eq!(distinct.len(), mapped.len(), "{what}: duplicate LUN");
+    assert_eq!(mapped.len(), a.backstores.len(), "{what}: orphan backstore");
+}
+
+/// No `<file>.tmp-<pid>` left in `dir` by a crashed atomic write.
+pub(crate) fn assert_no_litter(dir: &Path, what: &str) {
+    let litter: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains(".tmp-"))
         .collect();
-    assert!(
-        litter.is_empty(),
-        "seed {seed}: temp files left: {litter:?}"
-    );
-    for p in [&f.ledger, &f.save] {
-        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "seed {seed}: {}", p.display());
-    }
+    assert!(litter.is_empty(), "{what}: temp files left: {litter:?}");
 }
 
 /// Counts the configfs changes the crash-free apply of `after` makes for this seed.

@@ -26,7 +26,7 @@ use sbps_marshal::identity::Identity;
 use sbps_marshal::ledger::{Ledger, Loaded};
 use sbps_marshal::lio::{saveconfig, Actual, Target};
 
-use crate::crash::{lun_map, Rng};
+use crate::crash::{assert_no_litter, assert_whole, lun_map, Rng};
 use crate::doubles::{cred_file, ims_router, s3_router, Obj, S3Double};
 use crate::lio_support::{Rig, IQN, NOW};
 use crate::support::Served;
@@ -288,31 +288,7 @@ impl World {
         assert!(out.status.success(), "round {round}: {}", text(&out));
         let scan = t.elapsed();
         let a = rig.target().observe().unwrap();
-        let tpg = a.tpg.as_ref().expect("the TPG");
-        assert!(
-            tpg.enabled,
-            "round {round}: TPG enabled after a converged scan"
-        );
-        assert!(
-            tpg.luns.values().all(|l| l.backstore.is_some()),
-            "round {round}: empty lun_N left"
-        );
-        let mapped: Vec<_> = tpg
-            .luns
-            .values()
-            .filter_map(|l| l.backstore.clone())
-            .collect();
-        let distinct: BTreeSet<_> = mapped.iter().collect();
-        assert_eq!(distinct.len(), mapped.len(), "round {round}: duplicate LUN");
-        let ours: Vec<_> = a
-            .backstores
-            .iter()
-            .filter(|b| b.dev.as_ref().is_some_and(|d| d.starts_with(&self.mount)))
-            .collect();
-        assert!(
-            ours.iter().all(|b| distinct.contains(&b.at)),
-            "round {round}: orphan backstore"
-        );
+        assert_whole(&a, &format!("round {round}"));
         assert_eq!(
             managed(&a),
             wanted_serials_of(&self.pool, wanted),
@@ -346,16 +322,7 @@ impl World {
             "round {round}: saveconfig.json is not the kernel's state"
         );
         for d in [self.dir.path(), &self.dir.path().join("state")] {
-            let litter: Vec<_> = std::fs::read_dir(d)
-                .unwrap()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.contains(".tmp-"))
-                .collect();
-            assert!(
-                litter.is_empty(),
-                "round {round}: temp files left: {litter:?}"
-            );
+            assert_no_litter(d, &format!("round {round}"));
         }
         a
     }

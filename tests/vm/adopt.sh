@@ -24,13 +24,8 @@ CFS=/sys/kernel/config/target
 TPG=$CFS/iscsi/$IQN/tpgt_1
 LOG=/tmp/agent.log
 METRICS=127.0.0.1:9180
-PASS=0 FAIL=0
-T0=$(date +%s)
 
-pass() { PASS=$((PASS + 1)); echo "PASS: $*"; }
-fail() { FAIL=$((FAIL + 1)); echo "FAIL: $*"; }
-check() { local d=$1; shift; if "$@"; then pass "$d"; else fail "$d"; fi; }
-note() { echo "---- [$(( $(date +%s) - T0 ))s] $*"; }
+. /vm/files/checks.sh
 finish() {
   note "agent log tail:"; tail -n 30 "$LOG" 2>/dev/null | sed 's/^/  | /'
   [ -n "${AGENT:-}" ] && kill -TERM "$AGENT" 2>/dev/null
@@ -40,12 +35,6 @@ finish() {
   [ "$FAIL" = 0 ] && [ "$PASS" -gt 0 ]
   exit $?
 }
-wait_for() { # wait_for SECS CMD...
-  local end=$(( $(date +%s) + $1 )); shift
-  while ! "$@"; do [ "$(date +%s)" -ge "$end" ] && return 1; sleep 0.2; done
-}
-count() { local n; n=$(grep -c "$1" "$LOG" 2>/dev/null); echo "${n:-0}"; }
-ended_more_than() { [ "$(count 'END SCAN')" -gt "$1" ]; }
 metrics() { python3 -c 'import sys,urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "http://$METRICS/metrics"; }
 
 # Everything the kernel holds for the target and the fileio backstores, one line per

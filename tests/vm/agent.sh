@@ -23,16 +23,8 @@ CFS=/sys/kernel/config/target
 TPG=$CFS/iscsi/$IQN/tpgt_1
 LOG=/tmp/agent.log
 METRICS=127.0.0.1:9180
-PASS=0 FAIL=0
-T0=$(date +%s)
 
-pass() { PASS=$((PASS + 1)); echo "PASS: $*"; }
-fail() { FAIL=$((FAIL + 1)); echo "FAIL: $*"; }
-check() { # check "description" CMD...
-  local d=$1; shift
-  if "$@"; then pass "$d"; else fail "$d"; fi
-}
-note() { echo "---- [$(( $(date +%s) - T0 ))s] $*"; }
+. /vm/files/checks.sh
 want() { case " $SCENARIOS " in *" all "*|*" $1 "*) return 0 ;; esac; return 1; }
 
 finish() {
@@ -45,16 +37,6 @@ finish() {
 }
 
 # ---------------------------------------------------------------- helpers
-# wait_for SECS CMD...: poll CMD until it succeeds or SECS of wall time passed
-# (vm_wait_until counts polls, which under TCG take far longer than their 50 ms)
-wait_for() {
-  local end=$(( $(date +%s) + $1 )); shift
-  while ! "$@"; do
-    [ "$(date +%s)" -ge "$end" ] && return 1
-    sleep 0.2
-  done
-}
-count() { local n; n=$(grep -c "$1" "$LOG" 2>/dev/null); echo "${n:-0}"; }
 
 # A scan started after this call and finished: SIGHUP, then wait for it.
 scan_now() {
@@ -70,7 +52,6 @@ scan_done_after() { # a START SCAN beyond the first $1, and every scan ended
   s=$(count 'START SCAN')
   [ "$s" -gt "$1" ] && [ "$(count 'END SCAN')" -ge "$s" ]
 }
-ended_more_than() { [ "$(count 'END SCAN')" -gt "$1" ]; }
 
 metric() { # metric 'name{labels}' -> value (empty if absent)
   wget -q -O - "http://$METRICS/metrics" 2>/dev/null | awk -v n="$1" '$1 == n { print $2 }'
