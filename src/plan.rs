@@ -221,7 +221,8 @@ pub fn under_root(path: &Path, root: &Path) -> bool {
 // at most once and keys its tables by borrowed strings or positions: the desired projections
 // and the ledger are both ordered by unit serial and are paired in one walk, each backstore's
 // LUN numbers are collected in one pass over the TPG, and the tables only allocating a number
-// needs are built when a number is allocated (never in the steady state).
+// needs are built when a number is allocated (never in the steady state). The ledger a plan
+// returns shares the previous one's records until one of them changes (`ledger::Shared`).
 
 /// One desired projection, with what the previous ledger remembers of it.
 struct Want<'a> {
