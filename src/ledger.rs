@@ -11,12 +11,15 @@
 //! silently replaced.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs;
 use std::io::{self, Write};
+use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::desired::Kind;
 
@@ -57,9 +60,10 @@ pub struct Quarantine {
 pub struct Ledger {
     #[serde(default)]
     pub version: u32,
-    /// By unit serial.
+    /// By unit serial. Shared with the copies of this ledger until one changes a record:
+    /// every scan plans from a copy and returns one, and most scans change no record.
     #[serde(default)]
-    pub luns: BTreeMap<String, LunRecord>,
+    pub luns: Shared<BTreeMap<String, LunRecord>>,
     /// By LUN number.
     #[serde(default)]
     pub quarantine: BTreeMap<u64, Quarantine>,
@@ -69,6 +73,86 @@ pub struct Ledger {
     /// When a scan last converged (seconds since the epoch).
     #[serde(default)]
     pub last_converged: Option<u64>,
+}
+
+/// A value shared by its copies until one of them is changed (copy on write): a clone
+/// is a reference count, and the first change through a copy (`DerefMut`) copies the value
+/// if it is still shared. Copies that were not changed compare equal without a walk.
+/// Reads and (de)serializes exactly as the value itself.
+#[derive(Default)]
+pub struct Shared<T>(Arc<T>);
+
+impl<T> Shared<T> {
+    pub fn new(value: T) -> Shared<T> {
+        Shared(Arc::new(value))
+    }
+
+    /// True when `a` and `b` are copies of one value that neither has changed.
+    pub fn same(a: &Shared<T>, b: &Shared<T>) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl<T> Deref for Shared<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Clone> DerefMut for Shared<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared(Arc::clone(&self.0))
+    }
+}
+
+impl<T: PartialEq> PartialEq for Shared<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Shared::same(self, other) || *self.0 == *other.0
+    }
+}
+
+impl<T: Eq> Eq for Shared<T> {}
+
+impl<T: fmt::Debug> fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<T> From<T> for Shared<T> {
+    fn from(value: T) -> Shared<T> {
+        Shared::new(value)
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Shared<T>
+where
+    &'a T: IntoIterator,
+{
+    type Item = <&'a T as IntoIterator>::Item;
+    type IntoIter = <&'a T as IntoIterator>::IntoIter;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.as_ref().into_iter()
+    }
+}
+
+impl<T: Serialize> Serialize for Shared<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Shared<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(Shared::new)
+    }
 }
 
 /// Errors of ledger I/O.
@@ -328,6 +412,29 @@ mod tests {
             }
             other => panic!("expected Recovered, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn shared_copies_until_changed() {
+        let mut a: Shared<BTreeMap<String, u64>> = Shared::default();
+        a.insert("x".into(), 1);
+        let mut b = a.clone();
+        assert!(Shared::same(&a, &b));
+        assert_eq!(a, b);
+        b.insert("y".into(), 2);
+        assert!(!Shared::same(&a, &b));
+        assert_eq!(a.len(), 1, "the original is not changed through a copy");
+        assert_eq!(b.len(), 2);
+        assert_ne!(a, b);
+        b.remove("y");
+        assert_eq!(a, b, "equal by value after the copy");
+        // Serialized exactly as the value itself.
+        assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"x":1}"#);
+        let back: Shared<BTreeMap<String, u64>> = serde_json::from_str(r#"{"x":1}"#).unwrap();
+        assert_eq!(back, a);
+        assert_eq!(format!("{a:?}"), r#"{"x": 1}"#);
+        let keys: Vec<&String> = (&a).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["x"]);
     }
 
     #[test]

@@ -15,18 +15,18 @@
 //! 7. the TPG follows the node label, and is enabled only by a scan whose other
 //!    operations all succeed (the apply phase order guarantees that).
 
-use std::collections::BTreeSet;
-
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::cell::OnceCell;
+use std::cmp::Ordering;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::desired::{Desired, Kind, Projection};
 use crate::identity;
 use crate::ledger::{Ledger, LunRecord, Quarantine};
-use crate::lio::{Actual, Backstore, BackstoreRef, Op};
+use crate::lio::{Actual, Backstore, BackstoreRef, Op, Tpg};
 
 /// Highest LUN number handed out (rtslib's MAX_TARGET_LUN).
 pub const MAX_LUN: u64 = 65535;
@@ -216,6 +216,116 @@ pub fn under_root(path: &Path, root: &Path) -> bool {
 
 // ---------------------------------------------------------------------------------------------
 // Details.
+//
+// A scan plans for every image at once (10,000 and more), so the planner looks each thing up
+// at most once and keys its tables by borrowed strings or positions: the desired projections
+// and the ledger are both ordered by unit serial and are paired in one walk, each backstore's
+// LUN numbers are collected in one pass over the TPG, and the tables only allocating a number
+// needs are built when a number is allocated (never in the steady state). The ledger a plan
+// returns shares the previous one's records until one of them changes (`ledger::Shared`).
+
+/// One desired projection, with what the previous ledger remembers of it.
+struct Want<'a> {
+    /// Its key in `Desired::projections`: its unit serial.
+    serial: &'a str,
+    p: &'a Projection,
+    /// The previous ledger's record of this serial.
+    old: Option<&'a LunRecord>,
+    /// A backstore that serves it exactly is kept this scan.
+    kept: bool,
+}
+
+/// Pairs every desired projection with its record in the previous ledger. Both maps are
+/// ordered by unit serial (`desired()` files each projection under its own serial), so one
+/// walk over both replaces a tree search per projection. Also returns the serials the ledger
+/// remembers that are not desired, in order.
+fn pair_with_ledger<'a>(desired: &'a Desired, old: &'a Ledger) -> (Vec<Want<'a>>, Vec<&'a str>) {
+    let mut records = old.luns.iter().peekable();
+    let mut wants = Vec::with_capacity(desired.projections.len());
+    let mut undesired = Vec::new();
+    for (serial, p) in &desired.projections {
+        let record = loop {
+            let Some(&(s, r)) = records.peek() else {
+                break None;
+            };
+            match s.cmp(serial) {
+                Ordering::Less => undesired.push(s.as_str()),
+                Ordering::Equal => {
+                    records.next();
+                    break Some(r);
+                }
+                Ordering::Greater => break None,
+            }
+            records.next();
+        };
+        // A projection filed under another key than its serial is looked up by its serial.
+        let old_record = if p.identity.serial == *serial {
+            record
+        } else {
+            old.luns.get(&p.identity.serial)
+        };
+        wants.push(Want {
+            serial,
+            p,
+            old: old_record,
+            kept: false,
+        });
+    }
+    undesired.extend(records.map(|(s, _)| s.as_str()));
+    (wants, undesired)
+}
+
+/// The LUN numbers linking each backstore, in ascending order, gathered in one pass over the
+/// TPG into one buffer (no vector per backstore).
+struct LunsOf<'a> {
+    /// Backstore → its number here, in order of first appearance.
+    index: HashMap<&'a BackstoreRef, usize>,
+    /// The LUNs of backstore number `b` are `luns[starts[b]..starts[b + 1]]`.
+    starts: Vec<usize>,
+    luns: Vec<u64>,
+}
+
+impl<'a> LunsOf<'a> {
+    fn new(tpg: &'a Tpg) -> LunsOf<'a> {
+        let mut index: HashMap<&BackstoreRef, usize> =
+            HashMap::with_capacity_and_hasher(tpg.luns.len(), Default::default());
+        let links: Vec<(usize, u64)> = tpg
+            .luns
+            .values()
+            .filter_map(|l| {
+                let next = index.len();
+                Some((*index.entry(l.backstore.as_ref()?).or_insert(next), l.index))
+            })
+            .collect();
+        // A counting sort by backstore, which keeps the ascending LUN order of each.
+        let mut starts = vec![0; index.len() + 1];
+        for (b, _) in &links {
+            starts[b + 1] += 1;
+        }
+        for b in 1..starts.len() {
+            starts[b] += starts[b - 1];
+        }
+        let mut next = starts.clone();
+        let mut luns = vec![0; links.len()];
+        for (b, lun) in links {
+            luns[next[b]] = lun;
+            next[b] += 1;
+        }
+        LunsOf {
+            index,
+            starts,
+            luns,
+        }
+    }
+
+    /// The LUN numbers linking the backstore at `at`.
+    fn of(&self, at: &BackstoreRef) -> &[u64] {
+        match self.index.get(at) {
+            Some(&b) => &self.luns[self.starts[b]..self.starts[b + 1]],
+            None => &[],
+        }
+    }
+}
 
 struct Planner<'a> {
     desired: &'a Desired,
@@ -227,15 +337,18 @@ struct Planner<'a> {
     held: Vec<Held>,
     warnings: Vec<Warning>,
     unmanaged: Vec<BackstoreRef>,
+    /// The previous ledger, patched where this scan changes it.
     ledger: Ledger,
     /// LUN numbers that exist (linked) and are not being unmapped.
-    luns_taken: BTreeSet<u64>,
-    /// HBA indexes in use or allocated (rtslib allocates across all plugins).
-    hbas_taken: BTreeSet<u32>,
-    /// LUN numbers the ledger remembers, by number: not for other images.
-    reserved: HashMap<u64, &'a str>,
+    luns_taken: HashSet<u64>,
+    /// HBA indexes in use or allocated (rtslib allocates across all plugins); built at the
+    /// first backstore created.
+    hbas_taken: Option<HashSet<u32>>,
+    /// LUN numbers the ledger remembers, by number: not for other images. Built at the
+    /// first number allocated.
+    reserved: OnceCell<HashMap<u64, &'a str>>,
     /// Quarantined numbers by the serial that held them.
-    quarantined_for: HashMap<String, Vec<u64>>,
+    quarantined_for: HashMap<&'a str, Vec<u64>>,
     /// Where the search for the lowest free number goes on.
     cursor: u64,
     /// Where the search for a free HBA index goes on.
@@ -253,13 +366,13 @@ impl<'a> Planner<'a> {
         let mut ledger = old.clone();
         ledger.version = crate::ledger::VERSION;
         ledger.quarantine.retain(|_, q| q.until > now);
-        let reserved = old.luns.iter().map(|(s, r)| (r.lun, s.as_str())).collect();
-        let mut quarantined_for: HashMap<String, Vec<u64>> = HashMap::default();
-        for (n, q) in &ledger.quarantine {
-            if let (Some(s), true) = (&q.serial, q.same_serial_may_return) {
-                quarantined_for.entry(s.clone()).or_default().push(*n);
+        let mut quarantined_for: HashMap<&str, Vec<u64>> = HashMap::default();
+        for (n, q) in &old.quarantine {
+            if let (Some(s), true, true) = (&q.serial, q.same_serial_may_return, q.until > now) {
+                quarantined_for.entry(s.as_str()).or_default().push(*n);
             }
         }
+        let luns = actual.tpg.as_ref().map_or(0, |t| t.luns.len());
         Planner {
             desired,
             actual,
@@ -271,17 +384,12 @@ impl<'a> Planner<'a> {
             warnings: Vec::new(),
             unmanaged: Vec::new(),
             ledger,
-            reserved,
+            reserved: OnceCell::new(),
             quarantined_for,
             cursor: 1,
             hba_cursor: 0,
-            luns_taken: BTreeSet::new(),
-            hbas_taken: actual
-                .hbas
-                .iter()
-                .map(|(_, i)| *i)
-                .chain(actual.backstores.iter().map(|b| b.at.hba))
-                .collect(),
+            luns_taken: HashSet::with_capacity_and_hasher(luns, Default::default()),
+            hbas_taken: None,
         }
     }
 
@@ -290,7 +398,6 @@ impl<'a> Planner<'a> {
             self.warnings.push(Warning::NoTarget);
             return self.finish(false);
         };
-        let luns_of = self.actual.luns_by_backstore();
         // Empty LUN directories (interrupted creates) are cleaned up; their numbers are free.
         for l in tpg.luns.values() {
             if l.backstore.is_some() {
@@ -302,45 +409,53 @@ impl<'a> Planner<'a> {
                 });
             }
         }
+        let luns_of = LunsOf::new(tpg);
+        let (mut wants, undesired) = pair_with_ledger(self.desired, self.old);
 
         // Which desired projection each managed backstore serves, by name.
-        let mut wanted: HashMap<&str, &Projection> =
-            HashMap::with_capacity_and_hasher(self.desired.projections.len(), Default::default());
-        for p in self.desired.projections.values() {
-            if wanted.insert(p.identity.name.as_str(), p).is_some() {
+        let mut wanted: HashMap<&str, usize> =
+            HashMap::with_capacity_and_hasher(wants.len(), Default::default());
+        for (i, w) in wants.iter().enumerate() {
+            if wanted.insert(w.p.identity.name.as_str(), i).is_some() {
                 self.warnings.push(Warning::NameCollision {
-                    name: p.identity.name.clone(),
+                    name: w.p.identity.name.clone(),
                 });
             }
         }
 
-        let mut kept: HashSet<&str> =
-            HashSet::with_capacity_and_hasher(self.desired.projections.len(), Default::default()); // serials served by a kept backstore
-        let mut removals: Vec<(&Backstore, Vec<u64>)> = Vec::new();
-        let mut garbage: Vec<(&Backstore, Vec<u64>)> = Vec::new();
-        let mut replaced: Vec<(&Backstore, Vec<u64>)> = Vec::new();
+        let mut removals: Vec<(&Backstore, &[u64])> = Vec::new();
+        let mut garbage: Vec<(&Backstore, &[u64])> = Vec::new();
+        let mut replaced: Vec<(&Backstore, &[u64])> = Vec::new();
         // The brake's base: every projection involved, exported or wanted, so that the
-        // decision does not change once this scan's creations exist (idempotence).
-        let mut involved: HashSet<&str> = self
-            .desired
-            .projections
-            .keys()
-            .map(String::as_str)
-            .collect();
+        // decision does not change once this scan's creations exist (idempotence). These
+        // are the exported ones that are not desired.
+        let mut exported_only: HashSet<&str> = HashSet::default();
+        // Serials LIO holds that no desired projection has: their ledger records stay and
+        // their absences are timed.
+        let mut present_undesired: HashSet<&str> = HashSet::default();
 
         for b in &self.actual.backstores {
-            let luns = luns_of.get(&b.at).cloned().unwrap_or_default();
-            if !self.is_managed(b, &wanted) {
+            let luns = luns_of.of(&b.at);
+            let want = wanted.get(b.at.name.as_str()).copied();
+            // What the backstore is known by, and whether a desired projection has that
+            // serial: usually the one wanted under its name, so no search is needed.
+            let id = b.serial.as_deref().unwrap_or(b.at.name.as_str());
+            let desired = want.is_some_and(|w| wants[w].serial == id)
+                || self.desired.projections.contains_key(id);
+            if b.serial.is_some() && !desired {
+                present_undesired.insert(id);
+            }
+            if !self.is_managed(b, want.is_some()) {
                 self.unmanaged.push(b.at.clone());
                 continue;
             }
-            if b.enabled {
-                involved.insert(b.serial.as_deref().unwrap_or(b.at.name.as_str()));
+            if b.enabled && !desired {
+                exported_only.insert(id);
             }
-            match wanted.get(b.at.name.as_str()) {
-                Some(p) if matches(b, p) && !kept.contains(p.identity.serial.as_str()) => {
-                    kept.insert(p.identity.serial.as_str());
-                    self.keep(b, p, luns);
+            match want {
+                Some(w) if !wants[w].kept && matches(b, wants[w].p) => {
+                    wants[w].kept = true;
+                    self.keep(b, &wants[w], luns);
                 }
                 // Same name, other content (or a second copy): replace, never rewrite in place.
                 Some(_) => replaced.push((b, luns)),
@@ -351,73 +466,59 @@ impl<'a> Planner<'a> {
 
         // Replacements and garbage go now; their numbers are quarantined for good.
         for (b, luns) in replaced.into_iter().chain(garbage) {
-            for lun in &luns {
+            for lun in luns {
                 self.unmap(*lun, b, false);
             }
             self.ops.push(Op::DeleteBackstore { at: b.at.clone() });
             if let Some(s) = &b.serial {
-                if !kept.contains(s.as_str()) {
+                // `wants` is ordered by serial.
+                let kept = wants
+                    .binary_search_by(|w| w.serial.cmp(s))
+                    .is_ok_and(|i| wants[i].kept);
+                if !kept {
                     self.ledger.luns.remove(s);
                 }
             }
         }
 
-        let managed = involved.len();
+        let managed = wants.len() + exported_only.len();
         self.removals(removals, managed);
 
-        // New projections.
-        let mut creates: Vec<&Projection> = self
-            .desired
-            .projections
-            .values()
-            .filter(|p| !kept.contains(p.identity.serial.as_str()))
-            .collect();
-        creates.sort_by_key(|p| {
-            (
-                self.old.lun_of(&p.identity.serial).is_none(),
-                p.identity.serial.clone(),
-            )
+        // New projections: those the ledger remembers first, then by serial.
+        let mut creates: Vec<&Want> = wants.iter().filter(|w| !w.kept).collect();
+        creates.sort_by(|a, b| {
+            (a.old.is_none(), &a.p.identity.serial).cmp(&(b.old.is_none(), &b.p.identity.serial))
         });
-        for p in creates {
-            self.create(p);
+        for w in creates {
+            self.create(w.p, w.old);
         }
 
         // Ledger records of images that are neither desired nor in LIO (the target was
         // cleared while they were absent): free their numbers through quarantine.
-        let present: HashSet<&str> = self
-            .actual
-            .backstores
-            .iter()
-            .filter_map(|b| b.serial.as_deref())
-            .collect();
-        let stale: Vec<String> = self
-            .ledger
-            .luns
-            .keys()
-            .filter(|s| !self.desired.projections.contains_key(*s) && !present.contains(s.as_str()))
-            .cloned()
-            .collect();
-        for s in stale {
-            if self.uncertain_why(Some(&s)).is_some() {
+        for s in undesired {
+            if present_undesired.contains(s) || self.uncertain_why(Some(s)).is_some() {
                 continue;
             }
-            if let Some(r) = self.ledger.luns.remove(&s) {
-                self.quarantine(r.lun, Some(s.clone()), r.etag, r.size, true);
+            if let Some(r) = self.ledger.luns.remove(s) {
+                self.quarantine(r.lun, Some(s.to_string()), r.etag, r.size, true);
             }
         }
-        self.ledger.absent_since.retain(|s, _| {
-            present.contains(s.as_str()) && !self.desired.projections.contains_key(s)
-        });
+        // Absences are timed only for what LIO still holds and nobody wants.
+        self.ledger
+            .absent_since
+            .retain(|s, _| present_undesired.contains(s.as_str()));
 
         // Empty HBA directories left by interrupted creates.
-        let used: HashSet<(&str, u32)> = self
+        let mut used: Vec<u32> = self
             .actual
             .backstores
             .iter()
-            .map(|b| (b.at.plugin.as_str(), b.at.hba))
+            .filter(|b| b.at.plugin == "fileio")
+            .map(|b| b.at.hba)
             .collect();
+        used.sort_unstable();
         for (plugin, hba) in &self.actual.hbas {
-            if plugin == "fileio" && !used.contains(&(plugin.as_str(), *hba)) {
+            if plugin == "fileio" && used.binary_search(hba).is_err() {
                 self.ops.push(Op::RemoveEmptyHba {
                     plugin: plugin.clone(),
                     hba: *hba,
@@ -460,7 +561,7 @@ impl<'a> Planner<'a> {
 
     /// Rule 3: fileio, file under the mount root; or (an interrupted create with no
     /// file recorded yet) a derived name that the agent wants or remembers.
-    fn is_managed(&self, b: &Backstore, wanted: &HashMap<&str, &Projection>) -> bool {
+    fn is_managed(&self, b: &Backstore, name_wanted: bool) -> bool {
         if b.at.plugin != "fileio" {
             return false;
         }
@@ -468,18 +569,17 @@ impl<'a> Planner<'a> {
             Some(dev) => under_root(dev, &self.policy.mount_root),
             None => {
                 identity::is_derived_name(&b.at.name)
-                    && (wanted.contains_key(b.at.name.as_str())
-                        || self.old.luns.values().any(|r| r.name == b.at.name))
+                    && (name_wanted || self.old.luns.values().any(|r| r.name == b.at.name))
             }
         }
     }
 
-    fn keep(&mut self, b: &Backstore, p: &Projection, luns: Vec<u64>) {
+    fn keep(&mut self, b: &Backstore, w: &Want<'a>, luns: &[u64]) {
+        let (p, old) = (w.p, w.old);
         let serial = &p.identity.serial;
         self.ledger.absent_since.remove(serial);
-        let old = self.old.luns.get(serial);
         let remembered = old.map(|r| r.lun);
-        let keep_lun = match (&luns[..], remembered) {
+        let keep_lun = match (luns, remembered) {
             ([], _) => None,
             (ls, Some(r)) if ls.contains(&r) => Some(r),
             (ls, _) => ls.iter().copied().min(),
@@ -487,7 +587,7 @@ impl<'a> Planner<'a> {
         if luns.len() > 1 {
             self.warnings.push(Warning::DuplicateLun {
                 serial: serial.clone(),
-                luns: luns.clone(),
+                luns: luns.to_vec(),
             });
             for l in luns.iter().filter(|l| Some(**l) != keep_lun) {
                 self.unmap(*l, b, true);
@@ -522,7 +622,8 @@ impl<'a> Planner<'a> {
         self.record(p, lun, old);
     }
 
-    fn create(&mut self, p: &Projection) {
+    /// Creates `p`'s backstore and maps it; `old` is the previous ledger's record of it.
+    fn create(&mut self, p: &Projection, old: Option<&LunRecord>) {
         let hba = self.allocate_hba();
         let at = BackstoreRef::fileio(hba, &p.identity.name);
         self.ops.push(Op::CreateBackstore {
@@ -538,12 +639,7 @@ impl<'a> Planner<'a> {
                 at,
                 alias: alias_for(&p.identity.serial),
             });
-            let old = self
-                .old
-                .luns
-                .get(&p.identity.serial)
-                .filter(|r| r.lun == lun);
-            self.record(p, lun, old);
+            self.record(p, lun, old.filter(|r| r.lun == lun));
         }
     }
 
@@ -576,7 +672,7 @@ impl<'a> Planner<'a> {
         self.ledger.luns.insert(p.identity.serial.clone(), rec);
     }
 
-    fn removals(&mut self, candidates: Vec<(&Backstore, Vec<u64>)>, managed: usize) {
+    fn removals(&mut self, candidates: Vec<(&Backstore, &[u64])>, managed: usize) {
         let mut due = Vec::new();
         for (b, luns) in candidates {
             let serial = b.serial.clone();
@@ -584,7 +680,7 @@ impl<'a> Planner<'a> {
                 self.held.push(Held {
                     at: b.at.clone(),
                     serial,
-                    luns,
+                    luns: luns.to_vec(),
                     reason: HoldReason::Unknown { detail },
                 });
                 continue;
@@ -596,7 +692,7 @@ impl<'a> Planner<'a> {
                 self.held.push(Held {
                     at: b.at.clone(),
                     serial,
-                    luns,
+                    luns: luns.to_vec(),
                     reason: HoldReason::Grace { since, remove_at },
                 });
                 continue;
@@ -612,14 +708,14 @@ impl<'a> Planner<'a> {
                 self.held.push(Held {
                     at: b.at.clone(),
                     serial: b.serial.clone(),
-                    luns,
+                    luns: luns.to_vec(),
                     reason: reason.clone(),
                 });
             }
             return;
         }
         for (b, luns) in due {
-            for l in &luns {
+            for l in luns {
                 self.unmap(*l, b, true);
             }
             self.ops.push(Op::DeleteBackstore { at: b.at.clone() });
@@ -733,7 +829,11 @@ impl<'a> Planner<'a> {
         if (n == 0 && !remembered) || self.luns_taken.contains(&n) {
             return false;
         }
-        if self.reserved.get(&n).is_some_and(|s| *s != serial) {
+        let reserved = self.reserved.get_or_init(|| {
+            let remembered = self.old.luns.iter();
+            remembered.map(|(s, r)| (r.lun, s.as_str())).collect()
+        });
+        if reserved.get(&n).is_some_and(|s| *s != serial) {
             return false;
         }
         match self.ledger.quarantine.get(&n) {
@@ -756,10 +856,16 @@ impl<'a> Planner<'a> {
     /// rtslib's rule: the first index unused by any HBA of any plugin.
     /// HBAs are only ever added while planning, so the search goes on where it stopped.
     fn allocate_hba(&mut self) -> u32 {
-        while self.hbas_taken.contains(&self.hba_cursor) {
+        let actual = self.actual;
+        let taken = self.hbas_taken.get_or_insert_with(|| {
+            let dirs = actual.hbas.iter().map(|(_, i)| *i);
+            dirs.chain(actual.backstores.iter().map(|b| b.at.hba))
+                .collect()
+        });
+        while taken.contains(&self.hba_cursor) {
             self.hba_cursor += 1;
         }
-        self.hbas_taken.insert(self.hba_cursor);
+        taken.insert(self.hba_cursor);
         self.hba_cursor
     }
 }
