@@ -230,19 +230,6 @@ impl Actual {
         }
     }
 
-    /// LUN numbers linking each backstore.
-    pub fn luns_by_backstore(&self) -> rustc_hash::FxHashMap<&BackstoreRef, Vec<u64>> {
-        let mut m: rustc_hash::FxHashMap<&BackstoreRef, Vec<u64>> = Default::default();
-        if let Some(t) = &self.tpg {
-            for l in t.luns.values() {
-                if let Some(b) = &l.backstore {
-                    m.entry(b).or_default().push(l.index);
-                }
-            }
-        }
-        m
-    }
-
     /// The lowest LUN number exporting each unit serial: one pass over backstores and
     /// LUNs, for callers that ask about many serials (status, metrics, explain).
     pub fn lun_by_serial(&self) -> rustc_hash::FxHashMap<&str, u64> {
