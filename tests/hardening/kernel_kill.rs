@@ -145,9 +145,13 @@ fn sigkill_mid_apply_on_the_kernel() {
         if landed.starts_with("mid-apply") {
             mid_apply += 1;
             half_way += usize::from(!untouched);
-        } else {
-            // Aim earlier next time.
-            window = window * 2 / 3;
+        }
+        // Aim where the apply is: earlier after a kill that came too late, later
+        // after one that came before the first change.
+        if !landed.starts_with("mid-apply") {
+            window = (window * 2 / 3).max(Duration::from_millis(20));
+        } else if untouched {
+            window = window * 3 / 2;
         }
         eprintln!(
             "round {round}: -{gone} +{new}, killed {:.0} ms after the ledger: {landed}",
