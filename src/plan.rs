@@ -9,7 +9,9 @@
 //! 4. LUN numbers are identities: a projection keeps its number while desired (and
 //!    gets its old number back after the target was cleared); a new projection gets
 //!    the lowest number that is free, not reserved, not quarantined, and not 0;
-//!    a freed number is quarantined;
+//!    a freed number is quarantined; when adopting a target without a ledger (the
+//!    original agent's, or after a corrupt ledger), every free number below the
+//!    highest LUN is quarantined too, since nothing says it was not freed a moment ago;
 //! 5. removal is conservative: only after the grace period, and a scan that would
 //!    remove more than the brake ratio of all managed projections removes nothing;
 //! 7. the TPG follows the node label, and is enabled only by a scan whose other
@@ -409,6 +411,7 @@ impl<'a> Planner<'a> {
                 });
             }
         }
+        self.quarantine_adoption_gaps(tpg);
         let luns_of = LunsOf::new(tpg);
         let (mut wants, undesired) = pair_with_ledger(self.desired, self.old);
 
@@ -768,6 +771,27 @@ impl<'a> Planner<'a> {
             b.size,
             same_serial_may_return,
         );
+    }
+
+    /// Rule 4 at adoption: with no ledger yet (first scan of a target another agent
+    /// built, or a ledger lost), the numbers below the highest LUN that are free may
+    /// have been freed a moment ago, with initiators still holding them (the original
+    /// reused numbers at once). They are quarantined like numbers this agent freed.
+    fn quarantine_adoption_gaps(&mut self, tpg: &Tpg) {
+        let fresh = self.old.luns.is_empty()
+            && self.old.quarantine.is_empty()
+            && self.old.last_converged.is_none();
+        let Some(&highest) = tpg.luns.keys().next_back() else {
+            return;
+        };
+        if !fresh {
+            return;
+        }
+        for n in 1..highest {
+            if !self.luns_taken.contains(&n) {
+                self.quarantine(n, None, None, None, false);
+            }
+        }
     }
 
     fn quarantine(

@@ -31,22 +31,58 @@ fn adopts_the_original_agents_target_with_zero_operations() {
     }
 }
 
+fn mapped_numbers(ops: &[Op]) -> Vec<u64> {
+    ops.iter()
+        .filter_map(|o| match o {
+            Op::MapLun { lun, .. } => Some(*lun),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn adoption_quarantines_the_gaps_the_original_left() {
+    // The original agent's target: LUNs 0, 2 and 5; 1, 3 and 4 were freed by it,
+    // perhaps a moment ago, with initiators still holding them.
+    let mut actual = empty_target(true);
+    for (i, lun) in [0u64, 2, 5].into_iter().enumerate() {
+        add_exported(&mut actual, &pe(i + 1, 1, "a"), i as u32, lun);
+    }
+    let d = desired_of([
+        pe(1, 1, "a"),
+        pe(2, 1, "a"),
+        pe(3, 1, "a"),
+        pe(7, 1, "a"),
+        pe(8, 1, "a"),
+    ]);
+    let p = plan(&d, &actual, &Ledger::new(), &policy(), NOW);
+    // New images go past the highest number, never into a gap.
+    assert_eq!(mapped_numbers(&p.ops), vec![6, 7]);
+    for n in [1u64, 3, 4] {
+        let q = &p.ledger.quarantine[&n];
+        assert_eq!(q.until, NOW + policy().quarantine_secs, "LUN {n}");
+        assert!(q.serial.is_none() && !q.same_serial_may_return, "LUN {n}");
+    }
+    assert_eq!(p.ledger.quarantine.len(), 3, "only the gaps");
+    // With a ledger (the next scans), no new quarantine: the numbers are known.
+    let again = plan(&d, &actual, &p.ledger, &policy(), NOW + 1);
+    assert_eq!(again.ledger.quarantine, p.ledger.quarantine);
+}
+
 #[test]
 fn new_image_gets_lowest_free_number_never_zero() {
     let mut actual = empty_target(true);
     add_exported(&mut actual, &pe(1, 1, "a"), 1, 1);
     add_exported(&mut actual, &pe(2, 1, "a"), 2, 3);
     let d = desired_of([pe(1, 1, "a"), pe(2, 1, "a"), pe(4, 1, "a"), pe(5, 1, "a")]);
-    let p = plan(&d, &actual, &Ledger::new(), &policy(), NOW);
-    let maps: Vec<u64> = p
-        .ops
-        .iter()
-        .filter_map(|o| match o {
-            Op::MapLun { lun, .. } => Some(*lun),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(maps, vec![2, 4]);
+    // A ledger with a history: the gap at 2 is known to be free (see the adoption
+    // test below for a target the agent has no history of).
+    let known = Ledger {
+        last_converged: Some(NOW - 60),
+        ..Ledger::new()
+    };
+    let p = plan(&d, &actual, &known, &policy(), NOW);
+    assert_eq!(mapped_numbers(&p.ops), vec![2, 4]);
     // backstores get fresh HBAs past those in use
     let hbas: Vec<u32> = p
         .ops

@@ -215,4 +215,26 @@ for l in A B P1 P2; do
   got=$(mount -t squashfs -o ro "$d" "/tmp/m.$l" && cat "/tmp/m.$l/NAME"; umount "/tmp/m.$l" 2>/dev/null)
   check "after adoption: $l reads '$want'" [ "$got" = "$want" ]
 done
+
+# The gap the original left (LUN 1, freed a moment before the switch) may still be
+# held by an initiator: a new image goes past the highest number instead.
+note "C tagged: a new image after adoption"
+{ echo '['; cat "$TB/rec/A.tagged.json"; echo ','; cat "$TB/rec/B.tagged.json"; echo ',';
+  cat "$TB/rec/C.tagged.json"; echo ']'; } >"$TB/ims.json"
+n=$(count 'END SCAN')
+kill -HUP "$AGENT"
+wait_for 90 ended_more_than "$n" || { fail "the scan after tagging C did not finish within 90s"; finish; }
+check "ledger: LUN 1 (the original's gap) quarantined" python3 -c \
+  'import json,sys; q=json.load(open("/tmp/state/ledger.json"))["quarantine"]; sys.exit(0 if "1" in q else 1)'
+iscsi_rescan >/dev/null 2>&1
+if d=$(dev_for_wwid "$WWID_C"); then
+  check "C at LUN 5, past the highest, not in the gap (got $(lun_of "$d"))" [ "$(lun_of "$d")" = 5 ]
+  mkdir -p /tmp/m.C
+  got=$(mount -t squashfs -o ro "$d" /tmp/m.C && cat /tmp/m.C/NAME; umount /tmp/m.C 2>/dev/null)
+  check "C reads '$NAME_C'" [ "$got" = "$NAME_C" ]
+else
+  fail "C: no device with WWID $WWID_C"
+fi
+check "the adopted LUNs did not move (0 2 3 4 + 5)" \
+  [ "$(ls "$TPG/lun" | sort | tr '\n' ' ')" = "lun_0 lun_2 lun_3 lun_4 lun_5 " ]
 finish
