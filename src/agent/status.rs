@@ -38,6 +38,15 @@ pub struct HeldRow {
     pub reason: String,
 }
 
+/// A freed LUN number that is not given to a new image before `until` (rule 4).
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineRow {
+    pub lun: u64,
+    /// The image that held it, when known (not for gaps found at adoption).
+    pub serial: Option<String>,
+    pub until: u64,
+}
+
 /// The gate (rule 7).
 #[derive(Debug, Clone, Serialize)]
 pub struct Gate {
@@ -59,6 +68,8 @@ pub struct Status {
     pub projections: Vec<ProjectionRow>,
     pub held: Vec<HeldRow>,
     pub unmanaged: Vec<String>,
+    /// LUN numbers in quarantine, by number.
+    pub quarantined: Vec<QuarantineRow>,
     pub warnings: Vec<String>,
     pub brake: bool,
     /// Candidates not projected, with the rule.
@@ -134,6 +145,17 @@ impl Status {
             unmanaged: plan
                 .map(|p| p.unmanaged.iter().map(|b| b.to_string()).collect())
                 .unwrap_or_default(),
+            // The plan's ledger: this scan's releases and new quarantines included.
+            quarantined: plan
+                .map_or(ledger, |p| &p.ledger)
+                .quarantine
+                .iter()
+                .map(|(&lun, q)| QuarantineRow {
+                    lun,
+                    serial: q.serial.clone(),
+                    until: q.until,
+                })
+                .collect(),
             warnings: plan
                 .map(|p| p.warnings.iter().map(|w| w.to_string()).collect())
                 .unwrap_or_default(),
@@ -195,6 +217,23 @@ impl Status {
             out += &format!(
                 "\nnot managed (left alone): {}\n",
                 self.unmanaged.join(", ")
+            );
+        }
+        if !self.quarantined.is_empty() {
+            let rows: Vec<String> = self
+                .quarantined
+                .iter()
+                .map(|q| {
+                    format!(
+                        "{} ({} more)",
+                        q.lun,
+                        span(q.until.saturating_sub(self.scanned_at))
+                    )
+                })
+                .collect();
+            out += &format!(
+                "\nquarantined LUN numbers (not given to new images): {}\n",
+                rows.join(", ")
             );
         }
         for w in &self.warnings {
@@ -368,4 +407,15 @@ fn verdict_matches(v: &Verdict, q: &str) -> bool {
         .as_ref()
         .is_some_and(|id: &Identity| id.name == ql || id.serial == ql || id.wwid() == ql);
     by_subject || by_key || by_identity
+}
+
+/// A duration for people: `6d 23h`, `3h 12m`, `42s`.
+fn span(secs: u64) -> String {
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{secs}s"),
+        (0, 0, m) => format!("{m}m {}s", secs % 60),
+        (0, h, m) => format!("{h}h {m}m"),
+        (d, h, _) => format!("{d}d {h}h"),
+    }
 }

@@ -40,6 +40,7 @@ pub struct Metrics {
     content_changed: Gauge,
     requests: Family<Labels, Counter>,
     unmanaged: Gauge,
+    quarantined: Gauge,
     lun_stats: LunStats,
 }
 
@@ -72,6 +73,7 @@ impl Metrics {
             content_changed: Gauge::default(),
             requests: Family::default(),
             unmanaged: Gauge::default(),
+            quarantined: Gauge::default(),
             lun_stats: LunStats {
                 tpg_dir: s
                     .configfs_root
@@ -167,6 +169,11 @@ impl Metrics {
             "Backstores in LIO the agent does not own",
             m.unmanaged.clone(),
         );
+        registry.register(
+            "sbps_marshal_quarantined_luns",
+            "LUN numbers in quarantine: freed, not given to new images yet",
+            m.quarantined.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -259,6 +266,7 @@ impl Metrics {
             }
             self.brake.set(i64::from(p.brake));
             self.unmanaged.set(p.unmanaged.len() as i64);
+            self.quarantined.set(p.ledger.quarantine.len() as i64);
             changed = p
                 .warnings
                 .iter()

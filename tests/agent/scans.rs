@@ -268,6 +268,31 @@ async fn scans_converge_adopt_and_hold() {
     assert!(r.converged, "{:?}", r.problems());
     assert_eq!(serial_at(w.target.as_ref(), lun_of_rootfs), None);
     assert!(w.agent.ledger().quarantine.contains_key(&lun_of_rootfs));
+    // Operators see the quarantine: metric, status document and text.
+    assert!(
+        w.agent
+            .metrics
+            .render()
+            .contains("sbps_marshal_quarantined_luns 1"),
+        "{}",
+        w.agent.metrics.render()
+    );
+    let st = Status::build(&r, w.agent.ledger(), &w.agent.settings, Some(true));
+    assert_eq!(st.quarantined.len(), 1);
+    assert_eq!(st.quarantined[0].lun, lun_of_rootfs);
+    assert_eq!(
+        st.quarantined[0].serial.as_deref(),
+        Some(rootfs_id.serial.as_str())
+    );
+    // LUN_QUARANTINE is 7 days: `7d 0h` (or `6d 23h` when the scan started a second
+    // before it planned).
+    let text = st.to_text();
+    let line = format!("quarantined LUN numbers (not given to new images): {lun_of_rootfs} (");
+    assert!(
+        text.contains(&format!("{line}7d 0h more)"))
+            || text.contains(&format!("{line}6d 23h more)")),
+        "{text}"
+    );
 
     // It comes back: same content, same key, so it gets its old number back.
     *w.ims.body.lock().unwrap() = (StatusCode::OK, json!([record("img1", Some("true"))]));

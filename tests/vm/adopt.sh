@@ -166,6 +166,10 @@ fi
 m=$(metrics)
 check "metrics: no LIO operation applied" [ -z "$(grep '^sbps_marshal_operations_total' <<<"$m")" ]
 check "metrics: converged" grep -qx 'sbps_marshal_converged 1' <<<"$m"
+check "metrics: the original's gap (LUN 1) quarantined" grep -qx 'sbps_marshal_quarantined_luns 1' <<<"$m"
+st=$("$BIN/sbps-marshal" status 2>&1)
+check "status lists the quarantined number" grep -q 'quarantined LUN numbers (not given to new images): 1 (' <<<"$st" \
+  || echo "$st" | sed 's/^/  status| /'
 check "metrics: iscsi_rootfs_lun_cnt 2, iscsi_pe_lun_cnt 2" \
   [ "$(grep -cE '^iscsi_(rootfs|pe)_lun_cnt 2$' <<<"$m")" = 2 ]
 check "log: no operation in either scan" [ -z "$(grep -E 'create backstore|delete backstore|map LUN|unmap LUN|enable TPG|disable TPG' "$LOG")" ]
