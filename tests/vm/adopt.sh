@@ -14,18 +14,7 @@
 set -u
 . /vm/lib.sh
 
-E=${E2E_DIR:-/e2e}
-BIN=/tmp/bin                     # a copy in RAM of $E/bin
-TB=/tmp/tb
-MNT=/tmp/mnt
-NODE=e2e-node
-IQN=iqn.2023-06.csm.iscsi:$NODE
-CFS=/sys/kernel/config/target
-TPG=$CFS/iscsi/$IQN/tpgt_1
-LOG=/tmp/agent.log
-METRICS=127.0.0.1:9180
-
-. /vm/files/checks.sh
+. /vm/files/e2e-common.sh
 finish() {
   note "agent log tail:"; tail -n 30 "$LOG" 2>/dev/null | sed 's/^/  | /'
   [ -n "${AGENT:-}" ] && kill -TERM "$AGENT" 2>/dev/null
@@ -58,9 +47,7 @@ session_id() { _vm_g iscsiadm -m session 2>/dev/null | sed -n 's/.*\[\([0-9]*\)\
 
 # ---------------------------------------------------------------- the scene
 note "setup: kernel $(uname -r), $(targetcli version 2>&1 | tail -n1)"
-cp -a "$E/tb" "$TB" && cp -a "$E/bin" "$BIN" || { echo "cannot copy the fixtures"; exit 3; }
-. "$TB/ids.env"; . "$TB/wwids.env"; . "$TB/names.env"
-cp -a "$TB/bucket" "$MNT"
+setup_fixtures || { echo "cannot copy the fixtures"; exit 3; }
 # The inventory: A, B tagged, C untagged, and the two PE files: the original
 # projects A, B, P1, P2.
 { echo '['; cat "$TB/rec/A.tagged.json"; echo ','; cat "$TB/rec/B.tagged.json"; echo ',';
@@ -124,26 +111,9 @@ cp /etc/rtslib-fb-target/saveconfig.json /tmp/rtslib-saveconfig.json
 echo "$before" | sed 's/^/  before| /'
 
 # ---------------------------------------------------------------- the agent
-"$BIN/testbed" serve "$TB" --ports-file "$TB/ports" >/tmp/testbed.log 2>&1 &
-TBPID=$!
-wait_for 60 test -s "$TB/ports" || { cat /tmp/testbed.log; fail "testbed did not start"; finish; }
-S3P=$(sed 's/.*s3=\([0-9]*\).*/\1/' "$TB/ports")
-IMSP=$(sed 's/.*ims=\([0-9]*\).*/\1/' "$TB/ports")
-K8SP=$(sed 's/.*k8s=\([0-9]*\).*/\1/' "$TB/ports")
-sed "s/\${K8S_PORT}/$K8SP/" "$TB/kubeconfig" >"$TB/kubeconfig.run"
-mkdir -p /tmp/state && chmod 700 /tmp/state
 # LIO_SAVE_FILE: the file targetcli just saved (Debian's rtslib keeps it under
 # /etc/rtslib-fb-target; on CSM it is /etc/target/saveconfig.json).
-export SBPS_MARSHAL_S3_PROTO=http SBPS_MARSHAL_S3_HOST=127.0.0.1:$S3P \
-  SBPS_MARSHAL_S3_CREDENTIAL_FILE=$TB/s3.creds \
-  SBPS_MARSHAL_API_GATEWAY=http://127.0.0.1:$IMSP \
-  SBPS_MARSHAL_SPIRE_AGENT_PATH=$TB/spire-agent \
-  SBPS_MARSHAL_KUBECONFIG=$TB/kubeconfig.run SBPS_MARSHAL_NODE_NAME=$NODE \
-  SBPS_MARSHAL_SQUASHFS_S3FS_MOUNT=$MNT \
-  SBPS_MARSHAL_STATE_DIR=/tmp/state SBPS_MARSHAL_LOCK_FILE=/tmp/sbps-marshal.lock \
-  SBPS_MARSHAL_LIO_SAVE_FILE=/etc/rtslib-fb-target/saveconfig.json SBPS_MARSHAL_RTSLIB_LOCK_DIR=/run \
-  SBPS_MARSHAL_METRICS_LISTEN=$METRICS SBPS_MARSHAL_SCAN_FREQUENCY=3600 \
-  SBPS_MARSHAL_TARGET_SERVICE= SBPS_MARSHAL_XNAME_FILE=/tmp/no-xname
+start_testbed /etc/rtslib-fb-target/saveconfig.json || { fail "testbed did not start"; finish; }
 
 note "plan (dry run) before the daemon starts"
 plan=$("$BIN/sbps-marshal" plan 2>&1)

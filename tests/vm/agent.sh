@@ -12,19 +12,8 @@
 set -u
 . /vm/lib.sh
 
-E=${E2E_DIR:-/e2e}
 SCENARIOS=${SCENARIOS:-all}
-BIN=/tmp/bin                     # a copy in RAM of $E/bin
-TB=/tmp/tb                       # testbed dir (writable copy: tests edit ims.json, faults/)
-MNT=/tmp/mnt                     # the agent's "s3fs mount": a writable copy of the bucket
-NODE=e2e-node
-IQN=iqn.2023-06.csm.iscsi:$NODE
-CFS=/sys/kernel/config/target
-TPG=$CFS/iscsi/$IQN/tpgt_1
-LOG=/tmp/agent.log
-METRICS=127.0.0.1:9180
-
-. /vm/files/checks.sh
+. /vm/files/e2e-common.sh
 want() { case " $SCENARIOS " in *" all "*|*" $1 "*) return 0 ;; esac; return 1; }
 
 finish() {
@@ -140,9 +129,7 @@ no_session_on_target() { ! session_on_target; }
 
 # ---------------------------------------------------------------- setup
 note "setup: kernel $(uname -r)"
-cp -a "$E/tb" "$TB" && cp -a "$E/bin" "$BIN" || { echo "cannot copy the fixtures"; exit 3; }
-. "$TB/ids.env"; . "$TB/wwids.env"
-cp -a "$TB/bucket" "$MNT"
+setup_fixtures || { echo "cannot copy the fixtures"; exit 3; }
 rm -f "$MNT/$ID_F/rootfs"                       # F: listed in S3, not (yet) in the mount
 set_ims $IMS_BASE
 set_label no
@@ -154,27 +141,8 @@ echo 1 >"$TPG/attrib/generate_node_acls"
 echo 1 >"$TPG/attrib/demo_mode_write_protect"
 echo 1 >"$TPG/attrib/cache_dynamic_acls"
 
-"$BIN/testbed" serve "$TB" --ports-file "$TB/ports" >/tmp/testbed.log 2>&1 &
-TBPID=$!
-wait_for 30 test -s "$TB/ports" || { cat /tmp/testbed.log; echo "testbed did not start"; exit 3; }
-S3P=$(sed 's/.*s3=\([0-9]*\).*/\1/' "$TB/ports")
-IMSP=$(sed 's/.*ims=\([0-9]*\).*/\1/' "$TB/ports")
-K8SP=$(sed 's/.*k8s=\([0-9]*\).*/\1/' "$TB/ports")
-sed "s/\${K8S_PORT}/$K8SP/" "$TB/kubeconfig" >"$TB/kubeconfig.run"
-note "testbed: $(cat "$TB/ports")"
-
-mkdir -p /tmp/state /tmp/etc-target && chmod 700 /tmp/state
-export SBPS_MARSHAL_S3_PROTO=http SBPS_MARSHAL_S3_HOST=127.0.0.1:$S3P \
-  SBPS_MARSHAL_S3_CREDENTIAL_FILE=$TB/s3.creds \
-  SBPS_MARSHAL_API_GATEWAY=http://127.0.0.1:$IMSP \
-  SBPS_MARSHAL_SPIRE_AGENT_PATH=$TB/spire-agent \
-  SBPS_MARSHAL_KUBECONFIG=$TB/kubeconfig.run SBPS_MARSHAL_NODE_NAME=$NODE \
-  SBPS_MARSHAL_SQUASHFS_S3FS_MOUNT=$MNT \
-  SBPS_MARSHAL_STATE_DIR=/tmp/state SBPS_MARSHAL_LOCK_FILE=/tmp/sbps-marshal.lock \
-  SBPS_MARSHAL_LIO_SAVE_FILE=/tmp/etc-target/saveconfig.json SBPS_MARSHAL_RTSLIB_LOCK_DIR=/run \
-  SBPS_MARSHAL_METRICS_LISTEN=$METRICS SBPS_MARSHAL_SCAN_FREQUENCY=3600 \
-  SBPS_MARSHAL_REMOVAL_GRACE=${GRACE:=30} SBPS_MARSHAL_TARGET_SERVICE= \
-  SBPS_MARSHAL_XNAME_FILE=/tmp/no-xname
+start_testbed /tmp/etc-target/saveconfig.json || { echo "testbed did not start"; exit 3; }
+export SBPS_MARSHAL_REMOVAL_GRACE=${GRACE:=30}
 
 start_agent() {
   local n
