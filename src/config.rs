@@ -104,6 +104,7 @@ keys! {
     "DELETION_BRAKE_MIN", "2", Kind::SecondsOrZero, "Removals up to this count never engage the brake.", "new";
     "METRICS_LISTEN", "127.0.0.1:9180", Kind::ListenAddr, "Listen address of /metrics, /healthz, /status; empty = off.", "new";
     "MANIFEST_CONCURRENCY", "16", Kind::Count, "Manifests fetched at once.", "new";
+    "MOUNT_TIMEOUT", "30", Kind::Seconds, "Seconds one stat of the s3fs mount may take; past it the image is unknown (a hung mount never stalls the scan).", "new";
     "APPLY_PARALLELISM", "8", Kind::Count, "LIO operations run at once within a phase.", "new";
     "LOCK_FILE", "/run/sbps-marshal.lock", Kind::AbsPath, "Single-instance lock.", "new; the original relied on systemd alone";
     "RTSLIB_LOCK_DIR", "/var/run", Kind::AbsPath, "Where rtslib/targetcli keep targetcli.lock and rtslib_backstore.lock, taken around changes.", "new";
@@ -349,6 +350,8 @@ pub struct Settings {
     pub deletion_brake_min: usize,
     pub metrics_listen: Option<String>,
     pub manifest_concurrency: usize,
+    /// Deadline of one stat of the mount.
+    pub mount_timeout: Duration,
     pub apply_parallelism: usize,
     pub lock_file: PathBuf,
     pub rtslib_lock_dir: PathBuf,
@@ -403,6 +406,7 @@ impl Settings {
             deletion_brake_min: p.count("DELETION_BRAKE_MIN")? as usize,
             metrics_listen: Some(p.text("METRICS_LISTEN")?).filter(|s| !s.is_empty()),
             manifest_concurrency: p.count("MANIFEST_CONCURRENCY")? as usize,
+            mount_timeout: p.secs("MOUNT_TIMEOUT")?,
             apply_parallelism: p.count("APPLY_PARALLELISM")? as usize,
             lock_file: p.path("LOCK_FILE")?,
             rtslib_lock_dir: p.path("RTSLIB_LOCK_DIR")?,
@@ -597,6 +601,7 @@ mod tests {
         assert_eq!(s.ims_uri, "apis/ims/v3/images");
         assert!(s.ims_tagging);
         assert_eq!(s.ims_timeout, Duration::from_secs(10));
+        assert_eq!(s.mount_timeout, Duration::from_secs(30));
         assert_eq!(s.s3_endpoint(), "https://rgw-vip.nmn");
         assert_eq!(s.s3_credential_file, PathBuf::from("/root/.ims.s3fs"));
         assert_eq!(s.s3_bucket, "boot-images");

@@ -68,6 +68,7 @@ pub fn sources_config(s: &Settings) -> Result<SourcesConfig> {
         spire,
         node,
         manifest_concurrency: s.manifest_concurrency,
+        mount_timeout: s.mount_timeout,
         ..SourcesConfig::new(s3, ims)
     })
 }

@@ -36,6 +36,8 @@ pub struct SourcesConfig {
     pub node: Option<NodeConfig>,
     pub manifest_concurrency: usize,
     pub mount_concurrency: usize,
+    /// Deadline of one stat of the mount (a hung s3fs never returns).
+    pub mount_timeout: std::time::Duration,
 }
 
 impl SourcesConfig {
@@ -47,6 +49,7 @@ impl SourcesConfig {
             node: Some(NodeConfig::default()),
             manifest_concurrency: DEFAULT_CONCURRENCY,
             mount_concurrency: super::mount::DEFAULT_CONCURRENCY,
+            mount_timeout: super::mount::DEFAULT_STAT_TIMEOUT,
         }
     }
 }
@@ -145,7 +148,7 @@ impl Sources {
             manifests: ManifestFetcher::new(cfg.manifest_concurrency),
             mount: MountChecker {
                 concurrency: cfg.mount_concurrency,
-                ..MountChecker::default()
+                timeout: cfg.mount_timeout,
             },
         })
     }
