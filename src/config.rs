@@ -104,6 +104,7 @@ keys! {
     "DELETION_BRAKE_MIN", "2", Kind::SecondsOrZero, "Removals up to this count never engage the brake.", "new";
     "METRICS_LISTEN", "127.0.0.1:9180", Kind::ListenAddr, "Listen address of /metrics, /healthz, /status; empty = off.", "new";
     "MANIFEST_CONCURRENCY", "16", Kind::Count, "Manifests fetched at once.", "new";
+    "GATHER_TIMEOUT", "300", Kind::Seconds, "Seconds the whole inventory (S3 listing, token, IMS, manifests, mount, node label) may take; past it the scan changes nothing and the next period runs.", "new";
     "MOUNT_TIMEOUT", "30", Kind::Seconds, "Seconds one stat of the s3fs mount may take; past it the image is unknown (a hung mount never stalls the scan).", "new";
     "APPLY_PARALLELISM", "8", Kind::Count, "LIO operations run at once within a phase.", "new";
     "LOCK_FILE", "/run/sbps-marshal.lock", Kind::AbsPath, "Single-instance lock.", "new; the original relied on systemd alone";
@@ -352,6 +353,8 @@ pub struct Settings {
     pub manifest_concurrency: usize,
     /// Deadline of one stat of the mount.
     pub mount_timeout: Duration,
+    /// Deadline of the whole inventory of one scan.
+    pub gather_timeout: Duration,
     pub apply_parallelism: usize,
     pub lock_file: PathBuf,
     pub rtslib_lock_dir: PathBuf,
@@ -407,6 +410,7 @@ impl Settings {
             metrics_listen: Some(p.text("METRICS_LISTEN")?).filter(|s| !s.is_empty()),
             manifest_concurrency: p.count("MANIFEST_CONCURRENCY")? as usize,
             mount_timeout: p.secs("MOUNT_TIMEOUT")?,
+            gather_timeout: p.secs("GATHER_TIMEOUT")?,
             apply_parallelism: p.count("APPLY_PARALLELISM")? as usize,
             lock_file: p.path("LOCK_FILE")?,
             rtslib_lock_dir: p.path("RTSLIB_LOCK_DIR")?,
@@ -602,6 +606,7 @@ mod tests {
         assert!(s.ims_tagging);
         assert_eq!(s.ims_timeout, Duration::from_secs(10));
         assert_eq!(s.mount_timeout, Duration::from_secs(30));
+        assert_eq!(s.gather_timeout, Duration::from_secs(300));
         assert_eq!(s.s3_endpoint(), "https://rgw-vip.nmn");
         assert_eq!(s.s3_credential_file, PathBuf::from("/root/.ims.s3fs"));
         assert_eq!(s.s3_bucket, "boot-images");

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::desired::{self, Desired};
-use crate::inventory::gather::{GatherStats, Sources};
+use crate::inventory::gather::{GatherStats, Gathered, Sources};
 use crate::ledger::{Ledger, Loaded};
 use crate::lio::{self, Actual, Op, Target};
 use crate::plan::{self, Plan};
@@ -189,8 +189,25 @@ impl Agent {
         let dset = self.settings.desired_settings();
         let mut timings = Timings::default();
 
+        // Every request has its own deadline; this one bounds their sum (thousands of
+        // manifests behind a slow gateway), so the scan loop keeps its period.
         let t = Instant::now();
-        let gathered = self.sources.gather(&dset).await;
+        let deadline = self.settings.gather_timeout;
+        let gathered = match tokio::time::timeout(deadline, self.sources.gather(&dset)).await {
+            Ok(g) => g,
+            Err(_) => {
+                let why = format!(
+                    "the inventory did not complete within GATHER_TIMEOUT ({}s)",
+                    deadline.as_secs()
+                );
+                tracing::warn!("{why}; nothing is changed this scan");
+                let stats = GatherStats {
+                    total: t.elapsed(),
+                    ..GatherStats::default()
+                };
+                Gathered::unfinished(&why, stats)
+            }
+        };
         timings.gather = t.elapsed();
         let (labelled, label_error) = match &gathered.node_labelled {
             None => (Some(true), None),

@@ -128,6 +128,19 @@ pub struct Gathered {
     pub stats: GatherStats,
 }
 
+impl Gathered {
+    /// What a gathering that did not finish says: every source unknown, so the scan
+    /// creates and removes nothing, and the TPG is neither enabled nor disabled.
+    pub fn unfinished(why: &str, stats: GatherStats) -> Gathered {
+        Gathered {
+            inventory: Inventory::unavailable(why),
+            node_labelled: Some(Err(why.to_string())),
+            ims_skipped: Vec::new(),
+            stats,
+        }
+    }
+}
+
 impl Sources {
     /// Builds the sources, with the SPIRE token provider the config asks for.
     pub fn new(cfg: SourcesConfig) -> Result<Sources, SetupError> {

@@ -191,3 +191,82 @@ async fn answers_above_the_caps_are_refused() {
         .unwrap_err();
     assert!(m.contains("exceeds the 1048576-byte limit"), "{m}");
 }
+
+/// The whole inventory has a deadline (GATHER_TIMEOUT) besides each request's: an
+/// IMS that holds every request past it makes the scan change nothing, at the
+/// deadline rather than at IMS_TIMEOUT, and the next scan converges as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gather_past_its_deadline_changes_nothing() {
+    use sbps_marshal::agent::service::NoServices;
+    use sbps_marshal::agent::{Agent, Mode};
+    use sbps_marshal::config::{Layers, Settings};
+    use sbps_marshal::lio::Target;
+    use std::os::unix::fs::PermissionsExt;
+
+    let rig = crate::lio_support::Rig::new();
+    rig.image("PE/a.squashfs", 100);
+    let s3 = Served::start(s3_router(S3Double {
+        objects: vec![Obj::new("PE/a.squashfs", "e", 100)],
+        ..Default::default()
+    }))
+    .await;
+    let stall = Arc::new(AtomicBool::new(false));
+    let ims = Served::start(stallable(ims_router("[]".into()), stall.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let creds = cred_file(dir.path(), "ACCESS:secret\n");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let env = [
+        ("GATHER_TIMEOUT", "1".to_string()),
+        (
+            "SQUASHFS_S3FS_MOUNT",
+            rig.images.path().display().to_string(),
+        ),
+        ("STATE_DIR", state.display().to_string()),
+        (
+            "LIO_SAVE_FILE",
+            dir.path().join("saveconfig.json").display().to_string(),
+        ),
+        ("TARGET_IQN", crate::lio_support::IQN.into()),
+        ("NODE_LABEL", String::new()),
+        ("TARGET_SERVICE", String::new()),
+    ]
+    .map(|(k, v)| (format!("SBPS_MARSHAL_{k}"), v));
+    let layers = Layers::load(Some(std::path::Path::new("/dev/null")), env, &[]).unwrap();
+    let settings = Settings::from_layers(&layers, "testhost").unwrap();
+    // Each request may take 30 s: only the gather deadline can end the scan sooner.
+    let src = sources(
+        s3.url(),
+        ims.url(),
+        creds,
+        TlsOptions::default(),
+        Duration::from_secs(30),
+    );
+    let mut agent =
+        Agent::with_parts(settings, src, Arc::new(rig.target()), Box::new(NoServices)).unwrap();
+    let r = agent.scan(Mode::Apply).await;
+    assert!(r.converged, "{:?}", r.problems());
+    let before = rig.target().observe().unwrap();
+
+    stall.store(true, Ordering::SeqCst);
+    let t0 = Instant::now();
+    let r = agent.scan(Mode::Apply).await;
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(20), "the scan took {took:?}");
+    assert!(!r.converged);
+    assert!(
+        r.problems()
+            .iter()
+            .any(|p| p.contains("GATHER_TIMEOUT (1s)")),
+        "{:?}",
+        r.problems()
+    );
+    assert!(r.outcomes.is_empty(), "{:?}", r.outcomes);
+    assert_eq!(rig.target().observe().unwrap(), before, "nothing changed");
+
+    stall.store(false, Ordering::SeqCst);
+    let r = agent.scan(Mode::Apply).await;
+    assert!(r.converged, "{:?}", r.problems());
+    assert_eq!(rig.target().observe().unwrap(), before);
+}
