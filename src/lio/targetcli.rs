@@ -1,5 +1,5 @@
 //! The compatibility backend: the same ops through the `targetcli` commands the
-//! original Python agent ran (one process per command, argv[1] one string).
+//! original Python agent ran (one process per command, `argv[1]` one string).
 //!
 //! Not the default: every targetcli run takes seconds (it refreshes its view of all
 //! of configfs), it cannot choose LUN aliases or HBA numbers, and it needs D-Bus on
