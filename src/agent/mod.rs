@@ -219,7 +219,8 @@ impl Agent {
         }
 
         let t = Instant::now();
-        let desired = desired::desired(&gathered.inventory, &dset);
+        // Shared with the blocking job, not copied: thousands of projections.
+        let desired = Arc::new(desired::desired(&gathered.inventory, &dset));
         timings.desired = t.elapsed();
 
         if mode == Mode::Apply && labelled == Some(true) {
@@ -229,7 +230,7 @@ impl Agent {
         let policy = self.settings.policy(labelled, self.release_brake);
         let job = Job {
             target: self.target.clone(),
-            desired: desired.clone(),
+            desired: Arc::clone(&desired),
             ledger: self.ledger.clone(),
             policy,
             now,
@@ -238,21 +239,27 @@ impl Agent {
             ledger_file: self.settings.ledger_file(),
             save_file: self.settings.lio_save_file.clone(),
             stop: self.stop.clone(),
-            saved_state: self.saved_state.clone(),
+            // Handed over, not copied: the job hands back what the file now mirrors.
+            saved_state: match mode {
+                Mode::Apply => self.saved_state.take(),
+                Mode::DryRun => None,
+            },
         };
-        let done = tokio::task::spawn_blocking(move || job.run())
+        let mut done = tokio::task::spawn_blocking(move || job.run())
             .await
             .unwrap_or_else(|e| JobDone::failed(format!("scan worker failed: {e}")));
         timings.observe = done.observe;
         timings.plan = done.plan_time;
         timings.apply = done.apply;
         timings.persist = done.persist;
-        if let Some(l) = done.ledger.clone() {
+        if let Some(l) = done.ledger.take() {
             self.ledger = l;
         }
         if mode == Mode::Apply {
-            self.saved_state = done.saved_state.clone();
+            self.saved_state = done.saved_state.take();
         }
+        // The job is over and dropped its handle: this unwraps without a copy.
+        let desired = Arc::try_unwrap(desired).unwrap_or_else(|d| (*d).clone());
         let converged = done.failure.is_none()
             && done.outcomes.iter().all(|o| o.error.is_none())
             && done
@@ -357,7 +364,7 @@ impl Agent {
 /// saveconfig.json. Public so crash-consistency tests drive exactly this sequence.
 pub struct Job {
     pub target: Arc<dyn Target>,
-    pub desired: Desired,
+    pub desired: Arc<Desired>,
     pub ledger: Ledger,
     pub policy: plan::Policy,
     pub now: u64,
@@ -469,7 +476,7 @@ impl Job {
             && done.actual == self.saved_state
             && self.save_file.exists();
         if unchanged {
-            done.saved_state = self.saved_state.clone();
+            done.saved_state = self.saved_state;
         } else {
             match self.target.save_config(&self.save_file) {
                 Ok(w) => {

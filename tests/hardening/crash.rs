@@ -116,7 +116,7 @@ fn job(
 ) -> Job {
     Job {
         target,
-        desired: d.clone(),
+        desired: Arc::new(d.clone()),
         ledger,
         policy: pol.clone(),
         now,
