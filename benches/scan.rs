@@ -14,8 +14,8 @@ mod support;
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -28,7 +28,7 @@ use sbps_marshal::identity::{self, Identity};
 use sbps_marshal::inventory::gather::Sources;
 use sbps_marshal::inventory::spire::{StaticToken, Token};
 use sbps_marshal::lio::fake::FakeConfigfs;
-use sbps_marshal::lio::fs::{Entry, Fs, Meta};
+use sbps_marshal::lio::fs::{Fs, Recorder};
 use sbps_marshal::lio::{ConfigfsSettings, ConfigfsTarget, Target};
 use serde_json::Value;
 use support::{Fixture, Ims, Store, BUCKET};
@@ -299,59 +299,6 @@ fn check(rows: &[Row]) {
 
 // ----------------------------------------------------------------- child side
 
-/// Counts the mutating configfs calls ("kernel writes"); records their paths
-/// (relative to the root) while `recording` is set.
-struct Counting {
-    inner: FakeConfigfs,
-    writes: AtomicU64,
-    log: Mutex<Option<Vec<String>>>,
-}
-
-impl Counting {
-    fn rec(&self, verb: &str, p: &Path) {
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        if let Some(log) = self.log.lock().unwrap().as_mut() {
-            let rel = p.strip_prefix(self.inner.root()).unwrap_or(p);
-            log.push(format!("{verb} {}", rel.display()));
-        }
-    }
-}
-
-impl Fs for Counting {
-    fn mkdir(&self, p: &Path) -> io::Result<()> {
-        self.rec("mkdir", p);
-        self.inner.mkdir(p)
-    }
-    fn rmdir(&self, p: &Path) -> io::Result<()> {
-        self.rec("rmdir", p);
-        self.inner.rmdir(p)
-    }
-    fn read(&self, p: &Path) -> io::Result<String> {
-        self.inner.read(p)
-    }
-    fn write(&self, p: &Path, d: &str) -> io::Result<()> {
-        self.rec("write", p);
-        self.inner.write(p, d)
-    }
-    fn symlink(&self, t: &Path, l: &Path) -> io::Result<()> {
-        self.rec("symlink", l);
-        self.inner.symlink(t, l)
-    }
-    fn readlink(&self, p: &Path) -> io::Result<PathBuf> {
-        self.inner.readlink(p)
-    }
-    fn unlink(&self, p: &Path) -> io::Result<()> {
-        self.rec("unlink", p);
-        self.inner.unlink(p)
-    }
-    fn read_dir(&self, p: &Path) -> io::Result<Vec<Entry>> {
-        self.inner.read_dir(p)
-    }
-    fn metadata(&self, p: &Path) -> io::Result<Meta> {
-        self.inner.metadata(p)
-    }
-}
-
 fn vm_hwm_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -442,11 +389,8 @@ async fn child_scans(n: usize, s3: url::Url, ims: url::Url, mount: PathBuf, tagg
     ] {
         fake.write(&tpg.join("attrib").join(a), v).unwrap();
     }
-    let fs = Arc::new(Counting {
-        inner: fake,
-        writes: AtomicU64::new(0),
-        log: Mutex::new(None),
-    });
+    let root = fake.root().to_path_buf();
+    let fs = Arc::new(Recorder::counting(fake, &root));
     let locks = tempfile::tempdir().unwrap();
     let target: Arc<dyn Target> = Arc::new(ConfigfsTarget::new(
         fs.clone(),
@@ -509,27 +453,21 @@ async fn child_scans(n: usize, s3: url::Url, ims: url::Url, mount: PathBuf, tagg
 
     // Cold.
     let c0 = counts(client.clone(), ims.clone()).await;
-    let w0 = fs.writes.load(Ordering::SeqCst);
+    let w0 = fs.writes() as u64;
     let r = agent.scan(Mode::Apply).await;
     assert!(r.converged, "cold: {:?}", r.problems());
     assert_eq!(r.desired.projections.len(), tagged + PES);
     let c1 = counts(client.clone(), ims.clone()).await;
-    rows.push(scan(
-        "cold",
-        r,
-        c0,
-        c1,
-        fs.writes.load(Ordering::SeqCst) - w0,
-    ));
+    rows.push(scan("cold", r, c0, c1, fs.writes() as u64 - w0));
 
     // Steady: best of 3.
     let mut best: Option<Row> = None;
     for _ in 0..3 {
         let c0 = counts(client.clone(), ims.clone()).await;
-        let w0 = fs.writes.load(Ordering::SeqCst);
+        let w0 = fs.writes() as u64;
         let r = agent.scan(Mode::Apply).await;
         let c1 = counts(client.clone(), ims.clone()).await;
-        let row = scan("steady", r, c0, c1, fs.writes.load(Ordering::SeqCst) - w0);
+        let row = scan("steady", r, c0, c1, fs.writes() as u64 - w0);
         // Requests, writes and rewrites must hold in every steady scan, not just the best.
         if let Some(b) = &best {
             assert_eq!(
@@ -612,20 +550,14 @@ async fn child_scans(n: usize, s3: url::Url, ims: url::Url, mount: PathBuf, tagg
         &format!("s3://{BUCKET}/{}/rootfs", support::image_id(n)),
         &support::rootfs_etag(n),
     ));
-    *fs.log.lock().unwrap() = Some(Vec::new());
+    fs.start_recording();
     let c0 = counts(client.clone(), ims.clone()).await;
-    let w0 = fs.writes.load(Ordering::SeqCst);
+    let w0 = fs.writes() as u64;
     let r = agent.scan(Mode::Apply).await;
     let c1 = counts(client.clone(), ims.clone()).await;
     assert!(r.converged, "one change: {:?}", r.problems());
-    let mut row = scan(
-        "one change",
-        r,
-        c0,
-        c1,
-        fs.writes.load(Ordering::SeqCst) - w0,
-    );
-    let log = fs.log.lock().unwrap().take().unwrap();
+    let mut row = scan("one change", r, c0, c1, fs.writes() as u64 - w0);
+    let log = fs.take();
     // The new backstore is core/<hba>/<name>; its LUN is the one lun_K it mkdirs.
     let lun_dirs: Vec<String> = log
         .iter()

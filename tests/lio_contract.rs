@@ -8,7 +8,7 @@ mod support;
 use std::path::PathBuf;
 
 use sbps_marshal::ledger::Ledger;
-use sbps_marshal::lio::fs::{FaultMode, Faulty, Fs, Kind};
+use sbps_marshal::lio::fs::{FaultMode, Faulty, Fs, Kind, Recorder};
 use sbps_marshal::lio::{self, attr, saveconfig, Actual, BackstoreRef, LioError, Op, Target};
 use sbps_marshal::plan::plan;
 

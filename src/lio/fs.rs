@@ -164,6 +164,47 @@ impl Fs for RealFs {
     }
 }
 
+/// The [`Fs`] of a wrapper (`inner: F`) that calls `self.$hook(verb, path)?` before
+/// each mutating call and passes every call on to `inner`.
+macro_rules! intercept_changes {
+    ($wrapper:ident, $hook:ident) => {
+        impl<F: Fs> Fs for $wrapper<F> {
+            fn mkdir(&self, p: &Path) -> io::Result<()> {
+                self.$hook("mkdir", p)?;
+                self.inner.mkdir(p)
+            }
+            fn rmdir(&self, p: &Path) -> io::Result<()> {
+                self.$hook("rmdir", p)?;
+                self.inner.rmdir(p)
+            }
+            fn read(&self, p: &Path) -> io::Result<String> {
+                self.inner.read(p)
+            }
+            fn write(&self, p: &Path, d: &str) -> io::Result<()> {
+                self.$hook("write", p)?;
+                self.inner.write(p, d)
+            }
+            fn symlink(&self, t: &Path, l: &Path) -> io::Result<()> {
+                self.$hook("symlink", l)?;
+                self.inner.symlink(t, l)
+            }
+            fn readlink(&self, p: &Path) -> io::Result<PathBuf> {
+                self.inner.readlink(p)
+            }
+            fn unlink(&self, p: &Path) -> io::Result<()> {
+                self.$hook("unlink", p)?;
+                self.inner.unlink(p)
+            }
+            fn read_dir(&self, p: &Path) -> io::Result<Vec<Entry>> {
+                self.inner.read_dir(p)
+            }
+            fn metadata(&self, p: &Path) -> io::Result<Meta> {
+                self.inner.metadata(p)
+            }
+        }
+    };
+}
+
 /// What [`Faulty`] does once its budget of changes is spent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultMode {
@@ -221,37 +262,69 @@ impl<F: Fs> Faulty<F> {
     }
 }
 
-impl<F: Fs> Fs for Faulty<F> {
-    fn mkdir(&self, p: &Path) -> io::Result<()> {
-        self.gate("mkdir", p)?;
-        self.inner.mkdir(p)
+intercept_changes!(Faulty, gate);
+
+/// Wraps an [`Fs`] and counts its mutating calls ("kernel writes"), and records
+/// each as `verb path-relative-to-root` while recording: which writes a change
+/// makes, in order (contract tests, benchmarks).
+#[derive(Debug)]
+pub struct Recorder<F> {
+    inner: F,
+    root: PathBuf,
+    writes: AtomicUsize,
+    log: std::sync::Mutex<Option<Vec<String>>>,
+}
+
+impl<F: Fs> Recorder<F> {
+    /// Counts and records from the start.
+    pub fn new(inner: F, root: &Path) -> Self {
+        let r = Self::counting(inner, root);
+        r.start_recording();
+        r
     }
-    fn rmdir(&self, p: &Path) -> io::Result<()> {
-        self.gate("rmdir", p)?;
-        self.inner.rmdir(p)
+
+    /// Counts only, until [`start_recording`](Self::start_recording) (a log of every
+    /// write of a 5,000-image setup would weigh on what a benchmark measures).
+    pub fn counting(inner: F, root: &Path) -> Self {
+        Recorder {
+            inner,
+            root: root.to_path_buf(),
+            writes: AtomicUsize::new(0),
+            log: std::sync::Mutex::new(None),
+        }
     }
-    fn read(&self, p: &Path) -> io::Result<String> {
-        self.inner.read(p)
+
+    /// Records from now on, into an empty log.
+    pub fn start_recording(&self) {
+        if let Ok(mut log) = self.log.lock() {
+            *log = Some(Vec::new());
+        }
     }
-    fn write(&self, p: &Path, d: &str) -> io::Result<()> {
-        self.gate("write", p)?;
-        self.inner.write(p, d)
+
+    /// The calls recorded since the last `take` (recording goes on).
+    pub fn take(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .ok()
+            .and_then(|mut log| log.as_mut().map(std::mem::take))
+            .unwrap_or_default()
     }
-    fn symlink(&self, t: &Path, l: &Path) -> io::Result<()> {
-        self.gate("symlink", l)?;
-        self.inner.symlink(t, l)
+
+    /// Mutating calls so far.
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
     }
-    fn readlink(&self, p: &Path) -> io::Result<PathBuf> {
-        self.inner.readlink(p)
-    }
-    fn unlink(&self, p: &Path) -> io::Result<()> {
-        self.gate("unlink", p)?;
-        self.inner.unlink(p)
-    }
-    fn read_dir(&self, p: &Path) -> io::Result<Vec<Entry>> {
-        self.inner.read_dir(p)
-    }
-    fn metadata(&self, p: &Path) -> io::Result<Meta> {
-        self.inner.metadata(p)
+
+    fn record(&self, verb: &str, p: &Path) -> io::Result<()> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut log) = self.log.lock() {
+            if let Some(log) = log.as_mut() {
+                let rel = p.strip_prefix(&self.root).unwrap_or(p);
+                log.push(format!("{verb} {}", rel.display()));
+            }
+        }
+        Ok(())
     }
 }
+
+intercept_changes!(Recorder, record);

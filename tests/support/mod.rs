@@ -10,12 +10,12 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use sbps_marshal::desired::{Desired, Kind as PKind, Projection};
 use sbps_marshal::identity::Identity;
 use sbps_marshal::lio::fake::FakeConfigfs;
-use sbps_marshal::lio::fs::{Entry, Fs, Kind, Meta, RealFs};
+use sbps_marshal::lio::fs::{Fs, Kind, RealFs};
 use sbps_marshal::lio::{attr, Actual, ConfigfsSettings, ConfigfsTarget};
 use sbps_marshal::plan::Policy;
 
@@ -270,68 +270,6 @@ pub fn desired(ps: &[Projection]) -> Desired {
 pub fn norm(mut a: Actual) -> Actual {
     a.backstores.sort_by(|x, y| x.at.cmp(&y.at));
     a
-}
-
-/// Records every mutating call, in order, as `verb path-relative-to-root`.
-pub struct Recorder<F> {
-    pub inner: F,
-    pub root: PathBuf,
-    pub log: Mutex<Vec<String>>,
-}
-
-impl<F: Fs> Recorder<F> {
-    pub fn new(inner: F, root: &Path) -> Self {
-        Recorder {
-            inner,
-            root: root.to_path_buf(),
-            log: Mutex::new(Vec::new()),
-        }
-    }
-    fn rec(&self, verb: &str, p: &Path) {
-        let rel = p.strip_prefix(&self.root).unwrap_or(p);
-        self.log
-            .lock()
-            .unwrap()
-            .push(format!("{verb} {}", rel.display()));
-    }
-    pub fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.log.lock().unwrap())
-    }
-}
-
-impl<F: Fs> Fs for Recorder<F> {
-    fn mkdir(&self, p: &Path) -> io::Result<()> {
-        self.rec("mkdir", p);
-        self.inner.mkdir(p)
-    }
-    fn rmdir(&self, p: &Path) -> io::Result<()> {
-        self.rec("rmdir", p);
-        self.inner.rmdir(p)
-    }
-    fn read(&self, p: &Path) -> io::Result<String> {
-        self.inner.read(p)
-    }
-    fn write(&self, p: &Path, d: &str) -> io::Result<()> {
-        self.rec("write", p);
-        self.inner.write(p, d)
-    }
-    fn symlink(&self, t: &Path, l: &Path) -> io::Result<()> {
-        self.rec("symlink", l);
-        self.inner.symlink(t, l)
-    }
-    fn readlink(&self, p: &Path) -> io::Result<PathBuf> {
-        self.inner.readlink(p)
-    }
-    fn unlink(&self, p: &Path) -> io::Result<()> {
-        self.rec("unlink", p);
-        self.inner.unlink(p)
-    }
-    fn read_dir(&self, p: &Path) -> io::Result<Vec<Entry>> {
-        self.inner.read_dir(p)
-    }
-    fn metadata(&self, p: &Path) -> io::Result<Meta> {
-        self.inner.metadata(p)
-    }
 }
 
 pub fn keys_of(v: &serde_json::Value) -> Vec<String> {
