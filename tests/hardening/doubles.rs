@@ -161,3 +161,14 @@ pub fn settings(mount: &Path) -> Settings {
         ims_tagging: true,
     }
 }
+
+/// The agent's settings: defaults plus `SBPS_MARSHAL_<key>` = value for each pair,
+/// as the binary would read them (no settings file).
+pub fn config_settings(env: &[(&str, String)]) -> sbps_marshal::config::Settings {
+    use sbps_marshal::config::{Layers, Settings};
+    let env = env
+        .iter()
+        .map(|(k, v)| (format!("SBPS_MARSHAL_{k}"), v.clone()));
+    let l = Layers::load(Some(Path::new("/dev/null")), env, &[]).unwrap();
+    Settings::from_layers(&l, "testhost").unwrap()
+}

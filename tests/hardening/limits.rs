@@ -199,7 +199,6 @@ async fn answers_above_the_caps_are_refused() {
 async fn a_gather_past_its_deadline_changes_nothing() {
     use sbps_marshal::agent::service::NoServices;
     use sbps_marshal::agent::{Agent, Mode};
-    use sbps_marshal::config::{Layers, Settings};
     use sbps_marshal::lio::Target;
     use std::os::unix::fs::PermissionsExt;
 
@@ -217,7 +216,7 @@ async fn a_gather_past_its_deadline_changes_nothing() {
     let creds = cred_file(dir.path(), "ACCESS:secret\n");
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
-    let env = [
+    let settings = config_settings(&[
         ("GATHER_TIMEOUT", "1".to_string()),
         (
             "SQUASHFS_S3FS_MOUNT",
@@ -231,10 +230,7 @@ async fn a_gather_past_its_deadline_changes_nothing() {
         ("TARGET_IQN", crate::lio_support::IQN.into()),
         ("NODE_LABEL", String::new()),
         ("TARGET_SERVICE", String::new()),
-    ]
-    .map(|(k, v)| (format!("SBPS_MARSHAL_{k}"), v));
-    let layers = Layers::load(Some(std::path::Path::new("/dev/null")), env, &[]).unwrap();
-    let settings = Settings::from_layers(&layers, "testhost").unwrap();
+    ]);
     // Each request may take 30 s: only the gather deadline can end the scan sooner.
     let src = sources(
         s3.url(),

@@ -12,7 +12,6 @@ use axum::Router;
 use sbps_marshal::agent::service::NoServices;
 use sbps_marshal::agent::status::Status;
 use sbps_marshal::agent::{Agent, Mode};
-use sbps_marshal::config::{Layers, Settings};
 use sbps_marshal::inventory::http::TlsOptions;
 use sbps_marshal::inventory::s3::read_credentials;
 
@@ -25,14 +24,6 @@ fn assert_clean(what: &str, text: &str) {
     for s in [S3_SECRET, JWT_SECRET, "SIGNATURE-hardening-b41d"] {
         assert!(!text.contains(s), "{what} leaks a secret ({s}):\n{text}");
     }
-}
-
-fn config_settings(env: &[(&str, String)]) -> Settings {
-    let env = env
-        .iter()
-        .map(|(k, v)| (format!("SBPS_MARSHAL_{k}"), v.clone()));
-    let l = Layers::load(Some(std::path::Path::new("/dev/null")), env, &[]).unwrap();
-    Settings::from_layers(&l, "testhost").unwrap()
 }
 
 /// An IMS that answers 401 and echoes the Authorization header, as a careless
