@@ -781,12 +781,9 @@ impl<'a> Planner<'a> {
         let fresh = self.old.luns.is_empty()
             && self.old.quarantine.is_empty()
             && self.old.last_converged.is_none();
-        let Some(&highest) = tpg.luns.keys().next_back() else {
+        let Some(&highest) = tpg.luns.keys().next_back().filter(|_| fresh) else {
             return;
         };
-        if !fresh {
-            return;
-        }
         for n in 1..highest {
             if !self.luns_taken.contains(&n) {
                 self.quarantine(n, None, None, None, false);
