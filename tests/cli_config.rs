@@ -74,3 +74,31 @@ fn original_debug_and_quiet_flags_are_accepted() {
         );
     }
 }
+
+/// `sbps-marshal config | head -1`: the reader goes away; the command stops quietly
+/// (status 0, nothing on stderr) instead of panicking on the broken pipe.
+#[test]
+fn a_reader_that_goes_away_is_no_panic() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills both descriptors on success, which is checked.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both are fresh descriptors owned by nobody else.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end); // every write the command makes now fails with EPIPE
+    for args in [
+        &["config"][..],
+        &["config", "--json"],
+        &["config", "--default-file"],
+    ] {
+        let out = bin()
+            .args(args)
+            .stdout(write_end.try_clone().unwrap())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}

@@ -34,14 +34,14 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
             agent.release_brake = release_brake;
             let report = agent.scan(Mode::Apply).await;
             if report.converged {
-                println!(
+                out!(
                     "converged: {} projections",
                     report.desired.projections.len()
                 );
                 Ok(ExitCode::SUCCESS)
             } else {
                 for p in report.problems() {
-                    println!("not converged: {p}");
+                    out!("not converged: {p}");
                 }
                 Ok(ExitCode::from(1))
             }
@@ -54,25 +54,25 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
                 .as_ref()
                 .with_context(|| report.failure.clone().unwrap_or_default())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(plan)?);
+                out!("{}", serde_json::to_string_pretty(plan)?);
             } else if plan.ops.is_empty() {
-                println!(
+                out!(
                     "nothing to do ({} projections)",
                     report.desired.projections.len()
                 );
                 for h in &plan.held {
-                    println!("held: {} LUN {:?}: {}", h.at, h.luns, h.reason);
+                    out!("held: {} LUN {:?}: {}", h.at, h.luns, h.reason);
                 }
             } else {
-                println!("{:<8} OPERATION", "PHASE");
+                out!("{:<8} OPERATION", "PHASE");
                 for op in &plan.ops {
-                    println!("{:<8} {op}", format!("{:?}", op.phase()).to_lowercase());
+                    out!("{:<8} {op}", format!("{:?}", op.phase()).to_lowercase());
                 }
                 for h in &plan.held {
-                    println!("held     {} LUN {:?}: {}", h.at, h.luns, h.reason);
+                    out!("held     {} LUN {:?}: {}", h.at, h.luns, h.reason);
                 }
                 for w in &plan.warnings {
-                    println!("warning  {w}");
+                    out!("warning  {w}");
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -82,9 +82,9 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
             let report = agent.scan(Mode::DryRun).await;
             let st = Status::build(&report, agent.ledger(), &agent.settings, None);
             if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                out!("{}", serde_json::to_string_pretty(&st)?);
             } else {
-                print!("{}", st.to_text());
+                out_raw!("{}", st.to_text());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -93,11 +93,11 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
             let report = agent.scan(Mode::DryRun).await;
             let found = explain(&report, agent.ledger(), &query);
             if found.is_empty() {
-                println!("nothing in the inventory or in LIO matches {query:?}");
+                out!("nothing in the inventory or in LIO matches {query:?}");
                 return Ok(ExitCode::from(1));
             }
             for f in found {
-                println!("{f}");
+                out!("{f}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -9,6 +9,16 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{ConfigError, Layers, Settings};
 
+/// `println!` for a command's report, through [`emit`].
+macro_rules! out {
+    ($($t:tt)*) => { $crate::cli::emit(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// `print!` for a command's report, through [`emit`].
+macro_rules! out_raw {
+    ($($t:tt)*) => { $crate::cli::emit(format_args!($($t)*)) };
+}
+
 mod commands;
 
 /// Exit status for bad settings or usage.
@@ -108,7 +118,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::Config { json, default_file } = command {
         if default_file {
-            print!("{}", crate::config::default_file());
+            out_raw!("{}", crate::config::default_file());
         } else {
             print_config(&layers, json);
         }
@@ -142,7 +152,7 @@ fn print_config(layers: &Layers, json: bool) {
             .iter()
             .map(|(k, v, o)| serde_json::json!({"key": k, "value": v, "source": o.to_string()}))
             .collect();
-        println!("{}", serde_json::Value::Array(v));
+        out!("{}", serde_json::Value::Array(v));
         return;
     }
     let w = rows.iter().map(|(k, _, _)| k.len()).max().unwrap_or(0);
@@ -153,6 +163,22 @@ fn print_config(layers: &Layers, json: bool) {
         .unwrap_or(0)
         .min(48);
     for (k, v, o) in rows {
-        println!("{k:<w$}  {v:<vw$}  ({o})");
+        out!("{k:<w$}  {v:<vw$}  ({o})");
+    }
+}
+
+/// Writes a command's report to stdout. A reader that went away (`sbps-marshal
+/// status | head`) ends the command quietly with status 0, as for any Unix filter,
+/// instead of the panic `println!` gives; another write error ends it with 1.
+pub(crate) fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("sbps-marshal: cannot write to stdout: {e}");
+            std::process::exit(1)
+        }
     }
 }
