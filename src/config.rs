@@ -449,6 +449,7 @@ impl Settings {
             brake_min: self.deletion_brake_min,
             brake_released,
             labelled,
+            numbers_frozen: None,
         }
     }
 }

@@ -73,6 +73,10 @@ pub struct Ledger {
     /// When a scan last converged (seconds since the epoch).
     #[serde(default)]
     pub last_converged: Option<u64>,
+    /// Counts the writes of this ledger: the local file and the copy in the Kubernetes
+    /// API carry it, and when they disagree the higher one is the newer.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// A value shared by its copies until one of them is changed (copy on write): a clone

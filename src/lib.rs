@@ -2,6 +2,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod desired;
+pub mod fleet;
 pub mod identity;
 pub mod inventory;
 pub mod ledger;

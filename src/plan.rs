@@ -26,6 +26,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::desired::{Desired, Kind, Projection};
+use crate::fleet::FleetView;
 use crate::identity;
 use crate::ledger::{Ledger, LunRecord, Quarantine};
 use crate::lio::{Actual, Backstore, BackstoreRef, Op, Tpg};
@@ -49,6 +50,12 @@ pub struct Policy {
     pub brake_released: bool,
     /// The node label: `Some(true)` labelled, `Some(false)` not, `None` unknown.
     pub labelled: Option<bool>,
+    /// Why no LUN number may be taken or freed this scan, when none may: the ledger
+    /// kept in the Kubernetes API cannot be read or written, so a change of number
+    /// could not be made durable off the node before it reaches the kernel. New
+    /// images then wait and nothing exported is removed; what is exported is kept.
+    #[serde(default)]
+    pub numbers_frozen: Option<String>,
 }
 
 impl Default for Policy {
@@ -61,6 +68,7 @@ impl Default for Policy {
             brake_min: 2,
             brake_released: false,
             labelled: Some(true),
+            numbers_frozen: None,
         }
     }
 }
@@ -76,6 +84,8 @@ pub enum HoldReason {
     /// The deletion brake: this scan would remove `removals` of the `managed`
     /// projections involved (exported or wanted).
     Brake { removals: usize, managed: usize },
+    /// LUN numbers are frozen this scan ([`Policy::numbers_frozen`]).
+    NumbersFrozen { detail: String },
 }
 
 impl fmt::Display for HoldReason {
@@ -89,6 +99,9 @@ impl fmt::Display for HoldReason {
                 f,
                 "deletion brake: this scan would remove {removals} of {managed} projections"
             ),
+            HoldReason::NumbersFrozen { detail } => {
+                write!(f, "LUN numbers cannot change now: {detail}")
+            }
         }
     }
 }
@@ -100,6 +113,14 @@ pub struct Held {
     pub serial: Option<String>,
     pub luns: Vec<u64>,
     pub reason: HoldReason,
+}
+
+/// A desired projection that gets no LUN this scan, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    pub serial: String,
+    pub name: String,
+    pub reason: String,
 }
 
 /// Something an operator should know.
@@ -146,6 +167,9 @@ pub struct Plan {
     /// In phase order.
     pub ops: Vec<Op>,
     pub held: Vec<Held>,
+    /// Desired projections that wait for a LUN number.
+    #[serde(default)]
+    pub waiting: Vec<Waiting>,
     pub warnings: Vec<Warning>,
     /// Backstores LIO holds that the agent does not own.
     pub unmanaged: Vec<BackstoreRef>,
@@ -170,7 +194,7 @@ impl Plan {
     }
 }
 
-/// Computes the plan.
+/// Computes the plan for a node alone (no other node's ledger is known).
 pub fn plan(
     desired: &Desired,
     actual: &Actual,
@@ -178,7 +202,20 @@ pub fn plan(
     policy: &Policy,
     now: u64,
 ) -> Plan {
-    Planner::new(desired, actual, ledger, policy, now).run()
+    plan_in_fleet(desired, actual, ledger, policy, &FleetView::default(), now)
+}
+
+/// Computes the plan; a new image takes the number `fleet` (the other nodes' ledgers)
+/// gave it, or one free on every node.
+pub fn plan_in_fleet(
+    desired: &Desired,
+    actual: &Actual,
+    ledger: &Ledger,
+    policy: &Policy,
+    fleet: &FleetView,
+    now: u64,
+) -> Plan {
+    Planner::new(desired, actual, ledger, policy, fleet, now).run()
 }
 
 /// True when `path` lies strictly under `root`, compared lexically after removing
@@ -334,9 +371,11 @@ struct Planner<'a> {
     actual: &'a Actual,
     old: &'a Ledger,
     policy: &'a Policy,
+    fleet: &'a FleetView,
     now: u64,
     ops: Vec<Op>,
     held: Vec<Held>,
+    waiting: Vec<Waiting>,
     warnings: Vec<Warning>,
     unmanaged: Vec<BackstoreRef>,
     /// The previous ledger, patched where this scan changes it.
@@ -353,6 +392,8 @@ struct Planner<'a> {
     quarantined_for: HashMap<&'a str, Vec<u64>>,
     /// Where the search for the lowest free number goes on.
     cursor: u64,
+    /// Where the search for the lowest number free on every node goes on.
+    fleet_cursor: u64,
     /// Where the search for a free HBA index goes on.
     hba_cursor: u32,
 }
@@ -363,6 +404,7 @@ impl<'a> Planner<'a> {
         actual: &'a Actual,
         old: &'a Ledger,
         policy: &'a Policy,
+        fleet: &'a FleetView,
         now: u64,
     ) -> Self {
         let mut ledger = old.clone();
@@ -380,15 +422,18 @@ impl<'a> Planner<'a> {
             actual,
             old,
             policy,
+            fleet,
             now,
             ops: Vec::new(),
             held: Vec::new(),
+            waiting: Vec::new(),
             warnings: Vec::new(),
             unmanaged: Vec::new(),
             ledger,
             reserved: OnceCell::new(),
             quarantined_for,
             cursor: 1,
+            fleet_cursor: 1,
             hba_cursor: 0,
             luns_taken: HashSet::with_capacity_and_hasher(luns, Default::default()),
             hbas_taken: None,
@@ -398,7 +443,7 @@ impl<'a> Planner<'a> {
     fn run(mut self) -> Plan {
         let Some(tpg) = &self.actual.tpg else {
             self.warnings.push(Warning::NoTarget);
-            return self.finish(false);
+            return self.finish(false, false);
         };
         // Empty LUN directories (interrupted creates) are cleaned up; their numbers are free.
         for l in tpg.luns.values() {
@@ -467,7 +512,24 @@ impl<'a> Planner<'a> {
             }
         }
 
-        // Replacements and garbage go now; their numbers are quarantined for good.
+        // Replacements and garbage go now; their numbers are quarantined for good. While
+        // numbers are frozen, an exported backstore being replaced stays as it is.
+        if let Some(detail) = self.policy.numbers_frozen.clone() {
+            replaced.retain(|(b, luns)| {
+                let exported = !luns.is_empty();
+                if exported {
+                    self.held.push(Held {
+                        at: b.at.clone(),
+                        serial: b.serial.clone(),
+                        luns: luns.to_vec(),
+                        reason: HoldReason::NumbersFrozen {
+                            detail: detail.clone(),
+                        },
+                    });
+                }
+                !exported
+            });
+        }
         for (b, luns) in replaced.into_iter().chain(garbage) {
             for lun in luns {
                 self.unmap(*lun, b, false);
@@ -499,7 +561,10 @@ impl<'a> Planner<'a> {
         // Ledger records of images that are neither desired nor in LIO (the target was
         // cleared while they were absent): free their numbers through quarantine.
         for s in undesired {
-            if present_undesired.contains(s) || self.uncertain_why(Some(s)).is_some() {
+            if present_undesired.contains(s)
+                || self.uncertain_why(Some(s)).is_some()
+                || self.policy.numbers_frozen.is_some()
+            {
                 continue;
             }
             if let Some(r) = self.ledger.luns.remove(s) {
@@ -529,11 +594,17 @@ impl<'a> Planner<'a> {
             }
         }
 
+        // A target that is enabled but maps nothing while this node has images to serve was
+        // rebuilt or cleared (CSM's provisioning recreates it enabled and empty): initiators
+        // must not flood an empty LUN map while it is filled again, nor log in to half of it.
+        let maps_any = tpg.luns.values().any(|l| l.backstore.is_some());
+        let has_work = !self.desired.projections.is_empty() || !self.old.luns.is_empty();
+        let opened_empty = tpg.enabled && !maps_any && has_work;
         let enabled = tpg.enabled;
-        self.finish(enabled)
+        self.finish(enabled, opened_empty)
     }
 
-    fn finish(mut self, tpg_enabled: bool) -> Plan {
+    fn finish(mut self, tpg_enabled: bool, opened_empty: bool) -> Plan {
         let has_tpg = self.actual.tpg.is_some();
         // Rule 7: enabled only by a scan that saw the whole inventory (S3 and IMS
         // answered), so initiators never log in to a half-built LUN map. `apply`
@@ -542,6 +613,14 @@ impl<'a> Planner<'a> {
             && self.desired.uncertainty.rootfs.is_none();
         match self.policy.labelled {
             Some(false) if has_tpg && tpg_enabled => self.ops.push(Op::DisableTpg),
+            // A rebuilt target: disabled first, enabled again in the same scan only when
+            // this scan puts every image back (apply skips the enable when an op failed).
+            _ if opened_empty => {
+                self.ops.push(Op::DisableTpg);
+                if inventory_complete && self.waiting.is_empty() {
+                    self.ops.push(Op::EnableTpg)
+                }
+            }
             Some(true) if has_tpg && !tpg_enabled && inventory_complete => {
                 self.ops.push(Op::EnableTpg)
             }
@@ -555,6 +634,7 @@ impl<'a> Planner<'a> {
         Plan {
             ops: self.ops,
             held: self.held,
+            waiting: self.waiting,
             warnings: self.warnings,
             unmanaged: self.unmanaged,
             brake,
@@ -592,7 +672,13 @@ impl<'a> Planner<'a> {
                 serial: serial.clone(),
                 luns: luns.to_vec(),
             });
-            for l in luns.iter().filter(|l| Some(**l) != keep_lun) {
+            // The extras are freed through quarantine: not while numbers are frozen.
+            let extras = if self.policy.numbers_frozen.is_some() {
+                &[][..]
+            } else {
+                luns
+            };
+            for l in extras.iter().filter(|l| Some(**l) != keep_lun) {
                 self.unmap(*l, b, true);
             }
         }
@@ -626,7 +712,12 @@ impl<'a> Planner<'a> {
     }
 
     /// Creates `p`'s backstore and maps it; `old` is the previous ledger's record of it.
+    /// The number comes first: a backstore that could get no LUN would only be garbage.
     fn create(&mut self, p: &Projection, old: Option<&LunRecord>) {
+        self.ledger.absent_since.remove(&p.identity.serial);
+        let Some(lun) = self.allocate(p) else {
+            return;
+        };
         let hba = self.allocate_hba();
         let at = BackstoreRef::fileio(hba, &p.identity.name);
         self.ops.push(Op::CreateBackstore {
@@ -635,15 +726,12 @@ impl<'a> Planner<'a> {
             size: p.size,
             serial: p.identity.serial.clone(),
         });
-        self.ledger.absent_since.remove(&p.identity.serial);
-        if let Some(lun) = self.allocate(p) {
-            self.ops.push(Op::MapLun {
-                lun,
-                at,
-                alias: alias_for(&p.identity.serial),
-            });
-            self.record(p, lun, old.filter(|r| r.lun == lun));
-        }
+        self.ops.push(Op::MapLun {
+            lun,
+            at,
+            alias: alias_for(&p.identity.serial),
+        });
+        self.record(p, lun, old.filter(|r| r.lun == lun));
     }
 
     fn record(&mut self, p: &Projection, lun: u64, old: Option<&LunRecord>) {
@@ -679,6 +767,15 @@ impl<'a> Planner<'a> {
         let mut due = Vec::new();
         for (b, luns) in candidates {
             let serial = b.serial.clone();
+            if let Some(detail) = self.policy.numbers_frozen.clone() {
+                self.held.push(Held {
+                    at: b.at.clone(),
+                    serial,
+                    luns: luns.to_vec(),
+                    reason: HoldReason::NumbersFrozen { detail },
+                });
+                continue;
+            }
             if let Some(detail) = self.uncertain_why(serial.as_deref()) {
                 self.held.push(Held {
                     at: b.at.clone(),
@@ -831,7 +928,31 @@ impl<'a> Planner<'a> {
                 return Some(self.take(n));
             }
         }
-        // Nothing is freed while creating, so the search never needs to look back.
+        if let Some(reason) = &self.policy.numbers_frozen {
+            self.waiting.push(Waiting {
+                serial: serial.to_string(),
+                name: p.identity.name.clone(),
+                reason: format!("waits for a LUN number: {reason}"),
+            });
+            return None;
+        }
+        // The number the other nodes gave this image, so every worker presents it alike.
+        if let Some(n) = self.fleet.hint(serial) {
+            if self.may_take(n, p, false) {
+                return Some(self.take(n));
+            }
+        }
+        // Else the lowest number free here and on every other node. Nothing is freed while
+        // creating, so neither search ever needs to look back.
+        if !self.fleet.is_empty() {
+            while self.fleet_cursor <= MAX_LUN {
+                let n = self.fleet_cursor;
+                self.fleet_cursor += 1;
+                if !self.fleet.busy(n) && self.may_take(n, p, false) {
+                    return Some(self.take(n));
+                }
+            }
+        }
         while self.cursor <= MAX_LUN {
             let n = self.cursor;
             self.cursor += 1;

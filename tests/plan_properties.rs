@@ -224,6 +224,51 @@ proptest! {
         }
     }
 
+    /// A worker rebuild wipes the kernel's state and the local ledger; the ledger kept in
+    /// the Kubernetes API is restored before the first plan. Every image exported before
+    /// comes back at exactly its number.
+    #[test]
+    fn a_rebuild_restores_every_number(pol in policy_strategy(), steps in prop::collection::vec(step(), 1..20)) {
+        let mut actual = initial();
+        let mut ledger = Ledger::new();
+        let mut now = 1_000_000u64;
+        let mut sizes: Vec<u64> = (0..UNIVERSE as u64).map(|i| 1000 + i).collect();
+        let mut last = Desired::default();
+        for s in &steps {
+            now += s.dt;
+            if s.clear {
+                actual = initial();
+            }
+            if let Some(i) = s.resize {
+                sizes[i] += 7;
+            }
+            last = desired_for(s, &sizes);
+            let p = plan(&last, &actual, &ledger, &pol, now);
+            apply_all(&mut actual, &p.ops);
+            ledger = p.ledger;
+        }
+        let before: BTreeMap<String, u64> = last
+            .projections
+            .keys()
+            .filter_map(|serial| Some((serial.clone(), lun_of(&actual, serial)?)))
+            .collect();
+        // The rebuild: a new disk (no local ledger, no saveconfig.json), the target
+        // recreated by CSM's provisioning, enabled and empty; the API's copy restored.
+        let restored: Ledger = serde_json::from_slice(&serde_json::to_vec(&ledger).unwrap()).unwrap();
+        let mut rebuilt = empty_target(true);
+        let wanted = Desired { projections: last.projections.clone(), ..Desired::default() };
+        let p = plan(&wanted, &rebuilt, &restored, &pol, now + 60);
+        // Closed while it is filled, opened again by the same scan.
+        if !before.is_empty() {
+            prop_assert_eq!(p.ops.first(), Some(&Op::DisableTpg));
+            prop_assert_eq!(p.ops.last(), Some(&Op::EnableTpg));
+        }
+        apply_all(&mut rebuilt, &p.ops);
+        for (serial, lun) in &before {
+            prop_assert_eq!(lun_of(&rebuilt, serial), Some(*lun), "{} moved after the rebuild", serial);
+        }
+    }
+
     #[test]
     fn brake_rule_is_monotone(removals in 0..200usize, managed in 0..200usize, min in 0..5usize) {
         let pol = Policy { brake_min: min, ..policy() };

@@ -374,8 +374,11 @@ fn backstore_without_lun_gets_one() {
     add_exported(&mut actual, &p1, 1, 4);
     actual.tpg.as_mut().unwrap().luns.clear();
     let p = plan(&desired_of([p1]), &actual, &Ledger::new(), &policy(), NOW);
-    assert_eq!(p.ops.len(), 1);
-    assert!(matches!(p.ops[0], Op::MapLun { lun: 1, .. }));
+    // The enabled target maps nothing: it is closed while its map is filled, then opened.
+    assert_eq!(p.ops.len(), 3, "{:?}", p.ops);
+    assert!(matches!(p.ops[0], Op::DisableTpg));
+    assert!(matches!(p.ops[1], Op::MapLun { lun: 1, .. }));
+    assert!(matches!(p.ops[2], Op::EnableTpg));
 }
 
 #[test]

@@ -368,6 +368,7 @@ pub fn explain(r: &ScanReport, ledger: &Ledger, query: &str) -> Vec<String> {
                         HoldReason::Grace { .. } => "no longer in the inventory",
                         HoldReason::Brake { .. } => "no longer in the inventory",
                         HoldReason::Unknown { .. } => "the inventory cannot see it",
+                        HoldReason::NumbersFrozen { .. } => "LUN numbers cannot change now",
                     };
                     out.push(format!(
                         "backstore {} (serial {serial}) at LUN {:?}: {why}; removal held: {}",

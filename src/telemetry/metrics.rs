@@ -259,6 +259,7 @@ impl Metrics {
                     HoldReason::Unknown { .. } => "unknown",
                     HoldReason::Grace { .. } => "grace",
                     HoldReason::Brake { .. } => "brake",
+                    HoldReason::NumbersFrozen { .. } => "numbers-frozen",
                 };
                 self.held
                     .get_or_create(&vec![("reason".into(), reason.into())])

@@ -129,6 +129,7 @@ pub fn policy() -> Policy {
         brake_min: 2,
         brake_released: false,
         labelled: Some(true),
+        numbers_frozen: None,
     }
 }
 
