@@ -19,7 +19,10 @@ fn worker(images: &[(&sbps_marshal::desired::Projection, u64)]) -> Ledger {
         add_exported(&mut a, p, i as u32, *lun);
     }
     let d = desired_of(images.iter().map(|(p, _)| (*p).clone()));
-    plan(&d, &a, &Ledger::new(), &policy(), NOW).ledger
+    let mut l = plan(&d, &a, &Ledger::new(), &policy(), NOW).ledger;
+    // Not an adopted target: no gaps quarantined.
+    l.quarantine.clear();
+    l
 }
 
 fn mapped(p: &sbps_marshal::plan::Plan) -> Vec<(String, u64)> {
