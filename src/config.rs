@@ -87,6 +87,8 @@ keys! {
     "LIO_SAVE_FILE", "/etc/target/saveconfig.json", Kind::AbsPath, "LIO saveconfig.json, written from the kernel state after changes.", "written once per scan that changed something, not after every change";
     "TARGETCLI_BIN", "/usr/bin/targetcli", Kind::AbsPath, "targetcli, used by the targetcli backend.", "";
     "KUBECONFIG", "/etc/kubernetes/admin.conf", Kind::AbsPath, "kubeconfig used to read this node's labels.", "hard-coded in the original";
+    "REMOTE_LEDGER", "true", Kind::Bool, "Keep the ledger (LUN numbers, quarantines) in the Kubernetes API too, one ConfigMap per node, so a rebuilt worker gets every number back and new images take the fleet's numbers; false = the local file only.", "new: the original kept no LUN numbers";
+    "LEDGER_NAMESPACE", "services", Kind::Text, "Kubernetes namespace of the ledger ConfigMaps (sbps-marshal-ledger-<node>).", "new";
     "XNAME_FILE", "/etc/cray/xname", Kind::AbsPath, "File holding this node's xname (accepted SPIFFE ID).", "hard-coded in the original";
     "STATE_DIR", "/var/lib/sbps-marshal", Kind::AbsPath, "Directory of the ledger (LUN numbers, quarantine, absences).", "hard-coded in the original";
     "NODE_NAME", "", Kind::OptText, "Kubernetes node name; empty = this host's name.", "hard-coded (hostname) in the original";
@@ -333,6 +335,9 @@ pub struct Settings {
     pub lio_save_file: PathBuf,
     pub targetcli_bin: PathBuf,
     pub kubeconfig: PathBuf,
+    /// Keep the ledger in the Kubernetes API too.
+    pub remote_ledger: bool,
+    pub ledger_namespace: String,
     pub xname_file: PathBuf,
     pub state_dir: PathBuf,
     pub node_name: String,
@@ -391,6 +396,8 @@ impl Settings {
             lio_save_file: p.path("LIO_SAVE_FILE")?,
             targetcli_bin: p.path("TARGETCLI_BIN")?,
             kubeconfig: p.path("KUBECONFIG")?,
+            remote_ledger: p.bool("REMOTE_LEDGER")?,
+            ledger_namespace: p.text("LEDGER_NAMESPACE")?,
             xname_file: p.path("XNAME_FILE")?,
             state_dir: p.path("STATE_DIR")?,
             node_name,

@@ -71,8 +71,9 @@ impl FleetView {
     }
 }
 
-/// What an agent says of itself next to its ledger. Written only when it changes, so a
-/// steady agent makes no API write: it records transitions, not heartbeats.
+/// What an agent says of itself next to its ledger. Written only when one of its states
+/// changes (not for a new `last_converged` alone), so a steady agent makes no API write:
+/// it records transitions, not heartbeats. What it exports is in its ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// The agent's version (with its revision).
@@ -89,9 +90,6 @@ pub struct NodeStatus {
     pub last_converged: Option<u64>,
     /// When the agent started.
     pub started: u64,
-    /// Exported projections by kind.
-    pub rootfs: usize,
-    pub pe: usize,
 }
 
 /// One node's document: its ledger and, when it wrote one, its status.
@@ -174,7 +172,11 @@ impl fmt::Display for Flag {
                 let l: Vec<String> = luns.iter().map(|(n, l)| format!("{n}={l}")).collect();
                 write!(f, "{name} has different LUN numbers: {}", l.join(", "))
             }
-            Flag::ContentDiffers { serial, key, copies } => {
+            Flag::ContentDiffers {
+                serial,
+                key,
+                copies,
+            } => {
                 let c: Vec<String> = copies
                     .iter()
                     .map(|(n, (e, s))| {
@@ -254,7 +256,10 @@ pub fn survey(docs: &[NodeDoc], policy: &SurveyPolicy) -> Survey {
     let with_ledger: BTreeSet<&str> = docs.iter().map(|d| d.node.as_str()).collect();
     let mut flags = Vec::new();
     if let Some(labelled) = &policy.labelled {
-        for n in labelled.iter().filter(|n| !with_ledger.contains(n.as_str())) {
+        for n in labelled
+            .iter()
+            .filter(|n| !with_ledger.contains(n.as_str()))
+        {
             flags.push(Flag::NoLedger { node: n.clone() });
         }
     }
@@ -278,6 +283,46 @@ pub fn survey(docs: &[NodeDoc], policy: &SurveyPolicy) -> Survey {
         nodes: with_ledger.iter().map(|n| n.to_string()).collect(),
         images: images.into_values().collect(),
         flags,
+    }
+}
+
+impl Survey {
+    /// One line per image (its number and how many nodes export it), then the flags.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} node(s) with a ledger: {}",
+            self.nodes.len(),
+            self.nodes.join(", ")
+        );
+        let _ = writeln!(
+            out,
+            "{:<15}  {:<6}  {:<12}  {:<5}  KEY",
+            "IMAGE", "KIND", "LUN", "NODES"
+        );
+        for row in &self.images {
+            let luns: BTreeSet<u64> = row.nodes.values().map(|c| c.lun).collect();
+            let luns: Vec<String> = luns.iter().map(u64::to_string).collect();
+            let kind = row.kind.map_or("?".to_string(), |k| k.to_string());
+            let key = row.key.as_deref().unwrap_or("?");
+            let _ = writeln!(
+                out,
+                "{:<15}  {:<6}  {:<12}  {:<5}  {key}",
+                row.name,
+                kind,
+                luns.join(","),
+                format!("{}/{}", row.nodes.len(), self.nodes.len()),
+            );
+        }
+        if self.flags.is_empty() {
+            let _ = writeln!(out, "no flags");
+        }
+        for f in &self.flags {
+            let _ = writeln!(out, "FLAG: {f}");
+        }
+        out
     }
 }
 
@@ -409,15 +454,17 @@ mod tests {
     fn differing_numbers_content_and_missing_images_are_flagged() {
         let mut w2 = ledger(&[("x", 2)], &[]);
         w2.luns.get_mut("x").unwrap().etag = Some("other".into());
-        let docs = [
-            doc("w1", ledger(&[("x", 1), ("y", 2)], &[])),
-            doc("w2", w2),
-        ];
+        let docs = [doc("w1", ledger(&[("x", 1), ("y", 2)], &[])), doc("w2", w2)];
         let s = survey(&docs, &policy(&["w1", "w2", "w3"], 10_000));
         let kinds: Vec<String> = s
             .flags
             .iter()
-            .map(|f| serde_json::to_value(f).unwrap()["flag"].as_str().unwrap().to_string())
+            .map(|f| {
+                serde_json::to_value(f).unwrap()["flag"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         assert_eq!(
             kinds,
@@ -447,13 +494,13 @@ mod tests {
             converged,
             last_converged: last,
             started: 100,
-            rootfs: 0,
-            pe: 0,
         };
         let mut d = doc("w1", Ledger::new());
         d.status = Some(status(false, Some(1_000)));
         let p = |now| policy(&["w1"], now);
-        assert!(survey(std::slice::from_ref(&d), &p(1_000 + 540)).flags.is_empty());
+        assert!(survey(std::slice::from_ref(&d), &p(1_000 + 540))
+            .flags
+            .is_empty());
         assert_eq!(
             survey(std::slice::from_ref(&d), &p(1_000 + 541)).flags,
             [Flag::NotConverging {
@@ -462,6 +509,8 @@ mod tests {
             }]
         );
         d.status = Some(status(true, Some(1_000)));
-        assert!(survey(std::slice::from_ref(&d), &p(99_999)).flags.is_empty());
+        assert!(survey(std::slice::from_ref(&d), &p(99_999))
+            .flags
+            .is_empty());
     }
 }

@@ -159,7 +159,8 @@ fn frozen_numbers_keep_what_is_exported_and_new_images_wait() {
     .ledger;
     // `gone` has been absent for longer than the grace period; `b` is new.
     let mut old = ledger.clone();
-    old.absent_since.insert(gone.identity.serial.clone(), NOW - 10_000);
+    old.absent_since
+        .insert(gone.identity.serial.clone(), NOW - 10_000);
     let p = plan(
         &desired_of([a.clone(), b.clone()]),
         &here,
@@ -167,7 +168,11 @@ fn frozen_numbers_keep_what_is_exported_and_new_images_wait() {
         &frozen(),
         NOW,
     );
-    assert!(p.ops.is_empty(), "nothing changes while frozen: {:?}", p.ops);
+    assert!(
+        p.ops.is_empty(),
+        "nothing changes while frozen: {:?}",
+        p.ops
+    );
     assert_eq!(p.waiting.len(), 1);
     assert_eq!(p.waiting[0].serial, b.identity.serial);
     assert!(p.waiting[0].reason.contains("cannot be written"));

@@ -5,6 +5,7 @@
 //! half-applied plan or an administrator's change is simply the next scan's input.
 
 pub mod lock;
+pub mod mirror;
 pub mod run;
 pub mod service;
 pub mod status;
@@ -18,7 +19,9 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::desired::{self, Desired};
+use crate::fleet::{FleetView, NodeStatus};
 use crate::inventory::gather::{GatherStats, Gathered, Sources};
+use crate::ledger::remote::LedgerMirror;
 use crate::ledger::{Ledger, Loaded};
 use crate::lio::{self, Actual, Op, Target};
 use crate::plan::{self, Plan};
@@ -117,6 +120,14 @@ pub struct Agent {
     pub release_brake: bool,
     /// What saveconfig.json was last written from (see [`Job::saved_state`]).
     saved_state: Option<Actual>,
+    /// The ledger kept in the Kubernetes API (None: REMOTE_LEDGER off).
+    mirror: Option<mirror::Mirror>,
+    /// No local ledger was found at start (new disk, rebuild, corrupt file).
+    local_missing: bool,
+    /// When a scan last converged (seconds since the epoch).
+    last_converged: Option<u64>,
+    /// When the agent started (seconds since the epoch).
+    started_at: u64,
 }
 
 /// Seconds since the epoch.
@@ -142,7 +153,9 @@ impl Agent {
         target: Arc<dyn Target>,
         service: Box<dyn ServiceManager>,
     ) -> anyhow::Result<Agent> {
-        let ledger = match Ledger::load(&settings.ledger_file(), unix_now())? {
+        let loaded = Ledger::load(&settings.ledger_file(), unix_now())?;
+        let local_missing = !matches!(loaded, Loaded::Existing(_));
+        let ledger = match loaded {
             Loaded::Fresh(l) | Loaded::Existing(l) => l,
             Loaded::Recovered {
                 ledger,
@@ -170,7 +183,17 @@ impl Agent {
             restarted_target: false,
             release_brake: false,
             saved_state: None,
+            mirror: None,
+            local_missing,
+            last_converged: None,
+            started_at: unix_now(),
         })
+    }
+
+    /// Keeps the ledger in the Kubernetes API too (REMOTE_LEDGER).
+    pub fn with_mirror(mut self, remote: Arc<dyn LedgerMirror>) -> Agent {
+        self.mirror = Some(mirror::Mirror::new(remote, &self.settings.node_name));
+        self
     }
 
     /// The ledger as it stands.
@@ -227,8 +250,41 @@ impl Agent {
             self.ensure_target_service().await;
         }
 
-        let policy = self.settings.policy(labelled, self.release_brake);
+        // The ledger in the Kubernetes API: restored, caught up, and the fleet's numbers.
+        let prep = match &mut self.mirror {
+            Some(m) => {
+                let before = self.ledger.generation;
+                let prep = m
+                    .prepare(
+                        &mut self.ledger,
+                        self.local_missing,
+                        &desired,
+                        mode == Mode::Apply,
+                    )
+                    .await;
+                if mode == Mode::Apply && (self.ledger.generation != before || self.local_missing) {
+                    // Restored (or first written) from the API: the local file follows at once.
+                    match self.ledger.save(&self.settings.ledger_file()) {
+                        Ok(()) => self.local_missing = false,
+                        Err(e) => tracing::error!("{e}"),
+                    }
+                }
+                prep
+            }
+            None => mirror::Prepared::default(),
+        };
+        let mut policy = self.settings.policy(labelled, self.release_brake);
+        policy.numbers_frozen = prep.frozen.clone();
+        if let Some(why) = &prep.frozen {
+            tracing::warn!("LUN numbers are frozen this scan: {why}");
+        }
+        let remote = match (&self.mirror, &prep.frozen, mode) {
+            (Some(m), None, Mode::Apply) => Some((m.remote(), tokio::runtime::Handle::current())),
+            _ => None,
+        };
         let job = Job {
+            fleet: prep.fleet,
+            remote,
             target: self.target.clone(),
             desired: Arc::clone(&desired),
             ledger: self.ledger.clone(),
@@ -255,6 +311,9 @@ impl Agent {
         if let Some(l) = done.ledger.take() {
             self.ledger = l;
         }
+        if let (Some(m), Some(g)) = (&mut self.mirror, done.remote_written) {
+            m.written(g);
+        }
         if mode == Mode::Apply {
             self.saved_state = done.saved_state.take();
         }
@@ -262,15 +321,15 @@ impl Agent {
         let desired = Arc::try_unwrap(desired).unwrap_or_else(|d| (*d).clone());
         let converged = done.failure.is_none()
             && done.outcomes.iter().all(|o| o.error.is_none())
-            && done
-                .plan
-                .as_ref()
-                .is_some_and(|p| !p.warnings.contains(&plan::Warning::NoTarget))
+            && done.plan.as_ref().is_some_and(|p| {
+                !p.warnings.contains(&plan::Warning::NoTarget) && p.waiting.is_empty()
+            })
             && desired.uncertainty.everything.is_none();
         if mode == Mode::Apply {
             self.release_brake = false;
             if converged {
                 self.converged_since_start = true;
+                self.last_converged = Some(now);
                 self.maybe_restart_target_once().await;
             }
         }
@@ -301,6 +360,22 @@ impl Agent {
             );
             if let Ok(mut slot) = self.status.write() {
                 *slot = Some(st);
+            }
+            if let Some(m) = &mut self.mirror {
+                let status = NodeStatus {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    scan_frequency: self.settings.scan_frequency.as_secs(),
+                    labelled: report.labelled,
+                    tpg_enabled: report
+                        .actual
+                        .as_ref()
+                        .and_then(|a| a.tpg.as_ref())
+                        .map(|t| t.enabled),
+                    converged: report.converged,
+                    last_converged: self.last_converged,
+                    started: self.started_at,
+                };
+                m.after_scan(&self.ledger, status).await;
             }
             tracing::info!("END SCAN");
         }
@@ -378,6 +453,11 @@ pub struct Job {
     /// file is known to be current and the full configfs dump is skipped: the most
     /// expensive part of a steady scan at thousands of LUNs.
     pub saved_state: Option<Actual>,
+    /// The other nodes' numbers, for new images.
+    pub fleet: FleetView,
+    /// Where the ledger is written ahead besides the local file (the Kubernetes API),
+    /// and the runtime that talks to it.
+    pub remote: Option<(Arc<dyn LedgerMirror>, tokio::runtime::Handle)>,
 }
 
 /// What a [`Job`] did.
@@ -397,6 +477,8 @@ pub struct JobDone {
     pub ledger_written: bool,
     /// The state saveconfig.json now mirrors, when the job checked or wrote it.
     pub saved_state: Option<Actual>,
+    /// The generation written ahead to the Kubernetes API.
+    pub remote_written: Option<u64>,
 }
 
 impl JobDone {
@@ -426,17 +508,49 @@ impl Job {
         };
         done.observe = t.elapsed();
         let t = Instant::now();
-        let p = plan::plan(&self.desired, &actual, &self.ledger, &self.policy, self.now);
+        let plan_with = |policy: &plan::Policy| {
+            let fleet = &self.fleet;
+            plan::plan_in_fleet(
+                &self.desired,
+                &actual,
+                &self.ledger,
+                policy,
+                fleet,
+                self.now,
+            )
+        };
+        let mut p = plan_with(&self.policy);
         done.plan_time = t.elapsed();
         if self.mode == Mode::DryRun {
             done.actual = Some(actual);
             done.plan = Some(p);
             return done;
         }
-        // Write-ahead: the quarantine of every number this plan frees is on disk
-        // before the first unmap.
+        // Write-ahead: every number this plan takes, and the quarantine of every number it
+        // frees, is durable (in the Kubernetes API, then on disk) before the kernel changes.
         let t = Instant::now();
-        if p.ledger != self.ledger {
+        let mut changed = p.ledger != self.ledger;
+        if changed {
+            p.ledger.generation = self.ledger.generation + 1;
+            if let Some((remote, rt)) = &self.remote {
+                match rt.block_on(remote.store(&p.ledger, None)) {
+                    Ok(()) => done.remote_written = Some(p.ledger.generation),
+                    Err(e) => {
+                        let why =
+                            format!("the ledger in the Kubernetes API cannot be written ({e})");
+                        tracing::error!("{why}; LUN numbers are frozen this scan");
+                        let frozen = plan::Policy {
+                            numbers_frozen: Some(why),
+                            ..self.policy.clone()
+                        };
+                        p = plan_with(&frozen);
+                        changed = p.ledger != self.ledger;
+                        p.ledger.generation = self.ledger.generation + u64::from(changed);
+                    }
+                }
+            }
+        }
+        if changed {
             if let Err(e) = p.ledger.save(&self.ledger_file) {
                 done.failure = Some(format!("{e}; nothing applied"));
                 done.actual = Some(actual);

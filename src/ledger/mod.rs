@@ -23,6 +23,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::desired::Kind;
 
+pub mod remote;
+
 /// Current on-disk format version.
 pub const VERSION: u32 = 1;
 
