@@ -436,6 +436,7 @@ impl Settings {
             bucket: self.s3_bucket.clone(),
             mount_root: self.mount.clone(),
             ims_tagging: self.ims_tagging,
+            backend: crate::paths::Backend::from_setting(&self.lio_backend),
         }
     }
 

@@ -6,5 +6,6 @@ pub mod identity;
 pub mod inventory;
 pub mod ledger;
 pub mod lio;
+pub mod paths;
 pub mod plan;
 pub mod telemetry;

@@ -16,6 +16,7 @@ use crate::inventory::spire::{SpireBackend, SpireConfig};
 use crate::lio::configfs::{ConfigfsSettings, ConfigfsTarget};
 use crate::lio::targetcli::{TargetcliSettings, TargetcliTarget};
 use crate::lio::Target;
+use crate::paths::Backend;
 
 /// The TLS options every client uses.
 pub fn tls(s: &Settings) -> TlsOptions {
@@ -80,15 +81,15 @@ pub fn sources(s: &Settings) -> Result<Sources> {
 
 /// Builds the LIO backend LIO_BACKEND names.
 pub fn target(s: &Settings) -> Arc<dyn Target> {
-    match s.lio_backend.as_str() {
-        "targetcli" => Arc::new(TargetcliTarget::new(TargetcliSettings {
+    match Backend::from_setting(&s.lio_backend) {
+        Backend::Targetcli => Arc::new(TargetcliTarget::new(TargetcliSettings {
             bin: s.targetcli_bin.clone(),
             iqn: s.target_iqn.clone(),
             tag: s.tpg_tag,
             mount_root: s.mount.clone(),
             tmp_dir: std::env::temp_dir(),
         })),
-        _ => Arc::new(ConfigfsTarget::real(ConfigfsSettings {
+        Backend::Configfs => Arc::new(ConfigfsTarget::real(ConfigfsSettings {
             root: s.configfs_root.clone(),
             tag: s.tpg_tag,
             lock_dir: Some(s.rtslib_lock_dir.clone()),
