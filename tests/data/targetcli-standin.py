@@ -66,7 +66,11 @@ def installed():
         from configshell_fb import ConfigShell
     except ImportError:
         return None
-    shell = ConfigShell()
+    try:
+        shell = ConfigShell()
+    except Exception as e:  # an old release that cannot start here: say so, go on
+        print("targetcli-standin: installed configshell-fb unusable: %r" % e, file=sys.stderr)
+        return None
 
     def read(line):
         _, path, command, pparams, kparams = shell._parse_cmdline(line)
