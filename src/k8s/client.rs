@@ -17,8 +17,8 @@
 //!
 //! **Bounds.** Every request (credentials from an exec plugin included) ends within
 //! the timeout; no answer is read past [`MAX_ANSWER`]; requests are never retried here
-//! (the next scan is the retry) and never go through an `HTTPS_PROXY`: the API server
-//! is on the cluster's own network.
+//! (the next scan is the retry), never ride a kept-alive connection, and never go
+//! through an `HTTPS_PROXY`: the API server is on the cluster's own network.
 //!
 //! A built client is reused for [`CLIENT_MAX_AGE`], then built again from the files,
 //! so a renewed certificate (`kubeadm certs renew`, a kubelet rotating its client
@@ -334,7 +334,10 @@ fn build_client(mut config: kube::Config, opts: &TlsOptions) -> Result<kube::Cli
         }
         None => builder,
     };
+    // A new connection per request: a few requests a scan make the handshakes free, and
+    // no request rides a kept-alive connection to an API server that has gone away.
     let hyper_client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
         .build(builder.enable_http1().wrap_connector(connector));
     config.headers.push((
         http::header::USER_AGENT,

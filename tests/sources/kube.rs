@@ -237,6 +237,20 @@ async fn down_and_slow_are_unavailable_within_the_timeout_and_recover() {
     );
 }
 
+/// Each request opens its own connection: none rides a kept-alive connection to a
+/// server that may have gone away in between (scans are minutes apart).
+#[tokio::test]
+async fn no_request_reuses_a_kept_alive_connection() {
+    let api = KubeApi::start(ClientAuth::Required).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(settings(&admin_conf(&api, dir.path(), "ncn-w001")));
+    for _ in 0..3 {
+        assert_eq!(s.get("x").await.unwrap(), None);
+    }
+    assert_eq!(api.seen().len(), 3);
+    assert_eq!(api.connections(), 3);
+}
+
 /// A client without a certificate fails the mTLS handshake; a token works where the
 /// server accepts tokens, a wrong one is 401.
 #[tokio::test]

@@ -210,6 +210,8 @@ struct State {
     cert_users: Mutex<HashMap<Vec<u8>, String>>,
     tokens: Mutex<HashMap<String, String>>,
     seen: Mutex<Vec<Seen>>,
+    /// TCP connections accepted.
+    connections: std::sync::atomic::AtomicU64,
 }
 
 /// The running double; stopped on drop.
@@ -253,6 +255,7 @@ impl KubeApi {
             cert_users: Mutex::default(),
             tokens: Mutex::default(),
             seen: Mutex::default(),
+            connections: Default::default(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -342,6 +345,13 @@ impl KubeApi {
         self.state.faults.lock().unwrap().fault = f;
     }
 
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Every request so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
@@ -370,6 +380,9 @@ impl KubeApi {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                state
+                    .connections
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (acceptor, state) = (acceptor.clone(), state.clone());
                 conns.spawn(async move {
                     // A client that fails the handshake (no certificate) is refused here.
