@@ -564,7 +564,7 @@ async fn k8s_node(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> Res
             .to_string(),
         )
             .into_response(),
-        Err(r) => r,
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
@@ -594,24 +594,19 @@ async fn k8s_nodes(State(ctx): State<Ctx>, Query(q): Query<BTreeMap<String, Stri
                               "metadata": {"resourceVersion": "1"}, "items": items}))
             .into_response()
         }
-        Err(r) => r,
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
 /// The Node `name` with the labels of `node-labels.json` (plus its hostname label);
-/// `None` when the file is missing.
-fn node_object(ctx: &Ctx, name: &str) -> Result<Option<Value>, Response> {
+/// `None` when the file is missing; `Err` when it is not a JSON object.
+fn node_object(ctx: &Ctx, name: &str) -> Result<Option<Value>, &'static str> {
     let Ok(text) = std::fs::read_to_string(ctx.dir.join("node-labels.json")) else {
         return Ok(None);
     };
     let mut labels: serde_json::Map<String, Value> = match serde_json::from_str(&text) {
         Ok(Value::Object(m)) => m,
-        _ => {
-            return Err(json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "node-labels.json is not an object",
-            ))
-        }
+        _ => return Err("node-labels.json is not an object"),
     };
     labels
         .entry("kubernetes.io/hostname".to_string())
