@@ -262,7 +262,7 @@ mod tests {
             "configmaps",
             "namespace \"services\"",
             "403",
-            "User \\\"x\\\"",
+            "User \"x\" cannot update",
         ] {
             assert!(text.contains(part), "{part} missing: {text}");
         }
