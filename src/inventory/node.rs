@@ -189,6 +189,24 @@ pub fn local_hostname() -> Result<String, NodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Labelled exactly when a selected Node carries the label; unanswered
+        /// (look up by name) exactly when nothing was selected.
+        #[test]
+        fn verdict_is_any_selected_node_labelled(
+            nodes in prop::collection::vec(
+                prop::collection::btree_map("iscsi|other|kubernetes.io/hostname", "sbps|no|x", 0..3),
+                0..4,
+            )
+        ) {
+            let l = ("iscsi".to_string(), "sbps".to_string());
+            let want = (!nodes.is_empty())
+                .then(|| nodes.iter().any(|n| n.get("iscsi").map(String::as_str) == Some("sbps")));
+            prop_assert_eq!(verdict(&nodes, &l), want);
+        }
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs

@@ -218,12 +218,22 @@ impl KubeConnector {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.to_string()),
         };
-        let config = match credential_source(s, exists)? {
-            CredentialSource::Kubeconfig(path) => from_kubeconfig(&path).await?,
-            CredentialSource::InCluster(ic) => from_service_account(&ic)?,
+        let (config, origin) = match credential_source(s, exists)? {
+            CredentialSource::Kubeconfig(path) => (
+                from_kubeconfig(&path).await?,
+                format!("kubeconfig {}", path.display()),
+            ),
+            CredentialSource::InCluster(ic) => (
+                from_service_account(&ic)?,
+                format!("service account {}", ic.dir.display()),
+            ),
         };
         let server = config.cluster_url.to_string();
-        Ok((build_client(config, &s.tls)?, server))
+        let client = build_client(config, &s.tls).map_err(|e| match e {
+            KubeError::Setup(m) => KubeError::Setup(format!("{m} (credentials from {origin})")),
+            e => e,
+        })?;
+        Ok((client, server))
     }
 }
 

@@ -216,6 +216,27 @@ pub fn from_status(op: Op, s: &Status) -> KubeError {
 mod tests {
     use super::*;
     use kube::core::response::{StatusCause, StatusDetails};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the API (or something posing as it) answers, only a 404 `Status`
+        /// with reason NotFound says "absent".
+        #[test]
+        fn absent_only_on_a_not_found_status(
+            code in prop_oneof![Just(404u16), Just(403), Just(409), Just(500), 0u16..1000],
+            reason in prop_oneof![
+                Just("NotFound".to_string()),
+                Just("Failed to parse error data".to_string()),
+                Just(String::new()),
+                "[A-Za-z ]{0,20}",
+            ],
+            message in any::<String>(),
+        ) {
+            let e = from_status(op(), &status(code, &reason, &message));
+            prop_assert_eq!(e.is_not_found(), code == 404 && reason == "NotFound");
+            prop_assert!(e.to_string().len() < 2000 + op().to_string().len());
+        }
+    }
 
     fn status(code: u16, reason: &str, message: &str) -> Status {
         let mut s = Status::failure(message, reason);

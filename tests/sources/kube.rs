@@ -352,6 +352,52 @@ async fn service_account_when_there_is_no_kubeconfig() {
     );
 }
 
+/// A kubeconfig that exists but cannot be used is a setup error naming the file (never
+/// a panic, never another source of credentials).
+#[tokio::test]
+async fn broken_kubeconfigs_are_named_errors() {
+    let api = KubeApi::start(ClientAuth::Required).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = api.client_cert("ncn-w001");
+    let kc = dir.path().join("admin.conf");
+    write_kubeconfig(&kc, &api.url(), Some(&api.pki.ca_pem()), User::Cert(&cert));
+    let good = std::fs::read_to_string(&kc).unwrap();
+    let key_line = good
+        .lines()
+        .find(|l| l.contains("client-key-data"))
+        .unwrap();
+    let ca_line = good
+        .lines()
+        .find(|l| l.contains("certificate-authority-data"))
+        .unwrap();
+    for text in [
+        String::new(),
+        "not: [yaml".into(),
+        "current-context: x\n".into(),
+        "current-context: x\ncontexts:\n- name: x\n  context: {cluster: c}\n".into(),
+        good.replace(key_line, "    client-key-data: bm90IGEga2V5"),
+        good.replace(key_line, ""),
+        good.replace(ca_line, "    certificate-authority-data: %%%"),
+        good.replace(&api.url(), "not a url"),
+    ] {
+        std::fs::write(&kc, &text).unwrap();
+        let s = KubeSettings {
+            in_cluster: Some(InCluster {
+                host: "127.0.0.1".into(),
+                port: api.addr.port().to_string(),
+                dir: dir.path().into(),
+            }),
+            ..settings(&kc)
+        };
+        let e = store(s).get("x").await.unwrap_err();
+        assert!(
+            matches!(e, KubeError::Setup(_)) && e.to_string().contains("admin.conf"),
+            "{text}\n=> {e}"
+        );
+    }
+    assert!(api.seen().is_empty(), "no request with broken credentials");
+}
+
 /// TLS_VERIFY and CA_BUNDLE: a kubeconfig naming no CA is verified against the system
 /// roots plus CA_BUNDLE; one naming a CA trusts it plus CA_BUNDLE; TLS_VERIFY=false
 /// accepts anything and says so.
