@@ -10,7 +10,7 @@
 //! credentials: an operator must see that the file they configured is broken.
 //!
 //! **Trust.** `TLS_VERIFY=false` (or the kubeconfig's `insecure-skip-tls-verify`)
-//! accepts any server certificate, with a warning per client built. Otherwise the
+//! accepts any server certificate, with a warning (once per connector). Otherwise the
 //! cluster's CA (`certificate-authority[-data]`, the service account's `ca.crt`) is
 //! trusted, plus `CA_BUNDLE`; a kubeconfig naming no CA falls back to the system roots
 //! plus `CA_BUNDLE`, as every other source of the agent does.
@@ -140,6 +140,8 @@ pub fn credential_source(
 pub struct KubeConnector {
     settings: KubeSettings,
     cached: Mutex<Option<Cached>>,
+    /// Warnings already logged (a client is rebuilt every minute; a warning is said once).
+    warned: Mutex<std::collections::BTreeSet<String>>,
 }
 
 struct Cached {
@@ -153,6 +155,7 @@ impl KubeConnector {
         KubeConnector {
             settings,
             cached: Mutex::new(None),
+            warned: Mutex::default(),
         }
     }
 
@@ -229,10 +232,17 @@ impl KubeConnector {
             ),
         };
         let server = config.cluster_url.to_string();
-        let client = build_client(config, &s.tls).map_err(|e| match e {
+        let (client, warnings) = build_client(config, &s.tls).map_err(|e| match e {
             KubeError::Setup(m) => KubeError::Setup(format!("{m} (credentials from {origin})")),
             e => e,
         })?;
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        for w in warnings {
+            if !warned.contains(&w) {
+                tracing::warn!(server = %server, "{w}");
+                warned.insert(w);
+            }
+        }
         Ok((client, server))
     }
 }
@@ -294,12 +304,18 @@ pub fn read_certs(path: &Path) -> Result<Vec<Vec<u8>>, KubeError> {
 }
 
 /// The client: kube-rs's authentication (client certificate, token, exec plugin)
-/// over our own TLS trust, timeouts and answer cap.
-fn build_client(mut config: kube::Config, opts: &TlsOptions) -> Result<kube::Client, KubeError> {
+/// over our own TLS trust, timeouts and answer cap; and the warnings to log about it.
+fn build_client(
+    mut config: kube::Config,
+    opts: &TlsOptions,
+) -> Result<(kube::Client, Vec<String>), KubeError> {
     let setup =
         |e: &dyn std::error::Error| KubeError::Setup(crate::inventory::http::error_chain(e));
+    let mut warnings = Vec::new();
     if let Some(proxy) = &config.proxy_url {
-        tracing::warn!(%proxy, "proxy ignored: the agent connects to the Kubernetes API directly");
+        warnings.push(format!(
+            "proxy {proxy} ignored: the agent connects to the Kubernetes API directly"
+        ));
     }
     let bundle = match &opts.ca_bundle {
         Some(p) => read_certs(p)?,
@@ -320,9 +336,9 @@ fn build_client(mut config: kube::Config, opts: &TlsOptions) -> Result<kube::Cli
     let mut rustls_config = config.rustls_client_config().map_err(|e| setup(&e))?;
     if https {
         if trust == Trust::Any {
-            tracing::warn!(
-                server = %config.cluster_url,
+            warnings.push(
                 "TLS certificate verification is OFF for the Kubernetes API (explicitly configured)"
+                    .into(),
             );
         }
         let verifier = tls::verifier(trust).map_err(KubeError::Setup)?;
@@ -360,7 +376,10 @@ fn build_client(mut config: kube::Config, opts: &TlsOptions) -> Result<kube::Cli
         .map_err(tower::BoxError::from)
         .map_response(|r: Response<_>| r.map(|b| Limited::new(b, MAX_ANSWER)))
         .service(hyper_client);
-    Ok(kube::Client::new(service, config.default_namespace))
+    Ok((
+        kube::Client::new(service, config.default_namespace),
+        warnings,
+    ))
 }
 
 #[cfg(test)]
