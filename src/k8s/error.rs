@@ -78,7 +78,7 @@ pub enum KubeError {
     #[error("Kubernetes client: {0}")]
     Setup(String),
     /// The API answered a `Status` with reason `NotFound`: the object (or its
-    /// namespace, `what` says which) does not exist.
+    /// namespace: the API's message says which) does not exist.
     #[error("Kubernetes API {op}: {message}")]
     NotFound { op: Op, message: String },
     /// The object changed since it was read (stale `resourceVersion`): re-read, retry.
@@ -95,7 +95,7 @@ pub enum KubeError {
     )]
     Forbidden { op: Op, message: String },
     /// The credentials were not accepted (expired certificate or token).
-    #[error("Kubernetes API {op}: 401 Unauthorized, the kubeconfig's credentials were not accepted: {message}")]
+    #[error("Kubernetes API {op}: 401 Unauthorized, the credentials were not accepted: {message}")]
     Unauthorized { op: Op, message: String },
     /// The object is over the API's size limits (1 MiB of ConfigMap data, 3 MiB a
     /// request, etcd's 1.5 MiB a value).
