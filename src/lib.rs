@@ -4,6 +4,7 @@ pub mod config;
 pub mod desired;
 pub mod identity;
 pub mod inventory;
+pub mod k8s;
 pub mod ledger;
 pub mod lio;
 pub mod paths;

@@ -13,6 +13,7 @@ use crate::inventory::ims::ImsConfig;
 use crate::inventory::node::NodeConfig;
 use crate::inventory::s3::S3Config;
 use crate::inventory::spire::{SpireBackend, SpireConfig};
+use crate::k8s::{InCluster, KubeSettings};
 use crate::lio::configfs::{ConfigfsSettings, ConfigfsTarget};
 use crate::lio::targetcli::{TargetcliSettings, TargetcliTarget};
 use crate::lio::Target;
@@ -23,6 +24,18 @@ pub fn tls(s: &Settings) -> TlsOptions {
     TlsOptions {
         ca_bundle: s.ca_bundle.clone(),
         insecure: !s.tls_verify,
+    }
+}
+
+/// How to reach the Kubernetes API: `KUBECONFIG`, else (only when that file does not
+/// exist) the service account of the pod the agent runs in; `TLS_VERIFY`/`CA_BUNDLE`
+/// as for every source; 10 s a request.
+pub fn kube(s: &Settings) -> KubeSettings {
+    KubeSettings {
+        kubeconfig: s.kubeconfig.clone(),
+        in_cluster: InCluster::from_env(),
+        tls: tls(s),
+        timeout: Duration::from_secs(10),
     }
 }
 
@@ -60,10 +73,9 @@ pub fn sources_config(s: &Settings) -> Result<SourcesConfig> {
         ..SpireConfig::default()
     };
     let node = s.node_label.as_ref().map(|label| NodeConfig {
-        kubeconfig: s.kubeconfig.clone(),
+        api: kube(s),
         node_name: Some(s.node_name.clone()),
         label: label.clone(),
-        timeout: Duration::from_secs(10),
     });
     Ok(SourcesConfig {
         spire,
