@@ -91,6 +91,7 @@ async fn round(n: usize, verbose: bool) {
         bucket: BUCKET.into(),
         mount_root: mount.path().into(),
         ims_tagging: true,
+        backend: Default::default(),
     };
     for label in ["cold", "warm"] {
         let (l0, g0, i0) = (

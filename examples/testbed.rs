@@ -17,7 +17,9 @@
 //!   `GET /apis/ims/v3/images` (and `/<id>`) needs `Authorization: Bearer <token>`; the
 //!   token must equal `DIR/token` when that file exists.
 //! * `DIR/node-labels.json`: the labels of every Node; `GET /api/v1/nodes/<name>`
-//!   answers a Node with them (file missing → 404).
+//!   answers a Node with them (file missing → 404 `Status`), and
+//!   `GET /api/v1/nodes?labelSelector=kubernetes.io/hostname=<name>` a NodeList of that
+//!   one Node (file missing → no items).
 //! * `DIR/faults/<name>`: fault injection, read on every request:
 //!   `ims` = `503` (any status) or `empty` (answer `[]`); `s3-list` = a status;
 //!   `manifest-<image-id>` = a status for GetObject of `<image-id>/manifest.json`;
@@ -171,6 +173,7 @@ fn serve_main(args: &[String]) -> Result<()> {
             .route("/apis/ims/v3/images/{id}", get(ims_one))
             .with_state(ctx.clone());
         let k8s_app = Router::new()
+            .route("/api/v1/nodes", get(k8s_nodes))
             .route("/api/v1/nodes/{name}", get(k8s_node))
             .route(
                 "/version",
@@ -550,8 +553,9 @@ async fn k8s_node(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> Res
     if let Some(s) = ctx.fault_status("k8s") {
         return json_error(s, "injected fault");
     }
-    let not_found = || {
-        (
+    match node_object(&ctx, &name) {
+        Ok(Some(node)) => axum::Json(node).into_response(),
+        Ok(None) => (
             StatusCode::NOT_FOUND,
             [(header::CONTENT_TYPE, "application/json")],
             json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -559,30 +563,60 @@ async fn k8s_node(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> Res
                    "details": {"name": name, "kind": "nodes"}, "code": 404})
             .to_string(),
         )
-            .into_response()
+            .into_response(),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// `GET /api/v1/nodes?labelSelector=kubernetes.io/hostname=NAME`: the Node of that
+/// host (named after it), or an empty list when `node-labels.json` is missing.
+async fn k8s_nodes(State(ctx): State<Ctx>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+    if let Some(s) = ctx.fault_status("k8s") {
+        return json_error(s, "injected fault");
+    }
+    let selector = q.get("labelSelector").map(String::as_str).unwrap_or("");
+    let Some(name) = selector.strip_prefix("kubernetes.io/hostname=") else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "this double selects only by kubernetes.io/hostname=NAME",
+        );
     };
+    match node_object(&ctx, name) {
+        Ok(node) => {
+            let mut items: Vec<Value> = node.into_iter().collect();
+            for n in &mut items {
+                if let Some(m) = n.as_object_mut() {
+                    m.remove("kind");
+                    m.remove("apiVersion");
+                }
+            }
+            axum::Json(json!({"kind": "NodeList", "apiVersion": "v1",
+                              "metadata": {"resourceVersion": "1"}, "items": items}))
+            .into_response()
+        }
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// The Node `name` with the labels of `node-labels.json` (plus its hostname label);
+/// `None` when the file is missing; `Err` when it is not a JSON object.
+fn node_object(ctx: &Ctx, name: &str) -> Result<Option<Value>, &'static str> {
     let Ok(text) = std::fs::read_to_string(ctx.dir.join("node-labels.json")) else {
-        return not_found();
+        return Ok(None);
     };
     let mut labels: serde_json::Map<String, Value> = match serde_json::from_str(&text) {
         Ok(Value::Object(m)) => m,
-        _ => {
-            return json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "node-labels.json is not an object",
-            )
-        }
+        _ => return Err("node-labels.json is not an object"),
     };
     labels
         .entry("kubernetes.io/hostname".to_string())
-        .or_insert_with(|| Value::String(name.clone()));
-    axum::Json(json!({
+        .or_insert_with(|| Value::String(name.to_string()));
+    Ok(Some(json!({
         "kind": "Node", "apiVersion": "v1",
         "metadata": {"name": name, "uid": "00000000-0000-4000-8000-000000000001",
                      "resourceVersion": "1", "labels": labels},
         "spec": {}, "status": {"conditions": []}
-    }))
-    .into_response()
+    })))
 }
 
 // ---------------------------------------------------------------------------

@@ -86,19 +86,19 @@ keys! {
     "SPIRE_AGENT_SOCK_PATH", "/var/lib/spire/agent.sock", Kind::AbsPath, "SPIRE agent Workload API socket.", "";
     "LIO_SAVE_FILE", "/etc/target/saveconfig.json", Kind::AbsPath, "LIO saveconfig.json, written from the kernel state after changes.", "written once per scan that changed something, not after every change";
     "TARGETCLI_BIN", "/usr/bin/targetcli", Kind::AbsPath, "targetcli, used by the targetcli backend.", "";
-    "KUBECONFIG", "/etc/kubernetes/admin.conf", Kind::AbsPath, "kubeconfig used to read this node's labels.", "hard-coded in the original";
+    "KUBECONFIG", "/etc/kubernetes/admin.conf", Kind::AbsPath, "kubeconfig of the Kubernetes API (node labels, the ledger's ConfigMaps); when the file does not exist, the pod's service account is used.", "hard-coded in the original";
     "REMOTE_LEDGER", "true", Kind::Bool, "Keep the ledger (LUN numbers, quarantines) in the Kubernetes API too, one ConfigMap per node, so a rebuilt worker gets every number back and new images take the fleet's numbers; false = the local file only.", "new: the original kept no LUN numbers";
     "LEDGER_NAMESPACE", "services", Kind::Text, "Kubernetes namespace of the ledger ConfigMaps (sbps-marshal-ledger-<node>).", "new";
     "XNAME_FILE", "/etc/cray/xname", Kind::AbsPath, "File holding this node's xname (accepted SPIFFE ID).", "hard-coded in the original";
     "STATE_DIR", "/var/lib/sbps-marshal", Kind::AbsPath, "Directory of the ledger (LUN numbers, quarantine, absences).", "hard-coded in the original";
-    "NODE_NAME", "", Kind::OptText, "Kubernetes node name; empty = this host's name.", "hard-coded (hostname) in the original";
+    "NODE_NAME", "", Kind::OptText, "This node's name: its Node carries it in the kubernetes.io/hostname label (or is named so); empty = this host's name.", "hard-coded (hostname) in the original";
     "NODE_LABEL", "iscsi=sbps", Kind::Label, "Label that enables the target on this node; empty = no label gating (the target is always enabled).", "hard-coded in the original";
     "TARGET_IQN", "", Kind::OptText, "iSCSI target IQN; empty = iqn.2023-06.csm.iscsi:<node name>.", "hard-coded in the original";
     "TPG_TAG", "1", Kind::Count, "Target portal group tag.", "new";
     "LIO_BACKEND", "configfs", Kind::OneOf(&["configfs", "targetcli"]), "How LIO is changed: direct configfs writes, or targetcli as the original.", "new; the original always used targetcli";
     "CONFIGFS_ROOT", "/sys/kernel/config/target", Kind::AbsPath, "LIO configfs root.", "new";
     "TLS_VERIFY", "true", Kind::Bool, "Verify TLS certificates of S3, IMS and Kubernetes.", "new; the original never verified";
-    "CA_BUNDLE", "", Kind::OptAbsPath, "Extra PEM CA bundle trusted besides the system roots.", "new";
+    "CA_BUNDLE", "", Kind::OptAbsPath, "Extra PEM CA bundle trusted besides the system roots (for Kubernetes, besides the kubeconfig's CA).", "new";
     "SPIRE_PROVIDER", "cli", Kind::OneOf(&["cli", "workload-api"]), "Token source: the spire-agent CLI (as the original) or the Workload API socket.", "new";
     "REMOVAL_GRACE", "600", Kind::SecondsOrZero, "Seconds an image must be known absent before its LUN is removed.", "new; the original removed at once";
     "LUN_QUARANTINE", "604800", Kind::SecondsOrZero, "Seconds a freed LUN number stays unused.", "new; the original reused numbers at once";
@@ -443,6 +443,7 @@ impl Settings {
             bucket: self.s3_bucket.clone(),
             mount_root: self.mount.clone(),
             ims_tagging: self.ims_tagging,
+            backend: crate::paths::Backend::from_setting(&self.lio_backend),
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,12 +18,12 @@ use crate::inventory::{
     parse_s3_url, strip_etag_quotes, ImageRecord, Inventory, MountEntry, S3Object, Tagging,
     ROOTFS_ARTIFACT_TYPE,
 };
+use crate::paths;
+
+pub use crate::paths::{kernel_safe_path, lexically_inside, Backend, MAX_KERNEL_PATH};
 
 /// Prefix of programming-environment objects in the bucket.
 pub const PE_PREFIX: &str = "PE/";
-
-/// Longest backing path the kernel accepts in `fd_dev_name=` (FD_MAX_DEV_NAME = 256, with NUL).
-pub const MAX_KERNEL_PATH: usize = 255;
 
 /// The settings `desired` depends on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +31,10 @@ pub struct Settings {
     pub bucket: String,
     pub mount_root: PathBuf,
     pub ims_tagging: bool,
+    /// The LIO backend the paths go to: a path it would misread is skipped here
+    /// (`unsafe-path`), not planned to fail its create every scan.
+    #[serde(default)]
+    pub backend: Backend,
 }
 
 /// Programming environment or IMS root filesystem.
@@ -112,7 +116,9 @@ pub struct Verdict {
 pub enum Reason {
     /// A key ending in `/`: a "directory" placeholder, not a file.
     DirectoryKey,
-    /// The path has characters the kernel's `control` parser splits on, or is too long.
+    /// One key, one file: the key has an empty or `.` segment, or reaches its file
+    /// through a symlink; or the path has characters the kernel's `control` parser (or
+    /// targetcli's command line, with that backend) would misread, or is too long.
     UnsafePath { detail: String },
     /// The IMS record has no `link.path`.
     NoLink,
@@ -167,7 +173,7 @@ impl fmt::Display for Reason {
         use Reason::*;
         match self {
             DirectoryKey => write!(f, "key ends in '/': a directory placeholder, not a file"),
-            UnsafePath { detail } => write!(f, "path cannot be handed to the kernel: {detail}"),
+            UnsafePath { detail } => write!(f, "unsafe path: {detail}"),
             NoLink => write!(f, "IMS record has no link.path"),
             Untagged { value: None } => write!(f, "untagged: metadata has no 'sbps-project' key"),
             Untagged { value: Some(v) } => {
@@ -578,7 +584,7 @@ impl Desired {
     fn judge(&mut self, c: Candidate<'_>, subject: Subject, inv: &Inventory, s: &Settings) {
         let id = Identity::of_key(&c.key);
         let path = s.mount_root.join(&c.object.key);
-        let outcome = match self.mount_outcome(&c, &id, &path, inv) {
+        let outcome = match self.mount_outcome(&c, &id, &path, inv, s.backend) {
             Ok(size) => {
                 self.projections.insert(
                     id.serial.clone(),
@@ -618,13 +624,17 @@ impl Desired {
         id: &Identity,
         path: &Path,
         inv: &Inventory,
+        backend: Backend,
     ) -> Result<u64, Outcome> {
         let skip = |reason| Err(Outcome::Skipped { reason });
         let unknown = |reason| Err(Outcome::Unknown { reason });
         if let Err(detail) = lexically_inside(&c.object.key) {
             return skip(Reason::OutsideMount { detail });
         }
-        if let Err(detail) = kernel_safe_path(path) {
+        let key = &c.object.key;
+        if let Err(detail) =
+            paths::one_name(key).and_then(|()| paths::backend_safe_path(path, backend))
+        {
             return skip(Reason::UnsafePath { detail });
         }
         match inv.mount.get(&c.object.key) {
@@ -641,6 +651,9 @@ impl Desired {
             Some(MountEntry::Outside(detail)) => skip(Reason::OutsideMount {
                 detail: detail.clone(),
             }),
+            Some(MountEntry::Indirect(detail)) => skip(Reason::UnsafePath {
+                detail: detail.clone(),
+            }),
             Some(MountEntry::File { size }) if *size != c.object.size => {
                 unknown(Reason::NotReady {
                     s3_size: c.object.size,
@@ -654,81 +667,5 @@ impl Desired {
             }
             Some(MountEntry::File { size }) => Ok(*size),
         }
-    }
-}
-
-/// Rejects object keys that would leave the mount by their letters alone: absolute
-/// components, `..`, empty, NUL. Symlinks are the mount adapter's business.
-pub fn lexically_inside(object_key: &str) -> Result<(), String> {
-    if object_key.is_empty() {
-        return Err("empty key".into());
-    }
-    if object_key.contains('\0') {
-        return Err("key contains NUL".into());
-    }
-    if object_key.starts_with('/') {
-        return Err(format!("key {object_key:?} is absolute"));
-    }
-    for c in Path::new(object_key).components() {
-        match c {
-            Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir => return Err(format!("key {object_key:?} contains '..'")),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(format!("key {object_key:?} is absolute"))
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The kernel splits `control` into `key=value` pairs on `,` and newline
-/// (`fd_set_configfs_dev_params`), and bounds `fd_dev_name` to 255 bytes. A path that breaks that
-/// parser would configure a different file than the one checked.
-///
-/// Also refuses `=`: the backends refuse it ([`crate::lio::attr::check_control_path`]), and a
-/// projection the backend cannot create would fail every scan and, on a fresh start, keep
-/// the TPG from ever being enabled. Whatever passes here passes that check.
-pub fn kernel_safe_path(path: &Path) -> Result<(), String> {
-    let s = path
-        .to_str()
-        .ok_or_else(|| format!("{} is not UTF-8", path.display()))?;
-    if s.len() > MAX_KERNEL_PATH {
-        return Err(format!(
-            "{} bytes, the kernel accepts at most {MAX_KERNEL_PATH}",
-            s.len()
-        ));
-    }
-    // `=` is fine: the kernel's `fd_dev_name=%s` takes everything after the first one.
-    if let Some(c) = s.chars().find(|c| *c == ',' || c.is_control()) {
-        return Err(format!("contains {c:?}"));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Regression: this check and the configfs backend's must agree, or a key is
-    /// projected and its create fails every scan (keeping a fresh target's TPG from
-    /// ever being enabled). `=` passes both: the kernel's `fd_dev_name=%s` takes the
-    /// rest of the pair, and the original agent projected such keys.
-    #[test]
-    fn kernel_safe_path_agrees_with_the_backend() {
-        let eq = "/m/PE/a=b.squashfs";
-        assert!(kernel_safe_path(Path::new(eq)).is_ok());
-        assert!(crate::lio::attr::check_control_path(eq).is_ok());
-        for p in [
-            "/m/PE/a,b.squashfs",
-            "/m/PE/a\nb",
-            "/m/PE/a\rb",
-            "/m/PE/a\0b",
-        ] {
-            assert!(kernel_safe_path(Path::new(p)).is_err(), "{p:?}");
-            assert!(crate::lio::attr::check_control_path(p).is_err(), "{p:?}");
-        }
-        let ok = "/m/PE/with space/\u{2025}.squashfs";
-        assert!(kernel_safe_path(Path::new(ok)).is_ok());
-        assert!(crate::lio::attr::check_control_path(ok).is_ok());
     }
 }

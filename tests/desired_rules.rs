@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use sbps_marshal::desired::{
-    desired, manifest_wanted, mount_candidates, Kind, Outcome, Reason, Settings,
+    desired, manifest_wanted, mount_candidates, Backend, Kind, Outcome, Reason, Settings,
 };
 use sbps_marshal::identity::{self, Identity};
 use sbps_marshal::inventory::{
@@ -17,6 +17,7 @@ fn settings() -> Settings {
         bucket: "boot-images".into(),
         mount_root: PathBuf::from("/mnt/bi"),
         ims_tagging: true,
+        backend: Default::default(),
     }
 }
 
@@ -367,4 +368,190 @@ fn links_outside_the_bucket_are_refused() {
             reason: Reason::NoLink
         }
     );
+}
+
+/// One key, one file: `PE/./x` and `PE//x` are read by the mount as `PE/x`, so they
+/// would export PE/x's bytes under identities of their own. Skipped by their letters
+/// (never even stat'ed); the clean key stays projected.
+#[test]
+fn keys_with_empty_or_dot_segments_are_unsafe() {
+    let s = settings();
+    let aliases = [
+        "PE/./x.squashfs",
+        "PE//x.squashfs",
+        "PE/sub/./x.squashfs",
+        "./img1/rootfs",
+        "img1//rootfs",
+    ];
+    let mut inv = base();
+    let listing = inv.s3.as_mut().unwrap();
+    listing.push(obj("PE/x.squashfs", "px", 7));
+    inv.mount
+        .insert("PE/x.squashfs".into(), MountEntry::File { size: 7 });
+    for k in aliases {
+        listing.push(obj(k, "px", 7));
+        inv.mount.insert(k.into(), MountEntry::File { size: 7 });
+    }
+    // The rootfs aliases are reached through IMS records of their own.
+    let mut records = vec![record("img1", tagged("true"))];
+    for (i, k) in aliases[3..].iter().enumerate() {
+        let id = format!("alias{i}");
+        let mut m = manifest(&id, Some("px"));
+        m.artifacts[1].link.as_mut().unwrap().path = format!("s3://boot-images/{k}");
+        inv.manifests
+            .insert(format!("s3://boot-images/{id}/manifest.json"), Ok(m));
+        inv.s3
+            .as_mut()
+            .unwrap()
+            .push(obj(&format!("{id}/manifest.json"), "m", 10));
+        records.push(record(&id, tagged("true")));
+    }
+    inv.ims = Ok(records);
+    let d = desired(&inv, &s);
+    assert_eq!(d.projections.len(), 3, "PE/a, PE/x and img1 only");
+    assert!(d
+        .projections
+        .values()
+        .all(|p| !aliases.contains(&p.object_key.as_str())));
+    for (subject, key) in aliases[..3].iter().map(|k| (format!("{k:?}"), *k)).chain([
+        ("alias0".to_string(), aliases[3]),
+        ("alias1".to_string(), aliases[4]),
+    ]) {
+        match reason_of(&inv, &s, &subject) {
+            Outcome::Skipped {
+                reason: Reason::UnsafePath { detail },
+            } => assert!(detail.contains("another key's file"), "{key}: {detail}"),
+            o => panic!("{key}: {o:?}"),
+        }
+    }
+    let mut probe = inv.clone();
+    probe.mount.clear();
+    let asked = mount_candidates(&probe, &s);
+    assert!(
+        asked.iter().all(|k| !aliases.contains(&k.as_str())),
+        "{asked:?}"
+    );
+}
+
+/// With the targetcli backend, a path targetcli would read as another (space, `;`,
+/// `#`, quotes, `=`, non-ASCII) is skipped with the reason; the kernel reads all of
+/// them right, so with configfs they stay projected.
+#[test]
+fn targetcli_backend_skips_paths_targetcli_would_misread() {
+    let keys = [
+        "PE/with space.squashfs",
+        "PE/evil;x.squashfs",
+        "PE/a#b.squashfs",
+        "PE/it's.squashfs",
+        "PE/say\"hi\".squashfs",
+        "PE/a=b.squashfs",
+        "PE/a%b.squashfs",
+        "PE/caf\u{e9}.squashfs",
+    ];
+    let mut inv = base();
+    for k in keys {
+        inv.s3.as_mut().unwrap().push(obj(k, "e", 5));
+        inv.mount.insert(k.into(), MountEntry::File { size: 5 });
+    }
+    let configfs = settings();
+    let targetcli = Settings {
+        backend: Backend::Targetcli,
+        ..settings()
+    };
+    assert_eq!(desired(&inv, &configfs).projections.len(), 2 + keys.len());
+    let d = desired(&inv, &targetcli);
+    assert_eq!(d.projections.len(), 2, "PE/a.squashfs and img1 only");
+    for k in keys {
+        match reason_of(&inv, &targetcli, &format!("{k:?}")) {
+            Outcome::Skipped {
+                reason: Reason::UnsafePath { detail },
+            } => assert!(detail.contains("targetcli"), "{k}: {detail}"),
+            o => panic!("{k}: {o:?}"),
+        }
+    }
+}
+
+mod one_file {
+    //! The property "no two projections resolve to one file", over generated keys
+    //! with `.` and empty segments and symlinks inside the mount, judged through
+    //! the real mount check on a real directory tree.
+
+    use super::*;
+    use proptest::prelude::*;
+    use sbps_marshal::inventory::mount;
+    use std::collections::BTreeSet;
+    use std::os::unix::fs::MetadataExt;
+
+    /// `PE/` and one to four segments: names, a file symlink `l`, a directory
+    /// symlink `ld`, `.` and empty.
+    fn key() -> impl Strategy<Value = String> {
+        let seg = prop::sample::select(vec!["a", "b", "sub", "l", "ld", ".", ""]);
+        prop::collection::vec(seg, 1..5).prop_map(|s| format!("PE/{}", s.join("/")))
+    }
+
+    /// Creates the file each key would name if the filesystem cleaned it up, so every
+    /// alias really reaches a file.
+    fn make_tree(root: &std::path::Path, keys: &BTreeSet<String>) {
+        std::fs::create_dir_all(root.join("PE/sub")).unwrap();
+        std::os::unix::fs::symlink("a", root.join("PE/l")).unwrap();
+        std::os::unix::fs::symlink("sub", root.join("PE/ld")).unwrap();
+        for k in keys {
+            let clean: Vec<&str> = k
+                .split('/')
+                .filter(|s| !s.is_empty() && *s != ".")
+                .collect();
+            let p = root.join(clean.join("/"));
+            if let Some(d) = p.parent() {
+                if std::fs::create_dir_all(d).is_err() {
+                    continue;
+                }
+            }
+            if let Ok(f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+            {
+                f.set_len(1).unwrap();
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_two_projections_resolve_to_one_file(keys in prop::collection::btree_set(key(), 1..10)) {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().canonicalize().unwrap();
+            make_tree(&root, &keys);
+            let s = Settings { mount_root: root.clone(), ..settings() };
+            let mut inv = Inventory {
+                s3: Ok(keys.iter().map(|k| obj(k, "e", 1)).collect()),
+                ims: Ok(vec![]),
+                manifests: BTreeMap::new(),
+                mount: BTreeMap::new(),
+            };
+            for k in mount_candidates(&inv, &s) {
+                let e = mount::check(&root, &k);
+                inv.mount.insert(k, e);
+            }
+            let d = desired(&inv, &s);
+            let mut files = BTreeSet::new();
+            for p in d.projections.values() {
+                let real = p.path.canonicalize().unwrap();
+                prop_assert_eq!(&real, &root.join(&p.object_key), "{} is not its own file", p.object_key);
+                let m = std::fs::metadata(&real).unwrap();
+                prop_assert!(files.insert((m.dev(), m.ino())), "two projections export {}", real.display());
+            }
+            // Nothing that was fine is lost: a clean key naming a regular file with no
+            // symlink on the way is projected.
+            for k in &keys {
+                let segs: Vec<&str> = k.split('/').collect();
+                let plain = segs.iter().all(|s| !s.is_empty() && !matches!(*s, "." | "l" | "ld"));
+                if plain && root.join(k).is_file() {
+                    prop_assert!(d.projections.values().any(|p| &p.object_key == k), "{} lost", k);
+                }
+            }
+        }
+    }
 }

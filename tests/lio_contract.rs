@@ -207,6 +207,9 @@ fn wrong_paths_never_reach_the_kernel() {
     let good = rig.image("PE/ok.squashfs", 4096);
     let link = rig.images.path().join("PE/escape");
     std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+    let alias = rig.images.path().join("PE/alias.squashfs");
+    std::os::unix::fs::symlink("ok.squashfs", &alias).unwrap();
+    let root = rig.images.path().display().to_string();
     let cases = [
         (rig.images.path().join("PE/typo.squashfs"), 4096), // missing file, existing dir
         (rig.images.path().join("nodir/x.squashfs"), 4096), // missing dir
@@ -214,6 +217,11 @@ fn wrong_paths_never_reach_the_kernel() {
         (link.clone(), 512),                                // symlink out of the mount
         (good.clone(), 4097),                               // size differs
         (rig.images.path().join("PE"), 4096),               // a directory
+        // One key, one file: other names of PE/ok.squashfs.
+        (alias.clone(), 4096),                             // a symlink inside
+        (format!("{root}/PE/./ok.squashfs").into(), 4096), // a `.` segment
+        (format!("{root}/PE//ok.squashfs").into(), 4096),  // an empty segment
+        (format!("{root}/./PE/ok.squashfs").into(), 4096), // `.` first
     ];
     for (i, (path, size)) in cases.into_iter().enumerate() {
         let at = BackstoreRef::fileio(i as u32, "wrong");
@@ -235,7 +243,71 @@ fn wrong_paths_never_reach_the_kernel() {
         before,
         "half-created backstores are rolled back"
     );
-    assert_eq!(rig.image_files(), vec!["PE/escape", "PE/ok.squashfs"]);
+    assert_eq!(
+        rig.image_files(),
+        vec!["PE/alias.squashfs", "PE/escape", "PE/ok.squashfs"]
+    );
+}
+
+/// A failed create never goes on to map its LUN: whatever answers to that name then
+/// (here another object that took it first, with another file) is not what was
+/// checked. The other images of the scan are still mapped; the TPG is not enabled.
+#[test]
+fn a_failed_create_never_maps_its_lun() {
+    let rig = Rig::new();
+    let t = rig.target();
+    let at = BackstoreRef::fileio(3, "a50dd52157e1636");
+    let other = BackstoreRef::fileio(4, "de4cc04e7dacfb9");
+    t.execute(&create_op(
+        &at,
+        rig.image("PE/decoy.squashfs", 4096),
+        4096,
+        "serial-decoy",
+    ))
+    .unwrap();
+    let ops = [
+        create_op(&at, rig.image("PE/a.squashfs", 8192), 8192, "serial-a"),
+        create_op(&other, rig.image("PE/b.squashfs", 4096), 4096, "serial-b"),
+        map_op(3, &at, "a50dd52157"),
+        map_op(4, &other, "de4cc04e7d"),
+        Op::EnableTpg,
+    ];
+    let results = lio::apply(&t, &ops, 2);
+    let outcome: Vec<(String, Option<String>)> = results
+        .iter()
+        .map(|r| {
+            (
+                r.op.to_string(),
+                r.result.as_ref().err().map(|e| e.kind().to_string()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcome
+            .iter()
+            .map(|(_, e)| e.as_deref())
+            .collect::<Vec<_>>(),
+        vec![Some("exists"), None, Some("refused"), None, Some("refused")],
+        "{outcome:?}"
+    );
+    assert!(
+        results[2]
+            .result
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("creating its backstore failed")),
+        "{:?}",
+        results[2].result
+    );
+    let luns: Vec<u64> = t
+        .observe()
+        .unwrap()
+        .tpg
+        .unwrap()
+        .luns
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(luns, vec![4], "the decoy was not exported");
 }
 
 #[test]

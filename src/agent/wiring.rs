@@ -13,15 +13,29 @@ use crate::inventory::ims::ImsConfig;
 use crate::inventory::node::NodeConfig;
 use crate::inventory::s3::S3Config;
 use crate::inventory::spire::{SpireBackend, SpireConfig};
+use crate::k8s::{InCluster, KubeSettings};
 use crate::lio::configfs::{ConfigfsSettings, ConfigfsTarget};
 use crate::lio::targetcli::{TargetcliSettings, TargetcliTarget};
 use crate::lio::Target;
+use crate::paths::Backend;
 
 /// The TLS options every client uses.
 pub fn tls(s: &Settings) -> TlsOptions {
     TlsOptions {
         ca_bundle: s.ca_bundle.clone(),
         insecure: !s.tls_verify,
+    }
+}
+
+/// How to reach the Kubernetes API: `KUBECONFIG`, else (only when that file does not
+/// exist) the service account of the pod the agent runs in; `TLS_VERIFY`/`CA_BUNDLE`
+/// as for every source; 10 s a request.
+pub fn kube(s: &Settings) -> KubeSettings {
+    KubeSettings {
+        kubeconfig: s.kubeconfig.clone(),
+        in_cluster: InCluster::from_env(),
+        tls: tls(s),
+        timeout: Duration::from_secs(10),
     }
 }
 
@@ -59,10 +73,9 @@ pub fn sources_config(s: &Settings) -> Result<SourcesConfig> {
         ..SpireConfig::default()
     };
     let node = s.node_label.as_ref().map(|label| NodeConfig {
-        kubeconfig: s.kubeconfig.clone(),
+        api: kube(s),
         node_name: Some(s.node_name.clone()),
         label: label.clone(),
-        timeout: Duration::from_secs(10),
     });
     Ok(SourcesConfig {
         spire,
@@ -80,15 +93,15 @@ pub fn sources(s: &Settings) -> Result<Sources> {
 
 /// Builds the LIO backend LIO_BACKEND names.
 pub fn target(s: &Settings) -> Arc<dyn Target> {
-    match s.lio_backend.as_str() {
-        "targetcli" => Arc::new(TargetcliTarget::new(TargetcliSettings {
+    match Backend::from_setting(&s.lio_backend) {
+        Backend::Targetcli => Arc::new(TargetcliTarget::new(TargetcliSettings {
             bin: s.targetcli_bin.clone(),
             iqn: s.target_iqn.clone(),
             tag: s.tpg_tag,
             mount_root: s.mount.clone(),
             tmp_dir: std::env::temp_dir(),
         })),
-        _ => Arc::new(ConfigfsTarget::real(ConfigfsSettings {
+        Backend::Configfs => Arc::new(ConfigfsTarget::real(ConfigfsSettings {
             root: s.configfs_root.clone(),
             tag: s.tpg_tag,
             lock_dir: Some(s.rtslib_lock_dir.clone()),

@@ -1,8 +1,8 @@
 //! The one place HTTP clients are built: TLS policy, timeouts, body caps, retries.
 //!
-//! Every source (S3, IMS, Kubernetes) talks HTTP through a client made here, so the
-//! rules hold everywhere alike: TLS is verified against the system roots plus an
-//! optional CA bundle, verification is off only when the operator asked for it (and
+//! S3 and IMS talk HTTP through a client made here (the Kubernetes client in
+//! [`crate::k8s`] follows the same rules), so they hold everywhere alike: TLS is
+//! verified against the system roots plus an optional CA bundle, verification is off only when the operator asked for it (and
 //! then we say so in the log), every request has a time bound, and no response body
 //! is read past a cap (a misbehaving server must not make the agent swallow gigabytes).
 
@@ -31,19 +31,8 @@ pub enum ClientError {
     },
     #[error("CA bundle {path} holds no usable PEM certificate: {detail}")]
     CaParse { path: PathBuf, detail: String },
-    #[error("client identity (certificate/key) unusable: {0}")]
-    Identity(String),
     #[error("cannot build HTTP client: {0}")]
     Build(String),
-}
-
-/// Extra knobs for [`client`] that only some sources need.
-#[derive(Default)]
-pub struct ClientExtras {
-    /// Trust exactly these PEM roots instead of the system roots (kubeconfig CA data).
-    pub only_roots_pem: Option<Vec<u8>>,
-    /// PEM of a client certificate followed by its private key (kubeconfig user).
-    pub identity_pem: Option<Vec<u8>>,
 }
 
 /// Builds a client: `timeout` bounds each whole request, connecting included.
@@ -53,9 +42,8 @@ pub fn client(
     what: &str,
     tls: &TlsOptions,
     timeout: Duration,
-    extras: ClientExtras,
 ) -> Result<reqwest::Client, ClientError> {
-    match builder(what, tls, timeout, &extras, false)?.build() {
+    match builder(what, tls, timeout, false)?.build() {
         Ok(c) => Ok(c),
         // A machine without system CA certificates (a minimal container, the test VM)
         // must still reach plain-http endpoints: build with only the configured roots,
@@ -65,7 +53,7 @@ pub fn client(
                 server = what,
                 "no system CA certificates found; only CA_BUNDLE (if any) is trusted for {what}"
             );
-            builder(what, tls, timeout, &extras, true)?
+            builder(what, tls, timeout, true)?
                 .build()
                 .map_err(|e| ClientError::Build(error_chain(&e)))
         }
@@ -77,7 +65,6 @@ fn builder(
     what: &str,
     tls: &TlsOptions,
     timeout: Duration,
-    extras: &ClientExtras,
     without_system_roots: bool,
 ) -> Result<reqwest::ClientBuilder, ClientError> {
     let mut b = reqwest::Client::builder()
@@ -95,19 +82,6 @@ fn builder(
         b = b.tls_certs_only(bundle);
     } else if !bundle.is_empty() {
         b = b.tls_certs_merge(bundle);
-    }
-    if let Some(pem) = &extras.only_roots_pem {
-        let certs =
-            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| ClientError::CaParse {
-                path: PathBuf::from("<embedded certificate-authority-data>"),
-                detail: e.to_string(),
-            })?;
-        b = b.tls_certs_only(certs);
-    }
-    if let Some(pem) = &extras.identity_pem {
-        let id =
-            reqwest::Identity::from_pem(pem).map_err(|e| ClientError::Identity(e.to_string()))?;
-        b = b.identity(id);
     }
     if tls.insecure {
         tracing::warn!(
@@ -277,7 +251,7 @@ mod tests {
             ca_bundle: Some("/nonexistent/ca.pem".into()),
             insecure: false,
         };
-        let e = client("x", &tls, Duration::from_secs(1), ClientExtras::default()).unwrap_err();
+        let e = client("x", &tls, Duration::from_secs(1)).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 
@@ -290,18 +264,12 @@ mod tests {
             ca_bundle: Some(f.path().to_path_buf()),
             insecure: false,
         };
-        client("x", &tls, Duration::from_secs(1), ClientExtras::default()).unwrap();
+        client("x", &tls, Duration::from_secs(1)).unwrap();
         let insecure = TlsOptions {
             ca_bundle: None,
             insecure: true,
         };
-        client(
-            "x",
-            &insecure,
-            Duration::from_secs(1),
-            ClientExtras::default(),
-        )
-        .unwrap();
+        client("x", &insecure, Duration::from_secs(1)).unwrap();
     }
 
     #[test]
@@ -312,6 +280,6 @@ mod tests {
             ca_bundle: Some(f.path().to_path_buf()),
             insecure: false,
         };
-        assert!(client("x", &tls, Duration::from_secs(1), ClientExtras::default()).is_err());
+        assert!(client("x", &tls, Duration::from_secs(1)).is_err());
     }
 }

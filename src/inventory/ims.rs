@@ -104,7 +104,7 @@ pub struct ImsSource {
 
 impl ImsSource {
     pub fn new(cfg: ImsConfig) -> Result<ImsSource, ImsError> {
-        let client = http::client("IMS", &cfg.tls, cfg.timeout, Default::default())?;
+        let client = http::client("IMS", &cfg.tls, cfg.timeout)?;
         Ok(ImsSource {
             cfg,
             client,

@@ -101,6 +101,10 @@ pub enum MountEntry {
     NotRegular,
     /// The path leaves the mount (`..`, an absolute component, a symlink pointing out).
     Outside(String),
+    /// The path reaches a file inside the mount by another name than `<mount>/<key>`:
+    /// through a symlink, or with an empty or `.` segment. One key must name one file,
+    /// or two identities export the same bytes.
+    Indirect(String),
     /// The check itself failed (I/O error, stale mount): unknown.
     Error(String),
 }

@@ -1,10 +1,21 @@
 //! What the s3fs mount shows for each candidate object key.
 //!
 //! The kernel will open `<mount>/<key>` read-write and create it if it is missing,
-//! so the path must resolve, after symlinks, to a regular file *inside* the mount.
-//! Keys with `..` or absolute components are refused by their letters; everything
-//! else is resolved with `canonicalize` and checked against the canonical mount
-//! root. On s3fs every `stat` is a network round trip, so keys are checked
+//! so the path must resolve to a regular file *inside* the mount, and to that key's own
+//! file: one key, one file. Keys with `..` or absolute components, and keys with empty
+//! or `.` segments, are refused by their letters; everything else is resolved with
+//! `canonicalize` and must come out as exactly `<canonical mount root>/<key>`.
+//!
+//! "Exactly" means that symlinks are followed in the mount root (a root reached through
+//! a symlink is fine: that is configuration) but not in the key: a key one of whose
+//! components is a symlink, even to a file inside the mount, is refused
+//! ([`MountEntry::Indirect`]). Such a key is a second name for another key's file, so
+//! two identities would export one object's bytes (and an s3fs symlink object's size is
+//! that of its target text, never the file's); and the kernel, which follows the link
+//! when it opens the path, would open whatever the link points to by then. The tooling
+//! that fills the bucket makes no symlinks, so nothing legitimate is lost.
+//!
+//! On s3fs every `stat` is a network round trip, so keys are checked
 //! concurrently (bounded) on the blocking thread pool.
 //!
 //! A hung FUSE mount blocks `stat` forever (the thread sits in the kernel and
@@ -23,7 +34,7 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt};
 
 use super::MountEntry;
-use crate::desired::lexically_inside;
+use crate::paths::{lexically_inside, one_name};
 
 /// Default number of `stat`s in flight.
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -143,6 +154,9 @@ pub fn check(canon_root: &Path, key: &str) -> MountEntry {
     if let Err(detail) = lexically_inside(key) {
         return MountEntry::Outside(detail);
     }
+    if let Err(detail) = one_name(key) {
+        return MountEntry::Indirect(detail);
+    }
     let path: PathBuf = canon_root.join(key);
     let resolved = match path.canonicalize() {
         Ok(p) => p,
@@ -158,6 +172,13 @@ pub fn check(canon_root: &Path, key: &str) -> MountEntry {
             path.display(),
             resolved.display(),
             canon_root.display()
+        ));
+    }
+    if resolved != path {
+        return MountEntry::Indirect(format!(
+            "{} resolves to {} through a symlink: a key must name its own file",
+            path.display(),
+            resolved.display()
         ));
     }
     match std::fs::metadata(&resolved) {

@@ -190,7 +190,7 @@ impl S3Source {
             cfg.region.clone(),
         )
         .map_err(|e| S3Error::Config(e.to_string()))?;
-        let client = http::client("S3", &cfg.tls, cfg.timeout, Default::default())?;
+        let client = http::client("S3", &cfg.tls, cfg.timeout)?;
         Ok(S3Source {
             cfg,
             bucket,

@@ -17,6 +17,7 @@ use super::fs::{Fs, Kind, RealFs};
 use super::lock::{LockGuard, Locker};
 use super::model::{Actual, Backstore, BackstoreRef, Lun, Op, Tpg};
 use super::{LioError, Target};
+use crate::paths;
 
 /// Where and what the backend manages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -416,13 +417,21 @@ impl<F: Fs> ConfigfsTarget<F> {
     }
 }
 
-/// Rule 6 of the design, checked right before `enable`: `path` resolves (after
-/// symlinks) to a regular file strictly inside `mount_root` with exactly `size` bytes.
+/// Rule 6 of the design, checked right before `enable`: `path` is `<mount_root>/<key>`
+/// for a key with one name (no empty, `.` or `..` segment), and resolves to exactly
+/// `<canonical mount_root>/<key>`, a regular file with exactly `size` bytes. Symlinks
+/// are followed in the mount root only: a key reaching its file through a symlink names
+/// another key's file (see [`crate::inventory::mount`]).
 pub fn check_backing_file(path: &Path, size: u64, mount_root: &Path) -> Result<(), LioError> {
     let bad = |reason: String| LioError::BackingFile {
         path: path.to_path_buf(),
         reason,
     };
+    let key = paths::key_under(path, mount_root)
+        .ok_or_else(|| bad(format!("not under the mount root {}", mount_root.display())))?;
+    paths::lexically_inside(key)
+        .and_then(|()| paths::one_name(key))
+        .map_err(bad)?;
     let real = std::fs::canonicalize(path).map_err(|e| {
         bad(match e.kind() {
             std::io::ErrorKind::NotFound => {
@@ -438,6 +447,12 @@ pub fn check_backing_file(path: &Path, size: u64, mount_root: &Path) -> Result<(
             "resolves to {}, outside the mount root {}",
             real.display(),
             root.display()
+        )));
+    }
+    if real != root.join(key) {
+        return Err(bad(format!(
+            "resolves to {} through a symlink: a key must name its own file",
+            real.display()
         )));
     }
     let meta = std::fs::metadata(&real).map_err(|e| bad(format!("cannot stat: {e}")))?;

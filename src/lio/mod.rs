@@ -165,8 +165,10 @@ pub struct OpResult {
 
 /// Runs `ops` (in phase order) against `target`: the ops of one phase in parallel
 /// with at most `parallelism` at once, phases one after another. A failed op does
-/// not stop the others; `EnableTpg` is skipped when any earlier op failed, so
-/// initiators never see a half-built LUN map.
+/// not stop the others, except what depends on it: a LUN is not mapped to a backstore
+/// whose create failed (whatever answers to that name then, if anything, is not what
+/// was checked), and `EnableTpg` is skipped when any earlier op failed, so initiators
+/// never see a half-built LUN map.
 pub fn apply(target: &dyn Target, ops: &[Op], parallelism: usize) -> Vec<OpResult> {
     apply_until(
         target,
@@ -195,20 +197,49 @@ pub fn apply_until(
         let batch = &ops[start..end];
         if phase == Phase::Enable && results.iter().any(|r| r.result.is_err()) {
             for op in batch {
-                results.push(OpResult {
-                    op: op.clone(),
-                    result: Err(LioError::Refused(
-                        "not enabling the TPG: earlier operations of this scan failed".into(),
-                    )),
-                    elapsed: std::time::Duration::ZERO,
-                });
+                results.push(refused(
+                    op,
+                    "not enabling the TPG: earlier operations of this scan failed",
+                ));
             }
+        } else if phase == Phase::Map {
+            let failed: std::collections::HashSet<&BackstoreRef> = results
+                .iter()
+                .filter(|r| r.result.is_err())
+                .filter_map(|r| match &r.op {
+                    Op::CreateBackstore { at, .. } => Some(at),
+                    _ => None,
+                })
+                .collect();
+            let held = |op: &Op| matches!(op, Op::MapLun { at, .. } if failed.contains(at));
+            let runnable: Vec<Op> = batch.iter().filter(|op| !held(op)).cloned().collect();
+            let mut ran = run_batch(target, &runnable, parallelism.max(1), stop).into_iter();
+            let mut out = Vec::with_capacity(batch.len());
+            for op in batch {
+                if held(op) {
+                    out.push(refused(
+                        op,
+                        "not mapping the LUN: creating its backstore failed this scan",
+                    ));
+                } else if let Some(r) = ran.next() {
+                    out.push(r);
+                }
+            }
+            results.extend(out);
         } else {
             results.extend(run_batch(target, batch, parallelism.max(1), stop));
         }
         start = end;
     }
     results
+}
+
+fn refused(op: &Op, why: &str) -> OpResult {
+    OpResult {
+        op: op.clone(),
+        result: Err(LioError::Refused(why.into())),
+        elapsed: std::time::Duration::ZERO,
+    }
 }
 
 fn run_one(target: &dyn Target, op: &Op, stop: &std::sync::atomic::AtomicBool) -> OpResult {

@@ -1,6 +1,14 @@
 //! The compatibility backend: the same ops through the `targetcli` commands the
 //! original Python agent ran (one process per command, `argv[1]` one string).
 //!
+//! targetcli parses that string with configshell-fb's grammar, which has no quoting:
+//! a parameter is a run of the characters it knows, whitespace splits it, and any
+//! other character silently ends the command line (for `PE/it's.squashfs` it creates
+//! a backstore on `PE/it`, with no size and no serial). So every word put on a line is
+//! checked to be one targetcli reads back byte for byte ([`crate::paths::targetcli_reads`]),
+//! and an op with any other is refused before targetcli runs; `desired` skips such
+//! paths (`unsafe-path`) with this backend, so none is planned.
+//!
 //! Not the default: every targetcli run takes seconds (it refreshes its view of all
 //! of configfs), it cannot choose LUN aliases or HBA numbers, and it needs D-Bus on
 //! some distributions. It is kept as a fallback for hosts where writing configfs
@@ -12,6 +20,7 @@ use std::process::Command;
 use super::configfs::check_backing_file;
 use super::model::{Actual, Op};
 use super::{saveconfig, LioError, Target};
+use crate::paths;
 
 /// Settings of the targetcli backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,28 +86,82 @@ impl TargetcliTarget {
     }
 
     /// The command for one op (pure, for tests and logs); `None` when targetcli has
-    /// nothing to do.
-    pub fn command(&self, op: &Op) -> Option<String> {
-        Some(match op {
+    /// nothing to do. Refused when a word of it would not reach targetcli as written.
+    pub fn command(&self, op: &Op) -> Result<Option<String>, LioError> {
+        let tpg = || -> Result<String, LioError> {
+            node_path("target IQN", &self.s.iqn)?;
+            Ok(self.tpg())
+        };
+        Ok(Some(match op {
             Op::CreateBackstore {
                 at, path, serial, ..
-            } => format!(
-                "/backstores/fileio create {} {} 0 false true {serial}",
-                at.name,
-                path.display()
-            ),
+            } => {
+                paths::targetcli_safe_path(path).map_err(|reason| LioError::BackingFile {
+                    path: path.clone(),
+                    reason,
+                })?;
+                format!(
+                    "/backstores/fileio create {} {} 0 false true {}",
+                    word("backstore name", &at.name)?,
+                    path.display(),
+                    word("unit serial", serial)?
+                )
+            }
             Op::MapLun { lun, at, .. } => format!(
                 "{}/luns create /backstores/fileio/{} lun={lun} add_mapped_luns=false",
-                self.tpg(),
-                at.name
+                tpg()?,
+                word("backstore name", &at.name)?
             ),
-            Op::UnmapLun { lun, .. } => format!("{}/luns delete lun={lun}", self.tpg()),
-            Op::DeleteBackstore { at } => format!("/backstores/fileio delete {}", at.name),
+            Op::UnmapLun { lun, .. } => format!("{}/luns delete lun={lun}", tpg()?),
+            Op::DeleteBackstore { at } => {
+                format!(
+                    "/backstores/fileio delete {}",
+                    word("backstore name", &at.name)?
+                )
+            }
             // rtslib removes an object's HBA with it: never left empty by targetcli.
-            Op::RemoveEmptyHba { .. } => return None,
-            Op::EnableTpg => format!("{} enable", self.tpg()),
-            Op::DisableTpg => format!("{} disable", self.tpg()),
-        })
+            Op::RemoveEmptyHba { .. } => return Ok(None),
+            Op::EnableTpg => format!("{} enable", tpg()?),
+            Op::DisableTpg => format!("{} disable", tpg()?),
+        }))
+    }
+
+    /// `saveconfig <file>` into `tmp_dir`, refused when targetcli would misread the file.
+    fn saveconfig_to(&self, tmp: &Path) -> Result<String, LioError> {
+        paths::targetcli_safe_path(tmp).map_err(|e| {
+            LioError::Refused(format!(
+                "temporary directory {} unusable with targetcli: {e}",
+                self.s.tmp_dir.display()
+            ))
+        })?;
+        self.run(&format!("saveconfig {}", tmp.display()))
+    }
+}
+
+/// `s` as one targetcli parameter, or why it cannot be one.
+fn word<'a>(what: &str, s: &'a str) -> Result<&'a str, LioError> {
+    if !s.is_empty() && s.chars().all(paths::targetcli_reads) {
+        Ok(s)
+    } else {
+        Err(LioError::Refused(format!(
+            "{what} {s:?} cannot be passed to targetcli: it reads only ASCII letters, digits and {:?} as a parameter",
+            paths::TARGETCLI_PUNCTUATION
+        )))
+    }
+}
+
+/// `s` as one component of a targetcli node path (`/iscsi/<iqn>/tpg1`), whose grammar
+/// takes ASCII letters, digits, `:`, `_`, `.` and `-`.
+fn node_path<'a>(what: &str, s: &'a str) -> Result<&'a str, LioError> {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":_.-".contains(c))
+    {
+        Ok(s)
+    } else {
+        Err(LioError::Refused(format!(
+            "{what} {s:?} cannot be passed to targetcli: a node path takes only ASCII letters, digits, ':', '_', '.' and '-'"
+        )))
     }
 }
 
@@ -110,15 +173,13 @@ impl Target for TargetcliTarget {
             .s
             .tmp_dir
             .join(format!("sbps-marshal-save-{}.json", std::process::id()));
-        let result = self
-            .run(&format!("saveconfig {}", tmp.to_string_lossy()))
-            .and_then(|_| {
-                let text = std::fs::read_to_string(&tmp)
-                    .map_err(|e| LioError::from_io("read", &tmp, e))?;
-                serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
-                    LioError::Refused(format!("targetcli saveconfig output is not JSON: {e}"))
-                })
-            });
+        let result = self.saveconfig_to(&tmp).and_then(|_| {
+            let text =
+                std::fs::read_to_string(&tmp).map_err(|e| LioError::from_io("read", &tmp, e))?;
+            serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
+                LioError::Refused(format!("targetcli saveconfig output is not JSON: {e}"))
+            })
+        });
         let _ = std::fs::remove_file(&tmp);
         saveconfig::write(path, &result?, saveconfig::MAX_BACKUPS)
     }
@@ -129,20 +190,21 @@ impl Target for TargetcliTarget {
             std::process::id(),
             std::thread::current().id()
         ));
-        let tmp_s = tmp.to_string_lossy().into_owned();
         let result = self
-            .run(&format!("saveconfig {tmp_s}"))
+            .saveconfig_to(&tmp)
             .and_then(|_| saveconfig::load(&tmp));
         let _ = std::fs::remove_file(&tmp);
         Ok(result?.to_actual(&self.s.iqn, self.s.tag))
     }
 
     fn execute(&self, op: &Op) -> Result<(), LioError> {
+        // First the line, so that what is checked below is what targetcli will read.
+        let command = self.command(op)?;
         if let Op::CreateBackstore { path, size, .. } = op {
             // targetcli also creates a missing file: check first, as the native backend does.
             check_backing_file(path, *size, &self.s.mount_root)?;
         }
-        match self.command(op) {
+        match command {
             Some(c) => self.run(&c).map(|_| ()),
             None => Ok(()),
         }

@@ -65,6 +65,7 @@ pub fn assert_projections_safe(d: &desired::Desired, mount: &Path) {
             "{}",
             real.display()
         );
+        assert_eq!(real, canon_root.join(&p.object_key), "one key, one file");
         assert!(real.is_file());
     }
 }
@@ -100,6 +101,7 @@ async fn hostile_keys_and_records_are_skipped_with_reasons() {
         Obj::new("PE/link-out.squashfs", "e", 100),
         Obj::new("PE/dir-out/x.squashfs", "e", 100),
         Obj::new("PE/./dot.squashfs", "e", 100),
+        Obj::new("PE/alias.squashfs", "e", 100),
         Obj::new("PE/cr\r.squashfs", "e", 100),
     ];
     for k in [
@@ -124,6 +126,7 @@ async fn hostile_keys_and_records_are_skipped_with_reasons() {
     )
     .unwrap();
     std::os::unix::fs::symlink(outside.path().join("d"), mount.join("PE/dir-out")).unwrap();
+    std::os::unix::fs::symlink("ok.squashfs", mount.join("PE/alias.squashfs")).unwrap();
 
     // IMS side: rootfs objects with hostile keys, manifests of every kind of wrong.
     let mut bodies = std::collections::HashMap::new();
@@ -279,6 +282,11 @@ async fn hostile_keys_and_records_are_skipped_with_reasons() {
         "PE/comma,fd_buffered_io=1.squashfs",
         "PE/cr\r.squashfs",
         long.as_str(),
+        // One key, one file: the mount reads these as PE/double and PE/dot.
+        "PE//double.squashfs",
+        "PE/./dot.squashfs",
+        // A symlink inside the mount: a second name of PE/ok.squashfs.
+        "PE/alias.squashfs",
     ] {
         assert!(matches!(skipped(k), Reason::UnsafePath { .. }), "{k:?}");
     }
@@ -321,7 +329,7 @@ async fn hostile_keys_and_records_are_skipped_with_reasons() {
     assert!(matches!(skipped("missing"), Reason::ManifestMissing { .. }));
     // Unicode lookalikes are not the PE/ prefix: no candidate at all.
     assert!(!d.verdicts.iter().any(|v| matches!(&v.subject, desired::Subject::Pe { object_key } if object_key.contains('\u{ff0f}'))));
-    // "PE/‥/x" and "PE//double" are plain, inside names.
+    // "PE/‥/x" is a plain, inside name.
     assert!(matches!(
         verdict("PE/\u{2025}/x.squashfs"),
         Outcome::Projected { .. }

@@ -159,6 +159,7 @@ pub fn settings(mount: &Path) -> Settings {
         bucket: BUCKET.into(),
         mount_root: mount.to_path_buf(),
         ims_tagging: true,
+        backend: Default::default(),
     }
 }
 

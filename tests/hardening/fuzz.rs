@@ -10,7 +10,10 @@ use sbps_marshal::desired::{kernel_safe_path, lexically_inside};
 use sbps_marshal::inventory::ims::{parse_listing, parse_record};
 use sbps_marshal::inventory::manifest::parse_manifest;
 use sbps_marshal::inventory::s3::read_credentials;
+use sbps_marshal::lio::targetcli::{TargetcliSettings, TargetcliTarget};
 use sbps_marshal::lio::{attr, saveconfig};
+use sbps_marshal::lio::{BackstoreRef, Op};
+use sbps_marshal::paths::{backend_safe_path, key_under, one_name, Backend};
 use sbps_marshal::plan::under_root;
 use serde_json::{Map, Value};
 
@@ -90,6 +93,30 @@ fn json() -> impl Strategy<Value = Value> {
             prop::collection::vec((spicy(), inner), 0..8)
                 .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
         ]
+    })
+}
+
+/// Object keys made of segments, `.`, `..` and empty ones among them (`PE/./x`,
+/// `PE//x`, `img/rootfs/`), and a few characters targetcli's command line misreads.
+fn segmented_key() -> impl Strategy<Value = String> {
+    let seg = prop_oneof![
+        4 => "[a-zA-Z0-9_.+-]{1,6}",
+        1 => "[a-z ;#'\"=%\\\\\u{e9}]{1,4}",
+        1 => Just(".".to_string()),
+        1 => Just("..".to_string()),
+        1 => Just(String::new()),
+    ];
+    prop::collection::vec(seg, 1..6).prop_map(|s| s.join("/"))
+}
+
+/// The targetcli backend, for what it would hand targetcli (it runs nothing here).
+fn targetcli() -> TargetcliTarget {
+    TargetcliTarget::new(TargetcliSettings {
+        bin: "/nonexistent/targetcli".into(),
+        iqn: "iqn.2023-06.csm.iscsi:x1000c0s0b0n0".into(),
+        tag: 1,
+        mount_root: "/var/lib/cps-local/boot-images".into(),
+        tmp_dir: "/tmp".into(),
     })
 }
 
@@ -183,7 +210,7 @@ proptest! {
     /// What desired() hands on must be what the backend and the kernel take, and
     /// must stay inside the mount.
     #[test]
-    fn kernel_path_safety(key in prop_oneof![any::<String>(), "[a-zA-Z0-9./ ,=\\n\\r\\t\\x00\u{2025}\u{ff0f}-]{0,80}"]) {
+    fn kernel_path_safety(key in prop_oneof![any::<String>(), "[a-zA-Z0-9./ ,=\\n\\r\\t\\x00\u{2025}\u{ff0f}-]{0,80}", segmented_key()]) {
         let root = Path::new("/var/lib/cps-local/boot-images");
         let path: PathBuf = root.join(&key);
         if kernel_safe_path(&path).is_ok() {
@@ -198,6 +225,28 @@ proptest! {
             if Path::new(&key).components().any(|c| matches!(c, Component::Normal(_))) {
                 prop_assert!(under_root(&path, root), "{:?}", path);
             }
+            // One key, one file: a key that passes is the only spelling of its path,
+            // segment for segment, so no other key reaches the same file by its letters.
+            if one_name(&key).is_ok() {
+                prop_assert!(key.split('/').all(|s| !s.is_empty() && s != "." && s != ".."), "{:?}", key);
+                prop_assert_eq!(path.components().count(), root.components().count() + key.split('/').count());
+                prop_assert_eq!(key_under(&path, root), Some(key.as_str()));
+            }
+        }
+        // What desired() lets through for the targetcli backend, the backend hands to
+        // targetcli as one word (and nothing else gets there).
+        let create = Op::CreateBackstore {
+            at: BackstoreRef::fileio(0, "a50dd52157e1636"),
+            path: path.clone(),
+            size: 1,
+            serial: "a50dd52157e1636aaaaaaaaaaaaaaaa".into(),
+        };
+        let line = targetcli().command(&create);
+        if backend_safe_path(&path, Backend::Targetcli).is_ok() {
+            let line = line.unwrap().unwrap();
+            prop_assert_eq!(line.split(' ').nth(3), path.to_str(), "{}", line);
+        } else if kernel_safe_path(&path).is_ok() {
+            prop_assert!(line.is_err(), "{:?} reaches targetcli", path);
         }
     }
 }
@@ -214,4 +263,9 @@ fn fuzz_regressions() {
         kernel_safe_path(p).is_ok()
     );
     assert!(kernel_safe_path(p).is_ok());
+    // `PE/./x` and `PE//x` passed every check and were exported with PE/x's bytes
+    // under identities of their own.
+    for k in ["PE/./x.squashfs", "PE//x.squashfs"] {
+        assert!(lexically_inside(k).is_ok() && one_name(k).is_err(), "{k}");
+    }
 }

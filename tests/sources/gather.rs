@@ -110,6 +110,7 @@ async fn gathers_everything_and_a_warm_scan_is_cheap() {
         bucket: BUCKET.into(),
         mount_root: mnt.mountpoint.clone(),
         ims_tagging: true,
+        backend: Default::default(),
     };
 
     let cold = sources.gather(&settings).await;
@@ -202,6 +203,7 @@ async fn failing_sources_are_unknown_not_empty() {
         bucket: BUCKET.into(),
         mount_root: dir.path().into(),
         ims_tagging: true,
+        backend: Default::default(),
     };
     let g = sources.gather(&settings).await;
     assert!(g.inventory.s3.is_err());

@@ -1,7 +1,12 @@
 //! Integration tests of the inventory sources against real or double servers on 127.0.0.1.
 
+#[path = "../hardening/capture.rs"]
+mod capture;
 mod gather;
 mod ims;
+mod kube;
+#[path = "../support/kube_api.rs"]
+mod kube_api;
 mod mount;
 mod node;
 mod s3;

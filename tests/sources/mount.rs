@@ -20,9 +20,15 @@ async fn escapes_and_kinds_on_a_plain_tree() {
     symlink(outside.path(), r.join("dir-out")).unwrap();
     symlink("img/rootfs", r.join("link-in")).unwrap();
     symlink("nowhere", r.join("dangling")).unwrap();
+    symlink("img", r.join("dir-in")).unwrap();
     let keys: Vec<String> = [
         "img/rootfs",
         "link-in",
+        "dir-in/rootfs",
+        "img/./rootfs",
+        "img//rootfs",
+        "./img/rootfs",
+        "img/rootfs/",
         "dir",
         "missing",
         "img/rootfs/below-a-file",
@@ -38,7 +44,18 @@ async fn escapes_and_kinds_on_a_plain_tree() {
     .collect();
     let m = MountChecker::default().check_all(r, &keys).await;
     assert_eq!(m["img/rootfs"], MountEntry::File { size: 4096 });
-    assert_eq!(m["link-in"], MountEntry::File { size: 4096 });
+    // One key, one file: every other name of img/rootfs is refused, a symlink inside
+    // the mount included (the kernel would export one file under two identities).
+    for k in [
+        "link-in",
+        "dir-in/rootfs",
+        "img/./rootfs",
+        "img//rootfs",
+        "./img/rootfs",
+        "img/rootfs/",
+    ] {
+        assert!(matches!(m[k], MountEntry::Indirect(_)), "{k}: {:?}", m[k]);
+    }
     assert_eq!(m["dir"], MountEntry::NotRegular);
     assert_eq!(m["missing"], MountEntry::Missing);
     assert_eq!(m["img/rootfs/below-a-file"], MountEntry::Missing);
@@ -113,6 +130,27 @@ async fn unusable_root_is_an_error_for_every_key() {
         m.values().all(|e| matches!(e, MountEntry::Error(_))),
         "{m:?}"
     );
+}
+
+/// Symlinks are followed in the mount root (configuration, e.g. a root moved to
+/// another disk), not in the key: the same file is then fine through the link.
+#[tokio::test]
+async fn a_root_reached_through_a_symlink_is_followed() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("real/img")).unwrap();
+    std::fs::write(d.path().join("real/img/rootfs"), [0u8; 10]).unwrap();
+    symlink(d.path().join("real"), d.path().join("mnt")).unwrap();
+    let keys = vec!["img/rootfs".to_string()];
+    let m = MountChecker::default()
+        .check_all(&d.path().join("mnt"), &keys)
+        .await;
+    assert_eq!(m["img/rootfs"], MountEntry::File { size: 10 });
+    sbps_marshal::lio::configfs::check_backing_file(
+        &d.path().join("mnt/img/rootfs"),
+        10,
+        &d.path().join("mnt"),
+    )
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
