@@ -137,7 +137,18 @@ impl Mirror {
         ledger: &mut Ledger,
         local_missing: bool,
     ) -> Result<Restored, MirrorError> {
-        let doc = self.remote.load().await?;
+        let doc = match self.remote.load().await {
+            Ok(doc) => doc,
+            // The local ledger is whole: it is the truth, and it replaces what cannot be read.
+            Err(MirrorError::Unreadable(e)) if !local_missing => {
+                tracing::error!(
+                    "{e}; the local ledger replaces it (generation {})",
+                    ledger.generation
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        };
         self.read = true;
         let Some(doc) = doc else {
             self.remote_generation = None;

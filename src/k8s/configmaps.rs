@@ -25,6 +25,8 @@ pub struct StoredConfigMap {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub data: BTreeMap<String, String>,
+    /// `binaryData`, decoded (the API carries it base64-encoded).
+    pub binary_data: BTreeMap<String, Vec<u8>>,
     /// The version read, which a replace must name; `None` for one not created yet.
     pub resource_version: Option<String>,
 }
@@ -37,9 +39,11 @@ impl StoredConfigMap {
         }
     }
 
-    /// Bytes the API counts against [`CONFIGMAP_DATA_LIMIT`]: the `data` values.
+    /// Bytes the API counts against [`CONFIGMAP_DATA_LIMIT`]: the `data` values and the
+    /// decoded `binaryData` values.
     pub fn data_size(&self) -> usize {
-        self.data.values().map(String::len).sum()
+        let text: usize = self.data.values().map(String::len).sum();
+        text + self.binary_data.values().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -193,6 +197,12 @@ fn to_api(cm: &StoredConfigMap) -> ConfigMap {
             ..Default::default()
         },
         data: nonempty(&cm.data),
+        binary_data: (!cm.binary_data.is_empty()).then(|| {
+            let bytes = cm.binary_data.iter();
+            bytes
+                .map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.clone())))
+                .collect()
+        }),
         ..Default::default()
     }
 }
@@ -206,16 +216,14 @@ fn from_api(op: &Op, cm: ConfigMap) -> Result<StoredConfigMap, KubeError> {
         .metadata
         .name
         .ok_or_else(|| unexpected("ConfigMap without metadata.name"))?;
-    if cm.binary_data.is_some_and(|b| !b.is_empty()) {
-        return Err(unexpected(&format!(
-            "ConfigMap {name:?} holds binaryData, which the agent never writes"
-        )));
-    }
     Ok(StoredConfigMap {
         name,
         labels: cm.metadata.labels.unwrap_or_default(),
         annotations: cm.metadata.annotations.unwrap_or_default(),
         data: cm.data.unwrap_or_default(),
+        binary_data: (cm.binary_data.unwrap_or_default().into_iter())
+            .map(|(k, v)| (k, v.0))
+            .collect(),
         resource_version: cm.metadata.resource_version,
     })
 }
@@ -383,11 +391,12 @@ mod tests {
     }
 
     #[test]
-    fn binary_data_is_refused_not_dropped() {
-        let mut api = to_api(&StoredConfigMap::new("x"));
-        api.binary_data = Some([("b".to_string(), k8s_openapi::ByteString(vec![1, 2]))].into());
-        let e = from_api(&Op::new("get", "configmaps"), api).unwrap_err();
-        assert!(e.to_string().contains("binaryData"), "{e}");
+    fn binary_data_round_trips_and_counts() {
+        let mut cm = StoredConfigMap::new("x");
+        cm.binary_data.insert("ledger.json.gz".into(), vec![0x1f, 0x8b, 0, 255]);
+        cm.data.insert("status.json".into(), "{}".into());
+        assert_eq!(cm.data_size(), 6);
+        assert_eq!(from_api(&Op::new("get", "configmaps"), to_api(&cm)).unwrap(), cm);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::desired::Kind;
 
+pub mod kube;
 pub mod remote;
 
 /// Current on-disk format version.

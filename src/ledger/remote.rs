@@ -177,10 +177,16 @@ pub fn decode(name: &str, doc: &Document) -> Result<NodeDoc, CodecError> {
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Why the API could not be used.
+/// Why the API's copy could not be used.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct MirrorError(pub String);
+pub enum MirrorError {
+    /// The API did not answer as asked (down, slow, refused, forbidden …).
+    #[error("{0}")]
+    Unavailable(String),
+    /// This node's document is there but cannot be read.
+    #[error("{0}")]
+    Unreadable(String),
+}
 
 /// This node's ledger in the Kubernetes API, and the fleet's.
 pub trait LedgerMirror: Send + Sync {
