@@ -81,6 +81,7 @@ fn base() -> Inventory {
             obj("img1/rootfs", "e1", 4096),
         ]),
         ims: Ok(vec![record("img1", tagged("true"))]),
+        ims_unreadable: Vec::new(),
         manifests: BTreeMap::from([(
             "s3://boot-images/img1/manifest.json".to_string(),
             Ok(manifest("img1", Some("e1"))),
@@ -297,6 +298,7 @@ fn hostile_keys_never_become_projections() {
         let inv = Inventory {
             s3: Ok(vec![obj(key, "e", 1)]),
             ims: Ok(vec![]),
+            ims_unreadable: Vec::new(),
             manifests: BTreeMap::new(),
             mount: BTreeMap::from([(key.to_string(), MountEntry::File { size: 1 })]),
         };
@@ -311,6 +313,7 @@ fn hostile_keys_never_become_projections() {
     let inv = Inventory {
         s3: Ok(vec![obj(&long, "e", 1)]),
         ims: Ok(vec![]),
+        ims_unreadable: Vec::new(),
         manifests: BTreeMap::new(),
         mount: BTreeMap::from([(long.clone(), MountEntry::File { size: 1 })]),
     };

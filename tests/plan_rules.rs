@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use sbps_marshal::desired::Kind;
 use sbps_marshal::ledger::Ledger;
 use sbps_marshal::lio::Op;
 use sbps_marshal::plan::{plan, HoldReason, Warning};
@@ -190,7 +191,7 @@ fn deletion_brake_holds_a_mass_removal() {
     }
     let mut pol = policy();
     pol.grace_secs = 0;
-    // IMS answered [] : every rootfs looks gone.
+    // Every rootfs image gone at once (an IMS answer an operator confirmed, say).
     let p = plan(&desired_of([]), &actual, &Ledger::new(), &pol, NOW);
     assert!(p.brake);
     assert!(p.ops.is_empty(), "{:?}", p.ops);
@@ -198,6 +199,7 @@ fn deletion_brake_holds_a_mass_removal() {
     assert!(p.held.iter().all(|h| matches!(
         h.reason,
         HoldReason::Brake {
+            kind: Kind::Rootfs,
             removals: 6,
             managed: 6
         }

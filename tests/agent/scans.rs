@@ -228,7 +228,7 @@ async fn scans_converge_adopt_and_hold() {
     assert!(e.contains("untagged") && e.contains("\"false\""), "{e}");
     let e = explain(&r, w.agent.ledger(), &pe_id.wwid()).join("\n");
     assert!(e.contains("exported at LUN"), "{e}");
-    let st = Status::build(&r, w.agent.ledger(), &w.agent.settings, Some(true));
+    let st = Status::build(&r, w.agent.ledger(), &w.agent.settings);
     assert_eq!(st.projections.len(), 2);
     assert!(st.projections.iter().all(|p| p.lun.is_some_and(|l| l > 0)));
     assert_eq!(st.gate.tpg_enabled, Some(true));
@@ -258,14 +258,40 @@ async fn scans_converge_adopt_and_hold() {
         "{e}"
     );
 
-    // IMS answers []: the rootfs image looks gone, but 1 of 2 is within the brake's
-    // floor; with grace 0 it goes, its LUN number quarantined.
+    // IMS answers without the one rootfs image this node serves (an IMS that lost its
+    // datastore looks like this): not believed. One image is under the brake's floor,
+    // so only this rule keeps it: nothing removed, not converged, an alert.
     *w.ims.body.lock().unwrap() = (StatusCode::OK, json!([record("img2", Some("false"))]));
     let lun_of_rootfs = (1..3)
         .find(|l| serial_at(w.target.as_ref(), *l).as_deref() == Some(rootfs_id.serial.as_str()))
         .unwrap();
+    let before = w.target.observe().unwrap();
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(!r.converged);
+    assert!(r.outcomes.is_empty(), "{:?}", r.outcomes);
+    assert_eq!(w.target.observe().unwrap(), before);
+    assert!(
+        r.problems().iter().any(|p| p.contains("names none of the 1 rootfs images")),
+        "{:?}",
+        r.problems()
+    );
+    assert!(w
+        .agent
+        .metrics
+        .render()
+        .contains("sbps_marshal_ims_answer_held 1"));
+    let e = explain(&r, w.agent.ledger(), "img1").join("\n");
+    assert!(e.contains("names none of"), "{e}");
+    // The operator confirms the answer (`scan --once --release-brake`): with grace 0
+    // the image goes at once, its LUN number quarantined.
+    w.agent.release_brake = true;
     let r = w.agent.scan(Mode::Apply).await;
     assert!(r.converged, "{:?}", r.problems());
+    assert!(w
+        .agent
+        .metrics
+        .render()
+        .contains("sbps_marshal_ims_answer_held 0"));
     assert_eq!(serial_at(w.target.as_ref(), lun_of_rootfs), None);
     assert!(w.agent.ledger().quarantine.contains_key(&lun_of_rootfs));
     // Operators see the quarantine: metric, status document and text.
@@ -277,7 +303,7 @@ async fn scans_converge_adopt_and_hold() {
         "{}",
         w.agent.metrics.render()
     );
-    let st = Status::build(&r, w.agent.ledger(), &w.agent.settings, Some(true));
+    let st = Status::build(&r, w.agent.ledger(), &w.agent.settings);
     assert_eq!(st.quarantined.len(), 1);
     assert_eq!(st.quarantined[0].lun, lun_of_rootfs);
     assert_eq!(

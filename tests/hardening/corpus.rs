@@ -226,8 +226,9 @@ async fn hostile_keys_and_records_are_skipped_with_reasons() {
         listing.iter().any(|o| o.key == "PE/%FF%FE.squashfs"),
         "non-UTF-8 stays encoded"
     );
-    assert_eq!(g.ims_skipped.len(), 6, "{:?}", g.ims_skipped);
-    assert!(g.ims_skipped.iter().all(|s| !s.reason.is_empty()));
+    let unreadable = &g.inventory.ims_unreadable;
+    assert_eq!(unreadable.len(), 6, "{unreadable:?}");
+    assert!(unreadable.iter().all(|s| !s.reason.is_empty()));
 
     let d = desired::desired(&g.inventory, &set);
     assert_projections_safe(&d, &mount);
@@ -235,8 +236,8 @@ async fn hostile_keys_and_records_are_skipped_with_reasons() {
     let ims_records = g.inventory.ims.as_ref().unwrap().len();
     assert_eq!(
         d.verdicts.len(),
-        pe_candidates + ims_records,
-        "one verdict per candidate"
+        pe_candidates + ims_records + unreadable.len(),
+        "one verdict per candidate, unreadable records included"
     );
 
     let verdict = |subject: &str| -> Outcome {
@@ -377,6 +378,7 @@ fn hundred_thousand_ims_records() {
     let inv = sbps_marshal::inventory::Inventory {
         s3: Ok(Vec::new()),
         ims: Ok(l.records),
+        ims_unreadable: l.skipped,
         manifests: Default::default(),
         mount: Default::default(),
     };
