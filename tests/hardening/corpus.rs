@@ -314,11 +314,28 @@ async fn hostile_keys_and_records_are_skipped_with_reasons() {
         Reason::ManifestError { .. }
     ));
     assert!(matches!(unknown("notjson"), Reason::ManifestError { .. }));
+    // A rootfs artifact that cannot be read makes the image unknown, never absent.
     assert!(matches!(
-        skipped("several"),
+        unknown("several"),
         Reason::SeveralRootfsArtifacts { count: 2 }
     ));
-    assert!(matches!(skipped("nulllink"), Reason::RootfsWithoutLink));
+    assert!(matches!(unknown("nulllink"), Reason::RootfsWithoutLink));
+    assert!(d.uncertainty.images.contains("several") && d.uncertainty.images.contains("nulllink"));
+    // Records that cannot be read: unknown, with the reason; those with a string id
+    // protect that image, the others every image the answer does not name.
+    let unreadable: Vec<&Reason> = d
+        .verdicts
+        .iter()
+        .filter_map(|v| match &v.outcome {
+            Outcome::Unknown {
+                reason: r @ Reason::UnreadableRecord { .. },
+            } => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unreadable.len(), 6, "{unreadable:?}");
+    assert!(d.uncertainty.images.contains("wt") && d.uncertainty.images.contains("wt2"));
+    assert_eq!(d.uncertainty.unattributed, 4);
     assert!(matches!(skipped("missing"), Reason::ManifestMissing { .. }));
     // Unicode lookalikes are not the PE/ prefix: no candidate at all.
     assert!(!d.verdicts.iter().any(|v| matches!(&v.subject, desired::Subject::Pe { object_key } if object_key.contains('\u{ff0f}'))));
