@@ -14,11 +14,11 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{self, Identity};
-use crate::ledger::Ledger;
 use crate::inventory::{
     parse_s3_url, strip_etag_quotes, ImageRecord, Inventory, MountEntry, S3Object, Tagging,
     ROOTFS_ARTIFACT_TYPE,
 };
+use crate::ledger::Ledger;
 
 /// Prefix of programming-environment objects in the bucket.
 pub const PE_PREFIX: &str = "PE/";
@@ -284,6 +284,7 @@ pub struct Uncertainty {
     /// IMS records that could not be read and name no image (no string id): any
     /// rootfs image the answer does not name may be one of them ([`protect_served`]
     /// turns this into the serials concerned).
+    #[serde(default)]
     pub unattributed: usize,
 }
 
@@ -473,27 +474,19 @@ pub fn protect_served(d: &mut Desired, ledger: &Ledger, released: bool) {
             _ => None,
         })
         .collect();
-    let rootfs_records = || {
-        ledger
-            .luns
-            .iter()
-            .filter(|(_, r)| r.kind != Some(Kind::Pe))
-    };
+    let rootfs_records = || ledger.luns.iter().filter(|(_, r)| r.kind != Some(Kind::Pe));
     let served: Vec<(&str, &str)> = rootfs_records()
         .filter(|(s, _)| !ledger.absent_since.contains_key(*s))
         .filter_map(|(s, r)| Some((s.as_str(), r.image_id.as_deref()?)))
         .collect();
-    let vouched = |(serial, id): &(&str, &str)| {
-        named.contains(id) || d.projections.contains_key(*serial)
-    };
+    let vouched =
+        |(serial, id): &(&str, &str)| named.contains(id) || d.projections.contains_key(*serial);
     if !served.is_empty() && !served.iter().any(vouched) {
         let reason = Reason::ImsNamesNoneServed {
             served: served.len(),
             named: named.len(),
         };
-        if released {
-            tracing::warn!("{reason}: confirmed by the operator, the answer is taken as it is");
-        } else {
+        if !released {
             hold_rootfs(d, reason);
             return;
         }
@@ -532,11 +525,12 @@ pub fn protect_served(d: &mut Desired, ledger: &Ledger, released: bool) {
 
 /// IMS unknown after the fact: what `desired` would have said had IMS not answered.
 fn hold_rootfs(d: &mut Desired, reason: Reason) {
-    tracing::error!("{reason}");
     d.uncertainty.rootfs = Some(reason.to_string());
     d.projections.retain(|_, p| p.kind != Kind::Rootfs);
     for v in &mut d.verdicts {
-        if matches!(v.subject, Subject::Image { .. }) && !matches!(v.outcome, Outcome::Unknown { .. }) {
+        if matches!(v.subject, Subject::Image { .. })
+            && !matches!(v.outcome, Outcome::Unknown { .. })
+        {
             v.outcome = Outcome::Unknown {
                 reason: reason.clone(),
             };

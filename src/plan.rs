@@ -505,7 +505,11 @@ impl<'a> Planner<'a> {
         }
 
         let mut managed = Managed::default();
-        for kind in wants.iter().map(|w| w.p.kind).chain(exported_only.into_values()) {
+        for kind in wants
+            .iter()
+            .map(|w| w.p.kind)
+            .chain(exported_only.into_values())
+        {
             *managed.of(kind) += 1;
         }
         self.removals(removals, managed);
@@ -596,7 +600,10 @@ impl<'a> Planner<'a> {
         let u = &self.desired.uncertainty;
         let mut out: Vec<String> = u.everything.iter().chain(&u.rootfs).cloned().collect();
         let exported = self.actual.lun_by_serial();
-        let serials = u.serials.iter().filter(|s| !exported.contains_key(s.as_str()));
+        let serials = u
+            .serials
+            .iter()
+            .filter(|s| !exported.contains_key(s.as_str()));
         out.extend(serials.map(|s| format!("serial {s}")));
         if !u.images.is_empty() {
             let exported_ids: HashSet<&str> = self
@@ -606,7 +613,10 @@ impl<'a> Planner<'a> {
                 .filter(|(s, _)| exported.contains_key(s.as_str()))
                 .filter_map(|(_, r)| r.image_id.as_deref())
                 .collect();
-            let images = u.images.iter().filter(|i| !exported_ids.contains(i.as_str()));
+            let images = u
+                .images
+                .iter()
+                .filter(|i| !exported_ids.contains(i.as_str()));
             out.extend(images.map(|i| format!("IMS image {i}")));
         }
         if u.unattributed > 0 {

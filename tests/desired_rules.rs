@@ -404,12 +404,22 @@ fn unreadable_records_and_metadata_are_unknown_not_absent() {
     badlink["link"] = serde_json::json!("s3://boot-images/img1/manifest.json");
     let mut badname = json_record("img9");
     badname["name"] = serde_json::json!(42);
-    ims_answer(&mut inv, serde_json::json!([numeric, badlink, badname, "garbage"]));
+    ims_answer(
+        &mut inv,
+        serde_json::json!([numeric, badlink, badname, "garbage"]),
+    );
     let d = desired(&inv, &s);
     let unreadable: Vec<_> = d
         .verdicts
         .iter()
-        .filter(|v| matches!(v.outcome, Outcome::Unknown { reason: Reason::UnreadableRecord { .. } }))
+        .filter(|v| {
+            matches!(
+                v.outcome,
+                Outcome::Unknown {
+                    reason: Reason::UnreadableRecord { .. }
+                }
+            )
+        })
         .collect();
     assert_eq!(unreadable.len(), 4, "{:?}", d.verdicts);
     assert_eq!(
@@ -477,7 +487,11 @@ fn differences_from_the_original_are_settled_safely() {
     );
     let d = desired(&inv, &s);
     let quoted = Identity::of_key("s3://boot-images/img1/rootfs|\"e1\"");
-    assert!(d.projections.contains_key(&quoted.serial), "{:?}", d.verdicts);
+    assert!(
+        d.projections.contains_key(&quoted.serial),
+        "{:?}",
+        d.verdicts
+    );
     // Several rootfs artifacts and a missing etag: unknown (tested in manifest_problems).
 }
 
@@ -519,9 +533,20 @@ fn an_answer_naming_no_served_image_is_ims_unknown() {
         let mut d = desired(&inv, &s);
         protect_served(&mut d, &ledger, false);
         let why = d.uncertainty.rootfs.clone().unwrap_or_default();
-        assert!(why.contains("names none of the 2 rootfs images"), "{answer}: {why}");
-        assert!(d.projections.values().all(|p| p.kind == Kind::Pe), "{answer}");
-        assert!(d.verdicts.iter().any(|v| matches!(v.outcome, Outcome::Unknown { reason: Reason::ImsNamesNoneServed { served: 2, .. } })));
+        assert!(
+            why.contains("names none of the 2 rootfs images"),
+            "{answer}: {why}"
+        );
+        assert!(
+            d.projections.values().all(|p| p.kind == Kind::Pe),
+            "{answer}"
+        );
+        assert!(d.verdicts.iter().any(|v| matches!(
+            v.outcome,
+            Outcome::Unknown {
+                reason: Reason::ImsNamesNoneServed { served: 2, .. }
+            }
+        )));
         // Confirmed by the operator: taken as it is.
         let mut d = desired(&inv, &s);
         protect_served(&mut d, &ledger, true);
@@ -543,12 +568,20 @@ fn an_answer_naming_no_served_image_is_ims_unknown() {
     assert!(d.uncertainty.rootfs.is_none());
 
     // old1 named, one record without an id: old2 may be that record, so it is unknown.
-    ims_answer(&mut inv, serde_json::json!([json_record("old1"), {"name": "no id"}]));
+    ims_answer(
+        &mut inv,
+        serde_json::json!([json_record("old1"), {"name": "no id"}]),
+    );
     let mut d = desired(&inv, &s);
     protect_served(&mut d, &ledger, false);
     assert!(d.uncertainty.rootfs.is_none());
     let old2 = Identity::of_key("s3://boot-images/old2/rootfs|e-old2");
     assert_eq!(d.uncertainty.serials, [old2.serial.clone()].into());
     assert!(d.verdicts.iter().any(|v| v.identity.as_ref() == Some(&old2)
-        && matches!(v.outcome, Outcome::Unknown { reason: Reason::MaybeUnreadable { records: 1 } })));
+        && matches!(
+            v.outcome,
+            Outcome::Unknown {
+                reason: Reason::MaybeUnreadable { records: 1 }
+            }
+        )));
 }

@@ -300,7 +300,8 @@ fn image_id(i: usize) -> String {
 fn record_json(i: usize, f: Fault) -> serde_json::Value {
     use serde_json::json;
     let id = image_id(i);
-    let link = json!({"path": format!("s3://boot-images/{id}/manifest.json"), "etag": "m", "type": "s3"});
+    let link =
+        json!({"path": format!("s3://boot-images/{id}/manifest.json"), "etag": "m", "type": "s3"});
     let mut r = json!({"id": id, "name": format!("image-{i}"), "link": link, "metadata": {"sbps-project": "true"}});
     match f {
         Fault::Untagged => r["metadata"] = json!({"sbps-project": "false"}),
@@ -325,13 +326,21 @@ fn manifest_of(i: usize, f: Fault) -> Result<sbps_marshal::inventory::Manifest, 
     let artifact = serde_json::json!({"type": ROOTFS_ARTIFACT_TYPE,
         "link": {"path": format!("s3://boot-images/{id}/rootfs"), "etag": format!("{i:032x}"), "type": "s3"}});
     let artifacts = match f {
-        Fault::EtagMissing => serde_json::json!([{"type": ROOTFS_ARTIFACT_TYPE, "link": {"path": format!("s3://boot-images/{id}/rootfs")}}]),
-        Fault::RootfsWithoutLink => serde_json::json!([{"type": ROOTFS_ARTIFACT_TYPE, "link": null}]),
+        Fault::EtagMissing => {
+            serde_json::json!([{"type": ROOTFS_ARTIFACT_TYPE, "link": {"path": format!("s3://boot-images/{id}/rootfs")}}])
+        }
+        Fault::RootfsWithoutLink => {
+            serde_json::json!([{"type": ROOTFS_ARTIFACT_TYPE, "link": null}])
+        }
         Fault::SeveralRootfs => serde_json::json!([artifact.clone(), artifact]),
         Fault::ManifestUnreadable => return Err("unparsable manifest: not JSON".into()),
         _ => serde_json::json!([artifact]),
     };
-    parse_manifest(serde_json::json!({"version": "1.0", "artifacts": artifacts}).to_string().as_bytes())
+    parse_manifest(
+        serde_json::json!({"version": "1.0", "artifacts": artifacts})
+            .to_string()
+            .as_bytes(),
+    )
 }
 
 /// The inventory of 2 PE objects and `ROOTFS` rootfs images (all in S3 and the mount), with
@@ -355,10 +364,17 @@ fn inventory(faults: &[Fault], empty: bool) -> sbps_marshal::inventory::Inventor
         let p = rootfs(i, 4096);
         file(p.object_key, p.etag, p.size);
         file(format!("{}/manifest.json", image_id(i)), "m".into(), 10);
-        manifests.insert(format!("s3://boot-images/{}/manifest.json", image_id(i)), manifest_of(i, *f));
+        manifests.insert(
+            format!("s3://boot-images/{}/manifest.json", image_id(i)),
+            manifest_of(i, *f),
+        );
         records.push(record_json(i, *f));
     }
-    let body = if empty { serde_json::json!([]) } else { serde_json::Value::Array(records) };
+    let body = if empty {
+        serde_json::json!([])
+    } else {
+        serde_json::Value::Array(records)
+    };
     let listing = parse_listing(body.to_string().as_bytes()).expect("an array");
     Inventory {
         s3: Ok(s3),

@@ -505,13 +505,21 @@ fn deletion_brake_is_judged_per_kind() {
     let p = plan(&desired_of(pes.clone()), &actual, &Ledger::new(), &pol, NOW);
     assert!(p.brake);
     assert!(
-        !p.ops.iter().any(|o| matches!(o, Op::DeleteBackstore { .. })),
+        !p.ops
+            .iter()
+            .any(|o| matches!(o, Op::DeleteBackstore { .. })),
         "{:?}",
         p.ops
     );
     assert_eq!(p.held.len(), 15);
     // A PE removal beside it is judged against the PE projections alone: 1 of 20 goes.
-    let p = plan(&desired_of(pes[1..].to_vec()), &actual, &Ledger::new(), &pol, NOW);
+    let p = plan(
+        &desired_of(pes[1..].to_vec()),
+        &actual,
+        &Ledger::new(),
+        &pol,
+        NOW,
+    );
     let deleted = p
         .ops
         .iter()
@@ -549,7 +557,14 @@ fn first_enable_waits_until_no_unknown_image_is_missing() {
     assert!(!enables(&p), "{:?}", p.ops);
     let mut with_img = empty_target(true);
     add_exported(&mut with_img, &img, 3, 3);
-    let ledger = plan(&desired_of([a.clone(), img.clone()]), &with_img, &Ledger::new(), &pol, NOW).ledger;
+    let ledger = plan(
+        &desired_of([a.clone(), img.clone()]),
+        &with_img,
+        &Ledger::new(),
+        &pol,
+        NOW,
+    )
+    .ledger;
     with_img.tpg.as_mut().unwrap().enabled = false;
     let p = plan(&d, &with_img, &ledger, &pol, NOW);
     assert!(enables(&p), "{:?}", p.ops);

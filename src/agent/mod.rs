@@ -106,10 +106,14 @@ impl ScanReport {
         }
         let u = &self.desired.uncertainty;
         v.extend(u.everything.iter().chain(&u.rootfs).cloned());
-        let unknown = self.desired.verdicts.iter().filter_map(|x| match &x.outcome {
-            desired::Outcome::Unknown { reason } => Some((x, reason)),
-            _ => None,
-        });
+        let unknown = self
+            .desired
+            .verdicts
+            .iter()
+            .filter_map(|x| match &x.outcome {
+                desired::Outcome::Unknown { reason } => Some((x, reason)),
+                _ => None,
+            });
         // The whole-source reasons are already said once above.
         let unknown: Vec<String> = unknown
             .filter(|(_, r)| {
@@ -126,7 +130,9 @@ impl ScanReport {
         if unknown.len() > SHOWN {
             let more = unknown.len() - SHOWN;
             v.extend(unknown.into_iter().take(SHOWN));
-            v.push(format!("{more} more unknown (`sbps-marshal status` lists them)"));
+            v.push(format!(
+                "{more} more unknown (`sbps-marshal status` lists them)"
+            ));
         } else {
             v.extend(unknown);
         }
@@ -251,6 +257,9 @@ impl Agent {
         };
 
         let t = Instant::now();
+        if self.release_brake {
+            tracing::warn!("released by the operator for this scan: the deletion brake holds nothing, and the IMS answer is taken as it stands");
+        }
         let mut judged = desired::desired(&gathered.inventory, &dset);
         desired::protect_served(&mut judged, &self.ledger, self.release_brake);
         // Shared with the blocking job, not copied: thousands of projections.

@@ -68,7 +68,8 @@ async fn put_manifest(w: &World, artifacts: serde_json::Value) {
 }
 
 async fn manifest_back(w: &World) {
-    let link = json!({"path": format!("s3://{BUCKET}/img1/rootfs"), "etag": w.rootfs_etag, "type": "s3"});
+    let link =
+        json!({"path": format!("s3://{BUCKET}/img1/rootfs"), "etag": w.rootfs_etag, "type": "s3"});
     put_manifest(w, json!([{"type": ROOTFS_ARTIFACT_TYPE, "link": link}])).await;
 }
 
@@ -92,7 +93,11 @@ async fn s3_credential_file_missing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ims_503() {
     let mut w = served(&[]).await;
-    set_ims(&w, StatusCode::SERVICE_UNAVAILABLE, json!({"title": "down"}));
+    set_ims(
+        &w,
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({"title": "down"}),
+    );
     not_converged(&mut w, "IMS unavailable").await;
     ims_back(&w);
     converges(&mut w).await;
@@ -144,7 +149,11 @@ async fn ims_record_unreadable() {
     let mut w = served(&[]).await;
     let mut bad = record("img1", Some("true"));
     bad["id"] = json!(7);
-    set_ims(&w, StatusCode::OK, json!([bad, record("img2", Some("false"))]));
+    set_ims(
+        &w,
+        StatusCode::OK,
+        json!([bad, record("img2", Some("false"))]),
+    );
     let r = not_converged(&mut w, "IMS record 0 could not be read").await;
     assert!(w
         .agent
@@ -159,7 +168,9 @@ async fn ims_record_unreadable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_unparsable() {
     let mut w = served(&[]).await;
-    w.moto().put(BUCKET, "img1/manifest.json", "{not json").await;
+    w.moto()
+        .put(BUCKET, "img1/manifest.json", "{not json")
+        .await;
     not_converged(&mut w, "unparsable manifest").await;
     manifest_back(&w).await;
     converges(&mut w).await;
@@ -189,7 +200,8 @@ async fn manifest_rootfs_without_etag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spire_token_failure() {
     let mut w = served(&[]).await;
-    w.spire_down.store(true, std::sync::atomic::Ordering::SeqCst);
+    w.spire_down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     not_converged(&mut w, "no token").await;
     w.spire_down
         .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -208,7 +220,9 @@ async fn kubernetes_down() {
     let r = w.agent.scan(Mode::Apply).await;
     assert!(!r.converged);
     assert!(
-        r.problems().iter().any(|p| p.contains("node label unknown")),
+        r.problems()
+            .iter()
+            .any(|p| p.contains("node label unknown")),
         "{:?}",
         r.problems()
     );

@@ -13,7 +13,7 @@ use sbps_marshal::agent::{wiring, Agent, Mode};
 use sbps_marshal::config::{Layers, Settings};
 use sbps_marshal::identity::{self, Identity};
 use sbps_marshal::inventory::gather::Sources;
-use sbps_marshal::inventory::spire::{SpireError, TokenProvider, Token};
+use sbps_marshal::inventory::spire::{SpireError, Token, TokenProvider};
 use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
 use sbps_marshal::lio::{Op, Target};
 use serde_json::{json, Value};
@@ -321,7 +321,9 @@ async fn scans_converge_adopt_and_hold() {
     assert!(r.outcomes.is_empty(), "{:?}", r.outcomes);
     assert_eq!(w.target.observe().unwrap(), before);
     assert!(
-        r.problems().iter().any(|p| p.contains("names none of the 1 rootfs images")),
+        r.problems()
+            .iter()
+            .any(|p| p.contains("names none of the 1 rootfs images")),
         "{:?}",
         r.problems()
     );
