@@ -504,7 +504,7 @@ impl<'a> Planner<'a> {
             }
         }
 
-        let mut managed = Managed::default();
+        let mut managed = PerKind::default();
         for kind in wants
             .iter()
             .map(|w| w.p.kind)
@@ -743,7 +743,7 @@ impl<'a> Planner<'a> {
         self.ledger.luns.insert(p.identity.serial.clone(), rec);
     }
 
-    fn removals(&mut self, candidates: Vec<(&Backstore, &[u64])>, mut managed: Managed) {
+    fn removals(&mut self, candidates: Vec<(&Backstore, &[u64])>, mut managed: PerKind) {
         let mut due = Vec::new();
         for (b, luns) in candidates {
             let serial = b.serial.clone();
@@ -772,7 +772,7 @@ impl<'a> Planner<'a> {
         }
         // The brake is judged per kind: PE projections (many, stable) must not dilute
         // a mass removal of rootfs images, nor the other way round.
-        let mut removals = Managed::default();
+        let mut removals = PerKind::default();
         for (b, _) in &due {
             *removals.of(self.kind_of(b)) += 1;
         }
@@ -990,14 +990,14 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// Projections counted per kind, for the brake.
+/// Projections (managed, or to be removed) counted per kind, for the brake.
 #[derive(Default)]
-struct Managed {
+struct PerKind {
     pe: usize,
     rootfs: usize,
 }
 
-impl Managed {
+impl PerKind {
     fn of(&mut self, kind: Kind) -> &mut usize {
         match kind {
             Kind::Pe => &mut self.pe,
