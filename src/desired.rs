@@ -82,6 +82,7 @@ impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Subject::Pe { object_key } => write!(f, "PE object {object_key}"),
+            Subject::Image { id, name } if name.is_empty() => write!(f, "IMS image {id}"),
             Subject::Image { id, name } => write!(f, "IMS image {id} ({name})"),
         }
     }
