@@ -18,6 +18,7 @@ use crate::inventory::{
     parse_s3_url, strip_etag_quotes, ImageRecord, Inventory, MountEntry, S3Object, Tagging,
     ROOTFS_ARTIFACT_TYPE,
 };
+use crate::ledger::Ledger;
 use crate::paths;
 
 pub use crate::paths::{kernel_safe_path, lexically_inside, Backend, MAX_KERNEL_PATH};
@@ -85,6 +86,7 @@ impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Subject::Pe { object_key } => write!(f, "PE object {object_key}"),
+            Subject::Image { id, name } if name.is_empty() => write!(f, "IMS image {id}"),
             Subject::Image { id, name } => write!(f, "IMS image {id} ({name})"),
         }
     }
@@ -126,8 +128,19 @@ pub enum Reason {
     Untagged { value: Option<String> },
     /// The metadata has the `{key, value}` shape of the CSM < 1.7 create bug.
     BuggyMetadata { key: String, value: String },
-    /// The metadata is of no known shape.
+    /// The metadata is of no known shape: the image is unknown (an unreadable tag is
+    /// not "untagged").
     InvalidMetadata { detail: String },
+    /// The IMS record itself could not be read (not an object, no string id, a name or
+    /// link of the wrong type): its image is unknown, never absent.
+    UnreadableRecord { index: usize, detail: String },
+    /// An image this node serves that the IMS answer does not name, while some records
+    /// of that answer could not be read and name no image: it may be one of them.
+    MaybeUnreadable { records: usize },
+    /// The IMS answer names none of the rootfs images this node serves (an IMS whose
+    /// datastore failed to load answers `[]`): taken as IMS unknown until an operator
+    /// confirms it (`scan --once --release-brake`).
+    ImsNamesNoneServed { served: usize, named: usize },
     /// An `s3://` link that is malformed or names another bucket.
     OutsideBucket { path: String },
     /// The manifest object is not in the bucket listing.
@@ -138,11 +151,12 @@ pub enum Reason {
     ManifestNotFetched { path: String },
     /// The manifest has no rootfs artifact.
     NoRootfsArtifact,
-    /// The manifest has more than one rootfs artifact.
+    /// The manifest has more than one rootfs artifact (IMS refuses such a manifest):
+    /// which one is meant cannot be read, so the image is unknown.
     SeveralRootfsArtifacts { count: usize },
-    /// The rootfs artifact has no `link.path`.
+    /// The rootfs artifact has no `link.path`: unknown.
     RootfsWithoutLink,
-    /// The rootfs artifact has no `link.etag`.
+    /// The rootfs artifact has no `link.etag`: the identity cannot be computed, unknown.
     EtagMissing,
     /// The rootfs object is not in the bucket listing.
     NotInS3 { object_key: String },
@@ -184,6 +198,17 @@ impl fmt::Display for Reason {
                 "metadata has the {{\"key\": {key:?}, \"value\": {value:?}}} shape of the CSM < 1.7 create bug; treated as untagged"
             ),
             InvalidMetadata { detail } => write!(f, "metadata of unknown shape: {detail}"),
+            UnreadableRecord { index, detail } => {
+                write!(f, "IMS record {index} could not be read: {detail}")
+            }
+            MaybeUnreadable { records } => write!(
+                f,
+                "served here, not named by IMS, and {records} IMS record(s) could not be read: it may be one of them"
+            ),
+            ImsNamesNoneServed { served, named } => write!(
+                f,
+                "the IMS answer ({named} readable records) names none of the {served} rootfs images this node serves; taken as IMS unknown until an operator confirms it with `sbps-marshal scan --once --release-brake`"
+            ),
             OutsideBucket { path } => write!(f, "link {path:?} is not an object of the configured bucket"),
             ManifestMissing { path } => write!(f, "manifest {path} is not in the bucket"),
             ManifestError { path, error } => write!(f, "manifest {path} unavailable: {error}"),
@@ -225,6 +250,9 @@ impl Reason {
             Untagged { .. } => "untagged",
             BuggyMetadata { .. } => "buggy_metadata",
             InvalidMetadata { .. } => "invalid_metadata",
+            UnreadableRecord { .. } => "unreadable_record",
+            MaybeUnreadable { .. } => "maybe_unreadable",
+            ImsNamesNoneServed { .. } => "ims_names_none_served",
             OutsideBucket { .. } => "outside_bucket",
             ManifestMissing { .. } => "manifest_missing",
             ManifestError { .. } => "manifest_error",
@@ -257,8 +285,14 @@ pub struct Uncertainty {
     pub rootfs: Option<String>,
     /// Identities whose state is unknown.
     pub serials: BTreeSet<String>,
-    /// IMS images whose identity could not even be computed (manifest error).
+    /// IMS images whose identity could not even be computed (manifest error,
+    /// unreadable record or metadata).
     pub images: BTreeSet<String>,
+    /// IMS records that could not be read and name no image (no string id): any
+    /// rootfs image the answer does not name may be one of them ([`protect_served`]
+    /// turns this into the serials concerned).
+    #[serde(default)]
+    pub unattributed: usize,
 }
 
 impl Uncertainty {
@@ -267,6 +301,7 @@ impl Uncertainty {
             && self.rootfs.is_none()
             && self.serials.is_empty()
             && self.images.is_empty()
+            && self.unattributed == 0
     }
 }
 
@@ -293,6 +328,7 @@ pub fn mount_candidates(inv: &Inventory, s: &Settings) -> Vec<String> {
     let probe = Inventory {
         s3: inv.s3.clone(),
         ims: inv.ims.clone(),
+        ims_unreadable: Vec::new(),
         manifests: inv.manifests.clone(),
         mount: BTreeMap::new(),
     };
@@ -385,9 +421,137 @@ pub fn desired(inv: &Inventory, s: &Settings) -> Desired {
             for r in records {
                 judge_image(&mut out, r, &by_key, inv, s);
             }
+            for u in &inv.ims_unreadable {
+                let reason = Reason::UnreadableRecord {
+                    index: u.index,
+                    detail: u.reason.clone(),
+                };
+                let id = match &u.id {
+                    Some(id) => {
+                        out.uncertainty.images.insert(id.clone());
+                        id.clone()
+                    }
+                    None => {
+                        out.uncertainty.unattributed += 1;
+                        format!("#{}", u.index)
+                    }
+                };
+                let subject = Subject::Image {
+                    id,
+                    name: String::new(),
+                };
+                out.unknown(subject, None, reason);
+            }
         }
     }
     out
+}
+
+/// What `desired` cannot say without the ledger: which of the images this node serves
+/// the IMS answer vouches for. Pure; the agent runs it on every scan between
+/// [`desired`] and the plan.
+///
+/// 1. An IMS answer that names none of the rootfs images the ledger serves (while it
+///    serves at least one whose absence is not already being timed) is not believed:
+///    an IMS whose datastore failed to load answers `[]`, and an answer of unreadable
+///    records says nothing. It is taken as IMS unknown (`uncertainty.rootfs`): no
+///    rootfs image is created or removed, the TPG is not enabled, the scan does not
+///    converge, until the answer names a served image again or an operator confirms
+///    it (`released`: `scan --once --release-brake`). A confirmed answer is taken as
+///    it stands: the images it no longer names start their absence (REMOVAL_GRACE
+///    still applies), and since their absence is then being timed, later scans do
+///    not hold them again.
+/// 2. Records that could not be read and name no image (`uncertainty.unattributed`)
+///    make every served image the answer does not name unknown: it may be one of them.
+pub fn protect_served(d: &mut Desired, ledger: &Ledger, released: bool) {
+    if d.uncertainty.everything.is_some() || d.uncertainty.rootfs.is_some() {
+        return;
+    }
+    let named: BTreeSet<&str> = d
+        .verdicts
+        .iter()
+        .filter_map(|v| match (&v.subject, &v.outcome) {
+            (
+                _,
+                Outcome::Unknown {
+                    reason: Reason::UnreadableRecord { .. },
+                },
+            ) => None,
+            (Subject::Image { id, .. }, _) => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let rootfs_records = || ledger.luns.iter().filter(|(_, r)| r.kind != Some(Kind::Pe));
+    let served: Vec<(&str, &str)> = rootfs_records()
+        .filter(|(s, _)| !ledger.absent_since.contains_key(*s))
+        .filter_map(|(s, r)| Some((s.as_str(), r.image_id.as_deref()?)))
+        .collect();
+    let vouched =
+        |(serial, id): &(&str, &str)| named.contains(id) || d.projections.contains_key(*serial);
+    if !served.is_empty() && !served.iter().any(vouched) {
+        let reason = Reason::ImsNamesNoneServed {
+            served: served.len(),
+            named: named.len(),
+        };
+        if !released {
+            hold_rootfs(d, reason);
+            return;
+        }
+    }
+    let records = d.uncertainty.unattributed;
+    if records == 0 {
+        return;
+    }
+    let maybe: Vec<(String, Option<String>, Option<String>)> = rootfs_records()
+        .filter(|(s, r)| {
+            !d.projections.contains_key(*s)
+                && !r.image_id.as_deref().is_some_and(|id| named.contains(id))
+        })
+        .map(|(s, r)| (s.clone(), r.image_id.clone(), r.key.clone()))
+        .collect();
+    for (serial, image_id, key) in maybe {
+        d.uncertainty.serials.insert(serial.clone());
+        let identity = key.as_deref().map(Identity::of_key);
+        d.verdicts.push(Verdict {
+            subject: Subject::Image {
+                id: image_id.unwrap_or_else(|| format!("serial {serial}")),
+                name: String::new(),
+            },
+            object_key: key
+                .as_deref()
+                .and_then(|k| k.split('|').next())
+                .and_then(parse_s3_url)
+                .map(|(_, k)| k.to_string()),
+            identity,
+            outcome: Outcome::Unknown {
+                reason: Reason::MaybeUnreadable { records },
+            },
+        });
+    }
+}
+
+/// IMS unknown after the fact: what `desired` would have said had IMS not answered.
+fn hold_rootfs(d: &mut Desired, reason: Reason) {
+    d.uncertainty.rootfs = Some(reason.to_string());
+    d.projections.retain(|_, p| p.kind != Kind::Rootfs);
+    for v in &mut d.verdicts {
+        if matches!(v.subject, Subject::Image { .. })
+            && !matches!(v.outcome, Outcome::Unknown { .. })
+        {
+            v.outcome = Outcome::Unknown {
+                reason: reason.clone(),
+            };
+        }
+    }
+    d.verdicts.push(Verdict {
+        subject: Subject::Image {
+            id: "*".into(),
+            name: "*".into(),
+        },
+        identity: None,
+        object_key: None,
+        outcome: Outcome::Unknown { reason },
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -455,6 +619,9 @@ fn judge_image(
     let subject = image_subject(r);
     let manifest_path = match pre_manifest_checks(r, s) {
         Ok(p) => p,
+        Err(reason @ Reason::InvalidMetadata { .. }) => {
+            return out.unknown_image(r, subject, reason)
+        }
         Err(reason) => return out.skip(subject, None, reason),
     };
     let manifest = match inv.manifests.get(manifest_path) {
@@ -477,14 +644,12 @@ fn judge_image(
                     },
                 );
             };
-            out.uncertainty.images.insert(r.id.clone());
-            return out.unknown(subject, None, reason);
+            return out.unknown_image(r, subject, reason);
         }
         None => {
-            out.uncertainty.images.insert(r.id.clone());
-            return out.unknown(
+            return out.unknown_image(
+                r,
                 subject,
-                None,
                 Reason::ManifestNotFetched {
                     path: manifest_path.to_string(),
                 },
@@ -496,24 +661,26 @@ fn judge_image(
         .iter()
         .filter(|a| a.kind == ROOTFS_ARTIFACT_TYPE)
         .collect();
+    // A manifest that says "no rootfs" is read and believed (skip); one whose rootfs
+    // artifact cannot be read (several of them, no path, no etag) makes the image
+    // unknown: it may be the very image a live LUN serves. The original took the last
+    // rootfs artifact with a path and an etag; guessing could export another image
+    // under a live identity, or remove the right one.
     let artifact = match rootfs.as_slice() {
         [] => return out.skip(subject, None, Reason::NoRootfsArtifact),
         [one] => one,
         many => {
-            return out.skip(
-                subject,
-                None,
-                Reason::SeveralRootfsArtifacts { count: many.len() },
-            )
+            let reason = Reason::SeveralRootfsArtifacts { count: many.len() };
+            return out.unknown_image(r, subject, reason);
         }
     };
     let link = match &artifact.link {
         Some(l) if !l.path.trim().is_empty() => l,
-        _ => return out.skip(subject, None, Reason::RootfsWithoutLink),
+        _ => return out.unknown_image(r, subject, Reason::RootfsWithoutLink),
     };
     let etag = match link.etag.as_deref() {
         Some(e) if !e.trim().is_empty() => e,
-        _ => return out.skip(subject, None, Reason::EtagMissing),
+        _ => return out.unknown_image(r, subject, Reason::EtagMissing),
     };
     let object_key = match parse_s3_url(&link.path) {
         Some((bucket, key)) if bucket == s.bucket => key,
@@ -539,6 +706,12 @@ fn judge_image(
             )
         }
     };
+    // A quoted manifest etag (`"abc"`) names the object whose S3 ETag is `abc`; the
+    // identity keeps the etag exactly as the manifest has it, because the initiator
+    // derives the WWID from the manifest's path and etag as BOS hands them over
+    // (`root=sbps-s3:<path>:<etag>`): any other key would export a LUN nobody looks
+    // for. The original compared the quoted text with the bare ETag and did not
+    // project it; projecting adds a LUN and never removes one.
     if strip_etag_quotes(etag) != object.etag {
         return out.skip(
             subject,
@@ -566,6 +739,13 @@ impl Desired {
             object_key: None,
             outcome: Outcome::Skipped { reason },
         });
+    }
+
+    /// An IMS image whose identity cannot be computed: every projection of that image
+    /// id is held (see the plan's rule 1).
+    fn unknown_image(&mut self, r: &ImageRecord, subject: Subject, reason: Reason) {
+        self.uncertainty.images.insert(r.id.clone());
+        self.unknown(subject, None, reason);
     }
 
     fn unknown(&mut self, subject: Subject, identity: Option<Identity>, reason: Reason) {

@@ -13,9 +13,12 @@
 //!    original agent's, or after a corrupt ledger), every free number below the
 //!    highest LUN is quarantined too, since nothing says it was not freed a moment ago;
 //! 5. removal is conservative: only after the grace period, and a scan that would
-//!    remove more than the brake ratio of all managed projections removes nothing;
-//! 7. the TPG follows the node label, and is enabled only by a scan whose other
-//!    operations all succeed (the apply phase order guarantees that).
+//!    remove more than the brake ratio of the managed projections of one kind (PE or
+//!    rootfs, judged apart) removes nothing of that kind;
+//! 7. the TPG follows the node label, and is enabled only by a scan that leaves no
+//!    image unknown unless it is already exported (so the map it opens is the whole
+//!    map) and whose other operations all succeed (the apply phase order guarantees
+//!    that).
 
 use std::cell::OnceCell;
 use std::cmp::Ordering;
@@ -42,7 +45,8 @@ pub struct Policy {
     pub grace_secs: u64,
     /// How long a freed LUN number stays unused.
     pub quarantine_secs: u64,
-    /// A scan removing more than this share of the managed projections removes nothing.
+    /// A scan removing more than this share of the managed projections of one kind
+    /// removes nothing of that kind.
     pub brake_ratio: f64,
     /// …unless it removes at most this many.
     pub brake_min: usize,
@@ -82,8 +86,12 @@ pub enum HoldReason {
     /// Known absent since `since`; removable at `remove_at`.
     Grace { since: u64, remove_at: u64 },
     /// The deletion brake: this scan would remove `removals` of the `managed`
-    /// projections involved (exported or wanted).
-    Brake { removals: usize, managed: usize },
+    /// projections of this kind involved (exported or wanted).
+    Brake {
+        kind: Kind,
+        removals: usize,
+        managed: usize,
+    },
     /// LUN numbers are frozen this scan ([`Policy::numbers_frozen`]).
     NumbersFrozen { detail: String },
 }
@@ -95,9 +103,13 @@ impl fmt::Display for HoldReason {
             HoldReason::Grace { since, remove_at } => {
                 write!(f, "absent since {since}, grace period until {remove_at}")
             }
-            HoldReason::Brake { removals, managed } => write!(
+            HoldReason::Brake {
+                kind,
+                removals,
+                managed,
+            } => write!(
                 f,
-                "deletion brake: this scan would remove {removals} of {managed} projections"
+                "deletion brake: this scan would remove {removals} of {managed} {kind} projections"
             ),
             HoldReason::NumbersFrozen { detail } => {
                 write!(f, "LUN numbers cannot change now: {detail}")
@@ -142,6 +154,9 @@ pub enum Warning {
     NameCollision { name: String },
     /// No LUN number is left.
     LunSpaceExhausted,
+    /// The node is labelled and the TPG disabled, but it is not enabled this scan: these
+    /// images are unknown and not exported, so the LUN map is not known to be whole.
+    EnableHeld { unknown: Vec<String> },
 }
 
 impl fmt::Display for Warning {
@@ -157,6 +172,11 @@ impl fmt::Display for Warning {
             }
             Warning::NameCollision { name } => write!(f, "two images map to backstore name {name}"),
             Warning::LunSpaceExhausted => write!(f, "no free LUN number left"),
+            Warning::EnableHeld { unknown } => write!(
+                f,
+                "TPG left disabled until nothing unknown is missing from the LUN map: {}",
+                unknown.join("; ")
+            ),
         }
     }
 }
@@ -476,8 +496,8 @@ impl<'a> Planner<'a> {
         let mut replaced: Vec<(&Backstore, &[u64])> = Vec::new();
         // The brake's base: every projection involved, exported or wanted, so that the
         // decision does not change once this scan's creations exist (idempotence). These
-        // are the exported ones that are not desired.
-        let mut exported_only: HashSet<&str> = HashSet::default();
+        // are the exported ones that are not desired, with their kind.
+        let mut exported_only: HashMap<&str, Kind> = HashMap::default();
         // Serials LIO holds that no desired projection has: their ledger records stay and
         // their absences are timed.
         let mut present_undesired: HashSet<&str> = HashSet::default();
@@ -498,7 +518,7 @@ impl<'a> Planner<'a> {
                 continue;
             }
             if b.enabled && !desired {
-                exported_only.insert(id);
+                exported_only.insert(id, self.kind_of(b));
             }
             match want {
                 Some(w) if !wants[w].kept && matches(b, wants[w].p) => {
@@ -546,7 +566,14 @@ impl<'a> Planner<'a> {
             }
         }
 
-        let managed = wants.len() + exported_only.len();
+        let mut managed = PerKind::default();
+        for kind in wants
+            .iter()
+            .map(|w| w.p.kind)
+            .chain(exported_only.into_values())
+        {
+            *managed.of(kind) += 1;
+        }
         self.removals(removals, managed);
 
         // New projections: those the ledger remembers first, then by serial.
@@ -606,23 +633,30 @@ impl<'a> Planner<'a> {
 
     fn finish(mut self, tpg_enabled: bool, opened_empty: bool) -> Plan {
         let has_tpg = self.actual.tpg.is_some();
-        // Rule 7: enabled only by a scan that saw the whole inventory (S3 and IMS
-        // answered), so initiators never log in to a half-built LUN map. `apply`
-        // further skips it when any earlier op of the scan failed.
-        let inventory_complete = self.desired.uncertainty.everything.is_none()
-            && self.desired.uncertainty.rootfs.is_none();
+        // Rule 7: enabled only by a scan after which the LUN map is whole, so initiators
+        // never log in to a half-built one. `apply` further skips it when any earlier
+        // op of the scan failed.
         match self.policy.labelled {
             Some(false) if has_tpg && tpg_enabled => self.ops.push(Op::DisableTpg),
             // A rebuilt target: disabled first, enabled again in the same scan only when
             // this scan puts every image back (apply skips the enable when an op failed).
             _ if opened_empty => {
                 self.ops.push(Op::DisableTpg);
-                if inventory_complete && self.waiting.is_empty() {
+                let unknown = self.unknown_and_not_exported();
+                if !unknown.is_empty() {
+                    self.warnings.push(Warning::EnableHeld { unknown });
+                } else if self.waiting.is_empty() {
                     self.ops.push(Op::EnableTpg)
                 }
             }
-            Some(true) if has_tpg && !tpg_enabled && inventory_complete => {
-                self.ops.push(Op::EnableTpg)
+            // Images waiting for a number are missing from the map as well.
+            Some(true) if has_tpg && !tpg_enabled => {
+                let unknown = self.unknown_and_not_exported();
+                if !unknown.is_empty() {
+                    self.warnings.push(Warning::EnableHeld { unknown });
+                } else if self.waiting.is_empty() {
+                    self.ops.push(Op::EnableTpg)
+                }
             }
             _ => {}
         }
@@ -640,6 +674,44 @@ impl<'a> Planner<'a> {
             brake,
             ledger: self.ledger,
         }
+    }
+
+    /// Rule 7: what this scan could not see that may belong in the LUN map: a source
+    /// that did not answer, or an image (served by the ledger or wanted by the
+    /// inventory) that is unknown and not already exported. Empty: the map is whole.
+    fn unknown_and_not_exported(&self) -> Vec<String> {
+        const SHOWN: usize = 5;
+        let u = &self.desired.uncertainty;
+        let mut out: Vec<String> = u.everything.iter().chain(&u.rootfs).cloned().collect();
+        let exported = self.actual.lun_by_serial();
+        let serials = u
+            .serials
+            .iter()
+            .filter(|s| !exported.contains_key(s.as_str()));
+        out.extend(serials.map(|s| format!("serial {s}")));
+        if !u.images.is_empty() {
+            let exported_ids: HashSet<&str> = self
+                .old
+                .luns
+                .iter()
+                .filter(|(s, _)| exported.contains_key(s.as_str()))
+                .filter_map(|(_, r)| r.image_id.as_deref())
+                .collect();
+            let images = u
+                .images
+                .iter()
+                .filter(|i| !exported_ids.contains(i.as_str()));
+            out.extend(images.map(|i| format!("IMS image {i}")));
+        }
+        if u.unattributed > 0 {
+            out.push(format!("{} unreadable IMS record(s)", u.unattributed));
+        }
+        if out.len() > SHOWN {
+            let more = out.len() - SHOWN;
+            out.truncate(SHOWN);
+            out.push(format!("{more} more"));
+        }
+        out
     }
 
     /// Rule 3: fileio, file under the mount root; or (an interrupted create with no
@@ -763,7 +835,7 @@ impl<'a> Planner<'a> {
         self.ledger.luns.insert(p.identity.serial.clone(), rec);
     }
 
-    fn removals(&mut self, candidates: Vec<(&Backstore, &[u64])>, managed: usize) {
+    fn removals(&mut self, candidates: Vec<(&Backstore, &[u64])>, mut managed: PerKind) {
         let mut due = Vec::new();
         for (b, luns) in candidates {
             let serial = b.serial.clone();
@@ -799,20 +871,34 @@ impl<'a> Planner<'a> {
             }
             due.push((b, luns));
         }
-        if !self.policy.brake_released && brake_engages(due.len(), managed, self.policy) {
-            let reason = HoldReason::Brake {
-                removals: due.len(),
-                managed,
-            };
-            for (b, luns) in due {
-                self.held.push(Held {
-                    at: b.at.clone(),
-                    serial: b.serial.clone(),
-                    luns: luns.to_vec(),
-                    reason: reason.clone(),
-                });
-            }
-            return;
+        // The brake is judged per kind: PE projections (many, stable) must not dilute
+        // a mass removal of rootfs images, nor the other way round.
+        let mut removals = PerKind::default();
+        for (b, _) in &due {
+            *removals.of(self.kind_of(b)) += 1;
+        }
+        let braked: Vec<Kind> = [Kind::Pe, Kind::Rootfs]
+            .into_iter()
+            .filter(|k| {
+                !self.policy.brake_released
+                    && brake_engages(*removals.of(*k), *managed.of(*k), self.policy)
+            })
+            .collect();
+        let (held, due): (Vec<_>, Vec<_>) = due
+            .into_iter()
+            .partition(|(b, _)| braked.contains(&self.kind_of(b)));
+        for (b, luns) in held {
+            let kind = self.kind_of(b);
+            self.held.push(Held {
+                at: b.at.clone(),
+                serial: b.serial.clone(),
+                luns: luns.to_vec(),
+                reason: HoldReason::Brake {
+                    kind,
+                    removals: *removals.of(kind),
+                    managed: *managed.of(kind),
+                },
+            });
         }
         for (b, luns) in due {
             for l in luns {
@@ -823,6 +909,23 @@ impl<'a> Planner<'a> {
             self.ledger.luns.remove(&key);
             self.ledger.absent_since.remove(&key);
         }
+    }
+
+    /// The kind of a managed backstore: what the ledger recorded, else what its file says
+    /// (PE images are the objects under `PE/`).
+    fn kind_of(&self, b: &Backstore) -> Kind {
+        let recorded = b.serial.as_deref().and_then(|s| self.old.luns.get(s)?.kind);
+        recorded.unwrap_or_else(|| {
+            let pe = b.dev.as_deref().is_some_and(|d| {
+                d.strip_prefix(&self.policy.mount_root)
+                    .is_ok_and(|rel| rel.starts_with(crate::desired::PE_PREFIX))
+            });
+            if pe {
+                Kind::Pe
+            } else {
+                Kind::Rootfs
+            }
+        })
     }
 
     /// Rule 1: why this serial's absence cannot be trusted, if it cannot.
@@ -1012,7 +1115,23 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// Rule 5: does removing `removals` of `managed` projections engage the brake?
+/// Projections (managed, or to be removed) counted per kind, for the brake.
+#[derive(Default)]
+struct PerKind {
+    pe: usize,
+    rootfs: usize,
+}
+
+impl PerKind {
+    fn of(&mut self, kind: Kind) -> &mut usize {
+        match kind {
+            Kind::Pe => &mut self.pe,
+            Kind::Rootfs => &mut self.rootfs,
+        }
+    }
+}
+
+/// Rule 5: does removing `removals` of `managed` projections (of one kind) engage the brake?
 pub fn brake_engages(removals: usize, managed: usize, policy: &Policy) -> bool {
     removals > policy.brake_min && (removals as f64) > policy.brake_ratio * (managed as f64)
 }

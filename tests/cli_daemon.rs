@@ -244,13 +244,12 @@ fn subcommands_report_and_exit_codes() {
         out.contains(IQN) && out.contains("problem: S3 listing unavailable"),
         "{out}"
     );
-    // A one-off command cannot know the daemon's history, and says so.
-    assert!(out.contains("converged since start: unknown"), "{out}");
+    assert!(out.contains("last scan converged: false"), "{out}");
     let (code, out, _) = run(&["status", "--json"]);
     assert_eq!(code, Some(0));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["gate"]["tpg_enabled"], serde_json::json!(false));
-    assert_eq!(v["gate"]["converged_since_start"], serde_json::Value::Null);
+    assert_eq!(v["converged"], serde_json::json!(false));
 
     let (code, out, _) = run(&["explain", "no-such-image"]);
     assert_eq!(code, Some(1));

@@ -82,6 +82,7 @@ fn base() -> Inventory {
             obj("img1/rootfs", "e1", 4096),
         ]),
         ims: Ok(vec![record("img1", tagged("true"))]),
+        ims_unreadable: Vec::new(),
         manifests: BTreeMap::from([(
             "s3://boot-images/img1/manifest.json".to_string(),
             Ok(manifest("img1", Some("e1"))),
@@ -184,14 +185,17 @@ fn manifest_problems() {
     let s = settings();
     let mpath = "s3://boot-images/img1/manifest.json".to_string();
     let mut inv = base();
+    // A rootfs artifact without etag: the identity cannot be computed, so the image is
+    // unknown (a live LUN of it is kept), not skipped.
     inv.manifests
         .insert(mpath.clone(), Ok(manifest("img1", None)));
     assert_eq!(
         reason_of(&inv, &s, "img1"),
-        Outcome::Skipped {
+        Outcome::Unknown {
             reason: Reason::EtagMissing
         }
     );
+    assert!(desired(&inv, &s).uncertainty.images.contains("img1"));
     inv.manifests
         .insert(mpath.clone(), Ok(manifest("img1", Some("other"))));
     assert!(matches!(
@@ -202,13 +206,16 @@ fn manifest_problems() {
     ));
     let mut two = manifest("img1", Some("e1"));
     two.artifacts.push(two.artifacts[1].clone());
+    // Several rootfs artifacts (IMS refuses such a manifest; the original took the
+    // last one): which is meant cannot be read, so unknown.
     inv.manifests.insert(mpath.clone(), Ok(two));
     assert_eq!(
         reason_of(&inv, &s, "img1"),
-        Outcome::Skipped {
+        Outcome::Unknown {
             reason: Reason::SeveralRootfsArtifacts { count: 2 }
         }
     );
+    assert!(desired(&inv, &s).uncertainty.images.contains("img1"));
     inv.manifests.insert(mpath.clone(), Ok(Manifest::default()));
     assert_eq!(
         reason_of(&inv, &s, "img1"),
@@ -298,6 +305,7 @@ fn hostile_keys_never_become_projections() {
         let inv = Inventory {
             s3: Ok(vec![obj(key, "e", 1)]),
             ims: Ok(vec![]),
+            ims_unreadable: Vec::new(),
             manifests: BTreeMap::new(),
             mount: BTreeMap::from([(key.to_string(), MountEntry::File { size: 1 })]),
         };
@@ -312,6 +320,7 @@ fn hostile_keys_never_become_projections() {
     let inv = Inventory {
         s3: Ok(vec![obj(&long, "e", 1)]),
         ims: Ok(vec![]),
+        ims_unreadable: Vec::new(),
         manifests: BTreeMap::new(),
         mount: BTreeMap::from([(long.clone(), MountEntry::File { size: 1 })]),
     };
@@ -528,6 +537,7 @@ mod one_file {
             let mut inv = Inventory {
                 s3: Ok(keys.iter().map(|k| obj(k, "e", 1)).collect()),
                 ims: Ok(vec![]),
+                ims_unreadable: Vec::new(),
                 manifests: BTreeMap::new(),
                 mount: BTreeMap::new(),
             };
@@ -554,4 +564,212 @@ mod one_file {
             }
         }
     }
+}
+
+/// The IMS answer as the source parses it, unreadable records included.
+fn ims_answer(inv: &mut Inventory, records: serde_json::Value) {
+    let l = sbps_marshal::inventory::ims::parse_listing(records.to_string().as_bytes()).unwrap();
+    inv.ims = Ok(l.records);
+    inv.ims_unreadable = l.skipped;
+}
+
+fn json_record(id: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "name": format!("name-{id}"),
+        "link": {"path": format!("s3://boot-images/{id}/manifest.json"), "etag": "m", "type": "s3"},
+        "metadata": {"sbps-project": "true"}})
+}
+
+/// Issue 12, defect 1: a record or metadata that cannot be read makes that image unknown
+/// (never absent), with the reason; a record without a usable id is counted, to protect
+/// whatever served image the answer does not name.
+#[test]
+fn unreadable_records_and_metadata_are_unknown_not_absent() {
+    let s = settings();
+    let mut inv = base();
+    let mut numeric = json_record("x");
+    numeric["id"] = serde_json::json!(7);
+    let mut badlink = json_record("img1");
+    badlink["link"] = serde_json::json!("s3://boot-images/img1/manifest.json");
+    let mut badname = json_record("img9");
+    badname["name"] = serde_json::json!(42);
+    ims_answer(
+        &mut inv,
+        serde_json::json!([numeric, badlink, badname, "garbage"]),
+    );
+    let d = desired(&inv, &s);
+    let unreadable: Vec<_> = d
+        .verdicts
+        .iter()
+        .filter(|v| {
+            matches!(
+                v.outcome,
+                Outcome::Unknown {
+                    reason: Reason::UnreadableRecord { .. }
+                }
+            )
+        })
+        .collect();
+    assert_eq!(unreadable.len(), 4, "{:?}", d.verdicts);
+    assert_eq!(
+        d.uncertainty.images,
+        ["img1".to_string(), "img9".to_string()].into()
+    );
+    assert_eq!(d.uncertainty.unattributed, 2);
+    assert!(!d.uncertainty.is_empty());
+
+    // Metadata that is not an object, or a tag value that is not a value: unknown.
+    for metadata in [
+        serde_json::json!(null),
+        serde_json::json!("sbps-project=true"),
+        serde_json::json!([{"sbps-project": "true"}]),
+        serde_json::json!({"sbps-project": null}),
+        serde_json::json!({"sbps-project": ["true"]}),
+    ] {
+        let mut r = json_record("img1");
+        r["metadata"] = metadata.clone();
+        ims_answer(&mut inv, serde_json::json!([r]));
+        let d = desired(&inv, &s);
+        assert!(
+            matches!(
+                reason_of(&inv, &s, "img1"),
+                Outcome::Unknown {
+                    reason: Reason::InvalidMetadata { .. }
+                }
+            ),
+            "{metadata}"
+        );
+        assert!(d.uncertainty.images.contains("img1"), "{metadata}");
+    }
+}
+
+/// Issue 12, defect 6: how each difference from the original is settled.
+#[test]
+fn differences_from_the_original_are_settled_safely() {
+    let s = settings();
+    let mut inv = base();
+    // `"sbps-project": true` (a JSON boolean): projected. The original compared it with
+    // the string "true" and did not project it; projecting adds a LUN, never removes one.
+    let mut r = json_record("img1");
+    r["metadata"] = serde_json::json!({"sbps-project": true});
+    ims_answer(&mut inv, serde_json::json!([r]));
+    assert!(matches!(
+        reason_of(&inv, &s, "img1"),
+        Outcome::Projected { .. }
+    ));
+    // The string "True" is not the tag (exact, as the original and BOS write it).
+    let mut r = json_record("img1");
+    r["metadata"] = serde_json::json!({"sbps-project": "True"});
+    ims_answer(&mut inv, serde_json::json!([r]));
+    assert!(matches!(
+        reason_of(&inv, &s, "img1"),
+        Outcome::Skipped {
+            reason: Reason::Untagged { .. }
+        }
+    ));
+    // A quoted manifest etag names the object whose ETag it is, and the identity keeps
+    // the etag as the manifest has it: the key initiators derive from BOS's root=.
+    let mut inv = base();
+    inv.manifests.insert(
+        "s3://boot-images/img1/manifest.json".into(),
+        Ok(manifest("img1", Some("\"e1\""))),
+    );
+    let d = desired(&inv, &s);
+    let quoted = Identity::of_key("s3://boot-images/img1/rootfs|\"e1\"");
+    assert!(
+        d.projections.contains_key(&quoted.serial),
+        "{:?}",
+        d.verdicts
+    );
+    // Several rootfs artifacts and a missing etag: unknown (tested in manifest_problems).
+}
+
+fn served_ledger(ids: &[&str]) -> sbps_marshal::ledger::Ledger {
+    let mut l = sbps_marshal::ledger::Ledger::new();
+    for (n, id) in ids.iter().enumerate() {
+        let key = format!("s3://boot-images/{id}/rootfs|e-{id}");
+        let ident = Identity::of_key(&key);
+        let rec = sbps_marshal::ledger::LunRecord {
+            lun: n as u64 + 1,
+            name: ident.name.clone(),
+            kind: Some(Kind::Rootfs),
+            key: Some(key),
+            image_id: Some(id.to_string()),
+            etag: Some(format!("e-{id}")),
+            size: Some(4096),
+            since: 1,
+        };
+        l.luns.insert(ident.serial, rec);
+    }
+    l
+}
+
+/// Issue 12, defect 1: an IMS answer that names none of the served rootfs images is
+/// IMS unknown until an operator confirms it; records without an id protect every
+/// served image the answer does not name.
+#[test]
+fn an_answer_naming_no_served_image_is_ims_unknown() {
+    use sbps_marshal::desired::protect_served;
+    let s = settings();
+    let ledger = served_ledger(&["old1", "old2"]);
+    let mut inv = base();
+    for answer in [
+        serde_json::json!([]),
+        serde_json::json!([{"id": 1}, "x"]),
+        serde_json::json!([json_record("img1")]),
+    ] {
+        ims_answer(&mut inv, answer.clone());
+        let mut d = desired(&inv, &s);
+        protect_served(&mut d, &ledger, false);
+        let why = d.uncertainty.rootfs.clone().unwrap_or_default();
+        assert!(
+            why.contains("names none of the 2 rootfs images"),
+            "{answer}: {why}"
+        );
+        assert!(
+            d.projections.values().all(|p| p.kind == Kind::Pe),
+            "{answer}"
+        );
+        assert!(d.verdicts.iter().any(|v| matches!(
+            v.outcome,
+            Outcome::Unknown {
+                reason: Reason::ImsNamesNoneServed { served: 2, .. }
+            }
+        )));
+        // Confirmed by the operator: taken as it is.
+        let mut d = desired(&inv, &s);
+        protect_served(&mut d, &ledger, true);
+        assert!(d.uncertainty.rootfs.is_none(), "{answer}");
+    }
+    // Naming one served image is enough to be believed.
+    ims_answer(&mut inv, serde_json::json!([json_record("old1")]));
+    let mut d = desired(&inv, &s);
+    protect_served(&mut d, &ledger, false);
+    assert!(d.uncertainty.rootfs.is_none());
+    // Images whose absence is already timed (confirmed before) do not count.
+    let mut timed = ledger.clone();
+    for serial in ledger.luns.keys() {
+        timed.absent_since.insert(serial.clone(), 5);
+    }
+    ims_answer(&mut inv, serde_json::json!([]));
+    let mut d = desired(&inv, &s);
+    protect_served(&mut d, &timed, false);
+    assert!(d.uncertainty.rootfs.is_none());
+
+    // old1 named, one record without an id: old2 may be that record, so it is unknown.
+    ims_answer(
+        &mut inv,
+        serde_json::json!([json_record("old1"), {"name": "no id"}]),
+    );
+    let mut d = desired(&inv, &s);
+    protect_served(&mut d, &ledger, false);
+    assert!(d.uncertainty.rootfs.is_none());
+    let old2 = Identity::of_key("s3://boot-images/old2/rootfs|e-old2");
+    assert_eq!(d.uncertainty.serials, [old2.serial.clone()].into());
+    assert!(d.verdicts.iter().any(|v| v.identity.as_ref() == Some(&old2)
+        && matches!(
+            v.outcome,
+            Outcome::Unknown {
+                reason: Reason::MaybeUnreadable { records: 1 }
+            }
+        )));
 }

@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::*;
 use proptest::prelude::*;
-use sbps_marshal::desired::{Desired, Projection};
+use sbps_marshal::desired::{Desired, Kind, Projection};
 use sbps_marshal::ledger::Ledger;
 use sbps_marshal::lio::{Actual, Op};
-use sbps_marshal::plan::{brake_engages, plan, under_root, Policy};
+use sbps_marshal::plan::{brake_engages, plan, under_root, HoldReason, Policy};
 
 const UNIVERSE: usize = 14;
 
@@ -172,20 +172,40 @@ proptest! {
                     _ => {}
                 }
             }
-            // The brake holds every removal of an absent image.
-            if p.brake {
-                for op in &p.ops {
-                    if let Op::DeleteBackstore { at } = op {
-                        prop_assert!(desired.projections.values().any(|d| d.identity.name == at.name), "brake engaged but {at} removed");
+            // The brake, judged per kind, holds every removal of an absent image of its kind.
+            let braked: BTreeSet<Kind> = p
+                .held
+                .iter()
+                .filter_map(|h| match h.reason {
+                    HoldReason::Brake { kind, .. } => Some(kind),
+                    _ => None,
+                })
+                .collect();
+            prop_assert_eq!(p.brake, !braked.is_empty());
+            let kind_of = |name: &str| {
+                let pe = actual.backstores.iter().any(|b| {
+                    b.at.name == name && b.dev.as_deref().is_some_and(|d| d.starts_with(format!("{MOUNT}/PE/")))
+                });
+                if pe { Kind::Pe } else { Kind::Rootfs }
+            };
+            let mut removed_absent: BTreeMap<Kind, usize> = BTreeMap::new();
+            for op in &p.ops {
+                if let Op::DeleteBackstore { at } = op {
+                    if !desired.projections.values().any(|d| d.identity.name == at.name) {
+                        let kind = kind_of(&at.name);
+                        prop_assert!(!braked.contains(&kind), "{kind} brake engaged but {at} removed");
+                        *removed_absent.entry(kind).or_default() += 1;
                     }
                 }
             }
-            let removed_absent = p.ops.iter().filter(|o| matches!(o, Op::DeleteBackstore { at } if !desired.projections.values().any(|d| d.identity.name == at.name))).count();
-            if removed_absent > 0 && !pol.brake_released {
-                let mut involved: BTreeSet<String> = desired.projections.keys().cloned().collect();
-                involved.extend(actual.backstores.iter().filter(|b| b.enabled && b.dev.as_deref().is_some_and(|d| under_root(d, &pol.mount_root))).filter_map(|b| b.serial.clone()));
+            for (kind, removed) in removed_absent {
+                if pol.brake_released {
+                    break;
+                }
+                let mut involved: BTreeSet<String> = desired.projections.values().filter(|p| p.kind == kind).map(|p| p.identity.serial.clone()).collect();
+                involved.extend(actual.backstores.iter().filter(|b| b.enabled && b.dev.as_deref().is_some_and(|d| under_root(d, &pol.mount_root)) && kind_of(&b.at.name) == kind).filter_map(|b| b.serial.clone()));
                 let managed = involved.len();
-                prop_assert!(!brake_engages(removed_absent, managed, &pol), "{removed_absent} of {managed} removed past the brake");
+                prop_assert!(!brake_engages(removed, managed, &pol), "{removed} of {managed} {kind} removed past the brake");
             }
 
             for op in &p.ops {
@@ -275,6 +295,200 @@ proptest! {
         if brake_engages(removals, managed, &pol) {
             prop_assert!(brake_engages(removals + 1, managed, &pol));
             prop_assert!(removals > min);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// An unreadable input never removes a projection: the whole pure pipeline (IMS answer parsed
+// from JSON, `desired`, `protect_served`, `plan`) over generated faults of the inventory.
+
+/// What is wrong with one served rootfs image's inputs in the second scan.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    None,
+    /// Readable and untagged: a known absence (the control: this one may go).
+    Untagged,
+    NumericId,
+    NoId,
+    LinkWrongType,
+    NameWrongType,
+    NotAnObject,
+    MetadataNull,
+    MetadataArray,
+    TagNull,
+    EtagMissing,
+    RootfsWithoutLink,
+    SeveralRootfs,
+    ManifestUnreadable,
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    use Fault::*;
+    prop_oneof![
+        3 => Just(None),
+        2 => Just(Untagged),
+        1 => prop::sample::select(vec![
+            NumericId, NoId, LinkWrongType, NameWrongType, NotAnObject, MetadataNull,
+            MetadataArray, TagNull, EtagMissing, RootfsWithoutLink, SeveralRootfs,
+            ManifestUnreadable,
+        ]),
+    ]
+}
+
+const ROOTFS: usize = 5;
+
+fn image_id(i: usize) -> String {
+    format!("{i:08x}-0000-0000-0000-000000000000")
+}
+
+fn record_json(i: usize, f: Fault) -> serde_json::Value {
+    use serde_json::json;
+    let id = image_id(i);
+    let link =
+        json!({"path": format!("s3://boot-images/{id}/manifest.json"), "etag": "m", "type": "s3"});
+    let mut r = json!({"id": id, "name": format!("image-{i}"), "link": link, "metadata": {"sbps-project": "true"}});
+    match f {
+        Fault::Untagged => r["metadata"] = json!({"sbps-project": "false"}),
+        Fault::NumericId => r["id"] = json!(i),
+        Fault::NoId => {
+            r.as_object_mut().map(|o| o.remove("id"));
+        }
+        Fault::LinkWrongType => r["link"] = json!(format!("s3://boot-images/{id}/manifest.json")),
+        Fault::NameWrongType => r["name"] = json!(["image"]),
+        Fault::NotAnObject => r = json!([id]),
+        Fault::MetadataNull => r["metadata"] = json!(null),
+        Fault::MetadataArray => r["metadata"] = json!([{"key": "sbps-project", "value": "true"}]),
+        Fault::TagNull => r["metadata"] = json!({"sbps-project": null}),
+        _ => {}
+    }
+    r
+}
+
+fn manifest_of(i: usize, f: Fault) -> Result<sbps_marshal::inventory::Manifest, String> {
+    use sbps_marshal::inventory::{manifest::parse_manifest, ROOTFS_ARTIFACT_TYPE};
+    let id = image_id(i);
+    let artifact = serde_json::json!({"type": ROOTFS_ARTIFACT_TYPE,
+        "link": {"path": format!("s3://boot-images/{id}/rootfs"), "etag": format!("{i:032x}"), "type": "s3"}});
+    let artifacts = match f {
+        Fault::EtagMissing => {
+            serde_json::json!([{"type": ROOTFS_ARTIFACT_TYPE, "link": {"path": format!("s3://boot-images/{id}/rootfs")}}])
+        }
+        Fault::RootfsWithoutLink => {
+            serde_json::json!([{"type": ROOTFS_ARTIFACT_TYPE, "link": null}])
+        }
+        Fault::SeveralRootfs => serde_json::json!([artifact.clone(), artifact]),
+        Fault::ManifestUnreadable => return Err("unparsable manifest: not JSON".into()),
+        _ => serde_json::json!([artifact]),
+    };
+    parse_manifest(
+        serde_json::json!({"version": "1.0", "artifacts": artifacts})
+            .to_string()
+            .as_bytes(),
+    )
+}
+
+/// The inventory of 2 PE objects and `ROOTFS` rootfs images (all in S3 and the mount), with
+/// `faults` applied to the rootfs images' records and manifests; `empty`: IMS answers `[]`.
+fn inventory(faults: &[Fault], empty: bool) -> sbps_marshal::inventory::Inventory {
+    use sbps_marshal::inventory::{ims::parse_listing, Inventory, MountEntry, S3Object};
+    let mut s3 = Vec::new();
+    let mut mount = BTreeMap::new();
+    let mut manifests = BTreeMap::new();
+    let mut file = |key: String, etag: String, size: u64| {
+        mount.insert(key.clone(), MountEntry::File { size });
+        s3.push(S3Object { key, etag, size });
+    };
+    for i in [0, 2] {
+        let p = pe(i, 1000, "pe");
+        file(p.object_key, p.etag, p.size);
+    }
+    let mut records = Vec::new();
+    for (n, f) in faults.iter().enumerate() {
+        let i = 2 * n + 1;
+        let p = rootfs(i, 4096);
+        file(p.object_key, p.etag, p.size);
+        file(format!("{}/manifest.json", image_id(i)), "m".into(), 10);
+        manifests.insert(
+            format!("s3://boot-images/{}/manifest.json", image_id(i)),
+            manifest_of(i, *f),
+        );
+        records.push(record_json(i, *f));
+    }
+    let body = if empty {
+        serde_json::json!([])
+    } else {
+        serde_json::Value::Array(records)
+    };
+    let listing = parse_listing(body.to_string().as_bytes()).expect("an array");
+    Inventory {
+        s3: Ok(s3),
+        ims: Ok(listing.records),
+        ims_unreadable: listing.skipped,
+        manifests,
+        mount,
+    }
+}
+
+fn judge(inv: &sbps_marshal::inventory::Inventory, ledger: &Ledger) -> Desired {
+    let s = sbps_marshal::desired::Settings {
+        bucket: "boot-images".into(),
+        mount_root: MOUNT.into(),
+        ims_tagging: true,
+        backend: Default::default(),
+    };
+    let mut d = sbps_marshal::desired::desired(inv, &s);
+    sbps_marshal::desired::protect_served(&mut d, ledger, false);
+    d
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    #[test]
+    fn an_unreadable_input_never_removes_a_projection(
+        faults in prop::collection::vec(fault(), ROOTFS),
+        empty in prop::bool::weighted(0.15),
+        scans in 1..4usize,
+    ) {
+        // Grace 0 and a brake that never engages: only the rule under test protects.
+        let pol = Policy { grace_secs: 0, brake_ratio: 1.0, ..policy() };
+        let mut actual = empty_target(true);
+        let clean = inventory(&[Fault::None; ROOTFS], false);
+        let d = judge(&clean, &Ledger::new());
+        prop_assert_eq!(d.projections.len(), 2 + ROOTFS);
+        let p = plan(&d, &actual, &Ledger::new(), &pol, 1_000);
+        apply_all(&mut actual, &p.ops);
+        let mut ledger = p.ledger;
+
+        let inv = inventory(&faults, empty);
+        let mut now = 1_000;
+        for _ in 0..scans {
+            now += 1_000;
+            let d = judge(&inv, &ledger);
+            let p = plan(&d, &actual, &ledger, &pol, now);
+            let unmapped: BTreeSet<&str> = p.ops.iter().filter_map(|o| match o {
+                Op::UnmapLun { serial: Some(s), .. } => Some(s.as_str()),
+                _ => None,
+            }).collect();
+            for (n, f) in faults.iter().enumerate() {
+                let serial = rootfs(2 * n + 1, 4096).identity.serial;
+                if *f != Fault::Untagged {
+                    prop_assert!(!unmapped.contains(serial.as_str()), "{:?} removed image {} ({:?})", f, n, p.ops);
+                }
+            }
+            for op in &p.ops {
+                actual.apply(op);
+            }
+            ledger = p.ledger;
+        }
+        // Not vacuous: a known absence goes (grace 0), unless the answer as a whole is
+        // held because it names none of the served images.
+        let readable_named = !empty && faults.iter().any(|f| matches!(f, Fault::None | Fault::Untagged));
+        for (n, f) in faults.iter().enumerate() {
+            let exported = lun_of(&actual, &rootfs(2 * n + 1, 4096).identity.serial).is_some();
+            let expected = *f != Fault::Untagged || !readable_named;
+            prop_assert_eq!(exported, expected, "image {} ({:?})", n, f);
         }
     }
 }

@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use sbps_marshal::desired::Kind;
 use sbps_marshal::ledger::Ledger;
 use sbps_marshal::lio::Op;
 use sbps_marshal::plan::{plan, HoldReason, Warning};
@@ -190,7 +191,7 @@ fn deletion_brake_holds_a_mass_removal() {
     }
     let mut pol = policy();
     pol.grace_secs = 0;
-    // IMS answered [] : every rootfs looks gone.
+    // Every rootfs image gone at once (an IMS answer an operator confirmed, say).
     let p = plan(&desired_of([]), &actual, &Ledger::new(), &pol, NOW);
     assert!(p.brake);
     assert!(p.ops.is_empty(), "{:?}", p.ops);
@@ -198,6 +199,7 @@ fn deletion_brake_holds_a_mass_removal() {
     assert!(p.held.iter().all(|h| matches!(
         h.reason,
         HoldReason::Brake {
+            kind: Kind::Rootfs,
             removals: 6,
             managed: 6
         }
@@ -487,4 +489,91 @@ fn no_target_means_no_lun_operations_and_a_warning() {
     );
     assert!(p.ops.is_empty());
     assert_eq!(p.warnings, vec![Warning::NoTarget]);
+}
+
+/// Issue 12, defect 1: the brake is judged per kind. 15 rootfs images gone among 20 PE
+/// are 43 % of all projections (under the 0.5 ratio) but all of the rootfs ones.
+#[test]
+fn deletion_brake_is_judged_per_kind() {
+    let mut actual = empty_target(true);
+    let pes: Vec<_> = (1..=20).map(|i| pe(i, 1, "a")).collect();
+    for (n, p) in pes.iter().enumerate() {
+        add_exported(&mut actual, p, n as u32 + 1, n as u64 + 1);
+    }
+    for i in 1..=15 {
+        add_exported(&mut actual, &rootfs(i, 1), 20 + i as u32, 20 + i as u64);
+    }
+    let mut pol = policy();
+    pol.grace_secs = 0;
+    let p = plan(&desired_of(pes.clone()), &actual, &Ledger::new(), &pol, NOW);
+    assert!(p.brake);
+    assert!(
+        !p.ops
+            .iter()
+            .any(|o| matches!(o, Op::DeleteBackstore { .. })),
+        "{:?}",
+        p.ops
+    );
+    assert_eq!(p.held.len(), 15);
+    // A PE removal beside it is judged against the PE projections alone: 1 of 20 goes.
+    let p = plan(
+        &desired_of(pes[1..].to_vec()),
+        &actual,
+        &Ledger::new(),
+        &pol,
+        NOW,
+    );
+    let deleted = p
+        .ops
+        .iter()
+        .filter(|o| matches!(o, Op::DeleteBackstore { .. }))
+        .count();
+    assert_eq!(deleted, 1, "{:?}", p.ops);
+}
+
+/// Issue 12, defect 3: the first enable waits until nothing unknown is missing from the
+/// LUN map; unknown images that are already exported do not hold it.
+#[test]
+fn first_enable_waits_until_no_unknown_image_is_missing() {
+    let a = pe(1, 1, "a");
+    let b = pe(2, 1, "a");
+    let img = rootfs(3, 1);
+    let pol = policy();
+    let enables = |p: &sbps_marshal::plan::Plan| p.ops.contains(&Op::EnableTpg);
+
+    let disabled = empty_target(false);
+    let mut d = desired_of([a.clone()]);
+    d.uncertainty.serials.insert(b.identity.serial.clone());
+    let p = plan(&d, &disabled, &Ledger::new(), &pol, NOW);
+    assert!(!enables(&p), "{:?}", p.ops);
+    // Exported already: the map has it, the TPG may open.
+    let mut with_b = empty_target(false);
+    add_exported(&mut with_b, &b, 2, 2);
+    let p = plan(&d, &with_b, &Ledger::new(), &pol, NOW);
+    assert!(enables(&p), "{:?}", p.ops);
+
+    // An image whose identity is unknown (manifest error): held unless the ledger has it
+    // exported.
+    let mut d = desired_of([a.clone()]);
+    d.uncertainty.images.insert(img.image_id.clone().unwrap());
+    let p = plan(&d, &disabled, &Ledger::new(), &pol, NOW);
+    assert!(!enables(&p), "{:?}", p.ops);
+    let mut with_img = empty_target(true);
+    add_exported(&mut with_img, &img, 3, 3);
+    let ledger = plan(
+        &desired_of([a.clone(), img.clone()]),
+        &with_img,
+        &Ledger::new(),
+        &pol,
+        NOW,
+    )
+    .ledger;
+    with_img.tpg.as_mut().unwrap().enabled = false;
+    let p = plan(&d, &with_img, &ledger, &pol, NOW);
+    assert!(enables(&p), "{:?}", p.ops);
+
+    // IMS unknown: no enable.
+    let mut d = desired_of([a]);
+    d.uncertainty.rootfs = Some("IMS unavailable".into());
+    assert!(!enables(&plan(&d, &disabled, &Ledger::new(), &pol, NOW)));
 }

@@ -71,14 +71,17 @@ pub struct ScanReport {
     pub label_error: Option<String>,
     pub stats: GatherStats,
     pub timings: Timings,
-    /// Every desired image is exported and nothing failed.
+    /// Nothing was unknown, nothing failed, and nothing waits for an operator: see
+    /// [`ScanReport::problems`], which lists exactly what keeps it false.
     pub converged: bool,
     pub saveconfig_written: bool,
     pub ledger_written: bool,
 }
 
 impl ScanReport {
-    /// Why this scan did not converge, one line each.
+    /// Why this scan did not converge, one line each. Empty exactly when it converged:
+    /// every source answered, no image was unknown, every operation succeeded, the
+    /// target exists, and no removal waits for an operator (deletion brake).
     pub fn problems(&self) -> Vec<String> {
         let mut v: Vec<String> = self.failure.iter().cloned().collect();
         for o in &self.outcomes {
@@ -90,14 +93,61 @@ impl ScanReport {
             for w in &p.warnings {
                 if matches!(
                     w,
-                    plan::Warning::NoTarget | plan::Warning::LunSpaceExhausted
+                    plan::Warning::NoTarget
+                        | plan::Warning::LunSpaceExhausted
+                        | plan::Warning::EnableHeld { .. }
                 ) {
                     v.push(w.to_string());
                 }
             }
+            if let Some(w) = p.waiting.first() {
+                v.push(format!(
+                    "{} image(s) wait for a LUN number: {}",
+                    p.waiting.len(),
+                    w.reason
+                ));
+            }
+            if p.brake {
+                v.push("deletion brake engaged: removals wait for `sbps-marshal scan --once --release-brake`".into());
+            }
         }
-        if let Some(e) = &self.desired.uncertainty.everything {
-            v.push(e.clone());
+        if let Some(e) = &self.label_error {
+            v.push(format!("node label unknown: {e}"));
+        }
+        let u = &self.desired.uncertainty;
+        v.extend(u.everything.iter().chain(&u.rootfs).cloned());
+        let unknown = self
+            .desired
+            .verdicts
+            .iter()
+            .filter_map(|x| match &x.outcome {
+                desired::Outcome::Unknown { reason } => Some((x, reason)),
+                _ => None,
+            });
+        // The whole-source reasons are already said once above.
+        let unknown: Vec<String> = unknown
+            .filter(|(_, r)| {
+                !matches!(
+                    r,
+                    desired::Reason::S3Unavailable { .. }
+                        | desired::Reason::ImsUnavailable { .. }
+                        | desired::Reason::ImsNamesNoneServed { .. }
+                )
+            })
+            .map(|(x, reason)| format!("{}: unknown: {reason}", x.subject))
+            .collect();
+        const SHOWN: usize = 20;
+        if unknown.len() > SHOWN {
+            let more = unknown.len() - SHOWN;
+            v.extend(unknown.into_iter().take(SHOWN));
+            v.push(format!(
+                "{more} more unknown (`sbps-marshal status` lists them)"
+            ));
+        } else {
+            v.extend(unknown);
+        }
+        if !u.is_empty() && v.is_empty() {
+            v.push("the inventory was not fully known".into());
         }
         v
     }
@@ -114,7 +164,6 @@ pub struct Agent {
     pub status: Arc<RwLock<Option<Status>>>,
     /// Set on SIGTERM: ops not yet started are skipped.
     pub stop: Arc<AtomicBool>,
-    converged_since_start: bool,
     restarted_target: bool,
     /// Operator override for the deletion brake, for the next scan only.
     pub release_brake: bool,
@@ -179,7 +228,6 @@ impl Agent {
             target,
             service,
             ledger,
-            converged_since_start: false,
             restarted_target: false,
             release_brake: false,
             saved_state: None,
@@ -237,13 +285,15 @@ impl Agent {
             Some(Ok(b)) => (Some(*b), None),
             Some(Err(e)) => (None, Some(e.clone())),
         };
-        for skip in &gathered.ims_skipped {
-            tracing::warn!(record = ?skip, "IMS record skipped");
-        }
 
         let t = Instant::now();
+        if self.release_brake {
+            tracing::warn!("released by the operator for this scan: the deletion brake holds nothing, and the IMS answer is taken as it stands");
+        }
+        let mut judged = desired::desired(&gathered.inventory, &dset);
+        desired::protect_served(&mut judged, &self.ledger, self.release_brake);
         // Shared with the blocking job, not copied: thousands of projections.
-        let desired = Arc::new(desired::desired(&gathered.inventory, &dset));
+        let desired = Arc::new(judged);
         timings.desired = t.elapsed();
 
         if mode == Mode::Apply && labelled == Some(true) {
@@ -319,22 +369,8 @@ impl Agent {
         }
         // The job is over and dropped its handle: this unwraps without a copy.
         let desired = Arc::try_unwrap(desired).unwrap_or_else(|d| (*d).clone());
-        let converged = done.failure.is_none()
-            && done.outcomes.iter().all(|o| o.error.is_none())
-            && done.plan.as_ref().is_some_and(|p| {
-                !p.warnings.contains(&plan::Warning::NoTarget) && p.waiting.is_empty()
-            })
-            && desired.uncertainty.everything.is_none();
-        if mode == Mode::Apply {
-            self.release_brake = false;
-            if converged {
-                self.converged_since_start = true;
-                self.last_converged = Some(now);
-                self.maybe_restart_target_once().await;
-            }
-        }
         timings.total = t0.elapsed();
-        let report = ScanReport {
+        let mut report = ScanReport {
             started: now,
             desired,
             actual: done.actual,
@@ -345,19 +381,21 @@ impl Agent {
             label_error,
             stats: gathered.stats,
             timings,
-            converged,
+            converged: false,
             saveconfig_written: done.saveconfig_written,
             ledger_written: done.ledger_written,
         };
+        // The plan exists exactly when the job got to planning; without it nothing is known.
+        report.converged = report.plan.is_some() && report.problems().is_empty();
         if mode == Mode::Apply {
+            self.release_brake = false;
+            if report.converged {
+                self.last_converged = Some(now);
+                self.maybe_restart_target_once().await;
+            }
             report::log(&report);
             self.metrics.record_scan(&report);
-            let st = Status::build(
-                &report,
-                &self.ledger,
-                &self.settings,
-                Some(self.converged_since_start),
-            );
+            let st = Status::build(&report, &self.ledger, &self.settings);
             if let Ok(mut slot) = self.status.write() {
                 *slot = Some(st);
             }
@@ -426,11 +464,6 @@ impl Agent {
         if let Err(e) = crate::ledger::write_atomic(&marker, b"{\"initialized\": true}\n") {
             tracing::error!(file = %marker.display(), "cannot record the restart: {e}");
         }
-    }
-
-    /// Whether a scan has converged since the agent started.
-    pub fn converged_since_start(&self) -> bool {
-        self.converged_since_start
     }
 }
 

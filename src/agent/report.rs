@@ -15,6 +15,18 @@ pub fn log(r: &ScanReport) {
         }
     }
     for v in &r.desired.verdicts {
+        if let (
+            crate::desired::Subject::Image { id, .. },
+            Outcome::Unknown {
+                reason: reason @ crate::desired::Reason::ImsNamesNoneServed { .. },
+            },
+        ) = (&v.subject, &v.outcome)
+        {
+            if id == "*" {
+                tracing::error!("{reason}");
+            }
+            continue;
+        }
         if let Outcome::Unknown { reason } = &v.outcome {
             tracing::warn!(
                 rule = reason.label(),

@@ -47,14 +47,12 @@ pub struct QuarantineRow {
     pub until: u64,
 }
 
-/// The gate (rule 7).
+/// The gate (rule 7). The TPG is enabled by a scan that leaves nothing unknown
+/// outside the LUN map; what holds it back is in `warnings` and `problems`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Gate {
     pub labelled: Option<bool>,
     pub tpg_enabled: Option<bool>,
-    /// Whether the daemon has converged since it started; `None` from a one-off
-    /// command (`sbps-marshal status`), which does not know the daemon's history.
-    pub converged_since_start: Option<bool>,
 }
 
 /// The whole document.
@@ -78,12 +76,7 @@ pub struct Status {
 
 impl Status {
     /// Builds the document from a scan.
-    pub fn build(
-        r: &ScanReport,
-        ledger: &Ledger,
-        s: &Settings,
-        converged_since_start: Option<bool>,
-    ) -> Status {
+    pub fn build(r: &ScanReport, ledger: &Ledger, s: &Settings) -> Status {
         let luns = r
             .actual
             .as_ref()
@@ -126,7 +119,6 @@ impl Status {
                     .as_ref()
                     .and_then(|a| a.tpg.as_ref())
                     .map(|t| t.enabled),
-                converged_since_start,
             },
             projections,
             held: plan
@@ -179,14 +171,10 @@ impl Status {
             None => "unknown",
         };
         out += &format!(
-            "target {}  labelled: {}  TPG enabled: {}  converged since start: {}  last scan converged: {}\n",
+            "target {}  labelled: {}  TPG enabled: {}  last scan converged: {}\n",
             self.target_iqn,
             yn(self.gate.labelled),
             yn(self.gate.tpg_enabled),
-            match self.gate.converged_since_start {
-                None => "unknown (the daemon's /status knows)",
-                b => yn(b),
-            },
             self.converged
         );
         for p in &self.problems {

@@ -80,7 +80,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
         Command::Status { json } => {
             let mut agent = Agent::new(settings, services())?;
             let report = agent.scan(Mode::DryRun).await;
-            let st = Status::build(&report, agent.ledger(), &agent.settings, None);
+            let st = Status::build(&report, agent.ledger(), &agent.settings);
             if json {
                 out!("{}", serde_json::to_string_pretty(&st)?);
             } else {

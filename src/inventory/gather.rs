@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::http::error_chain;
-use super::ims::{ImsConfig, ImsError, ImsSource, SkippedRecord};
+use super::ims::{ImsConfig, ImsError, ImsSource};
 use super::manifest::{ManifestFetcher, ManifestStats, Wanted, DEFAULT_CONCURRENCY};
 use super::mount::MountChecker;
 use super::node::{NodeConfig, NodeSource};
@@ -123,8 +123,6 @@ pub struct Gathered {
     pub inventory: Inventory,
     /// `Some(Ok(labelled))`, `Some(Err(why unknown))`, or `None` when not checked.
     pub node_labelled: Option<Result<bool, String>>,
-    /// IMS records that could not be used at all (also logged).
-    pub ims_skipped: Vec<SkippedRecord>,
     pub stats: GatherStats,
 }
 
@@ -135,7 +133,6 @@ impl Gathered {
         Gathered {
             inventory: Inventory::unavailable(why),
             node_labelled: Some(Err(why.to_string())),
-            ims_skipped: Vec::new(),
             stats,
         }
     }
@@ -193,13 +190,14 @@ impl Sources {
             stats.node = Some(st);
             r
         });
-        let (ims, ims_skipped) = match ims {
+        let (ims, ims_unreadable) = match ims {
             Ok(l) => (Ok(l.records), l.skipped),
             Err(e) => (Err(e), Vec::new()),
         };
         let mut inventory = Inventory {
             s3,
             ims,
+            ims_unreadable,
             manifests: Default::default(),
             mount: Default::default(),
         };
@@ -239,7 +237,6 @@ impl Sources {
         Gathered {
             inventory,
             node_labelled,
-            ims_skipped,
             stats,
         }
     }

@@ -4,8 +4,9 @@
 //! records deviate from the schema (null `link`, missing `etag`, the `{key, value}`
 //! metadata of the CSM < 1.7 create bug), so the body is read as `serde_json::Value`
 //! and each record is judged on its own: a record that cannot be understood is
-//! skipped *and reported*, the others are kept. Only a failure of the whole answer
-//! (HTTP error, not a JSON array) makes the IMS source unknown.
+//! reported as *unreadable* (its image is unknown this scan, never absent), the others
+//! are kept. Only a failure of the whole answer (HTTP error, not a JSON array) makes
+//! the IMS source unknown.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,17 +79,18 @@ pub enum ImsError {
     Client(#[from] ClientError),
 }
 
-/// A record left out of the listing, and why.
+/// A record that could not be read, and why. Its image is unknown, not absent: an
+/// IMS that stored a record badly has not deleted the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkippedRecord {
     /// Position in the IMS answer.
     pub index: usize,
-    /// The record's id, when it had a usable one.
+    /// The record's id, when it had a usable one (a non-empty string).
     pub id: Option<String>,
     pub reason: String,
 }
 
-/// The usable records and the skipped ones.
+/// The readable records and the unreadable ones.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ImsListing {
     pub records: Vec<ImageRecord>,
@@ -233,7 +235,7 @@ impl<'de> serde::de::Visitor<'de> for ListingVisitor {
                 Ok(r) => out.records.push(r),
                 Err(reason) => {
                     let id = item.get("id").and_then(Value::as_str).map(str::to_string);
-                    tracing::warn!(index, id = id.as_deref().unwrap_or("?"), %reason, "IMS record skipped");
+                    tracing::warn!(index, id = id.as_deref().unwrap_or("?"), %reason, "IMS record unreadable: its image is unknown this scan");
                     out.skipped.push(SkippedRecord { index, id, reason });
                 }
             }
@@ -331,8 +333,12 @@ pub fn parse_link(v: Option<&Value>) -> Result<Option<Link>, String> {
 /// The record's `metadata`, classified. Never fails: an odd shape is `Invalid`.
 ///
 /// Non-string values of the flat map: numbers and booleans become their JSON text
-/// (`true` → `"true"`, which is what the writer evidently meant); null, arrays and
-/// objects are dropped. Both with a warning: IMS's own schema forbids them.
+/// (`true` → `"true"`, which is what the writer evidently meant: a JSON boolean `true`
+/// under `sbps-project` is projected, where the original compared it with the string
+/// and did not; projecting adds a LUN and never removes one); null, arrays and objects
+/// are dropped, except under `sbps-project`, where they make the metadata `Invalid`
+/// (the image is then unknown, never untagged). All with a warning: IMS's own schema
+/// forbids them.
 pub fn parse_tagging(id: &str, v: Option<&Value>) -> Tagging {
     let obj = match v {
         None => return Tagging::NoMetadata,
@@ -355,6 +361,15 @@ pub fn parse_tagging(id: &str, v: Option<&Value>) -> Tagging {
                 value: value.clone(),
             };
         }
+    }
+    // The one value that decides projection must be read, not guessed: a null, array or
+    // object there is not "untagged" (which would remove a live LUN after the grace).
+    if let Some(v @ (Value::Null | Value::Array(_) | Value::Object(_))) = obj.get(super::TAG_KEY) {
+        return Tagging::Invalid(format!(
+            "metadata '{}' is a JSON {}",
+            super::TAG_KEY,
+            type_name(v)
+        ));
     }
     let mut map = BTreeMap::new();
     for (k, val) in obj {

@@ -114,8 +114,11 @@ pub enum MountEntry {
 pub struct Inventory {
     /// The whole bucket listing, or why it could not be had.
     pub s3: Result<Vec<S3Object>, String>,
-    /// All IMS image records, or why they could not be had.
+    /// All IMS image records that could be read, or why the answer could not be had.
     pub ims: Result<Vec<ImageRecord>, String>,
+    /// Records of a readable IMS answer that could not be read themselves. Each makes
+    /// its image *unknown*, never absent (see [`crate::desired`]).
+    pub ims_unreadable: Vec<ims::SkippedRecord>,
     /// Manifests by IMS `link.path`: parsed, or the fetch/parse error.
     pub manifests: BTreeMap<String, Result<Manifest, String>>,
     /// What the mount says, by S3 object key.
@@ -128,6 +131,7 @@ impl Inventory {
         Inventory {
             s3: Err(why.to_string()),
             ims: Err(why.to_string()),
+            ims_unreadable: Vec::new(),
             manifests: BTreeMap::new(),
             mount: BTreeMap::new(),
         }

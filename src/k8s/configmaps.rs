@@ -393,10 +393,14 @@ mod tests {
     #[test]
     fn binary_data_round_trips_and_counts() {
         let mut cm = StoredConfigMap::new("x");
-        cm.binary_data.insert("ledger.json.gz".into(), vec![0x1f, 0x8b, 0, 255]);
+        cm.binary_data
+            .insert("ledger.json.gz".into(), vec![0x1f, 0x8b, 0, 255]);
         cm.data.insert("status.json".into(), "{}".into());
         assert_eq!(cm.data_size(), 6);
-        assert_eq!(from_api(&Op::new("get", "configmaps"), to_api(&cm)).unwrap(), cm);
+        assert_eq!(
+            from_api(&Op::new("get", "configmaps"), to_api(&cm)).unwrap(),
+            cm
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub struct Metrics {
     operations: Family<Labels, Counter>,
     held: Family<Labels, Gauge>,
     brake: Gauge,
+    ims_guard: Gauge,
     tpg_enabled: Gauge,
     labelled: Gauge,
     content_changed: Gauge,
@@ -68,6 +69,7 @@ impl Metrics {
             operations: Family::default(),
             held: Family::default(),
             brake: Gauge::default(),
+            ims_guard: Gauge::default(),
             tpg_enabled: Gauge::default(),
             labelled: Gauge::default(),
             content_changed: Gauge::default(),
@@ -145,6 +147,11 @@ impl Metrics {
             m.brake.clone(),
         );
         registry.register(
+            "sbps_marshal_ims_answer_held",
+            "1 when the IMS answer named none of the rootfs images this node serves and was taken as IMS unknown (released by scan --once --release-brake)",
+            m.ims_guard.clone(),
+        );
+        registry.register(
             "sbps_marshal_tpg_enabled",
             "1 when the target portal group is enabled",
             m.tpg_enabled.clone(),
@@ -214,6 +221,15 @@ impl Metrics {
         self.pe_luns.set(pe);
         self.skipped.clear();
         self.unknown.clear();
+        let held_ims = r.desired.verdicts.iter().any(|v| {
+            matches!(
+                v.outcome,
+                Outcome::Unknown {
+                    reason: crate::desired::Reason::ImsNamesNoneServed { .. }
+                }
+            )
+        });
+        self.ims_guard.set(i64::from(held_ims));
         for v in &r.desired.verdicts {
             match &v.outcome {
                 Outcome::Skipped { reason } => {

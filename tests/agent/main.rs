@@ -8,3 +8,5 @@ mod lio;
 mod s3support;
 
 mod scans;
+
+mod failures;

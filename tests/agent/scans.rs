@@ -1,4 +1,6 @@
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -11,7 +13,7 @@ use sbps_marshal::agent::{wiring, Agent, Mode};
 use sbps_marshal::config::{Layers, Settings};
 use sbps_marshal::identity::{self, Identity};
 use sbps_marshal::inventory::gather::Sources;
-use sbps_marshal::inventory::spire::{StaticToken, Token};
+use sbps_marshal::inventory::spire::{SpireError, Token, TokenProvider};
 use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
 use sbps_marshal::lio::{Op, Target};
 use serde_json::{json, Value};
@@ -19,40 +21,75 @@ use serde_json::{json, Value};
 use crate::lio::Rig;
 use crate::s3support::{credential_file, Moto, Served};
 
-const BUCKET: &str = "boot-images";
+pub const BUCKET: &str = "boot-images";
 const TOKEN: &str = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ0In0.c2ln";
 
-/// What the IMS double serves: a body and a status, changeable by the test.
+/// What the IMS double serves: a body and a status, changeable by the test; `raw`,
+/// when set, is sent as it is instead (not JSON), after `delay`.
 #[derive(Clone)]
-struct Ims {
-    body: Arc<Mutex<(StatusCode, Value)>>,
+pub struct Ims {
+    pub body: Arc<Mutex<(StatusCode, Value)>>,
+    pub raw: Arc<Mutex<Option<String>>>,
+    pub delay: Arc<Mutex<Duration>>,
 }
 
-async fn images(State(ims): State<Ims>, headers: HeaderMap) -> impl IntoResponse {
+async fn images(State(ims): State<Ims>, headers: HeaderMap) -> axum::response::Response {
     if headers.get("authorization").and_then(|h| h.to_str().ok())
         != Some(&format!("Bearer {TOKEN}"))
     {
         return (
             StatusCode::UNAUTHORIZED,
             axum::Json(json!({"title": "Unauthorized"})),
-        );
+        )
+            .into_response();
+    }
+    let delay = *ims.delay.lock().unwrap();
+    tokio::time::sleep(delay).await;
+    if let Some(raw) = ims.raw.lock().unwrap().clone() {
+        return (StatusCode::OK, raw).into_response();
     }
     let (code, body) = ims.body.lock().unwrap().clone();
-    (code, axum::Json(body))
+    (code, axum::Json(body)).into_response()
 }
 
-struct World {
-    _moto: Moto,
+/// The SPIRE token, or the failure of the spire-agent CLI while `down`.
+pub struct Tokens {
+    pub down: Arc<AtomicBool>,
+}
+
+impl TokenProvider for Tokens {
+    fn token(&self) -> futures_util::future::BoxFuture<'_, Result<Token, SpireError>> {
+        let down = self.down.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if down {
+                Err(SpireError::Output("no SVID: agent not attested".into()))
+            } else {
+                Ok(Token::new(TOKEN.to_string()))
+            }
+        })
+    }
+}
+
+pub struct World {
+    pub moto: Option<Moto>,
     _ims_server: Served,
-    ims: Ims,
-    rig: Rig,
-    state: tempfile::TempDir,
-    agent: Agent,
-    target: Arc<dyn Target>,
-    rootfs_etag: String,
+    pub ims: Ims,
+    pub rig: Rig,
+    pub state: tempfile::TempDir,
+    pub agent: Agent,
+    pub target: Arc<dyn Target>,
+    pub rootfs_etag: String,
+    pub spire_down: Arc<AtomicBool>,
+    pub creds: std::path::PathBuf,
 }
 
-fn record(id: &str, tag: Option<&str>) -> Value {
+impl World {
+    pub fn moto(&self) -> &Moto {
+        self.moto.as_ref().expect("moto runs")
+    }
+}
+
+pub fn record(id: &str, tag: Option<&str>) -> Value {
     let mut r = json!({
         "id": id, "name": format!("image-{id}"), "created": "2024-07-18T22:05:16.565885", "arch": "x86_64",
         "link": {"path": format!("s3://{BUCKET}/{id}/manifest.json"), "etag": "m", "type": "s3"},
@@ -65,6 +102,11 @@ fn record(id: &str, tag: Option<&str>) -> Value {
 }
 
 async fn world() -> World {
+    world_with(&[]).await
+}
+
+/// The world with settings of `extra` (keys without the prefix) over the defaults.
+pub async fn world_with(extra: &[(&str, String)]) -> World {
     let moto = Moto::start().await;
     moto.create_bucket(BUCKET).await;
     let rig = Rig::new();
@@ -94,6 +136,8 @@ async fn world() -> World {
             StatusCode::OK,
             json!([record("img1", Some("true")), record("img2", Some("false"))]),
         ))),
+        raw: Arc::new(Mutex::new(None)),
+        delay: Arc::new(Mutex::new(Duration::ZERO)),
     };
     let ims_server = Served::start(
         Router::new()
@@ -102,13 +146,11 @@ async fn world() -> World {
     )
     .await;
     let state = tempfile::tempdir().unwrap();
-    let env = [
+    let creds = credential_file(state.path());
+    let base = [
         ("S3_PROTO", "http".to_string()),
         ("S3_HOST", format!("127.0.0.1:{}", moto.port)),
-        (
-            "S3_CREDENTIAL_FILE",
-            credential_file(state.path()).display().to_string(),
-        ),
+        ("S3_CREDENTIAL_FILE", creds.display().to_string()),
         ("API_GATEWAY", ims_server.url().to_string()),
         (
             "SQUASHFS_S3FS_MOUNT",
@@ -127,24 +169,30 @@ async fn world() -> World {
         ("TARGET_SERVICE", String::new()),
         ("REMOVAL_GRACE", "0".to_string()),
     ];
+    let env = base
+        .into_iter()
+        .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+        .chain(extra.iter().cloned());
     let layers = Layers::load(
         Some(std::path::Path::new("/dev/null")),
-        env.iter()
-            .map(|(k, v)| (format!("SBPS_MARSHAL_{k}"), v.clone())),
+        env.map(|(k, v)| (format!("SBPS_MARSHAL_{k}"), v)),
         &[],
     )
     .unwrap();
     let settings = Settings::from_layers(&layers, "ncn-w001").unwrap();
     std::fs::create_dir_all(&settings.state_dir).unwrap();
+    let spire_down = Arc::new(AtomicBool::new(false));
     let sources = Sources::with_tokens(
         wiring::sources_config(&settings).unwrap(),
-        Arc::new(StaticToken(Token::new(TOKEN.to_string()))),
+        Arc::new(Tokens {
+            down: spire_down.clone(),
+        }),
     )
     .unwrap();
     let target: Arc<dyn Target> = Arc::new(rig.target());
     let agent = Agent::with_parts(settings, sources, target.clone(), Box::new(NoServices)).unwrap();
     World {
-        _moto: moto,
+        moto: Some(moto),
         _ims_server: ims_server,
         ims,
         rig,
@@ -152,10 +200,12 @@ async fn world() -> World {
         agent,
         target,
         rootfs_etag: etag,
+        spire_down,
+        creds,
     }
 }
 
-fn serial_at(target: &dyn Target, lun: u64) -> Option<String> {
+pub fn serial_at(target: &dyn Target, lun: u64) -> Option<String> {
     let a = target.observe().unwrap();
     let l = a.tpg.as_ref()?.luns.get(&lun)?.backstore.clone()?;
     a.backstores
@@ -228,7 +278,7 @@ async fn scans_converge_adopt_and_hold() {
     assert!(e.contains("untagged") && e.contains("\"false\""), "{e}");
     let e = explain(&r, w.agent.ledger(), &pe_id.wwid()).join("\n");
     assert!(e.contains("exported at LUN"), "{e}");
-    let st = Status::build(&r, w.agent.ledger(), &w.agent.settings, Some(true));
+    let st = Status::build(&r, w.agent.ledger(), &w.agent.settings);
     assert_eq!(st.projections.len(), 2);
     assert!(st.projections.iter().all(|p| p.lun.is_some_and(|l| l > 0)));
     assert_eq!(st.gate.tpg_enabled, Some(true));
@@ -258,14 +308,42 @@ async fn scans_converge_adopt_and_hold() {
         "{e}"
     );
 
-    // IMS answers []: the rootfs image looks gone, but 1 of 2 is within the brake's
-    // floor; with grace 0 it goes, its LUN number quarantined.
+    // IMS answers without the one rootfs image this node serves (an IMS that lost its
+    // datastore looks like this): not believed. One image is under the brake's floor,
+    // so only this rule keeps it: nothing removed, not converged, an alert.
     *w.ims.body.lock().unwrap() = (StatusCode::OK, json!([record("img2", Some("false"))]));
     let lun_of_rootfs = (1..3)
         .find(|l| serial_at(w.target.as_ref(), *l).as_deref() == Some(rootfs_id.serial.as_str()))
         .unwrap();
+    let before = w.target.observe().unwrap();
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(!r.converged);
+    assert!(r.outcomes.is_empty(), "{:?}", r.outcomes);
+    assert_eq!(w.target.observe().unwrap(), before);
+    assert!(
+        r.problems()
+            .iter()
+            .any(|p| p.contains("names none of the 1 rootfs images")),
+        "{:?}",
+        r.problems()
+    );
+    assert!(w
+        .agent
+        .metrics
+        .render()
+        .contains("sbps_marshal_ims_answer_held 1"));
+    let e = explain(&r, w.agent.ledger(), "img1").join("\n");
+    assert!(e.contains("names none of"), "{e}");
+    // The operator confirms the answer (`scan --once --release-brake`): with grace 0
+    // the image goes at once, its LUN number quarantined.
+    w.agent.release_brake = true;
     let r = w.agent.scan(Mode::Apply).await;
     assert!(r.converged, "{:?}", r.problems());
+    assert!(w
+        .agent
+        .metrics
+        .render()
+        .contains("sbps_marshal_ims_answer_held 0"));
     assert_eq!(serial_at(w.target.as_ref(), lun_of_rootfs), None);
     assert!(w.agent.ledger().quarantine.contains_key(&lun_of_rootfs));
     // Operators see the quarantine: metric, status document and text.
@@ -277,7 +355,7 @@ async fn scans_converge_adopt_and_hold() {
         "{}",
         w.agent.metrics.render()
     );
-    let st = Status::build(&r, w.agent.ledger(), &w.agent.settings, Some(true));
+    let st = Status::build(&r, w.agent.ledger(), &w.agent.settings);
     assert_eq!(st.quarantined.len(), 1);
     assert_eq!(st.quarantined[0].lun, lun_of_rootfs);
     assert_eq!(

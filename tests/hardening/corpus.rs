@@ -229,8 +229,9 @@ async fn hostile_keys_and_records_are_skipped_with_reasons() {
         listing.iter().any(|o| o.key == "PE/%FF%FE.squashfs"),
         "non-UTF-8 stays encoded"
     );
-    assert_eq!(g.ims_skipped.len(), 6, "{:?}", g.ims_skipped);
-    assert!(g.ims_skipped.iter().all(|s| !s.reason.is_empty()));
+    let unreadable = &g.inventory.ims_unreadable;
+    assert_eq!(unreadable.len(), 6, "{unreadable:?}");
+    assert!(unreadable.iter().all(|s| !s.reason.is_empty()));
 
     let d = desired::desired(&g.inventory, &set);
     assert_projections_safe(&d, &mount);
@@ -238,8 +239,8 @@ async fn hostile_keys_and_records_are_skipped_with_reasons() {
     let ims_records = g.inventory.ims.as_ref().unwrap().len();
     assert_eq!(
         d.verdicts.len(),
-        pe_candidates + ims_records,
-        "one verdict per candidate"
+        pe_candidates + ims_records + unreadable.len(),
+        "one verdict per candidate, unreadable records included"
     );
 
     let verdict = |subject: &str| -> Outcome {
@@ -321,11 +322,28 @@ async fn hostile_keys_and_records_are_skipped_with_reasons() {
         Reason::ManifestError { .. }
     ));
     assert!(matches!(unknown("notjson"), Reason::ManifestError { .. }));
+    // A rootfs artifact that cannot be read makes the image unknown, never absent.
     assert!(matches!(
-        skipped("several"),
+        unknown("several"),
         Reason::SeveralRootfsArtifacts { count: 2 }
     ));
-    assert!(matches!(skipped("nulllink"), Reason::RootfsWithoutLink));
+    assert!(matches!(unknown("nulllink"), Reason::RootfsWithoutLink));
+    assert!(d.uncertainty.images.contains("several") && d.uncertainty.images.contains("nulllink"));
+    // Records that cannot be read: unknown, with the reason; those with a string id
+    // protect that image, the others every image the answer does not name.
+    let unreadable: Vec<&Reason> = d
+        .verdicts
+        .iter()
+        .filter_map(|v| match &v.outcome {
+            Outcome::Unknown {
+                reason: r @ Reason::UnreadableRecord { .. },
+            } => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unreadable.len(), 6, "{unreadable:?}");
+    assert!(d.uncertainty.images.contains("wt") && d.uncertainty.images.contains("wt2"));
+    assert_eq!(d.uncertainty.unattributed, 4);
     assert!(matches!(skipped("missing"), Reason::ManifestMissing { .. }));
     // Unicode lookalikes are not the PE/ prefix: no candidate at all.
     assert!(!d.verdicts.iter().any(|v| matches!(&v.subject, desired::Subject::Pe { object_key } if object_key.contains('\u{ff0f}'))));
@@ -385,6 +403,7 @@ fn hundred_thousand_ims_records() {
     let inv = sbps_marshal::inventory::Inventory {
         s3: Ok(Vec::new()),
         ims: Ok(l.records),
+        ims_unreadable: l.skipped,
         manifests: Default::default(),
         mount: Default::default(),
     };

@@ -91,7 +91,7 @@ async fn no_secret_in_logs_errors_status_or_files() {
     let report = agent.scan(Mode::Apply).await;
     assert!(report.converged, "{:?}", report.problems());
     assert_eq!(report.desired.projections.len(), 1);
-    let status = Status::build(&report, agent.ledger(), &settings, Some(true));
+    let status = Status::build(&report, agent.ledger(), &settings);
     assert_clean("status JSON", &serde_json::to_string(&status).unwrap());
     assert_clean("status text", &status.to_text());
     assert_clean("scan report", &format!("{report:?}"));
@@ -151,7 +151,7 @@ async fn no_secret_in_logs_errors_status_or_files() {
     assert!(ims_err.contains("401"), "{ims_err}");
     assert_clean("IMS error", &ims_err);
     assert_clean("scan report", &format!("{report:?}"));
-    let status = Status::build(&report, agent.ledger(), &settings, Some(true));
+    let status = Status::build(&report, agent.ledger(), &settings);
     assert_clean("status JSON", &serde_json::to_string(&status).unwrap());
     drop(agent);
     // Transport errors name the URL without its presigned query or credentials.

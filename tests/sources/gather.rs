@@ -118,7 +118,7 @@ async fn gathers_everything_and_a_warm_scan_is_cheap() {
     let objects = inv.s3.as_ref().unwrap().len();
     assert_eq!(objects, 1_000 + 1 + 3 * 2 + 1);
     assert_eq!(inv.ims.as_ref().unwrap().len(), 6);
-    assert_eq!(cold.ims_skipped.len(), 1);
+    assert_eq!(inv.ims_unreadable.len(), 1);
     let manifests: BTreeMap<_, _> = inv
         .manifests
         .iter()

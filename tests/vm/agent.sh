@@ -97,7 +97,10 @@ set_ims() {
     done
     echo ']'; } >"$TB/ims.json.tmp" && mv "$TB/ims.json.tmp" "$TB/ims.json"
 }
-IMS_BASE="A:tagged B:tagged C:untagged E:tagged F:tagged G:tagged"
+# The cold start sees F (not in the mount) and G (manifest 500) too: unknown, never
+# exported, so the TPG stays disabled until they are withdrawn.
+IMS_COLD="A:tagged B:tagged C:untagged E:tagged F:tagged G:tagged"
+IMS_BASE="A:tagged B:tagged C:untagged E:tagged"
 
 set_label() { echo "{\"iscsi\": \"$1\"}" >"$TB/node-labels.json"; }
 fault() { echo "$2" >"$TB/faults/$1"; }
@@ -131,7 +134,7 @@ no_session_on_target() { ! session_on_target; }
 note "setup: kernel $(uname -r)"
 setup_fixtures || { echo "cannot copy the fixtures"; exit 3; }
 rm -f "$MNT/$ID_F/rootfs"                       # F: listed in S3, not (yet) in the mount
-set_ims $IMS_BASE
+set_ims $IMS_COLD
 set_label no
 
 # The target as CSM's provisioning script leaves it: TPG with portal and attributes, disabled.
@@ -174,6 +177,15 @@ set_label sbps
 t=$(date +%s)
 scan_now
 check "SIGHUP: a new scan ran at once ($(( $(date +%s) - t ))s)" [ $(( $(date +%s) - t )) -le 20 ]
+check "F and G unknown and not exported: TPG stays disabled" tpg_disabled
+check "F and G unknown: metric sbps_marshal_converged 0" metric_is sbps_marshal_converged 0
+check "log says why the TPG stays disabled" grep -q "TPG left disabled until nothing unknown is missing" "$LOG"
+check "explain F: not in mount" explain_has "$ID_F" "not_in_mount"
+check "explain G: manifest error" explain_has "$ID_G" "manifest_error"
+
+note "F and G withdrawn from IMS: nothing unknown is missing from the map, the TPG opens"
+set_ims $IMS_BASE
+scan_now
 check "labelled: TPG enable=1" tpg_enabled
 check "exactly 4 LUNs in configfs (got: $(luns))" [ "$(lun_count)" = 4 ]
 check "no LUN 0" [ ! -e "$TPG/lun/lun_0" ]
@@ -189,8 +201,6 @@ check "metric sbps_marshal_tpg_enabled 1" metric_is sbps_marshal_tpg_enabled 1
 check "metric sbps_marshal_converged 1" metric_is sbps_marshal_converged 1
 check "explain C: untagged" explain_has "$ID_C" "untagged"
 check "explain E: etag mismatch" explain_has "$ID_E" "etag_mismatch"
-check "explain F: not in mount" explain_has "$ID_F" "not_in_mount"
-check "explain G: manifest error" explain_has "$ID_G" "manifest_error"
 check "explain A: exported at LUN" explain_has "$ID_A" "exported at LUN"
 check "metric sbps_marshal_skipped{reason=\"untagged\"} 1" metric_is 'sbps_marshal_skipped{reason="untagged"}' 1
 
@@ -217,7 +227,7 @@ mkdir -p /mnt/A && [ -n "${DEV_A:-}" ] && mount -t squashfs -o ro "$DEV_A" /mnt/
 if want basic; then
 note "scenario 3: tag C while the initiator is logged in"
 before="$(lun_map)"
-set_ims A:tagged B:tagged C:tagged E:tagged F:tagged G:tagged
+set_ims A:tagged B:tagged C:tagged E:tagged
 scan_now
 iscsi_rescan || fail "rescan"
 if find_image C; then
@@ -261,7 +271,8 @@ echo " " >>"$TB/bucket/$ID_B/manifest.json"
 scan_now
 check "manifest 500: no LUN removed" [ "$(lun_map)" = "$before" ]
 check "explain B: unknown, manifest error" explain_has "$ID_B" "manifest_error"
-check "metric sbps_marshal_unknown{reason=\"manifest_error\"} 2 (B and G)" metric_is 'sbps_marshal_unknown{reason="manifest_error"}' 2
+check "manifest 500: not converged" metric_is sbps_marshal_converged 0
+check "metric sbps_marshal_unknown{reason=\"manifest_error\"} 1 (B)" metric_is 'sbps_marshal_unknown{reason="manifest_error"}' 1
 unfault "manifest-$ID_B"
 scan_now
 check "manifest fault cleared: B projected again" explain_has "$ID_B" "exported at LUN $LUN_B"
@@ -271,6 +282,7 @@ note "scenario 5b: IMS answers 503"
 fault ims 503
 scan_now
 check "IMS 503: no LUN removed" [ "$(lun_map)" = "$before" ]
+check "IMS 503: not converged" metric_is sbps_marshal_converged 0
 check "IMS 503: explain A (by WWID) says its removal is held, IMS unavailable" explain_has "$WWID_A" "IMS"
 check "IMS 503: metric sbps_marshal_source_errors{source=\"ims\"} counts it" [ "$(metric 'sbps_marshal_source_errors_total{source="ims"}')$(metric 'sbps_marshal_source_errors{source="ims"}')" != "" ]
 unfault ims
@@ -298,20 +310,51 @@ check "k8s down: log says label unknown" grep -q "node label unknown" "$LOG"
 check "k8s down: session still up" session_on_target
 unfault k8s
 
-note "scenario 5e: IMS answers [] (deletion brake); grace ${GRACE}s"
+note "scenario 5e: IMS answers [] while there are fewer rootfs than PE images; grace ${GRACE}s"
+for x in extra1 extra2; do
+  cp "$TB/bucket/PE/$PE_P1" "$TB/bucket/PE/$x.squashfs" && cp "$MNT/PE/$PE_P1" "$MNT/PE/$x.squashfs"
+done
+scan_now
+before="$(lun_map)"
+check "two more PE images exported: PE LUNs outnumber rootfs LUNs ($(metric iscsi_pe_lun_cnt) > $(metric iscsi_rootfs_lun_cnt))" [ "$(metric iscsi_pe_lun_cnt)" -gt "$(metric iscsi_rootfs_lun_cnt)" ]
 fault ims empty
 scan_now
 check "IMS []: within the grace period no LUN removed" [ "$(lun_map)" = "$before" ]
+check "IMS []: held as IMS unknown (metric sbps_marshal_ims_answer_held 1)" metric_is sbps_marshal_ims_answer_held 1
+check "IMS []: not converged" metric_is sbps_marshal_converged 0
 sleep $((GRACE + 1))
 scan_now
-check "IMS [] past grace: no LUN removed (brake)" [ "$(lun_map)" = "$before" ]
-check "IMS [] past grace: metric sbps_marshal_deletion_brake_engaged 1" metric_is sbps_marshal_deletion_brake_engaged 1
-check "IMS [] past grace: log says deletion brake engaged" grep -q "deletion brake engaged" "$LOG"
+check "IMS [] past grace: no LUN removed" [ "$(lun_map)" = "$before" ]
+check "IMS [] past grace: explain A says IMS names none of the served images" explain_has "$ID_A" "names none of"
+check "IMS [] past grace: metric sbps_marshal_unknown{reason=\"ims_names_none_served\"} 1" metric_is 'sbps_marshal_unknown{reason="ims_names_none_served"}' 1
+check "IMS [] past grace: log says the answer is held" grep -q "names none of the" "$LOG"
 unfault ims
 scan_now
-check "IMS back: brake released (metric 0)" metric_is sbps_marshal_deletion_brake_engaged 0
-check "IMS back (after brake): LUNs unchanged" [ "$(lun_map)" = "$before" ]
-check "IMS back (after brake): converged" metric_is sbps_marshal_converged 1
+check "IMS back: answer believed again (metric 0)" metric_is sbps_marshal_ims_answer_held 0
+check "IMS back: LUNs unchanged" [ "$(lun_map)" = "$before" ]
+check "IMS back: converged" metric_is sbps_marshal_converged 1
+
+note "scenario 5f: A's IMS record has a numeric id, B's manifest a rootfs artifact without etag; grace ${GRACE}s"
+cp "$TB/ims.json" /tmp/ims.saved
+sed "s/\"id\":\"$ID_A\"/\"id\":7/" /tmp/ims.saved >"$TB/ims.json"
+cp "$TB/bucket/$ID_B/manifest.json" /tmp/manifest-B.saved
+# the rootfs artifact comes first, and its link's first key is etag
+awk '!done && /"etag":/ { done = 1; next } { print }' /tmp/manifest-B.saved >"$TB/bucket/$ID_B/manifest.json"
+check "B's manifest has lost one etag" [ "$(grep -c '"etag":' "$TB/bucket/$ID_B/manifest.json")" = "$(( $(grep -c '"etag":' /tmp/manifest-B.saved) - 1 ))" ]
+scan_now
+sleep $((GRACE + 1))
+scan_now
+check "unreadable record and etag-less manifest past grace: no LUN removed" [ "$(lun_map)" = "$before" ]
+check "explain A: unknown, may be the unreadable record" explain_has "$ID_A" "maybe_unreadable"
+check "explain B: unknown, no etag" explain_has "$ID_B" "etag_missing"
+check "metric sbps_marshal_unknown{reason=\"unreadable_record\"} 1" metric_is 'sbps_marshal_unknown{reason="unreadable_record"}' 1
+check "metric sbps_marshal_unknown{reason=\"etag_missing\"} 1" metric_is 'sbps_marshal_unknown{reason="etag_missing"}' 1
+check "unreadable inputs: not converged" metric_is sbps_marshal_converged 0
+cp /tmp/ims.saved "$TB/ims.json"
+cp /tmp/manifest-B.saved "$TB/bucket/$ID_B/manifest.json"
+scan_now
+check "inputs readable again: LUNs unchanged" [ "$(lun_map)" = "$before" ]
+check "inputs readable again: converged" metric_is sbps_marshal_converged 1
 fi
 
 # ---------------------------------------------------------------- untag
