@@ -90,6 +90,10 @@ pub struct NodeStatus {
     pub last_converged: Option<u64>,
     /// When the agent started.
     pub started: u64,
+    /// PE images whose content changed under their live LUN here (same key, same size,
+    /// another ETag): unit serial → the ETag the node now serves.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub content_changed: BTreeMap<String, String>,
 }
 
 /// One node's document: its ledger and, when it wrote one, its status.
@@ -154,6 +158,14 @@ pub enum Flag {
     },
     /// A labelled node has no ledger in the API: no agent wrote one there.
     NoLedger { node: String },
+    /// A PE object's content changed under a live LUN on a node (re-uploaded under the
+    /// same key): initiators may read a mix of old and new blocks.
+    ContentChanged {
+        node: String,
+        serial: String,
+        key: Option<String>,
+        now: String,
+    },
 }
 
 impl fmt::Display for Flag {
@@ -202,6 +214,16 @@ impl fmt::Display for Flag {
                 None => write!(f, "{node}: no converged scan since the agent started"),
             },
             Flag::NoLedger { node } => write!(f, "{node} is labelled but has no ledger"),
+            Flag::ContentChanged {
+                node,
+                serial,
+                key,
+                now,
+            } => write!(
+                f,
+                "{node}: the content of {} changed under its live LUN (now ETag {now})",
+                key.as_deref().unwrap_or(serial)
+            ),
         }
     }
 }
@@ -230,7 +252,10 @@ pub struct SurveyPolicy {
 pub fn survey(docs: &[NodeDoc], policy: &SurveyPolicy) -> Survey {
     let mut images: BTreeMap<&str, ImageRow> = BTreeMap::new();
     for d in docs {
+        let changed = d.status.as_ref().map(|s| &s.content_changed);
         for (serial, r) in &d.ledger.luns {
+            // What the node serves now: a changed PE object's new content.
+            let served = changed.and_then(|c| c.get(serial)).cloned();
             let row = images.entry(serial).or_insert_with(|| ImageRow {
                 serial: serial.clone(),
                 name: r.name.clone(),
@@ -246,7 +271,7 @@ pub fn survey(docs: &[NodeDoc], policy: &SurveyPolicy) -> Survey {
                 d.node.clone(),
                 Copy {
                     lun: r.lun,
-                    etag: r.etag.clone(),
+                    etag: served.or_else(|| r.etag.clone()),
                     size: r.size,
                     since: r.since,
                 },
@@ -267,7 +292,16 @@ pub fn survey(docs: &[NodeDoc], policy: &SurveyPolicy) -> Survey {
         flag_image(row, policy, &mut flags);
     }
     for d in docs {
-        if let Some(s) = &d.status {
+        let Some(s) = &d.status else { continue };
+        for (serial, now) in &s.content_changed {
+            flags.push(Flag::ContentChanged {
+                node: d.node.clone(),
+                serial: serial.clone(),
+                key: d.ledger.luns.get(serial).and_then(|r| r.key.clone()),
+                now: now.clone(),
+            });
+        }
+        {
             let period = s.scan_frequency.max(1);
             let base = s.last_converged.unwrap_or(s.started);
             let overdue = policy.now.saturating_sub(base) > policy.periods.saturating_mul(period);
@@ -494,6 +528,7 @@ mod tests {
             converged,
             last_converged: last,
             started: 100,
+            content_changed: BTreeMap::new(),
         };
         let mut d = doc("w1", Ledger::new());
         d.status = Some(status(false, Some(1_000)));

@@ -100,7 +100,8 @@ impl Mirror {
             }
         }
         // A copy left behind, or none yet: caught up before anything else moves.
-        if may_write && self.remote_generation != Some(ledger.generation) {
+        let behind = self.remote_generation.is_none_or(|g| g < ledger.generation);
+        if may_write && behind && ledger.generation > 0 {
             prep.requests += 1;
             match self.remote.store(ledger, None).await {
                 Ok(()) => self.remote_generation = Some(ledger.generation),
@@ -182,7 +183,7 @@ impl Mirror {
                 ..s.clone()
             } == status
         });
-        if same || !self.read || self.remote_generation != Some(ledger.generation) {
+        if same || !self.read || self.remote_generation.is_none_or(|g| g < ledger.generation) {
             return 0;
         }
         match self.remote.store(ledger, Some(&status)).await {

@@ -192,7 +192,12 @@ impl Agent {
     pub fn new(settings: Settings, service: Box<dyn ServiceManager>) -> anyhow::Result<Agent> {
         let sources = wiring::sources(&settings)?;
         let target = wiring::target(&settings);
-        Agent::with_parts(settings, sources, target, service)
+        let mirror = wiring::mirror(&settings);
+        let agent = Agent::with_parts(settings, sources, target, service)?;
+        Ok(match mirror {
+            Some(m) => agent.with_mirror(m),
+            None => agent,
+        })
     }
 
     /// Builds the agent from given adapters (tests, other backends).
@@ -412,6 +417,17 @@ impl Agent {
                     converged: report.converged,
                     last_converged: self.last_converged,
                     started: self.started_at,
+                    content_changed: report
+                        .plan
+                        .iter()
+                        .flat_map(|p| &p.warnings)
+                        .filter_map(|w| match w {
+                            plan::Warning::ContentChanged { serial, now, .. } => {
+                                Some((serial.clone(), now.clone()))
+                            }
+                            _ => None,
+                        })
+                        .collect(),
                 };
                 m.after_scan(&self.ledger, status).await;
             }

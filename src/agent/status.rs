@@ -266,9 +266,15 @@ pub fn explain(r: &ScanReport, ledger: &Ledger, query: &str) -> Vec<String> {
         match &v.outcome {
             Outcome::Projected { serial } => {
                 lines.push("  projected: every rule passed".into());
-                lines.push(match lun_of(r, serial) {
-                    Some(l) => format!("  exported at LUN {l}"),
-                    None => "  not exported yet (see the scan's problems)".into(),
+                let waiting = r
+                    .plan
+                    .iter()
+                    .flat_map(|p| &p.waiting)
+                    .find(|w| &w.serial == serial);
+                lines.push(match (lun_of(r, serial), waiting) {
+                    (Some(l), _) => format!("  exported at LUN {l}"),
+                    (None, Some(w)) => format!("  not exported: {}", w.reason),
+                    (None, None) => "  not exported yet (see the scan's problems)".into(),
                 });
             }
             Outcome::Skipped { reason } => {

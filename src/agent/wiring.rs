@@ -109,3 +109,17 @@ pub fn target(s: &Settings) -> Arc<dyn Target> {
         })),
     }
 }
+
+/// The ledger kept in the Kubernetes API (REMOTE_LEDGER), this node's ConfigMap in
+/// LEDGER_NAMESPACE.
+pub fn mirror(s: &Settings) -> Option<Arc<dyn crate::ledger::remote::LedgerMirror>> {
+    if !s.remote_ledger {
+        return None;
+    }
+    let connector = Arc::new(crate::k8s::KubeConnector::new(kube(s)));
+    let store = crate::k8s::configmaps::KubeConfigMaps::new(connector, &s.ledger_namespace);
+    Some(Arc::new(crate::ledger::kube::ConfigMapMirror::new(
+        Arc::new(store),
+        &s.node_name,
+    )))
+}

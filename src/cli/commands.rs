@@ -101,6 +101,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fleet { json } => super::fleet::run(&settings, json).await,
         Command::Config { .. } => Ok(ExitCode::SUCCESS),
     }
 }

@@ -20,6 +20,7 @@ macro_rules! out_raw {
 }
 
 mod commands;
+mod fleet;
 
 /// Exit status for bad settings or usage.
 pub const EXIT_USAGE: u8 = 2;
@@ -77,6 +78,14 @@ pub enum Command {
     },
     /// Why an image (id or name), S3 key, backstore name, serial or WWID is or is not projected.
     Explain { query: String },
+    /// Every worker's LUN map from the Kubernetes API, side by side; exit 1 when
+    /// something is flagged (an image missing on a labelled node, LUN numbers or content
+    /// that differ between nodes, an agent not converging).
+    Fleet {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the effective settings, each with where it came from.
     Config {
         /// As JSON.

@@ -118,6 +118,32 @@ impl NodeSource {
         }
     }
 
+    /// The names (their `kubernetes.io/hostname`, else the object name) of every Node
+    /// carrying the label: the nodes that must each export every image (`fleet`).
+    pub async fn labelled_nodes(&self) -> Result<Vec<String>, KubeError> {
+        let (k, v) = &self.label;
+        let lp = ListParams::default().labels(&format!("{k}={v}"));
+        let nodes = self
+            .connector
+            .run(Op::new("list", "nodes"), |c| {
+                self.requests.fetch_add(1, Ordering::Relaxed);
+                async move { Api::<Node>::all(c).list(&lp).await }
+            })
+            .await?;
+        Ok(nodes
+            .items
+            .into_iter()
+            .filter_map(|n| {
+                let by_label = n
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(HOSTNAME_LABEL).cloned());
+                by_label.or(n.metadata.name)
+            })
+            .collect())
+    }
+
     /// The labels of every Node whose hostname label is `name`.
     async fn select_by_hostname(&self, name: &str) -> Result<Vec<Labels>, KubeError> {
         let lp = ListParams::default().labels(&format!("{HOSTNAME_LABEL}={name}"));

@@ -251,6 +251,7 @@ mod tests {
             converged: true,
             last_converged: Some(5),
             started: 1,
+            content_changed: [("s".to_string(), "e2".to_string())].into(),
         };
         let doc = encode("ncn-w001", &l, Some(&st)).unwrap();
         assert_eq!(doc.annotations[GENERATION_ANNOTATION], "42");

@@ -73,6 +73,7 @@ impl TokenProvider for Tokens {
 pub struct World {
     pub moto: Option<Moto>,
     _ims_server: Served,
+    pub ims_url: String,
     pub ims: Ims,
     pub rig: Rig,
     pub state: tempfile::TempDir,
@@ -193,6 +194,7 @@ pub async fn world_with(extra: &[(&str, String)]) -> World {
     let agent = Agent::with_parts(settings, sources, target.clone(), Box::new(NoServices)).unwrap();
     World {
         moto: Some(moto),
+        ims_url: ims_server.url().to_string(),
         _ims_server: ims_server,
         ims,
         rig,

@@ -119,6 +119,17 @@ impl Moto {
         r.headers()["etag"].to_str().unwrap().to_string()
     }
 
+    /// DELETEs one object.
+    pub async fn delete(&self, bucket: &str, key: &str) {
+        let creds = creds();
+        let url = self
+            .bucket(bucket)
+            .delete_object(Some(&creds), key)
+            .sign(Duration::from_secs(60));
+        let r = self.client.delete(url).send().await.unwrap();
+        assert!(r.status().is_success(), "delete {key}: {}", r.status());
+    }
+
     /// PUTs many small objects, 16 at a time.
     pub async fn put_many(&self, bucket: &str, keys: Vec<String>) {
         stream::iter(keys)
