@@ -271,6 +271,8 @@ impl Agent {
             self.release_brake = false;
             if converged {
                 self.converged_since_start = true;
+                let changed = done.ledger_written || !done.outcomes.is_empty();
+                done.ledger_written |= self.record_convergence(now, changed).await;
                 self.maybe_restart_target_once().await;
             }
         }
@@ -323,6 +325,29 @@ impl Agent {
             }
             Err(e) => tracing::warn!(unit, "cannot tell whether it is active: {e}"),
         }
+    }
+
+    /// The ledger remembers that a scan converged: from then on it has a history of this
+    /// target, and a later scan never takes it for an adoption (see
+    /// [`plan::adoption_quarantine`]) even when it holds no record and no quarantine. It
+    /// is written at once the first time, and after a scan that changed the target or the
+    /// ledger; a steady scan writes no file, so on disk the time is that of the last
+    /// converged scan that changed something.
+    /// Returns whether it wrote the ledger.
+    async fn record_convergence(&mut self, now: u64, changed: bool) -> bool {
+        let first = self.ledger.last_converged.is_none();
+        self.ledger.last_converged = Some(now);
+        if !(first || changed) {
+            return false;
+        }
+        let (ledger, file) = (self.ledger.clone(), self.settings.ledger_file());
+        let saved = tokio::task::spawn_blocking(move || ledger.save(&file)).await;
+        match saved {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => tracing::error!("cannot record the converged scan: {e}"),
+            Err(e) => tracing::error!("cannot record the converged scan: {e}"),
+        }
+        false
     }
 
     /// RESTART_TARGET_AFTER_FIRST_SCAN: the original's one-time restart, kept as an option.

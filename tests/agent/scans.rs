@@ -126,6 +126,9 @@ async fn world() -> World {
         ("NODE_LABEL", String::new()),
         ("TARGET_SERVICE", String::new()),
         ("REMOVAL_GRACE", "0".to_string()),
+        // A new node: no initiator ever saw this target, so no margin of numbers is
+        // quarantined at its first scan (plan_rules.rs has adoption's rules).
+        ("ADOPTION_QUARANTINE_ABOVE", "0".to_string()),
     ];
     let layers = Layers::load(
         Some(std::path::Path::new("/dev/null")),
@@ -193,10 +196,25 @@ async fn scans_converge_adopt_and_hold() {
     let saved = std::fs::read_to_string(w.state.path().join("saveconfig.json")).unwrap();
     assert!(saved.contains(&pe_id.serial) && saved.contains(&rootfs_id.serial));
 
+    // The ledger on disk says a scan converged: the agent has this target's history
+    // (a later scan with no record left is not an adoption).
+    let ledger_file = w.agent.settings.ledger_file();
+    let on_disk = || {
+        sbps_marshal::ledger::Ledger::load(&ledger_file, 0)
+            .unwrap()
+            .into_ledger()
+    };
+    let converged_at = on_disk().last_converged;
+    assert!(
+        converged_at.is_some_and(|t| t >= r.started),
+        "{converged_at:?}"
+    );
+
     // Steady scan: nothing to do, no file rewritten.
     let r = w.agent.scan(Mode::Apply).await;
     assert!(r.converged && r.outcomes.is_empty(), "{:?}", r.outcomes);
     assert!(!r.saveconfig_written && !r.ledger_written);
+    assert_eq!(on_disk().last_converged, converged_at);
     // saveconfig.json is still checked: a lost file comes back at the next scan, and
     // a change made behind the agent's back (an admin's targetcli) reaches it too.
     std::fs::remove_file(w.state.path().join("saveconfig.json")).unwrap();
@@ -213,6 +231,9 @@ async fn scans_converge_adopt_and_hold() {
         r.saveconfig_written,
         "an empty lun_9 appeared and was cleaned: the file follows"
     );
+    // Nothing explains it (another tool was unmapping it): its number is quarantined.
+    let q9 = &w.agent.ledger().quarantine[&9];
+    assert!(q9.serial.is_none() && !q9.same_serial_may_return);
     let r = w.agent.scan(Mode::Apply).await;
     assert!(!r.saveconfig_written && r.outcomes.is_empty());
     let metrics = w.agent.metrics.render();
@@ -273,13 +294,15 @@ async fn scans_converge_adopt_and_hold() {
         w.agent
             .metrics
             .render()
-            .contains("sbps_marshal_quarantined_luns 1"),
+            .contains("sbps_marshal_quarantined_luns 2"),
         "{}",
         w.agent.metrics.render()
     );
     let st = Status::build(&r, w.agent.ledger(), &w.agent.settings, Some(true));
-    assert_eq!(st.quarantined.len(), 1);
-    assert_eq!(st.quarantined[0].lun, lun_of_rootfs);
+    assert_eq!(
+        st.quarantined.iter().map(|q| q.lun).collect::<Vec<_>>(),
+        vec![lun_of_rootfs, 9]
+    );
     assert_eq!(
         st.quarantined[0].serial.as_deref(),
         Some(rootfs_id.serial.as_str())
