@@ -109,6 +109,9 @@ keys! {
     "MANIFEST_CONCURRENCY", "16", Kind::Count, "Manifests fetched at once.", "new";
     "GATHER_TIMEOUT", "300", Kind::Seconds, "Seconds the whole inventory (S3 listing, token, IMS, manifests, mount, node label) may take; past it the scan changes nothing and the next period runs.", "new";
     "MOUNT_TIMEOUT", "30", Kind::Seconds, "Seconds one stat of the s3fs mount may take; past it the image is unknown (a hung mount never stalls the scan).", "new";
+    "COMMAND_TIMEOUT", "300", Kind::Seconds, "Seconds one systemctl or targetcli run may take (a start of target.service restores every LUN); past it the command is killed and the scan fails naming it.", "new; the original waited forever";
+    "LOCK_TIMEOUT", "60", Kind::Seconds, "Seconds to wait for targetcli.lock and rtslib_backstore.lock (an administrator's open targetcli holds them); past it the scan changes nothing and names the holder.", "new; the original waited forever";
+    "LIO_TIMEOUT", "120", Kind::Seconds, "Seconds one LIO step (reading configfs, one operation, writing saveconfig.json; with LIO_BACKEND=targetcli at least COMMAND_TIMEOUT) may take; past it the scan reports the step as stuck, /healthz names it and the systemd watchdog is no longer pinged, so systemd restarts the agent.", "new; the original waited forever";
     "APPLY_PARALLELISM", "8", Kind::Count, "LIO operations run at once within a phase.", "new";
     "LOCK_FILE", "/run/sbps-marshal.lock", Kind::AbsPath, "Single-instance lock.", "new; the original relied on systemd alone";
     "RTSLIB_LOCK_DIR", "/var/run", Kind::AbsPath, "Where rtslib/targetcli keep targetcli.lock and rtslib_backstore.lock, taken around changes.", "new";
@@ -363,6 +366,12 @@ pub struct Settings {
     pub mount_timeout: Duration,
     /// Deadline of the whole inventory of one scan.
     pub gather_timeout: Duration,
+    /// Deadline of one systemctl or targetcli run.
+    pub command_timeout: Duration,
+    /// Deadline of the wait for rtslib's lock files.
+    pub lock_timeout: Duration,
+    /// Deadline of one LIO step, past which the agent counts as stuck.
+    pub lio_timeout: Duration,
     pub apply_parallelism: usize,
     pub lock_file: PathBuf,
     pub rtslib_lock_dir: PathBuf,
@@ -420,6 +429,9 @@ impl Settings {
             manifest_concurrency: p.count("MANIFEST_CONCURRENCY")? as usize,
             mount_timeout: p.secs("MOUNT_TIMEOUT")?,
             gather_timeout: p.secs("GATHER_TIMEOUT")?,
+            command_timeout: p.secs("COMMAND_TIMEOUT")?,
+            lock_timeout: p.secs("LOCK_TIMEOUT")?,
+            lio_timeout: p.secs("LIO_TIMEOUT")?,
             apply_parallelism: p.count("APPLY_PARALLELISM")? as usize,
             lock_file: p.path("LOCK_FILE")?,
             rtslib_lock_dir: p.path("RTSLIB_LOCK_DIR")?,
@@ -618,6 +630,9 @@ mod tests {
         assert_eq!(s.ims_timeout, Duration::from_secs(10));
         assert_eq!(s.mount_timeout, Duration::from_secs(30));
         assert_eq!(s.gather_timeout, Duration::from_secs(300));
+        assert_eq!(s.command_timeout, Duration::from_secs(300));
+        assert_eq!(s.lock_timeout, Duration::from_secs(60));
+        assert_eq!(s.lio_timeout, Duration::from_secs(120));
         assert_eq!(s.adoption_quarantine_above, 256);
         assert_eq!(s.s3_endpoint(), "https://rgw-vip.nmn");
         assert_eq!(s.s3_credential_file, PathBuf::from("/root/.ims.s3fs"));

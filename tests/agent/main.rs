@@ -7,4 +7,5 @@ mod lio;
 #[path = "../sources/support.rs"]
 mod s3support;
 
+mod deadlines;
 mod scans;

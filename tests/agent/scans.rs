@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use sbps_marshal::agent::service::NoServices;
+use sbps_marshal::agent::service::{NoServices, ServiceManager};
 use sbps_marshal::agent::status::{explain, Status};
 use sbps_marshal::agent::{wiring, Agent, Mode};
 use sbps_marshal::config::{Layers, Settings};
@@ -41,15 +41,29 @@ async fn images(State(ims): State<Ims>, headers: HeaderMap) -> impl IntoResponse
     (code, axum::Json(body))
 }
 
-struct World {
+pub(crate) struct World {
     _moto: Moto,
     _ims_server: Served,
     ims: Ims,
-    rig: Rig,
+    pub(crate) rig: Rig,
     state: tempfile::TempDir,
-    agent: Agent,
-    target: Arc<dyn Target>,
+    pub(crate) agent: Agent,
+    pub(crate) target: Arc<dyn Target>,
     rootfs_etag: String,
+}
+
+/// Builds the LIO backend of a world on its rig.
+pub(crate) type TargetOf = Box<dyn FnOnce(&Rig) -> Arc<dyn Target>>;
+
+/// How a test's world differs from the usual one.
+#[derive(Default)]
+pub(crate) struct Options {
+    /// Settings over the usual ones (`KEY`, value).
+    pub(crate) env: Vec<(&'static str, String)>,
+    /// The LIO backend, built on the rig (default: the rig's target).
+    pub(crate) target: Option<TargetOf>,
+    /// The service manager (default: none, every unit active).
+    pub(crate) service: Option<Box<dyn ServiceManager>>,
 }
 
 fn record(id: &str, tag: Option<&str>) -> Value {
@@ -65,6 +79,10 @@ fn record(id: &str, tag: Option<&str>) -> Value {
 }
 
 async fn world() -> World {
+    world_with(Options::default()).await
+}
+
+pub(crate) async fn world_with(opts: Options) -> World {
     let moto = Moto::start().await;
     moto.create_bucket(BUCKET).await;
     let rig = Rig::new();
@@ -102,7 +120,7 @@ async fn world() -> World {
     )
     .await;
     let state = tempfile::tempdir().unwrap();
-    let env = [
+    let mut env = vec![
         ("S3_PROTO", "http".to_string()),
         ("S3_HOST", format!("127.0.0.1:{}", moto.port)),
         (
@@ -130,6 +148,7 @@ async fn world() -> World {
         // quarantined at its first scan (plan_rules.rs has adoption's rules).
         ("ADOPTION_QUARANTINE_ABOVE", "0".to_string()),
     ];
+    env.extend(opts.env);
     let layers = Layers::load(
         Some(std::path::Path::new("/dev/null")),
         env.iter()
@@ -144,8 +163,12 @@ async fn world() -> World {
         Arc::new(StaticToken(Token::new(TOKEN.to_string()))),
     )
     .unwrap();
-    let target: Arc<dyn Target> = Arc::new(rig.target());
-    let agent = Agent::with_parts(settings, sources, target.clone(), Box::new(NoServices)).unwrap();
+    let target: Arc<dyn Target> = match opts.target {
+        Some(build) => build(&rig),
+        None => Arc::new(rig.target()),
+    };
+    let service = opts.service.unwrap_or_else(|| Box::new(NoServices));
+    let agent = Agent::with_parts(settings, sources, target.clone(), service).unwrap();
     World {
         _moto: moto,
         _ims_server: ims_server,
