@@ -136,9 +136,11 @@ fi
 m=$(metrics)
 check "metrics: no LIO operation applied" [ -z "$(grep '^sbps_marshal_operations_total' <<<"$m")" ]
 check "metrics: converged" grep -qx 'sbps_marshal_converged 1' <<<"$m"
-check "metrics: the original's gap (LUN 1) quarantined" grep -qx 'sbps_marshal_quarantined_luns 1' <<<"$m"
+check "metrics: the original's gap (LUN 1) and 256 numbers above the highest quarantined" \
+  grep -qx 'sbps_marshal_quarantined_luns 257' <<<"$m"
 st=$("$BIN/sbps-marshal" status 2>&1)
-check "status lists the quarantined number" grep -q 'quarantined LUN numbers (not given to new images): 1 (' <<<"$st" \
+check "status lists the quarantined numbers (1, 5-260)" \
+  grep -qE 'quarantined LUN numbers \(not given to new images\): 1 \([^)]*\), 5-260 \(' <<<"$st" \
   || echo "$st" | sed 's/^/  status| /'
 check "metrics: iscsi_rootfs_lun_cnt 2, iscsi_pe_lun_cnt 2" \
   [ "$(grep -cE '^iscsi_(rootfs|pe)_lun_cnt 2$' <<<"$m")" = 2 ]
