@@ -126,6 +126,8 @@ fn job(
         save_file: f.save.clone(),
         stop: Arc::new(AtomicBool::new(false)),
         saved_state: None,
+        progress: Arc::default(),
+        deadlines: Default::default(),
     }
 }
 
