@@ -400,6 +400,7 @@ async fn child_scans(n: usize, s3: url::Url, ims: url::Url, mount: PathBuf, tagg
             tag: 1,
             mount_root: mount.clone(),
             lock_dir: Some(locks.path().to_path_buf()),
+            lock_timeout: sbps_marshal::lio::lock::DEFAULT_TIMEOUT,
         },
     ));
     let mut agent = Agent::with_parts(settings, sources, target, Box::new(NoServices)).unwrap();

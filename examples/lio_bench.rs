@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         tag: 1,
         mount_root: images.clone(),
         lock_dir: Some(work.path().to_path_buf()),
+        lock_timeout: sbps_marshal::lio::lock::DEFAULT_TIMEOUT,
     });
     println!("lio_bench: {n} backstores + LUNs, kernel {}", kernel());
     println!(

@@ -28,6 +28,8 @@ pub enum Kind {
     SecondsOrZero,
     /// Positive integer.
     Count,
+    /// Integer, ≥ 0.
+    CountOrZero,
     /// A number in [0, 1].
     Ratio,
     /// true/false/1/0/yes/no, any case.
@@ -102,12 +104,16 @@ keys! {
     "SPIRE_PROVIDER", "cli", Kind::OneOf(&["cli", "workload-api"]), "Token source: the spire-agent CLI (as the original) or the Workload API socket.", "new";
     "REMOVAL_GRACE", "600", Kind::SecondsOrZero, "Seconds an image must be known absent before its LUN is removed.", "new; the original removed at once";
     "LUN_QUARANTINE", "604800", Kind::SecondsOrZero, "Seconds a freed LUN number stays unused.", "new; the original reused numbers at once";
+    "ADOPTION_QUARANTINE_ABOVE", "256", Kind::CountOrZero, "Adopting a target without a ledger (the original's, a corrupt ledger, a rebuilt worker): how many numbers above the highest LUN seen are quarantined for LUN_QUARANTINE besides the free ones below it, since the original may have freed them a moment ago; 0 = only those below.", "new; the original reused numbers at once";
     "DELETION_BRAKE_RATIO", "0.5", Kind::Ratio, "A scan removing more than this share of projections removes nothing and alerts.", "new";
     "DELETION_BRAKE_MIN", "2", Kind::SecondsOrZero, "Removals up to this count never engage the brake.", "new";
     "METRICS_LISTEN", "127.0.0.1:9180", Kind::ListenAddr, "Listen address of /metrics, /healthz, /status; empty = off.", "new";
     "MANIFEST_CONCURRENCY", "16", Kind::Count, "Manifests fetched at once.", "new";
     "GATHER_TIMEOUT", "300", Kind::Seconds, "Seconds the whole inventory (S3 listing, token, IMS, manifests, mount, node label) may take; past it the scan changes nothing and the next period runs.", "new";
     "MOUNT_TIMEOUT", "30", Kind::Seconds, "Seconds one stat of the s3fs mount may take; past it the image is unknown (a hung mount never stalls the scan).", "new";
+    "COMMAND_TIMEOUT", "300", Kind::Seconds, "Seconds one systemctl or targetcli run may take (a start of target.service restores every LUN); past it the command is killed and the scan fails naming it.", "new; the original waited forever";
+    "LOCK_TIMEOUT", "60", Kind::Seconds, "Seconds to wait for targetcli.lock and rtslib_backstore.lock (an administrator's open targetcli holds them); past it the scan changes nothing and names the holder.", "new; the original waited forever";
+    "LIO_TIMEOUT", "120", Kind::Seconds, "Seconds one LIO step (reading configfs, one operation, writing saveconfig.json; with LIO_BACKEND=targetcli at least COMMAND_TIMEOUT) may take; past it the scan reports the step as stuck, /healthz names it and the systemd watchdog is no longer pinged, so systemd restarts the agent.", "new; the original waited forever";
     "APPLY_PARALLELISM", "8", Kind::Count, "LIO operations run at once within a phase.", "new";
     "LOCK_FILE", "/run/sbps-marshal.lock", Kind::AbsPath, "Single-instance lock.", "new; the original relied on systemd alone";
     "RTSLIB_LOCK_DIR", "/var/run", Kind::AbsPath, "Where rtslib/targetcli keep targetcli.lock and rtslib_backstore.lock, taken around changes.", "new";
@@ -281,9 +287,12 @@ pub fn default_file() -> String {
             ));
         }
         let value = match k.kind {
-            Kind::Seconds | Kind::SecondsOrZero | Kind::Count | Kind::Ratio | Kind::Bool => {
-                k.default.to_string()
-            }
+            Kind::Seconds
+            | Kind::SecondsOrZero
+            | Kind::Count
+            | Kind::CountOrZero
+            | Kind::Ratio
+            | Kind::Bool => k.default.to_string(),
             _ => format!("{:?}", k.default),
         };
         out.push_str(&format!("# {} = {value}\n", k.name.to_ascii_lowercase()));
@@ -352,6 +361,8 @@ pub struct Settings {
     pub spire_provider: String,
     pub removal_grace: Duration,
     pub lun_quarantine: Duration,
+    /// Numbers above the highest LUN quarantined when adopting a target without a ledger.
+    pub adoption_quarantine_above: u64,
     pub deletion_brake_ratio: f64,
     pub deletion_brake_min: usize,
     pub metrics_listen: Option<String>,
@@ -360,6 +371,12 @@ pub struct Settings {
     pub mount_timeout: Duration,
     /// Deadline of the whole inventory of one scan.
     pub gather_timeout: Duration,
+    /// Deadline of one systemctl or targetcli run.
+    pub command_timeout: Duration,
+    /// Deadline of the wait for rtslib's lock files.
+    pub lock_timeout: Duration,
+    /// Deadline of one LIO step, past which the agent counts as stuck.
+    pub lio_timeout: Duration,
     pub apply_parallelism: usize,
     pub lock_file: PathBuf,
     pub rtslib_lock_dir: PathBuf,
@@ -412,12 +429,16 @@ impl Settings {
             spire_provider: p.text("SPIRE_PROVIDER")?,
             removal_grace: p.secs("REMOVAL_GRACE")?,
             lun_quarantine: p.secs("LUN_QUARANTINE")?,
+            adoption_quarantine_above: p.count("ADOPTION_QUARANTINE_ABOVE")?,
             deletion_brake_ratio: p.ratio("DELETION_BRAKE_RATIO")?,
             deletion_brake_min: p.count("DELETION_BRAKE_MIN")? as usize,
             metrics_listen: Some(p.text("METRICS_LISTEN")?).filter(|s| !s.is_empty()),
             manifest_concurrency: p.count("MANIFEST_CONCURRENCY")? as usize,
             mount_timeout: p.secs("MOUNT_TIMEOUT")?,
             gather_timeout: p.secs("GATHER_TIMEOUT")?,
+            command_timeout: p.secs("COMMAND_TIMEOUT")?,
+            lock_timeout: p.secs("LOCK_TIMEOUT")?,
+            lio_timeout: p.secs("LIO_TIMEOUT")?,
             apply_parallelism: p.count("APPLY_PARALLELISM")? as usize,
             lock_file: p.path("LOCK_FILE")?,
             rtslib_lock_dir: p.path("RTSLIB_LOCK_DIR")?,
@@ -453,6 +474,7 @@ impl Settings {
             mount_root: self.mount.clone(),
             grace_secs: self.removal_grace.as_secs(),
             quarantine_secs: self.lun_quarantine.as_secs(),
+            adoption_quarantine_above: self.adoption_quarantine_above,
             brake_ratio: self.deletion_brake_ratio,
             brake_min: self.deletion_brake_min,
             brake_released,
@@ -534,7 +556,7 @@ impl Parser<'_> {
 
     fn count(&self, name: &str) -> Result<u64, ConfigError> {
         let min = match key(name).map(|k| k.kind) {
-            Some(Kind::SecondsOrZero) => 0,
+            Some(Kind::SecondsOrZero | Kind::CountOrZero) => 0,
             _ => 1,
         };
         match self.raw(name).parse::<u64>() {
@@ -576,6 +598,7 @@ fn expected(kind: Kind) -> String {
         Kind::Seconds => "a whole number of seconds greater than 0".into(),
         Kind::SecondsOrZero => "a whole number, 0 or more".into(),
         Kind::Count => "a whole number greater than 0".into(),
+        Kind::CountOrZero => "a whole number, 0 or more".into(),
         Kind::Ratio => "a number from 0 to 1".into(),
         Kind::Bool => "true/false, 1/0 or yes/no".into(),
         Kind::AbsPath => "an absolute path".into(),
@@ -616,6 +639,10 @@ mod tests {
         assert_eq!(s.ims_timeout, Duration::from_secs(10));
         assert_eq!(s.mount_timeout, Duration::from_secs(30));
         assert_eq!(s.gather_timeout, Duration::from_secs(300));
+        assert_eq!(s.command_timeout, Duration::from_secs(300));
+        assert_eq!(s.lock_timeout, Duration::from_secs(60));
+        assert_eq!(s.lio_timeout, Duration::from_secs(120));
+        assert_eq!(s.adoption_quarantine_above, 256);
         assert_eq!(s.s3_endpoint(), "https://rgw-vip.nmn");
         assert_eq!(s.s3_credential_file, PathBuf::from("/root/.ims.s3fs"));
         assert_eq!(s.s3_bucket, "boot-images");

@@ -10,8 +10,9 @@
 //!    gets its old number back after the target was cleared); a new projection gets
 //!    the lowest number that is free, not reserved, not quarantined, and not 0;
 //!    a freed number is quarantined; when adopting a target without a ledger (the
-//!    original agent's, or after a corrupt ledger), every free number below the
-//!    highest LUN is quarantined too, since nothing says it was not freed a moment ago;
+//!    original agent's, or after a corrupt ledger), every free number up to a margin
+//!    above the highest LUN is quarantined too, since nothing says it was not freed a
+//!    moment ago, and so is the number of an empty `lun_N` directory nobody explains;
 //! 5. removal is conservative: only after the grace period, and a scan that would
 //!    remove more than the brake ratio of the managed projections of one kind (PE or
 //!    rootfs, judged apart) removes nothing of that kind;
@@ -37,6 +38,11 @@ use crate::lio::{Actual, Backstore, BackstoreRef, Op, Tpg};
 /// Highest LUN number handed out (rtslib's MAX_TARGET_LUN).
 pub const MAX_LUN: u64 = 65535;
 
+/// The most numbers one adoption quarantines (the lowest ones), whatever the highest LUN
+/// seen: a stray high number (an administrator's `lun=60000`) must neither fill the ledger
+/// nor leave new images without a number. 61,439 numbers stay free.
+pub const MAX_ADOPTION_QUARANTINE: u64 = 4096;
+
 /// What the policy says; all durations in seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
@@ -45,6 +51,9 @@ pub struct Policy {
     pub grace_secs: u64,
     /// How long a freed LUN number stays unused.
     pub quarantine_secs: u64,
+    /// Adopting a target without a ledger: how many numbers above the highest LUN seen
+    /// are quarantined besides the gaps below it (the original may have freed them).
+    pub adoption_quarantine_above: u64,
     /// A scan removing more than this share of the managed projections of one kind
     /// removes nothing of that kind.
     pub brake_ratio: f64,
@@ -68,6 +77,7 @@ impl Default for Policy {
             mount_root: PathBuf::from("/var/lib/cps-local/boot-images"),
             grace_secs: 600,
             quarantine_secs: 7 * 24 * 3600,
+            adoption_quarantine_above: 256,
             brake_ratio: 0.5,
             brake_min: 2,
             brake_released: false,
@@ -476,7 +486,7 @@ impl<'a> Planner<'a> {
                 });
             }
         }
-        self.quarantine_adoption_gaps(tpg);
+        self.quarantine_unexplained(tpg);
         let luns_of = LunsOf::new(tpg);
         let (mut wants, undesired) = pair_with_ledger(self.desired, self.old);
 
@@ -973,21 +983,36 @@ impl<'a> Planner<'a> {
         );
     }
 
-    /// Rule 4 at adoption: with no ledger yet (first scan of a target another agent
-    /// built, or a ledger lost), the numbers below the highest LUN that are free may
-    /// have been freed a moment ago, with initiators still holding them (the original
-    /// reused numbers at once). They are quarantined like numbers this agent freed.
-    fn quarantine_adoption_gaps(&mut self, tpg: &Tpg) {
+    /// Rule 4 for numbers no record explains; see [`adoption_quarantine`].
+    ///
+    /// An empty `lun_N` directory is what an interrupted create or unmap leaves. When
+    /// the ledger neither reserves its number for an image (this agent's own create)
+    /// nor quarantines it already (this agent's own unmap), another tool was unmapping
+    /// it (targetcli, the original agent): an initiator may still hold the number.
+    fn quarantine_unexplained(&mut self, tpg: &Tpg) {
+        for l in tpg.luns.values().filter(|l| l.backstore.is_none()) {
+            let n = l.index;
+            let explained = self.ledger.quarantine.contains_key(&n)
+                || self.old.luns.values().any(|r| r.lun == n);
+            if n != 0 && !explained {
+                self.quarantine(n, None, None, None, false);
+            }
+        }
         let fresh = self.old.luns.is_empty()
             && self.old.quarantine.is_empty()
             && self.old.last_converged.is_none();
-        let Some(&highest) = tpg.luns.keys().next_back().filter(|_| fresh) else {
+        if !fresh {
             return;
-        };
-        for n in 1..highest {
-            if !self.luns_taken.contains(&n) {
-                self.quarantine(n, None, None, None, false);
-            }
+        }
+        let highest = tpg.luns.keys().next_back().copied();
+        let taken = &self.luns_taken;
+        let numbers = adoption_quarantine(
+            highest,
+            |n| taken.contains(&n),
+            self.policy.adoption_quarantine_above,
+        );
+        for n in numbers {
+            self.quarantine(n, None, None, None, false);
         }
     }
 
@@ -1027,7 +1052,7 @@ impl<'a> Planner<'a> {
             )
             .collect();
         for n in candidates {
-            if self.may_take(n, p, remembered == Some(n)) {
+            if self.may_take(n, p, remembered == Some(n), false) {
                 return Some(self.take(n));
             }
         }
@@ -1041,7 +1066,7 @@ impl<'a> Planner<'a> {
         }
         // The number the other nodes gave this image, so every worker presents it alike.
         if let Some(n) = self.fleet.hint(serial) {
-            if self.may_take(n, p, false) {
+            if self.may_take(n, p, false, true) {
                 return Some(self.take(n));
             }
         }
@@ -1051,7 +1076,7 @@ impl<'a> Planner<'a> {
             while self.fleet_cursor <= MAX_LUN {
                 let n = self.fleet_cursor;
                 self.fleet_cursor += 1;
-                if !self.fleet.busy(n) && self.may_take(n, p, false) {
+                if !self.fleet.busy(n) && self.may_take(n, p, false, false) {
                     return Some(self.take(n));
                 }
             }
@@ -1059,7 +1084,7 @@ impl<'a> Planner<'a> {
         while self.cursor <= MAX_LUN {
             let n = self.cursor;
             self.cursor += 1;
-            if self.may_take(n, p, false) {
+            if self.may_take(n, p, false, false) {
                 return Some(self.take(n));
             }
         }
@@ -1067,7 +1092,11 @@ impl<'a> Planner<'a> {
         None
     }
 
-    fn may_take(&self, n: u64, p: &Projection, remembered: bool) -> bool {
+    /// `fleet_hint`: `n` is the number the other workers gave this image. It then wins over
+    /// a quarantine of an unknown holder (adoption's margin, an unexplained empty LUN): an
+    /// initiator that held `n` on this worker held it for this image if the worker
+    /// followed the fleet, and the fleet's number is what every other path shows for it.
+    fn may_take(&self, n: u64, p: &Projection, remembered: bool, fleet_hint: bool) -> bool {
         let serial = p.identity.serial.as_str();
         // 0 only back to the image that already had it: an unmapped LUN 0 silently
         // serves zeros, so no new image starts there.
@@ -1083,6 +1112,7 @@ impl<'a> Planner<'a> {
         }
         match self.ledger.quarantine.get(&n) {
             None => true,
+            Some(q) if fleet_hint && q.serial.is_none() => true,
             Some(q) => {
                 q.same_serial_may_return
                     && q.serial.as_deref() == Some(serial)
@@ -1113,6 +1143,30 @@ impl<'a> Planner<'a> {
         taken.insert(self.hba_cursor);
         self.hba_cursor
     }
+}
+
+/// Rule 4 at adoption: the numbers to quarantine when this agent has no history of the
+/// target (no ledger: the original agent's target, a corrupt ledger, a rebuilt worker).
+///
+/// The original allocated the lowest free number and reused freed numbers at once, so
+/// every free number below the highest LUN it mapped was in use when that one was
+/// mapped, and may have been freed a moment ago with initiators still holding it. Above
+/// the highest LUN, a number was used only if the map was once bigger: by as many LUNs
+/// as images were retired since, or lost at once (the original removed an image on any
+/// error about it). `above` numbers past the highest LUN seen (past 0 when the target has
+/// none, as after a rebuild) cover that. Taken numbers and 0 (never given to a new image
+/// anyway) are left out, and at most [`MAX_ADOPTION_QUARANTINE`] numbers are returned,
+/// the lowest first.
+pub fn adoption_quarantine(
+    highest: Option<u64>,
+    taken: impl Fn(u64) -> bool,
+    above: u64,
+) -> Vec<u64> {
+    let top = highest.unwrap_or(0).saturating_add(above).min(MAX_LUN);
+    (1..=top)
+        .filter(|n| !taken(*n))
+        .take(MAX_ADOPTION_QUARANTINE as usize)
+        .collect()
 }
 
 /// Projections (managed, or to be removed) counted per kind, for the brake.

@@ -78,8 +78,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(env: &Env) -> Daemon {
-        let mut child = env
-            .cmd(&["run"])
+        Daemon::spawn(env.cmd(&["run"]))
+    }
+
+    fn spawn(mut cmd: Command) -> Daemon {
+        let mut child = cmd
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -282,4 +285,126 @@ fn daemon_stops_on_sigint_too() {
     d.wait_for("END SCAN", Duration::from_secs(60));
     d.signal(libc::SIGINT);
     assert_eq!(wait_exit(&mut d.child, Duration::from_secs(30)), Some(0));
+}
+
+/// What systemd would hear on NOTIFY_SOCKET: every datagram with when it arrived.
+struct Notifications {
+    path: PathBuf,
+    seen: mpsc::Receiver<(Instant, String)>,
+    log: Vec<(Instant, String)>,
+}
+
+impl Notifications {
+    fn listen(path: PathBuf) -> Notifications {
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let (tx, seen) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if tx.send((Instant::now(), msg)).is_err() {
+                    break;
+                }
+            }
+        });
+        Notifications {
+            path,
+            seen,
+            log: Vec::new(),
+        }
+    }
+
+    /// Everything received so far.
+    fn all(&mut self) -> &[(Instant, String)] {
+        self.log.extend(self.seen.try_iter());
+        &self.log
+    }
+
+    fn pings_between(&mut self, from: Instant, to: Instant) -> usize {
+        self.all()
+            .iter()
+            .filter(|(t, m)| *t >= from && *t <= to && m.lines().any(|l| l == "WATCHDOG=1"))
+            .count()
+    }
+}
+
+/// A configfs read the kernel never answers: the TPG's `enable` becomes a FIFO with no
+/// writer, so opening it blocks (and cannot be cancelled) until the test writes to it.
+#[test]
+fn the_watchdog_is_pinged_only_while_no_step_is_past_its_deadline() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("state")).unwrap();
+    let enable = env.path(&format!("configfs/iscsi/{IQN}/tpgt_1/enable"));
+    std::fs::remove_file(&enable).unwrap();
+    let c = std::ffi::CString::new(enable.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut notes = Notifications::listen(env.path("notify.sock"));
+    let mut cmd = env.cmd(&["run"]);
+    cmd.env("NOTIFY_SOCKET", &notes.path)
+        .env("WATCHDOG_USEC", "400000") // a ping every 200 ms while all is well
+        .env("SBPS_MARSHAL_LIO_TIMEOUT", "2");
+    let d = Daemon::spawn(cmd);
+
+    // Reading LIO hangs; within its deadline the watchdog is still pinged...
+    let t0 = Instant::now();
+    d.wait_for("stuck in observe LIO", Duration::from_secs(60));
+    let stuck_seen = Instant::now();
+    assert!(
+        notes.pings_between(t0, stuck_seen) >= 2,
+        "no pings while the scan was within its deadlines: {:?}",
+        notes.all()
+    );
+    // ...past it the scan gives up, /healthz names the step, and the pings stop.
+    d.wait_for("END SCAN", Duration::from_secs(10));
+    let (code, body) = http_get(env.port, "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("stuck in observe LIO"), "{body}");
+    std::thread::sleep(Duration::from_millis(2500));
+    let quiet_from = stuck_seen + Duration::from_millis(400);
+    assert_eq!(
+        notes.pings_between(quiet_from, Instant::now()),
+        0,
+        "pinged while stuck: {:?}",
+        notes.all()
+    );
+    assert!(
+        notes
+            .all()
+            .iter()
+            .any(|(_, m)| m.starts_with("STATUS=") && m.contains("stuck in observe LIO")),
+        "{:?}",
+        notes.all()
+    );
+
+    // The read returns after all (a regular file from now on): the next scan takes the
+    // job back and the pings resume.
+    let mut fifo = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&enable)
+        .unwrap();
+    std::fs::write(env.path("enable.new"), "0\n").unwrap();
+    std::fs::rename(env.path("enable.new"), &enable).unwrap();
+    fifo.write_all(b"0\n").unwrap();
+    drop(fifo);
+    let released = Instant::now();
+    // The job finishes its other steps; then nothing runs (no "scanning:" step).
+    let idle = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let (code, body) = http_get(env.port, "/healthz");
+        code == 200 && !body.contains("scanning:")
+    });
+    assert!(idle, "{:?}", http_get(env.port, "/healthz"));
+    d.signal(libc::SIGHUP);
+    d.wait_for("has returned", Duration::from_secs(30));
+    d.wait_for("END SCAN", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        notes.pings_between(released, Instant::now()) >= 1,
+        "{:?}",
+        notes.all()
+    );
+    let (code, body) = http_get(env.port, "/healthz");
+    assert_eq!(code, 200, "{body}");
 }

@@ -155,6 +155,7 @@ fn backend(bin: &Path, mount_root: &Path) -> TargetcliTarget {
         tag: 1,
         mount_root: mount_root.to_path_buf(),
         tmp_dir: std::env::temp_dir(),
+        timeout: std::time::Duration::from_secs(60),
     })
 }
 

@@ -25,6 +25,14 @@ fn worker(images: &[(&sbps_marshal::desired::Projection, u64)]) -> Ledger {
     l
 }
 
+/// The ledger of a node with a history (it converged once): no adoption margin.
+fn known() -> Ledger {
+    Ledger {
+        last_converged: Some(NOW - 1),
+        ..Ledger::new()
+    }
+}
+
 fn mapped(p: &sbps_marshal::plan::Plan) -> Vec<(String, u64)> {
     p.ops
         .iter()
@@ -50,7 +58,7 @@ fn a_new_image_takes_the_number_the_fleet_gave_it() {
     let p = plan_in_fleet(
         &desired_of([a.clone(), b.clone()]),
         &empty_target(false),
-        &Ledger::new(),
+        &known(),
         &policy(),
         &fleet,
         NOW,
@@ -64,7 +72,7 @@ fn a_new_image_takes_the_number_the_fleet_gave_it() {
     let alone = plan(
         &desired_of([a, b]),
         &empty_target(false),
-        &Ledger::new(),
+        &known(),
         &policy(),
         NOW,
     );
@@ -92,7 +100,7 @@ fn a_brand_new_image_takes_a_number_free_on_every_node() {
     let p = plan_in_fleet(
         &desired_of([c.clone()]),
         &empty_target(false),
-        &Ledger::new(),
+        &known(),
         &policy(),
         &fleet,
         NOW,
@@ -106,8 +114,8 @@ fn the_fleet_number_is_not_taken_when_it_is_not_free_here() {
     let other = worker(&[(&a, 5)]);
     let fleet = FleetView::from_ledgers([&other]);
     // Here, 5 already carries b (adopted from the original agent): a goes elsewhere and b
-    // keeps its number. Adoption quarantines the gaps 1-4 the original may have freed, so
-    // the lowest number free here and on the other node is 6.
+    // keeps its number. Adoption quarantines the gaps 1-4 the original may have freed and
+    // the 256 numbers above 5, so the lowest number free here and on the other node is 262.
     let mut here = empty_target(true);
     add_exported(&mut here, &b, 0, 5);
     let p = plan_in_fleet(
@@ -118,7 +126,7 @@ fn the_fleet_number_is_not_taken_when_it_is_not_free_here() {
         &fleet,
         NOW,
     );
-    assert_eq!(mapped(&p), [(a.identity.name.clone(), 6)]);
+    assert_eq!(mapped(&p), [(a.identity.name.clone(), 262)]);
     assert_eq!(p.ledger.lun_of(&b.identity.serial), Some(5));
     // A number quarantined here is not taken either, whatever the fleet says.
     let mut ledger = Ledger::new();
@@ -256,4 +264,30 @@ fn a_rebuilt_target_is_closed_while_it_is_filled() {
     );
     assert_eq!(p.ops.first(), Some(&Op::DisableTpg));
     assert!(!p.ops.contains(&Op::EnableTpg));
+}
+
+#[test]
+fn the_fleet_number_wins_over_the_margin_a_new_worker_quarantines() {
+    let (a, b) = (pe(1, 10, "a"), pe(2, 10, "b"));
+    let other = worker(&[(&a, 3)]);
+    let fleet = FleetView::from_ledgers([&other]);
+    // A worker with no ledger and an empty target quarantines 1..=256 (it may have served
+    // them before), but the number every other path shows for an image is still its own.
+    let pol = Policy {
+        adoption_quarantine_above: 256,
+        ..policy()
+    };
+    let p = plan_in_fleet(
+        &desired_of([a.clone(), b.clone()]),
+        &empty_target(false),
+        &Ledger::new(),
+        &pol,
+        &fleet,
+        NOW,
+    );
+    let mut got = mapped(&p);
+    got.sort();
+    let mut want = vec![(a.identity.name.clone(), 3), (b.identity.name.clone(), 257)];
+    want.sort();
+    assert_eq!(got, want);
 }

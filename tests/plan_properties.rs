@@ -289,6 +289,63 @@ proptest! {
         }
     }
 
+    /// Adopting any target the original could have left (LUNs with gaps, empty `lun_N`
+    /// directories, a stray high number), with no ledger: a new image never takes a free
+    /// number at or below the margin above the highest one seen, the quarantine holds only
+    /// free non-zero numbers and stays bounded, and every new image still gets a number.
+    #[test]
+    fn adoption_quarantines_what_the_original_may_have_freed(
+        used in prop::collection::btree_set(prop_oneof![9 => 0..64u64, 1 => 0..65_536u64], 0..12),
+        empty in prop::collection::btree_set(0..80u64, 0..3),
+        above in prop_oneof![Just(0u64), 0..300u64, Just(256)],
+        new in 1..4usize,
+    ) {
+        let mut actual = empty_target(true);
+        for (i, lun) in used.iter().enumerate() {
+            add_exported(&mut actual, &image(i, 1000), i as u32, *lun);
+        }
+        let tpg = actual.tpg.as_mut().expect("tpg");
+        for n in empty.iter().filter(|n| !used.contains(n)) {
+            tpg.luns.insert(*n, sbps_marshal::lio::Lun { index: *n, alias: None, backstore: None });
+        }
+        let highest = tpg.luns.keys().next_back().copied();
+        let mut d = Desired::default();
+        for i in 0..used.len() + new {
+            let p = image(i, 1000);
+            d.projections.insert(p.identity.serial.clone(), p);
+        }
+        let pol = Policy { adoption_quarantine_above: above, ..policy() };
+        let p = plan(&d, &actual, &Ledger::new(), &pol, 1_000_000);
+
+        let top = highest.unwrap_or(0).saturating_add(above).min(sbps_marshal::plan::MAX_LUN);
+        let bounded = top <= sbps_marshal::plan::MAX_ADOPTION_QUARANTINE;
+        let quarantined: BTreeSet<u64> = p.ledger.quarantine.keys().copied().collect();
+        prop_assert!(quarantined.len() as u64 <= sbps_marshal::plan::MAX_ADOPTION_QUARANTINE);
+        for n in &quarantined {
+            prop_assert!(*n != 0 && !used.contains(n), "quarantined {n}, which is 0 or in use");
+        }
+        if bounded {
+            let want: BTreeSet<u64> = (1..=top).filter(|n| !used.contains(n)).collect();
+            prop_assert_eq!(&quarantined, &want);
+        }
+        let mapped: Vec<u64> = p.ops.iter().filter_map(|o| match o { Op::MapLun { lun, .. } => Some(*lun), _ => None }).collect();
+        prop_assert_eq!(mapped.len(), new, "every new image gets a number: {:?}", p.warnings);
+        for lun in &mapped {
+            prop_assert!(!quarantined.contains(lun) && !used.contains(lun), "new image at {lun}");
+            if bounded {
+                prop_assert!(*lun > top, "new image at {lun}, at or below {top}");
+            }
+        }
+        // The next scan has a history: it quarantines nothing more.
+        let mut after = actual.clone();
+        for op in &p.ops {
+            after.apply(op);
+        }
+        let again = plan(&d, &after, &p.ledger, &pol, 1_000_001);
+        prop_assert!(again.ops.is_empty(), "{:?}", again.ops);
+        prop_assert_eq!(&again.ledger.quarantine, &p.ledger.quarantine);
+    }
+
     #[test]
     fn brake_rule_is_monotone(removals in 0..200usize, managed in 0..200usize, min in 0..5usize) {
         let pol = Policy { brake_min: min, ..policy() };

@@ -6,7 +6,7 @@ use common::*;
 use sbps_marshal::desired::Kind;
 use sbps_marshal::ledger::Ledger;
 use sbps_marshal::lio::Op;
-use sbps_marshal::plan::{plan, HoldReason, Warning};
+use sbps_marshal::plan::{plan, HoldReason, Policy, Warning};
 
 const NOW: u64 = 1_000_000;
 
@@ -42,9 +42,10 @@ fn mapped_numbers(ops: &[Op]) -> Vec<u64> {
 }
 
 #[test]
-fn adoption_quarantines_the_gaps_the_original_left() {
+fn adoption_quarantines_the_gaps_the_original_left_and_the_numbers_above() {
     // The original agent's target: LUNs 0, 2 and 5; 1, 3 and 4 were freed by it,
-    // perhaps a moment ago, with initiators still holding them.
+    // perhaps a moment ago, with initiators still holding them; so may be numbers above
+    // 5, if its map was once bigger.
     let mut actual = empty_target(true);
     for (i, lun) in [0u64, 2, 5].into_iter().enumerate() {
         add_exported(&mut actual, &pe(i + 1, 1, "a"), i as u32, lun);
@@ -56,18 +57,122 @@ fn adoption_quarantines_the_gaps_the_original_left() {
         pe(7, 1, "a"),
         pe(8, 1, "a"),
     ]);
-    let p = plan(&d, &actual, &Ledger::new(), &policy(), NOW);
-    // New images go past the highest number, never into a gap.
-    assert_eq!(mapped_numbers(&p.ops), vec![6, 7]);
-    for n in [1u64, 3, 4] {
-        let q = &p.ledger.quarantine[&n];
-        assert_eq!(q.until, NOW + policy().quarantine_secs, "LUN {n}");
+    let pol = Policy {
+        adoption_quarantine_above: 10,
+        ..policy()
+    };
+    let p = plan(&d, &actual, &Ledger::new(), &pol, NOW);
+    // New images go past the margin above the highest number, never into a gap.
+    assert_eq!(mapped_numbers(&p.ops), vec![16, 17]);
+    let quarantined: Vec<u64> = p.ledger.quarantine.keys().copied().collect();
+    let want: Vec<u64> = [1, 3, 4].into_iter().chain(6..=15).collect();
+    assert_eq!(quarantined, want, "the gaps and the margin above 5");
+    for (n, q) in &p.ledger.quarantine {
+        assert_eq!(q.until, NOW + pol.quarantine_secs, "LUN {n}");
         assert!(q.serial.is_none() && !q.same_serial_may_return, "LUN {n}");
     }
-    assert_eq!(p.ledger.quarantine.len(), 3, "only the gaps");
     // With a ledger (the next scans), no new quarantine: the numbers are known.
-    let again = plan(&d, &actual, &p.ledger, &policy(), NOW + 1);
+    let again = plan(&d, &actual, &p.ledger, &pol, NOW + 1);
     assert_eq!(again.ledger.quarantine, p.ledger.quarantine);
+    // The default margin: 256 numbers above the highest.
+    let p = plan(&d, &actual, &Ledger::new(), &policy(), NOW);
+    assert_eq!(mapped_numbers(&p.ops), vec![262, 263]);
+    assert_eq!(p.ledger.quarantine.len(), 3 + 256);
+}
+
+#[test]
+fn adopting_a_target_with_no_lun_quarantines_the_margin() {
+    // A rebuilt worker (or a target the original emptied): no LUN and no ledger, while
+    // initiators may still hold the numbers of before.
+    let d = desired_of([pe(1, 1, "a")]);
+    let pol = Policy {
+        adoption_quarantine_above: 8,
+        ..policy()
+    };
+    let p = plan(&d, &empty_target(true), &Ledger::new(), &pol, NOW);
+    assert_eq!(mapped_numbers(&p.ops), vec![9]);
+    assert_eq!(
+        p.ledger.quarantine.keys().copied().collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
+    // 0 turns adoption's margin off; the gaps below the highest stay quarantined.
+    let off = Policy {
+        adoption_quarantine_above: 0,
+        ..policy()
+    };
+    let p = plan(&d, &empty_target(true), &Ledger::new(), &off, NOW);
+    assert_eq!(mapped_numbers(&p.ops), vec![1]);
+    assert!(p.ledger.quarantine.is_empty());
+}
+
+#[test]
+fn a_ledger_that_converged_once_is_never_an_adoption_again() {
+    // No record and no quarantine left (every image gone, every quarantine expired), but
+    // a scan converged: the agent has the target's history, nothing is quarantined.
+    let d = desired_of([pe(1, 1, "a")]);
+    let p = plan(&d, &empty_target(true), &known_ledger(), &policy(), NOW);
+    assert_eq!(mapped_numbers(&p.ops), vec![1]);
+    assert!(p.ledger.quarantine.is_empty());
+}
+
+#[test]
+fn adoption_never_starves_allocation() {
+    // A stray high number (an administrator's explicit lun=65500): the quarantine is
+    // bounded, the ledger stays small and new images still get a number.
+    let mut actual = empty_target(true);
+    add_exported(&mut actual, &pe(1, 1, "a"), 1, 65_500);
+    let d = desired_of([pe(1, 1, "a"), pe(2, 1, "a")]);
+    let p = plan(&d, &actual, &Ledger::new(), &policy(), NOW);
+    assert_eq!(
+        p.ledger.quarantine.len() as u64,
+        sbps_marshal::plan::MAX_ADOPTION_QUARANTINE
+    );
+    assert_eq!(
+        mapped_numbers(&p.ops),
+        vec![sbps_marshal::plan::MAX_ADOPTION_QUARANTINE + 1]
+    );
+    assert!(!p.warnings.contains(&Warning::LunSpaceExhausted));
+}
+
+#[test]
+fn an_empty_lun_directory_nobody_explains_is_quarantined() {
+    // lun_3 without its link: another tool was unmapping it (the ledger has no record
+    // and no quarantine for 3); an initiator may still hold the number.
+    let mut actual = empty_target(true);
+    add_exported(&mut actual, &pe(1, 1, "a"), 1, 1);
+    let empty = sbps_marshal::lio::Lun {
+        index: 3,
+        alias: None,
+        backstore: None,
+    };
+    actual.tpg.as_mut().unwrap().luns.insert(3, empty.clone());
+    let d = desired_of([pe(1, 1, "a"), pe(2, 1, "a"), pe(4, 1, "a")]);
+    let p = plan(&d, &actual, &known_ledger(), &policy(), NOW);
+    assert!(p.ops.contains(&Op::UnmapLun {
+        lun: 3,
+        serial: None
+    }));
+    assert!(!p.ledger.quarantine[&3].same_serial_may_return);
+    assert_eq!(mapped_numbers(&p.ops), vec![2, 4]);
+    // At adoption the highest number seen counts even when its directory is empty.
+    let mut top = empty_target(true);
+    top.tpg.as_mut().unwrap().luns.insert(3, empty);
+    let pol = Policy {
+        adoption_quarantine_above: 2,
+        ..policy()
+    };
+    let p = plan(
+        &desired_of([pe(2, 1, "a")]),
+        &top,
+        &Ledger::new(),
+        &pol,
+        NOW,
+    );
+    assert_eq!(
+        p.ledger.quarantine.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(mapped_numbers(&p.ops), vec![6]);
 }
 
 #[test]
@@ -77,12 +182,8 @@ fn new_image_gets_lowest_free_number_never_zero() {
     add_exported(&mut actual, &pe(2, 1, "a"), 2, 3);
     let d = desired_of([pe(1, 1, "a"), pe(2, 1, "a"), pe(4, 1, "a"), pe(5, 1, "a")]);
     // A ledger with a history: the gap at 2 is known to be free (see the adoption
-    // test below for a target the agent has no history of).
-    let known = Ledger {
-        last_converged: Some(NOW - 60),
-        ..Ledger::new()
-    };
-    let p = plan(&d, &actual, &known, &policy(), NOW);
+    // tests above for a target the agent has no history of).
+    let p = plan(&d, &actual, &known_ledger(), &policy(), NOW);
     assert_eq!(mapped_numbers(&p.ops), vec![2, 4]);
     // backstores get fresh HBAs past those in use
     let hbas: Vec<u32> = p
@@ -105,7 +206,7 @@ fn removal_waits_for_grace_then_quarantines_the_number() {
     }
     let d = desired_of([pe(1, 1, "a"), pe(3, 1, "a"), pe(4, 1, "a")]);
     let pol = policy();
-    let p1 = plan(&d, &actual, &Ledger::new(), &pol, NOW);
+    let p1 = plan(&d, &actual, &known_ledger(), &pol, NOW);
     assert!(p1.ops.is_empty(), "{:?}", p1.ops);
     assert!(
         matches!(p1.held[0].reason, HoldReason::Grace { since: NOW, remove_at } if remove_at == NOW + 600)
@@ -294,7 +395,7 @@ fn unmanaged_objects_are_reported_never_touched() {
     let p = plan(
         &desired_of([pe(1, 1, "a"), pe(7, 1, "a")]),
         &actual,
-        &Ledger::new(),
+        &known_ledger(),
         &pol,
         NOW,
     );
@@ -313,7 +414,7 @@ fn changed_size_is_replaced_on_a_new_number() {
     let ledger = plan(
         &desired_of([old.clone()]),
         &actual,
-        &Ledger::new(),
+        &known_ledger(),
         &policy(),
         NOW,
     )
@@ -375,7 +476,7 @@ fn backstore_without_lun_gets_one() {
     let p1 = pe(1, 1, "a");
     add_exported(&mut actual, &p1, 1, 4);
     actual.tpg.as_mut().unwrap().luns.clear();
-    let p = plan(&desired_of([p1]), &actual, &Ledger::new(), &policy(), NOW);
+    let p = plan(&desired_of([p1]), &actual, &known_ledger(), &policy(), NOW);
     // The enabled target maps nothing: it is closed while its map is filled, then opened.
     assert_eq!(p.ops.len(), 3, "{:?}", p.ops);
     assert!(matches!(p.ops[0], Op::DisableTpg));
@@ -460,13 +561,17 @@ fn interrupted_create_leftovers_are_cleaned() {
             backstore: None,
         },
     );
-    let p = plan(
+    // The ledger as the interrupted scan wrote it ahead: LUN 1 is p1's.
+    let ahead = plan(
         &desired_of([p1.clone()]),
-        &actual,
-        &Ledger::new(),
+        &empty_target(true),
+        &known_ledger(),
         &policy(),
-        NOW,
-    );
+        NOW - 1,
+    )
+    .ledger;
+    assert_eq!(ahead.lun_of(&p1.identity.serial), Some(1));
+    let p = plan(&desired_of([p1.clone()]), &actual, &ahead, &policy(), NOW);
     let mut after = actual.clone();
     apply_all(&mut after, &p.ops);
     assert_eq!(lun_of(&after, &p1.identity.serial), Some(1));

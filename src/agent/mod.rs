@@ -6,9 +6,11 @@
 
 pub mod lock;
 pub mod mirror;
+pub mod progress;
 pub mod run;
 pub mod service;
 pub mod status;
+mod stuck;
 pub mod wiring;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +28,7 @@ use crate::ledger::{Ledger, Loaded};
 use crate::lio::{self, Actual, Op, Target};
 use crate::plan::{self, Plan};
 use crate::telemetry::metrics::Metrics;
+use progress::{Progress, Watched};
 use service::ServiceManager;
 use status::Status;
 
@@ -177,6 +180,11 @@ pub struct Agent {
     last_converged: Option<u64>,
     /// When the agent started (seconds since the epoch).
     started_at: u64,
+    /// Where the scan is, for the watchdog and `/healthz`.
+    pub progress: Arc<Progress>,
+    /// An LIO job a scan stopped waiting for (past its deadlines): no other job runs
+    /// until it returns.
+    pending: Option<stuck::Pending>,
 }
 
 /// Seconds since the epoch.
@@ -240,6 +248,8 @@ impl Agent {
             local_missing,
             last_converged: None,
             started_at: unix_now(),
+            progress: Arc::default(),
+            pending: None,
         })
     }
 
@@ -262,6 +272,9 @@ impl Agent {
             tracing::info!("START SCAN");
         }
         let now = unix_now();
+        if let Some(report) = self.wait_for_pending(mode, now).await {
+            return report;
+        }
         let dset = self.settings.desired_settings();
         let mut timings = Timings::default();
 
@@ -269,6 +282,8 @@ impl Agent {
         // manifests behind a slow gateway), so the scan loop keeps its period.
         let t = Instant::now();
         let deadline = self.settings.gather_timeout;
+        let inventory_deadline = deadline + progress::ENFORCED_GRACE;
+        self.progress.enter("inventory", inventory_deadline);
         let gathered = match tokio::time::timeout(deadline, self.sources.gather(&dset)).await {
             Ok(g) => g,
             Err(_) => {
@@ -301,9 +316,12 @@ impl Agent {
         let desired = Arc::new(judged);
         timings.desired = t.elapsed();
 
-        if mode == Mode::Apply && labelled == Some(true) {
-            self.ensure_target_service().await;
-        }
+        // A systemctl that does not return in time may be a target.service restore
+        // still running: LIO is not touched this scan.
+        let service_failure = match mode == Mode::Apply && labelled == Some(true) {
+            true => self.ensure_target_service().await.err(),
+            false => None,
+        };
 
         // The ledger in the Kubernetes API: restored, caught up, and the fleet's numbers.
         let prep = match &mut self.mirror {
@@ -355,10 +373,13 @@ impl Agent {
                 Mode::Apply => self.saved_state.take(),
                 Mode::DryRun => None,
             },
+            progress: self.progress.clone(),
+            deadlines: self.deadlines(),
         };
-        let mut done = tokio::task::spawn_blocking(move || job.run())
-            .await
-            .unwrap_or_else(|e| JobDone::failed(format!("scan worker failed: {e}")));
+        let mut done = match service_failure {
+            Some(why) => JobDone::failed(why),
+            None => self.run_job(job, mode).await,
+        };
         timings.observe = done.observe;
         timings.plan = done.plan_time;
         timings.apply = done.apply;
@@ -396,6 +417,11 @@ impl Agent {
             self.release_brake = false;
             if report.converged {
                 self.last_converged = Some(now);
+                let changed = report.ledger_written || !report.outcomes.is_empty();
+                let deadline = self.settings.lio_timeout;
+                self.progress
+                    .enter("record the converged scan in the ledger", deadline);
+                report.ledger_written |= self.record_convergence(now, changed).await;
                 self.maybe_restart_target_once().await;
             }
             report::log(&report);
@@ -433,25 +459,86 @@ impl Agent {
             }
             tracing::info!("END SCAN");
         }
+        self.progress.idle();
         report
     }
 
     /// Starts the target unit when the node is labelled and it is not active (the
-    /// original did this with systemctl every scan).
-    async fn ensure_target_service(&self) {
+    /// original did this with systemctl every scan). Each systemctl call has
+    /// COMMAND_TIMEOUT: past it the call is killed and this is the scan's failure (a
+    /// `start` that hangs may be a restore still writing LIO). Other errors are logged,
+    /// as the original did.
+    async fn ensure_target_service(&self) -> Result<(), String> {
         let Some(unit) = &self.settings.target_service else {
-            return;
+            return Ok(());
         };
-        match self.service.is_active(unit).await {
+        let limit = self.settings.command_timeout;
+        let late = |verb: &str| {
+            format!(
+                "target service: `systemctl {verb} {unit}` did not return within {} s (COMMAND_TIMEOUT); killed, LIO is not touched this scan",
+                limit.as_secs()
+            )
+        };
+        self.progress.enter(
+            format!("target service (systemctl is-active {unit})"),
+            limit + progress::ENFORCED_GRACE,
+        );
+        let active = tokio::time::timeout(limit, self.service.is_active(unit)).await;
+        match active.map_err(|_| late("is-active"))? {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(unit, "not active; starting it");
-                if let Err(e) = self.service.start(unit).await {
+                self.progress.enter(
+                    format!("target service (systemctl start {unit})"),
+                    limit + progress::ENFORCED_GRACE,
+                );
+                let started = tokio::time::timeout(limit, self.service.start(unit)).await;
+                if let Err(e) = started.map_err(|_| late("start"))? {
                     tracing::error!(unit, "cannot start: {e}");
                 }
             }
             Err(e) => tracing::warn!(unit, "cannot tell whether it is active: {e}"),
         }
+        Ok(())
+    }
+
+    /// The deadlines of this agent's LIO jobs. With the targetcli backend every LIO step
+    /// is a targetcli run, killed at COMMAND_TIMEOUT: the step may take that long.
+    fn deadlines(&self) -> Deadlines {
+        let s = &self.settings;
+        let lio = match s.lio_backend.as_str() {
+            "targetcli" => s
+                .lio_timeout
+                .max(s.command_timeout + progress::ENFORCED_GRACE),
+            _ => s.lio_timeout,
+        };
+        Deadlines {
+            lock: s.lock_timeout,
+            lio,
+        }
+    }
+
+    /// The ledger remembers that a scan converged: from then on it has a history of this
+    /// target, and a later scan never takes it for an adoption (see
+    /// [`plan::adoption_quarantine`]) even when it holds no record and no quarantine. It
+    /// is written at once the first time, and after a scan that changed the target or the
+    /// ledger; a steady scan writes no file, so on disk the time is that of the last
+    /// converged scan that changed something.
+    /// Returns whether it wrote the ledger.
+    async fn record_convergence(&mut self, now: u64, changed: bool) -> bool {
+        let first = self.ledger.last_converged.is_none();
+        self.ledger.last_converged = Some(now);
+        if !(first || changed) {
+            return false;
+        }
+        let (ledger, file) = (self.ledger.clone(), self.settings.ledger_file());
+        let saved = tokio::task::spawn_blocking(move || ledger.save(&file)).await;
+        match saved {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => tracing::error!("cannot record the converged scan: {e}"),
+            Err(e) => tracing::error!("cannot record the converged scan: {e}"),
+        }
+        false
     }
 
     /// RESTART_TARGET_AFTER_FIRST_SCAN: the original's one-time restart, kept as an option.
@@ -473,9 +560,25 @@ impl Agent {
             return;
         };
         tracing::warn!(unit, "restarting once after the first scan (RESTART_TARGET_AFTER_FIRST_SCAN): every session drops");
-        if let Err(e) = self.service.restart(unit).await {
-            tracing::error!(unit, "restart failed: {e}");
-            return;
+        let limit = self.settings.command_timeout;
+        self.progress.enter(
+            format!("target service (systemctl restart {unit})"),
+            limit + progress::ENFORCED_GRACE,
+        );
+        match tokio::time::timeout(limit, self.service.restart(unit)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(unit, "restart failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::error!(
+                    unit,
+                    "restart did not return within {} s (COMMAND_TIMEOUT); killed",
+                    limit.as_secs()
+                );
+                return;
+            }
         }
         if let Err(e) = crate::ledger::write_atomic(&marker, b"{\"initialized\": true}\n") {
             tracing::error!(file = %marker.display(), "cannot record the restart: {e}");
@@ -507,6 +610,27 @@ pub struct Job {
     /// Where the ledger is written ahead besides the local file (the Kubernetes API),
     /// and the runtime that talks to it.
     pub remote: Option<(Arc<dyn LedgerMirror>, tokio::runtime::Handle)>,
+    /// Where the job is, each step with its deadline (see [`progress`]).
+    pub progress: Arc<Progress>,
+    pub deadlines: Deadlines,
+}
+
+/// The deadlines of a [`Job`]'s steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// The wait for rtslib's lock files (LOCK_TIMEOUT; the wait gives up by itself).
+    pub lock: std::time::Duration,
+    /// Reading configfs, one operation, the ledger, saveconfig.json (LIO_TIMEOUT).
+    pub lio: std::time::Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            lock: crate::lio::lock::DEFAULT_TIMEOUT,
+            lio: Duration::from_secs(120),
+        }
+    }
 }
 
 /// What a [`Job`] did.
@@ -542,7 +666,20 @@ impl JobDone {
 impl Job {
     /// Runs the job (blocking).
     pub fn run(self) -> JobDone {
+        /// The job's place in the progress is cleared however it ends.
+        struct Over<'a>(&'a Progress);
+        impl Drop for Over<'_> {
+            fn drop(&mut self) {
+                self.0.job_done();
+            }
+        }
+        let _over = Over(&self.progress);
+        let (lio, progress) = (self.deadlines.lio, &self.progress);
         let mut done = JobDone::default();
+        if self.mode == Mode::Apply {
+            let deadline = self.deadlines.lock + progress::ENFORCED_GRACE;
+            progress.job_enter("LIO lock (targetcli.lock, rtslib_backstore.lock)", deadline);
+        }
         let _guard = match (self.mode, self.target.lock()) {
             (Mode::DryRun, _) => None,
             (Mode::Apply, Ok(g)) => Some(g),
@@ -551,12 +688,14 @@ impl Job {
             }
         };
         let t = Instant::now();
+        progress.job_enter("observe LIO", lio);
         let actual = match self.target.observe() {
             Ok(a) => a,
             Err(e) => return JobDone::failed(format!("cannot read LIO: {e}")),
         };
         done.observe = t.elapsed();
         let t = Instant::now();
+        progress.job_enter("plan", lio);
         let plan_with = |policy: &plan::Policy| {
             let fleet = &self.fleet;
             plan::plan_in_fleet(
@@ -578,6 +717,7 @@ impl Job {
         // Write-ahead: every number this plan takes, and the quarantine of every number it
         // frees, is durable (in the Kubernetes API, then on disk) before the kernel changes.
         let t = Instant::now();
+        progress.job_enter("write the ledger", lio);
         let mut changed = p.ledger != self.ledger;
         if changed {
             p.ledger.generation = self.ledger.generation + 1;
@@ -612,7 +752,14 @@ impl Job {
         done.persist = t.elapsed();
 
         let t = Instant::now();
-        let results = lio::apply_until(self.target.as_ref(), &p.ops, self.parallelism, &self.stop);
+        progress.job_enter("apply", lio);
+        // Each operation is tracked with its own deadline, so a hung one is named.
+        let watched = Watched {
+            target: self.target.as_ref(),
+            progress,
+            deadline: lio,
+        };
+        let results = lio::apply_until(&watched, &p.ops, self.parallelism, &self.stop);
         done.apply = t.elapsed();
         done.outcomes = results
             .into_iter()
@@ -624,6 +771,7 @@ impl Job {
             .collect();
 
         let t = Instant::now();
+        progress.job_enter("observe LIO after applying", lio);
         let after = if done.outcomes.is_empty() {
             Ok(actual)
         } else {
@@ -641,6 +789,7 @@ impl Job {
         if unchanged {
             done.saved_state = self.saved_state;
         } else {
+            progress.job_enter("write saveconfig.json", lio);
             match self.target.save_config(&self.save_file) {
                 Ok(w) => {
                     done.saveconfig_written = w;

@@ -1,13 +1,20 @@
 //! `sbps-marshal run`: the daemon. A scan every SCAN_FREQUENCY seconds, at once on
 //! SIGHUP; SIGTERM/SIGINT let the running operation finish, skip the rest, persist
 //! and exit 0. Scans never overlap. systemd hears READY, STATUS and WATCHDOG.
+//!
+//! The watchdog is pinged from the loop's progress, not from a timer alone: at the end
+//! of every scan, and on the timer only while no step is past its deadline (between
+//! scans, or in a scan whose current step still has time; see [`super::progress`]). A
+//! step stuck past its deadline stops the pings, so systemd restarts the agent.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::progress::Progress;
 use super::{Agent, Mode};
 
 /// Runs until SIGTERM/SIGINT.
@@ -22,9 +29,10 @@ pub async fn run(mut agent: Agent) -> Result<()> {
             .with_context(|| format!("cannot listen on METRICS_LISTEN {addr}"))?;
         tracing::info!(%addr, "serving /metrics, /healthz, /status");
         let (m, s) = (agent.metrics.clone(), agent.status.clone());
+        let p = agent.progress.clone();
         let stale = agent.settings.scan_frequency.as_secs() * 3 + 60;
         tokio::spawn(async move {
-            if let Err(e) = crate::telemetry::http::serve(listener, m, s, stale).await {
+            if let Err(e) = crate::telemetry::http::serve(listener, m, s, stale, p).await {
                 tracing::error!("metrics endpoint stopped: {e}");
             }
         });
@@ -32,6 +40,7 @@ pub async fn run(mut agent: Agent) -> Result<()> {
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let watchdog = watchdog_period();
+    let mut dog = Watchdog::new(agent.progress.clone());
     let period = agent.settings.scan_frequency;
     tracing::info!(
         period_s = period.as_secs(),
@@ -53,20 +62,21 @@ pub async fn run(mut agent: Agent) -> Result<()> {
                     _ = term.recv() => { tracing::info!("SIGTERM: finishing the running operation"); stop.store(true, Ordering::SeqCst); stopping = true; }
                     _ = int.recv() => { tracing::info!("SIGINT: finishing the running operation"); stop.store(true, Ordering::SeqCst); stopping = true; }
                     _ = hup.recv() => { rescan = true; }
-                    _ = tick(watchdog) => { let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]); }
+                    _ = tick(watchdog) => dog.tick(),
                 }
             }
         };
-        let summary = format!(
-            "last scan: {} projected, {} changes, converged={}",
-            report.desired.projections.len(),
-            report.outcomes.len(),
-            report.converged
-        );
-        let _ = sd_notify::notify(&[
-            sd_notify::NotifyState::Status(&summary),
-            sd_notify::NotifyState::Watchdog,
-        ]);
+        let summary = match agent.progress.stuck() {
+            Some(stuck) => format!("{stuck}; no longer pinging the watchdog"),
+            None => format!(
+                "last scan: {} projected, {} changes, converged={}",
+                report.desired.projections.len(),
+                report.outcomes.len(),
+                report.converged
+            ),
+        };
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&summary)]);
+        dog.tick();
         if stopping {
             break;
         }
@@ -82,13 +92,53 @@ pub async fn run(mut agent: Agent) -> Result<()> {
                 _ = hup.recv() => { tracing::info!("SIGHUP: scanning now"); break; }
                 _ = term.recv() => { stopping = true; break; }
                 _ = int.recv() => { stopping = true; break; }
-                _ = tick(watchdog) => { let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]); }
+                _ = tick(watchdog) => dog.tick(),
             }
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Pings systemd's watchdog while the agent makes progress.
+struct Watchdog {
+    progress: Arc<Progress>,
+    /// The stuck step was reported (once per episode).
+    told: bool,
+}
+
+impl Watchdog {
+    fn new(progress: Arc<Progress>) -> Watchdog {
+        Watchdog {
+            progress,
+            told: false,
+        }
+    }
+
+    /// Pings, unless a step is past its deadline: then says so (log and STATUS, once)
+    /// and lets systemd's watchdog run out.
+    fn tick(&mut self) {
+        match self.progress.stuck() {
+            None => {
+                if self.told {
+                    tracing::warn!(
+                        "no step is past its deadline any more; pinging the watchdog again"
+                    );
+                    self.told = false;
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            Some(stuck) if !self.told => {
+                let why =
+                    format!("{stuck}; no longer pinging the watchdog: systemd restarts the agent");
+                tracing::error!("{why}");
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&why)]);
+                self.told = true;
+            }
+            Some(_) => {}
+        }
+    }
 }
 
 /// Half the watchdog interval systemd asked for, if it asked.

@@ -13,23 +13,38 @@ pub trait ServiceManager: Send + Sync {
     fn restart<'a>(&'a self, unit: &'a str) -> BoxFut<'a, Result<(), String>>;
 }
 
-/// `systemctl`, as the original ran it.
-pub struct Systemctl;
+/// `systemctl`, as the original ran it. The agent bounds every call (COMMAND_TIMEOUT)
+/// by dropping its future; the child is then killed, never left behind.
+pub struct Systemctl {
+    bin: std::path::PathBuf,
+}
+
+impl Default for Systemctl {
+    fn default() -> Self {
+        Systemctl::new("systemctl")
+    }
+}
 
 impl Systemctl {
-    async fn run(args: &[&str]) -> Result<std::process::Output, String> {
-        tokio::process::Command::new("systemctl")
+    /// `systemctl` at `bin` (a stand-in in tests).
+    pub fn new(bin: impl Into<std::path::PathBuf>) -> Systemctl {
+        Systemctl { bin: bin.into() }
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<std::process::Output, String> {
+        tokio::process::Command::new(&self.bin)
             .args(args)
+            .kill_on_drop(true)
             .output()
             .await
-            .map_err(|e| format!("cannot run systemctl: {e}"))
+            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))
     }
 }
 
 impl ServiceManager for Systemctl {
     fn is_active<'a>(&'a self, unit: &'a str) -> BoxFut<'a, Result<bool, String>> {
         Box::pin(async move {
-            let out = Systemctl::run(&["is-active", unit]).await?;
+            let out = self.run(&["is-active", unit]).await?;
             let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
             match state.as_str() {
                 "active" => Ok(true),
@@ -40,11 +55,11 @@ impl ServiceManager for Systemctl {
     }
 
     fn start<'a>(&'a self, unit: &'a str) -> BoxFut<'a, Result<(), String>> {
-        Box::pin(async move { checked(Systemctl::run(&["start", unit]).await?) })
+        Box::pin(async move { checked(self.run(&["start", unit]).await?) })
     }
 
     fn restart<'a>(&'a self, unit: &'a str) -> BoxFut<'a, Result<(), String>> {
-        Box::pin(async move { checked(Systemctl::run(&["restart", unit]).await?) })
+        Box::pin(async move { checked(self.run(&["restart", unit]).await?) })
     }
 }
 

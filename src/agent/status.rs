@@ -42,7 +42,8 @@ pub struct HeldRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct QuarantineRow {
     pub lun: u64,
-    /// The image that held it, when known (not for gaps found at adoption).
+    /// The image that held it, when known (not for numbers quarantined at adoption or
+    /// for an empty `lun_N` nothing explains).
     pub serial: Option<String>,
     pub until: u64,
 }
@@ -208,20 +209,9 @@ impl Status {
             );
         }
         if !self.quarantined.is_empty() {
-            let rows: Vec<String> = self
-                .quarantined
-                .iter()
-                .map(|q| {
-                    format!(
-                        "{} ({} more)",
-                        q.lun,
-                        span(q.until.saturating_sub(self.scanned_at))
-                    )
-                })
-                .collect();
             out += &format!(
                 "\nquarantined LUN numbers (not given to new images): {}\n",
-                rows.join(", ")
+                quarantine_ranges(&self.quarantined, self.scanned_at).join(", ")
             );
         }
         for w in &self.warnings {
@@ -412,5 +402,67 @@ fn span(secs: u64) -> String {
         (0, 0, m) => format!("{m}m {}s", secs % 60),
         (0, h, m) => format!("{h}h {m}m"),
         (d, h, _) => format!("{d}d {h}h"),
+    }
+}
+
+/// `5-260 (7d 0h more)`: consecutive numbers with the same time left in one range (an
+/// adoption quarantines hundreds at once), the others one by one; in number order.
+fn quarantine_ranges(rows: &[QuarantineRow], now: u64) -> Vec<String> {
+    let mut sorted: Vec<(u64, String)> = rows
+        .iter()
+        .map(|q| (q.lun, span(q.until.saturating_sub(now))))
+        .collect();
+    sorted.sort();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let (first, left) = &sorted[i];
+        let mut last = *first;
+        while sorted
+            .get(i + 1)
+            .is_some_and(|(n, l)| *n == last + 1 && l == left)
+        {
+            i += 1;
+            last = sorted[i].0;
+        }
+        out.push(match last == *first {
+            true => format!("{first} ({left} more)"),
+            false => format!("{first}-{last} ({left} more)"),
+        });
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quarantined_numbers_read_as_ranges() {
+        let row = |lun, until| QuarantineRow {
+            lun,
+            serial: None,
+            until,
+        };
+        let day = 86_400;
+        let rows = [
+            row(6, 7 * day),
+            row(1, 7 * day),
+            row(3, 7 * day),
+            row(4, 7 * day),
+            row(5, 7 * day),
+            row(7, 2 * day),
+            row(9, 7 * day),
+        ];
+        assert_eq!(
+            quarantine_ranges(&rows, 0),
+            [
+                "1 (7d 0h more)",
+                "3-6 (7d 0h more)",
+                "7 (2d 0h more)",
+                "9 (7d 0h more)"
+            ]
+        );
     }
 }

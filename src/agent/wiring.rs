@@ -100,11 +100,13 @@ pub fn target(s: &Settings) -> Arc<dyn Target> {
             tag: s.tpg_tag,
             mount_root: s.mount.clone(),
             tmp_dir: std::env::temp_dir(),
+            timeout: s.command_timeout,
         })),
         Backend::Configfs => Arc::new(ConfigfsTarget::real(ConfigfsSettings {
             root: s.configfs_root.clone(),
             tag: s.tpg_tag,
             lock_dir: Some(s.rtslib_lock_dir.clone()),
+            lock_timeout: s.lock_timeout,
             ..ConfigfsSettings::new(&s.target_iqn, &s.mount)
         })),
     }

@@ -108,7 +108,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
 
 fn services() -> Box<dyn ServiceManager> {
     if std::path::Path::new("/run/systemd/system").exists() {
-        Box::new(Systemctl)
+        Box::new(Systemctl::default())
     } else {
         Box::new(NoServices)
     }

@@ -144,14 +144,18 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::dispatch(command, settings)) {
+    let code = match runtime.block_on(commands::dispatch(command, settings)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("sbps-marshal: {e:#}");
             ExitCode::from(1)
         }
-    }
+    };
+    // A blocking call the kernel never answered (a hung configfs write) keeps its thread:
+    // the process exits without waiting for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 fn print_config(layers: &Layers, json: bool) {

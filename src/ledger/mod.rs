@@ -73,7 +73,10 @@ pub struct Ledger {
     /// Unit serial → when it was first seen absent (seconds since the epoch).
     #[serde(default)]
     pub absent_since: BTreeMap<String, u64>,
-    /// When a scan last converged (seconds since the epoch).
+    /// When a scan last converged (seconds since the epoch), as of the last scan that
+    /// changed the target or the ledger (steady scans write no file). Set once a scan
+    /// converged: the mark of a ledger with a history of this target, which adoption's
+    /// quarantine of unexplained numbers relies on.
     #[serde(default)]
     pub last_converged: Option<u64>,
     /// Counts the writes of this ledger: the local file and the copy in the Kubernetes

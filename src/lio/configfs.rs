@@ -11,6 +11,7 @@
 //! a create that loses a race against the removal of an empty HBA retries.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::attr;
 use super::fs::{Fs, Kind, RealFs};
@@ -33,6 +34,8 @@ pub struct ConfigfsSettings {
     /// Where `targetcli.lock` and `rtslib_backstore.lock` live (`/var/run`);
     /// `None` takes no locks (a private fake in tests).
     pub lock_dir: Option<PathBuf>,
+    /// How long to wait for those locks (LOCK_TIMEOUT).
+    pub lock_timeout: Duration,
 }
 
 impl ConfigfsSettings {
@@ -44,6 +47,7 @@ impl ConfigfsSettings {
             tag: 1,
             mount_root: mount_root.to_path_buf(),
             lock_dir: Some(PathBuf::from("/var/run")),
+            lock_timeout: super::lock::DEFAULT_TIMEOUT,
         }
     }
 }
@@ -65,7 +69,7 @@ impl ConfigfsTarget<RealFs> {
 
 impl<F: Fs> ConfigfsTarget<F> {
     pub fn new(fs: F, s: ConfigfsSettings) -> Self {
-        let locker = Locker::new(s.lock_dir.clone());
+        let locker = Locker::new(s.lock_dir.clone(), s.lock_timeout);
         ConfigfsTarget { fs, s, locker }
     }
 

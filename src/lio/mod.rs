@@ -71,6 +71,13 @@ pub enum LioError {
     /// Taking the targetcli/rtslib lock files failed.
     #[error("lock {path}: {source}")]
     Lock { path: PathBuf, source: io::Error },
+    /// Another process held a lock file past LOCK_TIMEOUT.
+    #[error("lock {path}: held by {holder} for more than {secs} s (LOCK_TIMEOUT); an open targetcli session holds it until it exits")]
+    LockHeld {
+        path: PathBuf,
+        secs: u64,
+        holder: String,
+    },
     /// A targetcli command failed.
     #[error("targetcli {command:?} failed ({status}): {stderr}")]
     Targetcli {
@@ -129,7 +136,7 @@ impl LioError {
             LioError::Invalid { .. } => "invalid",
             LioError::Denied { .. } => "denied",
             LioError::BackingFile { .. } => "backing-file",
-            LioError::Lock { .. } => "lock",
+            LioError::Lock { .. } | LioError::LockHeld { .. } => "lock",
             LioError::Targetcli { .. } => "targetcli",
             LioError::Saveconfig { .. } => "saveconfig",
             LioError::Refused(_) => "refused",

@@ -14,8 +14,10 @@
 //! some distributions. It is kept as a fallback for hosts where writing configfs
 //! directly is not wanted. Observing runs `saveconfig <temp file>` and reads it back.
 
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use super::configfs::check_backing_file;
 use super::model::{Actual, Op};
@@ -32,6 +34,8 @@ pub struct TargetcliSettings {
     pub mount_root: PathBuf,
     /// Where observe's temporary saveconfig dumps go.
     pub tmp_dir: PathBuf,
+    /// How long one targetcli run may take before it is killed (COMMAND_TIMEOUT).
+    pub timeout: Duration,
 }
 
 /// LIO through targetcli.
@@ -48,13 +52,19 @@ impl TargetcliTarget {
     /// Runs `targetcli <command>`.
     pub fn run(&self, command: &str) -> Result<String, LioError> {
         tracing::debug!(command, "targetcli");
-        let out = Command::new(&self.s.bin)
-            .arg(command)
-            .output()
+        let out = output_within(Command::new(&self.s.bin).arg(command), self.s.timeout)
             .map_err(|e| LioError::Targetcli {
                 command: command.to_string(),
                 status: "not started".into(),
                 stderr: e.to_string(),
+            })?
+            .ok_or_else(|| LioError::Targetcli {
+                command: command.to_string(),
+                status: format!(
+                    "killed after {} s (COMMAND_TIMEOUT)",
+                    self.s.timeout.as_secs()
+                ),
+                stderr: String::new(),
             })?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         // targetcli reports many errors on stdout with status 0 ("No such path", ...);
@@ -211,6 +221,44 @@ impl Target for TargetcliTarget {
     }
 }
 
+/// Runs `cmd` to its end, or kills it at `timeout` (then `None`): a targetcli that hangs
+/// (a D-Bus that never answers, a lock never released) must not hold the scan forever.
+fn output_within(cmd: &mut Command, timeout: Duration) -> io::Result<Option<Output>> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    fn drain(r: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(Output {
+                status,
+                stdout: stdout.join().unwrap_or_default(),
+                stderr: stderr.join().unwrap_or_default(),
+            }));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            // The readers end when the pipes close; they are not waited for.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(20)));
+    }
+}
+
 /// The targetcli binary the environment asks for (`TARGETCLI_BIN`, as the original).
 pub fn default_bin() -> PathBuf {
     std::env::var_os("TARGETCLI_BIN")
@@ -253,6 +301,7 @@ mod tests {
             tag: 1,
             mount_root: mount.clone(),
             tmp_dir: dir.path().to_path_buf(),
+            timeout: Duration::from_secs(60),
         });
         let a = t.observe().unwrap();
         assert_eq!(a.backstores.len(), 3);
@@ -313,5 +362,43 @@ mod tests {
         // targetcli's "No such path" on stdout with status 0 is a failure.
         let e = t.run("fail please").unwrap_err();
         assert!(matches!(e, LioError::Targetcli { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_targetcli_that_never_returns_is_killed_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("targetcli");
+        let pid_file = dir.path().join("pid");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho $$ > {}\nexec sleep 600\n",
+                pid_file.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let t = TargetcliTarget::new(TargetcliSettings {
+            bin: script,
+            iqn: "iqn.2023-06.csm.iscsi:testhost".into(),
+            tag: 1,
+            mount_root: dir.path().to_path_buf(),
+            tmp_dir: dir.path().to_path_buf(),
+            timeout: Duration::from_secs(1),
+        });
+        let started = Instant::now();
+        let e = t.execute(&Op::EnableTpg).unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            e.to_string().contains("killed after 1 s (COMMAND_TIMEOUT)"),
+            "{e}"
+        );
+        // The stand-in is gone, not left running.
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        assert!(!Path::new(&format!("/proc/{}", pid.trim())).exists());
     }
 }

@@ -1,5 +1,7 @@
-//! `/metrics` (Prometheus text), `/healthz` (alive, with the age of the last scan),
-//! `/status` (the status document as JSON), on METRICS_LISTEN (loopback by default).
+//! `/metrics` (Prometheus text), `/healthz` (alive, with the age of the last scan and
+//! the step a scan is in; 503 naming the step stuck past its deadline, or when scans
+//! stopped), `/status` (the status document as JSON), on METRICS_LISTEN (loopback by
+//! default).
 
 use std::sync::{Arc, RwLock};
 
@@ -10,6 +12,7 @@ use axum::routing::get;
 use axum::Router;
 
 use super::metrics::Metrics;
+use crate::agent::progress::Progress;
 use crate::agent::status::Status;
 
 #[derive(Clone)]
@@ -18,6 +21,7 @@ struct Shared {
     status: Arc<RwLock<Option<Status>>>,
     /// Scans older than this make `/healthz` answer 503.
     stale_after_secs: u64,
+    progress: Arc<Progress>,
 }
 
 /// Serves the endpoints until the listener fails.
@@ -26,6 +30,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     status: Arc<RwLock<Option<Status>>>,
     stale_after_secs: u64,
+    progress: Arc<Progress>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
@@ -35,6 +40,7 @@ pub async fn serve(
             metrics,
             status,
             stale_after_secs,
+            progress,
         });
     axum::serve(listener, app).await
 }
@@ -54,6 +60,17 @@ async fn metrics_handler(State(s): State<Shared>) -> Response {
 }
 
 async fn healthz(State(s): State<Shared>) -> Response {
+    if let Some(stuck) = s.progress.stuck() {
+        let body = format!("{stuck}; the watchdog is no longer pinged\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
+    let step = s.progress.current().map_or_else(String::new, |st| {
+        format!(
+            "; scanning: {} for {} s",
+            st.what,
+            st.since.elapsed().as_secs()
+        )
+    });
     let last = s
         .status
         .read()
@@ -61,7 +78,11 @@ async fn healthz(State(s): State<Shared>) -> Response {
         .and_then(|g| g.as_ref().map(|st| st.scanned_at));
     let now = crate::agent::unix_now();
     match last {
-        None => (StatusCode::OK, "alive; no scan finished yet\n".to_string()).into_response(),
+        None => (
+            StatusCode::OK,
+            format!("alive; no scan finished yet{step}\n"),
+        )
+            .into_response(),
         Some(t) => {
             let age = now.saturating_sub(t);
             let code = if age > s.stale_after_secs {
@@ -69,7 +90,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
             } else {
                 StatusCode::OK
             };
-            (code, format!("alive; last scan {age} s ago\n")).into_response()
+            (code, format!("alive; last scan {age} s ago{step}\n")).into_response()
         }
     }
 }

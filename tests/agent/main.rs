@@ -9,6 +9,7 @@ mod lio;
 #[path = "../sources/support.rs"]
 mod s3support;
 
+mod deadlines;
 mod scans;
 
 mod failures;

@@ -120,11 +120,21 @@ pub fn add_foreign(a: &mut Actual, name: &str, hba: u32, lun: Option<u64>) {
     }
 }
 
+/// A ledger with a history of the target (a scan converged, nothing recorded): planning
+/// with it is not an adoption, so no number is quarantined for want of a history.
+pub fn known_ledger() -> sbps_marshal::ledger::Ledger {
+    sbps_marshal::ledger::Ledger {
+        last_converged: Some(1),
+        ..sbps_marshal::ledger::Ledger::new()
+    }
+}
+
 pub fn policy() -> Policy {
     Policy {
         mount_root: PathBuf::from(MOUNT),
         grace_secs: 600,
         quarantine_secs: 3600,
+        adoption_quarantine_above: 256,
         brake_ratio: 0.5,
         brake_min: 2,
         brake_released: false,

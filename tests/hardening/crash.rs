@@ -128,6 +128,8 @@ fn job(
         saved_state: None,
         fleet: Default::default(),
         remote: None,
+        progress: Arc::default(),
+        deadlines: Default::default(),
     }
 }
 

@@ -117,6 +117,7 @@ fn targetcli() -> TargetcliTarget {
         tag: 1,
         mount_root: "/var/lib/cps-local/boot-images".into(),
         tmp_dir: "/tmp".into(),
+        timeout: std::time::Duration::from_secs(60),
     })
 }
 

@@ -183,6 +183,7 @@ impl Rig {
             tag: 1,
             mount_root: self.images.path().to_path_buf(),
             lock_dir: Some(self.locks.path().to_path_buf()),
+            lock_timeout: sbps_marshal::lio::lock::DEFAULT_TIMEOUT,
         }
     }
 

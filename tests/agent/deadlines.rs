@@ -1,0 +1,243 @@
+//! Every step of a scan has a deadline: a `systemctl` that never returns, a
+//! `targetcli.lock` an administrator's open targetcli holds, and a configfs write the
+//! kernel never answers each end the scan with a failure naming the step, within its
+//! deadline; the hung write is left behind, named by the agent's progress (which stops
+//! the watchdog's pings) and taken back once it returns.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use sbps_marshal::agent::service::Systemctl;
+use sbps_marshal::agent::Mode;
+use sbps_marshal::lio::fs::{Entry, Fs, Meta};
+use sbps_marshal::lio::{ConfigfsSettings, ConfigfsTarget, Op, Target};
+
+use crate::lio::DynFs;
+use crate::scans::{world_opts, Options};
+
+fn secs(n: u64) -> String {
+    n.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_systemctl_that_never_returns_fails_the_scan_naming_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let stand_in = dir.path().join("systemctl");
+    std::fs::write(
+        &stand_in,
+        format!(
+            "#!/bin/sh\necho $$ > {}\nexec sleep 600\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut w = world_opts(Options {
+        env: vec![
+            ("TARGET_SERVICE".into(), "target.service".into()),
+            ("COMMAND_TIMEOUT".into(), secs(1)),
+        ],
+        service: Some(Box::new(Systemctl::new(&stand_in))),
+        ..Options::default()
+    })
+    .await;
+    let before = w.target.observe().unwrap();
+
+    let t = Instant::now();
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    assert!(!r.converged);
+    let failure = r.failure.clone().unwrap_or_default();
+    assert!(
+        failure.starts_with(
+            "target service: `systemctl is-active target.service` did not return within 1 s"
+        ),
+        "{failure}"
+    );
+    assert!(r.problems().contains(&failure));
+    // LIO is not touched while the service manager hangs (a restore may be running).
+    assert!(r.outcomes.is_empty());
+    assert_eq!(w.target.observe().unwrap(), before);
+    // The stand-in was killed, not left behind; nothing is stuck.
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !Path::new(&format!("/proc/{}", pid.trim())).exists()
+            || std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+    assert!(gone, "systemctl stand-in {} still running", pid.trim());
+    assert_eq!(w.agent.progress.stuck(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_targetcli_lock_fails_the_scan_naming_the_holder() {
+    let mut w = world_opts(Options {
+        env: vec![("LOCK_TIMEOUT".into(), secs(1))],
+        target: Some(Box::new(|rig| {
+            let s = ConfigfsSettings {
+                lock_timeout: Duration::from_secs(1),
+                ..rig.settings()
+            };
+            Arc::new(ConfigfsTarget::new(rig.fs.clone(), s)) as Arc<dyn Target>
+        })),
+        ..Options::default()
+    })
+    .await;
+    // An administrator left targetcli open: it holds targetcli.lock.
+    let lock = w.rig.locks.path().join("targetcli.lock");
+    let admin = File::create(&lock).unwrap();
+    // SAFETY: flock on our own descriptor.
+    assert_eq!(unsafe { libc::flock(admin.as_raw_fd(), libc::LOCK_EX) }, 0);
+    // The test looks at LIO without the locks (the agent's target waits for them).
+    let look = ConfigfsTarget::new(
+        w.rig.fs.clone(),
+        ConfigfsSettings {
+            lock_dir: None,
+            ..w.rig.settings()
+        },
+    );
+    let before = look.observe().unwrap();
+
+    let t = Instant::now();
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    assert!(!r.converged && r.outcomes.is_empty());
+    let failure = r.failure.clone().unwrap_or_default();
+    for want in [
+        "cannot take the LIO locks",
+        lock.to_str().unwrap(),
+        &format!("held by PID {}", std::process::id()),
+        "for more than 1 s (LOCK_TIMEOUT)",
+    ] {
+        assert!(failure.contains(want), "{want:?} not in {failure}");
+    }
+    assert_eq!(look.observe().unwrap(), before);
+    assert_eq!(w.agent.progress.stuck(), None);
+
+    // The administrator quits targetcli: the next scan goes through.
+    drop(admin);
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(r.converged, "{:?}", r.problems());
+}
+
+/// The fake configfs, except that a write to `hang` blocks until released: a configfs
+/// write the kernel never answers (the blocking call cannot be cancelled).
+struct Hanging {
+    inner: DynFs,
+    hang: PathBuf,
+    /// (released, writes seen) and its condition variable.
+    state: Arc<(Mutex<(bool, usize)>, Condvar)>,
+}
+
+impl Fs for Hanging {
+    fn mkdir(&self, p: &Path) -> io::Result<()> {
+        self.inner.mkdir(p)
+    }
+    fn rmdir(&self, p: &Path) -> io::Result<()> {
+        self.inner.rmdir(p)
+    }
+    fn read(&self, p: &Path) -> io::Result<String> {
+        self.inner.read(p)
+    }
+    fn write(&self, p: &Path, d: &str) -> io::Result<()> {
+        if p == self.hang {
+            let (lock, cv) = &*self.state;
+            let mut g = lock.lock().unwrap();
+            g.1 += 1;
+            while !g.0 {
+                g = cv.wait(g).unwrap();
+            }
+        }
+        self.inner.write(p, d)
+    }
+    fn symlink(&self, t: &Path, l: &Path) -> io::Result<()> {
+        self.inner.symlink(t, l)
+    }
+    fn readlink(&self, p: &Path) -> io::Result<PathBuf> {
+        self.inner.readlink(p)
+    }
+    fn unlink(&self, p: &Path) -> io::Result<()> {
+        self.inner.unlink(p)
+    }
+    fn read_dir(&self, p: &Path) -> io::Result<Vec<Entry>> {
+        self.inner.read_dir(p)
+    }
+    fn metadata(&self, p: &Path) -> io::Result<Meta> {
+        self.inner.metadata(p)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_configfs_write_is_reported_stuck_and_no_other_job_runs() {
+    let state = Arc::new((Mutex::new((false, 0usize)), Condvar::new()));
+    let shared = state.clone();
+    let mut w = world_opts(Options {
+        env: vec![("LIO_TIMEOUT".into(), secs(1))],
+        target: Some(Box::new(move |rig| {
+            let fs = Hanging {
+                inner: rig.fs.clone(),
+                hang: rig.tpg().join("enable"),
+                state: shared,
+            };
+            Arc::new(rig.target_with(fs)) as Arc<dyn Target>
+        })),
+        ..Options::default()
+    })
+    .await;
+
+    // The cold scan creates both images, then the write enabling the TPG never returns.
+    let t = Instant::now();
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert!(!r.converged);
+    let failure = r.failure.clone().unwrap_or_default();
+    assert!(
+        failure.starts_with("LIO stuck in enable TPG for ")
+            && failure.contains("(its deadline is 1 s)"),
+        "{failure}"
+    );
+    let stuck = w
+        .agent
+        .progress
+        .stuck()
+        .expect("still stuck after the scan");
+    assert_eq!(stuck.what, Op::EnableTpg.to_string());
+
+    // The next scan runs no other job while that one is out: it reports the step at once.
+    let t = Instant::now();
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let failure = r.failure.clone().unwrap_or_default();
+    assert!(failure.contains("stuck in enable TPG"), "{failure}");
+    assert_eq!(state.0.lock().unwrap().1, 1, "a second write was tried");
+
+    // The kernel answers after all: the job finishes, the next scan takes it back.
+    {
+        let (lock, cv) = &*state;
+        lock.lock().unwrap().0 = true;
+        cv.notify_all();
+    }
+    let released = Instant::now();
+    while w.agent.progress.current().is_some() && released.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        w.agent.progress.current(),
+        None,
+        "the late job did not return"
+    );
+    assert_eq!(w.agent.progress.stuck(), None);
+    let r = w.agent.scan(Mode::Apply).await;
+    assert!(r.converged, "{:?}", r.problems());
+    assert!(r.outcomes.is_empty(), "{:?}", r.outcomes);
+    assert!(w.target.observe().unwrap().tpg.is_some_and(|t| t.enabled));
+    // The ledger the late job wrote ahead is the agent's: both images keep their numbers.
+    assert_eq!(w.agent.ledger().luns.len(), 2);
+}
