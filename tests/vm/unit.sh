@@ -10,12 +10,17 @@
 set -u
 . /vm/lib.sh
 . /vm/files/e2e-common.sh
-SYSTEMD_PID=
+SYSTEMD_PID= INIT=
+# systemd's own tools run inside its namespaces (this script is beside them, in a
+# chroot, where systemctl refuses most commands).
+in_ns() { nsenter -t "$INIT" -m -p -r -w "$@"; }
+systemctl() { in_ns systemctl "$@"; }
+journalctl() { in_ns journalctl "$@"; }
 
 finish() {
   note "journal of sbps-marshal (tail):"
   journalctl --no-pager -u sbps-marshal -n 40 -o short-monotonic 2>/dev/null | sed 's/^/  | /'
-  [ -n "$SYSTEMD_PID" ] && kill -KILL "$SYSTEMD_PID" 2>/dev/null
+  [ -n "$INIT" ] && kill -KILL "$INIT" 2>/dev/null
   [ -n "${TBPID:-}" ] && kill "$TBPID" 2>/dev/null
   echo "unit.sh: $PASS passed, $FAIL failed ($(( $(date +%s) - T0 ))s)"
   [ "$FAIL" = 0 ] && [ "$PASS" -gt 0 ]
@@ -90,6 +95,8 @@ note "booting systemd as PID 1 of a PID namespace"
 unshare --pid --fork --mount-proc env -i container=sbps-vm PATH=/usr/sbin:/usr/bin:/sbin:/bin \
   /lib/systemd/systemd --unit=sbps-vm.target --log-target=console >/tmp/systemd.log 2>&1 &
 SYSTEMD_PID=$!
+init_pid() { INIT=$(pgrep -P "$SYSTEMD_PID" -x systemd) && [ -n "$INIT" ]; }
+wait_for 30 init_pid || { fail "systemd did not start"; sed 's/^/  systemd| /' /tmp/systemd.log | tail -n 40; finish; }
 if ! wait_for 240 systemctl is-active --quiet sbps-marshal.service; then
   fail "sbps-marshal.service did not become active"
   sed 's/^/  systemd| /' /tmp/systemd.log | tail -n 40
@@ -104,9 +111,13 @@ PID=$(pidof sbps-marshal)
 check "the agent runs with no_new_privs" grep -q '^NoNewPrivs:[[:space:]]*1' "/proc/$PID/status"
 check "the agent runs under a seccomp filter" grep -q '^Seccomp:[[:space:]]*2' "/proc/$PID/status"
 check "the agent has its own mount namespace" [ "$(readlink "/proc/$PID/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ]
-check "/usr is read-only for the agent" sh -c "! nsenter -t $PID -m touch /usr/sbps-probe 2>/dev/null"
+# /proc/PID/root: the file system as the agent sees it (its mounts, its root)
+check "/usr is read-only for the agent (ProtectSystem=strict)" sh -c "! touch /proc/$PID/root/usr/sbps-probe 2>/dev/null"
+check "/etc/target is writable for the agent (ReadWritePaths)" sh -c "touch /proc/$PID/root/etc/target/probe && rm /proc/$PID/root/etc/target/probe"
+check "/root is read-only for the agent (ProtectHome=read-only)" sh -c "! touch /proc/$PID/root/root/sbps-probe 2>/dev/null"
+check "/tmp is the agent's own (PrivateTmp)" [ ! -e "/proc/$PID/root$TB/ims.json" ]
 check "the state directory is the unit's StateDirectory (0700)" [ "$(stat -c %a /var/lib/sbps-marshal)" = 700 ]
-note "exposure: $(systemd-analyze security sbps-marshal.service 2>/dev/null | tail -n1)"
+note "exposure: $(in_ns systemd-analyze security sbps-marshal.service 2>/dev/null | tail -n1)"
 
 # ---------------------------------------------------------------- it still projects
 check "TPG enabled after a converged scan" tpg_enabled
@@ -148,8 +159,11 @@ gone() { [ "$(systemctl show -p ActiveState --value sbps-marshal.service)" = fai
 wait_for 120 gone
 check "a bad setting: exit status 2, unit failed" [ "$(systemctl show -p ExecMainStatus --value sbps-marshal.service)" = 2 ]
 sleep 35                                        # past RestartSec=30s
-check "... and not restarted (RestartPreventExitStatus=2)" sh -c \
-  "[ \"\$(systemctl show -p NRestarts --value sbps-marshal.service)\" = 0 ] && [ \"\$(systemctl show -p ActiveState --value sbps-marshal.service)\" = failed ]"
+not_restarted() {
+  [ "$(systemctl show -p NRestarts --value sbps-marshal.service)" = 0 ] &&
+    [ "$(systemctl show -p ActiveState --value sbps-marshal.service)" = failed ]
+}
+check "... and not restarted (RestartPreventExitStatus=2)" not_restarted
 check "... one error entry naming the key" \
   [ "$(journal_count "e['PRIORITY'] == '3' and 'SBPS_MARSHAL_SCAN_FREQUENCY' in e['MESSAGE']")" = 1 ]
 iscsi_logout >/dev/null 2>&1
