@@ -411,7 +411,16 @@ impl Settings {
             deletion_brake_ratio: p.ratio("DELETION_BRAKE_RATIO")?,
             deletion_brake_min: p.count("DELETION_BRAKE_MIN")? as usize,
             metrics_listen: Some(p.text("METRICS_LISTEN")?).filter(|s| !s.is_empty()),
-            metrics_textfile: p.opt_path("METRICS_TEXTFILE")?,
+            metrics_textfile: match p.opt_path("METRICS_TEXTFILE")? {
+                // node-exporter's textfile collector reads only `*.prom` files.
+                Some(f) if f.extension().is_none_or(|e| e != "prom") => {
+                    return Err(p.invalid(
+                        "METRICS_TEXTFILE",
+                        "an absolute path of a file ending in .prom (node-exporter reads only those), or empty",
+                    ))
+                }
+                f => f,
+            },
             manifest_concurrency: p.count("MANIFEST_CONCURRENCY")? as usize,
             mount_timeout: p.secs("MOUNT_TIMEOUT")?,
             gather_timeout: p.secs("GATHER_TIMEOUT")?,

@@ -367,4 +367,13 @@ fn without_the_native_socket_the_stream_carries_priority_prefixes() {
         "{stderr}"
     );
     assert!(stderr.lines().all(|l| l.starts_with('<')), "{stderr}");
+    // and says once why the native socket is not used
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("<4>journald's socket cannot be reached"))
+            .count(),
+        1,
+        "{stderr}"
+    );
 }

@@ -374,3 +374,22 @@ fn the_agent_writes_the_textfile_after_a_scan() {
         "{text}"
     );
 }
+
+/// node-exporter reads only `*.prom` files: another name is a specific error, not
+/// a file nobody reads.
+#[test]
+fn a_textfile_not_ending_in_prom_is_refused() {
+    let layers = Layers::load(
+        Some(Path::new("/dev/null")),
+        Vec::new(),
+        &["METRICS_TEXTFILE=/var/lib/node_exporter/sbps_marshal.txt".to_string()],
+    )
+    .unwrap();
+    let e = Settings::from_layers(&layers, "ncn-w001")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("SBPS_MARSHAL_METRICS_TEXTFILE") && e.contains(".prom"),
+        "{e}"
+    );
+}

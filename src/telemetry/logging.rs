@@ -49,13 +49,14 @@ pub fn init_logging(debug: bool, quiet: bool) -> Output {
         tracing_subscriber::EnvFilter::new(format!("sbps_marshal={level},warn"))
     });
     let journal = if stderr_is_journal() {
-        match journald_layer() {
-            Ok(layer) => Ok(layer),
-            Err(e) => Err(Some(e)),
-        }
+        journald_layer().map_err(Some)
     } else {
         Err(None)
     };
+    let unreachable = journal
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_ref().map(|e| e.to_string()));
     let (output, result) = match journal {
         Ok(layer) => (
             Output::Journal,
@@ -92,6 +93,9 @@ pub fn init_logging(debug: bool, quiet: bool) -> Output {
     // A second call (tests) keeps the first subscriber and what it chose.
     if result.is_ok() {
         let _ = OUTPUT.set(output);
+        if let Some(e) = unreachable {
+            tracing::warn!("journald's socket cannot be reached ({e}): logging to the journal stream with priority prefixes");
+        }
     }
     *OUTPUT.get().unwrap_or(&output)
 }
