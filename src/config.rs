@@ -108,6 +108,7 @@ keys! {
     "DELETION_BRAKE_RATIO", "0.5", Kind::Ratio, "A scan removing more than this share of projections removes nothing and alerts.", "new";
     "DELETION_BRAKE_MIN", "2", Kind::SecondsOrZero, "Removals up to this count never engage the brake.", "new";
     "METRICS_LISTEN", "127.0.0.1:9180", Kind::ListenAddr, "Listen address of /metrics, /healthz, /status; empty = off.", "new";
+    "METRICS_TEXTFILE", "", Kind::OptAbsPath, "node-exporter textfile (a .prom file in its textfile collector directory), rewritten atomically after every scan; empty = off.", "new";
     "MANIFEST_CONCURRENCY", "16", Kind::Count, "Manifests fetched at once.", "new";
     "GATHER_TIMEOUT", "300", Kind::Seconds, "Seconds the whole inventory (S3 listing, token, IMS, manifests, mount, node label) may take; past it the scan changes nothing and the next period runs.", "new";
     "MOUNT_TIMEOUT", "30", Kind::Seconds, "Seconds one stat of the s3fs mount may take; past it the image is unknown (a hung mount never stalls the scan).", "new";
@@ -366,6 +367,8 @@ pub struct Settings {
     pub deletion_brake_ratio: f64,
     pub deletion_brake_min: usize,
     pub metrics_listen: Option<String>,
+    /// The node-exporter textfile; `None`: not written.
+    pub metrics_textfile: Option<PathBuf>,
     pub manifest_concurrency: usize,
     /// Deadline of one stat of the mount.
     pub mount_timeout: Duration,
@@ -433,6 +436,16 @@ impl Settings {
             deletion_brake_ratio: p.ratio("DELETION_BRAKE_RATIO")?,
             deletion_brake_min: p.count("DELETION_BRAKE_MIN")? as usize,
             metrics_listen: Some(p.text("METRICS_LISTEN")?).filter(|s| !s.is_empty()),
+            metrics_textfile: match p.opt_path("METRICS_TEXTFILE")? {
+                // node-exporter's textfile collector reads only `*.prom` files.
+                Some(f) if f.extension().is_none_or(|e| e != "prom") => {
+                    return Err(p.invalid(
+                        "METRICS_TEXTFILE",
+                        "an absolute path of a file ending in .prom (node-exporter reads only those), or empty",
+                    ))
+                }
+                f => f,
+            },
             manifest_concurrency: p.count("MANIFEST_CONCURRENCY")? as usize,
             mount_timeout: p.secs("MOUNT_TIMEOUT")?,
             gather_timeout: p.secs("GATHER_TIMEOUT")?,

@@ -258,8 +258,9 @@ fn subcommands_report_and_exit_codes() {
     assert_eq!(code, Some(1));
     assert!(out.contains("nothing"), "{out}");
 
+    // `scan` without --once is a usage error (exit 2), not a failed scan (1).
     let (code, _, err) = run(&["scan"]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--once"), "{err}");
 }
 
@@ -274,6 +275,8 @@ fn refuses_a_state_dir_writable_by_others() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("writable by others"), "{err}");
+    // The fatal error is said once, not once by the log and once more by main.
+    assert_eq!(err.matches("writable by others").count(), 1, "{err}");
     assert!(!Path::new(&state.join("ledger.json")).exists());
 }
 

@@ -28,17 +28,41 @@ pub fn log(r: &ScanReport) {
             continue;
         }
         if let Outcome::Unknown { reason } = &v.outcome {
+            let image_id = match &v.subject {
+                crate::desired::Subject::Image { id, .. } => Some(id.as_str()),
+                crate::desired::Subject::Pe { .. } => None,
+            };
             tracing::warn!(
                 rule = reason.label(),
+                image_id,
                 "{}: unknown, projection kept: {reason}",
                 v.subject
             );
         }
     }
     for o in &r.outcomes {
+        // Journal fields OP, LUN, SERIAL, BACKSTORE, IMAGE_ID (telemetry::fields).
+        let f = crate::telemetry::fields::op_fields(&o.op, &r.desired);
         match &o.error {
-            None => tracing::info!(ms = o.millis, "{}", o.op),
-            Some(e) => tracing::error!("{} failed: {e}", o.op),
+            None => tracing::info!(
+                op = f.op,
+                lun = f.lun,
+                serial = f.serial,
+                backstore = f.backstore,
+                image_id = f.image_id,
+                ms = o.millis,
+                "{}",
+                o.op
+            ),
+            Some(e) => tracing::error!(
+                op = f.op,
+                lun = f.lun,
+                serial = f.serial,
+                backstore = f.backstore,
+                image_id = f.image_id,
+                "{} failed: {e}",
+                o.op
+            ),
         }
     }
     if let Some(p) = &r.plan {

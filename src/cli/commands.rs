@@ -25,9 +25,8 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
             once,
             release_brake,
         } => {
-            if !once {
-                anyhow::bail!("`scan` needs --once (the periodic scan is `sbps-marshal run`)");
-            }
+            // clap requires --once: `scan` alone is a usage error (exit 2).
+            debug_assert!(once);
             let _lock = single_instance(&settings)?;
             check_state_dir(&settings)?;
             let mut agent = Agent::new(settings, services())?;

@@ -27,7 +27,17 @@ pub const EXIT_USAGE: u8 = 2;
 
 /// sbps-marshal: projects squashfs boot images over iSCSI (Linux LIO).
 #[derive(Debug, Parser)]
-#[command(name = "sbps-marshal", version, about, long_about = None)]
+#[command(
+    name = "sbps-marshal",
+    version = crate::telemetry::LONG_VERSION,
+    about,
+    long_about = "Keeps this worker node's Linux LIO iSCSI target exporting exactly the \
+squashfs boot images S3 and IMS say it must (HPE Cray System Management's Scalable Boot \
+Projection Service). Without a subcommand it runs the agent (`run`).",
+    after_help = "Settings: --set KEY=VALUE > environment SBPS_MARSHAL_<KEY> > the --config file \
+> defaults; `sbps-marshal config` lists every key with its value and origin. Exit status: 0 \
+ok, 1 failure (or a scan that did not converge), 2 bad settings or usage."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -56,11 +66,16 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: a scan every SCAN_FREQUENCY seconds (the default).
+    ///
+    /// SIGHUP scans at once; SIGTERM and SIGINT let the running operation finish,
+    /// persist and exit 0.
     Run,
-    /// Run scans.
+    /// One scan now, then exit: 0 when it converged, 1 with the reasons otherwise.
+    ///
+    /// `--once` is required: the periodic scan is `sbps-marshal run`.
     Scan {
-        /// One scan, then exit: 0 when it converged, 1 with the reasons otherwise.
-        #[arg(long)]
+        /// Scan once and exit (required; the periodic scan is `sbps-marshal run`).
+        #[arg(long, required = true)]
         once: bool,
         /// Let this scan remove what the deletion brake holds back.
         #[arg(long)]
@@ -68,16 +83,22 @@ pub enum Command {
     },
     /// Show what a scan would change, without changing anything.
     Plan {
+        /// Print the plan as JSON (operations, held removals, warnings).
         #[arg(long)]
         json: bool,
     },
     /// Every projection with its LUN, held removals, unmanaged objects, the gate.
     Status {
+        /// Print the status document as JSON (what `/status` serves).
         #[arg(long)]
         json: bool,
     },
     /// Why an image (id or name), S3 key, backstore name, serial or WWID is or is not projected.
-    Explain { query: String },
+    Explain {
+        /// An IMS image id or name, an S3 key, a backstore name, a unit serial or a WWID.
+        #[arg(value_name = "WHAT")]
+        query: String,
+    },
     /// Every worker's LUN map from the Kubernetes API, side by side; exit 1 when
     /// something is flagged (an image missing on a labelled node, LUN numbers or content
     /// that differ between nodes, an agent not converging).
@@ -120,7 +141,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let (layers, settings) = match load_settings(&cli.global) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("sbps-marshal: {e}");
+            crate::telemetry::fatal(&e.to_string());
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -133,6 +154,14 @@ pub fn main(cli: Cli) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    if matches!(command, Command::Run | Command::Scan { .. }) {
+        tracing::info!(
+            version = crate::telemetry::VERSION,
+            revision = crate::telemetry::REVISION,
+            "sbps-marshal {} starting",
+            crate::telemetry::LONG_VERSION
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -140,15 +169,14 @@ pub fn main(cli: Cli) -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("sbps-marshal: cannot start the async runtime: {e}");
+            crate::telemetry::fatal(&format!("cannot start the async runtime: {e}"));
             return ExitCode::from(1);
         }
     };
     let code = match runtime.block_on(commands::dispatch(command, settings)) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("sbps-marshal: {e:#}");
+            crate::telemetry::fatal(&format!("{e:#}"));
             ExitCode::from(1)
         }
     };

@@ -1,17 +1,21 @@
 //! The Prometheus registry. Names CSM dashboards already use are kept:
-//! `iscsi_rootfs_lun_cnt`, `iscsi_pe_lun_cnt`, and per-LUN `iscsi_read_mbytes` /
-//! `iscsi_in_cmds` read from configfs statistics at scrape time (what the separate
-//! CSM exporter read). Everything else is `sbps_marshal_*`.
+//! `iscsi_rootfs_lun_cnt`, `iscsi_pe_lun_cnt`, and per-LUN `iscsi_read_mbytes`,
+//! `iscsi_in_cmds` and `iscsi_read_rate` read from configfs statistics at encoding
+//! time (what the separate CSM exporter read, see [`super::lun_stats`]). Everything
+//! else is `sbps_marshal_*`. The same registry is served on `/metrics` (OpenMetrics)
+//! and written to the node-exporter textfile (Prometheus text 0.0.4).
 
 use std::path::PathBuf;
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{prometheus_text, text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+use super::lun_stats::LunStats;
 use crate::agent::ScanReport;
 use crate::config::Settings;
 use crate::desired::{Kind, Outcome};
@@ -42,17 +46,31 @@ pub struct Metrics {
     requests: Family<Labels, Counter>,
     unmanaged: Gauge,
     quarantined: Gauge,
-    lun_stats: LunStats,
+    /// METRICS_TEXTFILE: rewritten after every scan.
+    textfile: Option<PathBuf>,
+    /// Every registered family and its type, for [`Metrics::sample_names`].
+    families: Vec<(String, MetricType)>,
 }
 
-/// Where the per-LUN statistics live.
-struct LunStats {
-    tpg_dir: PathBuf,
+/// Registers `metric` and remembers its name and type.
+fn reg<M: prometheus_client::registry::Metric + TypedMetric>(
+    registry: &mut Registry,
+    families: &mut Vec<(String, MetricType)>,
+    name: &str,
+    help: &str,
+    metric: M,
+) {
+    families.push((name.to_string(), M::TYPE));
+    registry.register(name, help, metric);
 }
 
 impl Metrics {
     pub fn new(s: &Settings) -> Metrics {
         let mut registry = Registry::default();
+        let mut families = super::lun_stats::FAMILIES
+            .iter()
+            .map(|(name, _)| (name.to_string(), MetricType::Gauge))
+            .collect::<Vec<_>>();
         let scan_duration =
             Histogram::new([0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]);
         let m = Metrics {
@@ -76,112 +94,175 @@ impl Metrics {
             requests: Family::default(),
             unmanaged: Gauge::default(),
             quarantined: Gauge::default(),
-            lun_stats: LunStats {
-                tpg_dir: s
-                    .configfs_root
-                    .join("iscsi")
-                    .join(&s.target_iqn)
-                    .join(format!("tpgt_{}", s.tpg_tag)),
-            },
+            textfile: s.metrics_textfile.clone(),
+            families: Vec::new(),
             registry: Registry::default(),
         };
-        registry.register(
+        let build_info = Family::<Labels, Gauge>::default();
+        build_info
+            .get_or_create(&vec![
+                ("version".into(), super::VERSION.into()),
+                ("revision".into(), super::REVISION.into()),
+            ])
+            .set(1);
+        reg(
+            &mut registry,
+            &mut families,
+            "sbps_marshal_build_info",
+            "Always 1; the labels name the agent's version and git revision",
+            build_info,
+        );
+        registry.register_collector(Box::new(LunStats::new(
+            s.configfs_root
+                .join("iscsi")
+                .join(&s.target_iqn)
+                .join(format!("tpgt_{}", s.tpg_tag)),
+        )));
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_scan_duration_seconds",
             "Wall time of a scan",
             m.scan_duration.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_last_scan_timestamp_seconds",
             "When the last scan ran",
             m.last_scan.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_last_success_timestamp_seconds",
             "When a scan last converged",
             m.last_success.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_converged",
             "1 when the last scan converged",
             m.converged.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_projections",
             "Desired projections by kind",
             m.projections.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "iscsi_rootfs_lun_cnt",
             "Exported rootfs LUNs",
             m.rootfs_luns.clone(),
         );
-        registry.register("iscsi_pe_lun_cnt", "Exported PE LUNs", m.pe_luns.clone());
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
+            "iscsi_pe_lun_cnt",
+            "Exported PE LUNs",
+            m.pe_luns.clone(),
+        );
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_skipped",
             "Candidates not projected, by rule",
             m.skipped.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_unknown",
             "Candidates whose state is unknown, by rule",
             m.unknown.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_source_errors",
             "Scans in which a source failed, by source",
             m.source_errors.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_operations",
             "LIO operations applied, by op and result",
             m.operations.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_held_removals",
             "Removals held back, by reason",
             m.held.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_deletion_brake_engaged",
             "1 when the deletion brake held removals",
             m.brake.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_ims_answer_held",
             "1 when the IMS answer named none of the rootfs images this node serves and was taken as IMS unknown (released by scan --once --release-brake)",
             m.ims_guard.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_tpg_enabled",
             "1 when the target portal group is enabled",
             m.tpg_enabled.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_node_labelled",
             "1 labelled, 0 not, -1 unknown",
             m.labelled.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_pe_content_changed",
             "PE objects whose content changed under the same key",
             m.content_changed.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_source_requests",
             "Requests made to each source",
             m.requests.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_unmanaged_backstores",
             "Backstores in LIO the agent does not own",
             m.unmanaged.clone(),
         );
-        registry.register(
+        reg(
+            &mut registry,
+            &mut families,
             "sbps_marshal_quarantined_luns",
             "LUN numbers in quarantine: freed, not given to new images yet",
             m.quarantined.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry,
+            families,
+            ..m
+        }
     }
 
     /// Updates everything from one scan.
@@ -296,71 +377,60 @@ impl Metrics {
             Some(false) => 0,
             None => -1,
         });
-    }
-
-    /// The OpenMetrics text, with the per-LUN statistics read now.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        if encode(&mut out, &self.registry).is_err() {
-            return String::new();
-        }
-        // The text ends with "# EOF"; per-LUN figures go before it.
-        let body = out
-            .trim_end()
-            .strip_suffix("# EOF")
-            .unwrap_or(&out)
-            .to_string();
-        let mut extra = String::new();
-        let luns = self.lun_stats.read();
-        if !luns.is_empty() {
-            extra += "# HELP iscsi_read_mbytes Megabytes read through the LUN (configfs scsi_tgt_port/read_mbytes).\n# TYPE iscsi_read_mbytes gauge\n";
-            for (lun, backstore, mb, _) in &luns {
-                extra +=
-                    &format!("iscsi_read_mbytes{{lun=\"{lun}\",backstore=\"{backstore}\"}} {mb}\n");
-            }
-            extra += "# HELP iscsi_in_cmds Commands received by the LUN (configfs scsi_tgt_port/in_cmds).\n# TYPE iscsi_in_cmds gauge\n";
-            for (lun, backstore, _, cmds) in &luns {
-                extra +=
-                    &format!("iscsi_in_cmds{{lun=\"{lun}\",backstore=\"{backstore}\"}} {cmds}\n");
+        if let Err(e) = self.write_textfile() {
+            if let Some(path) = &self.textfile {
+                tracing::warn!(file = %path.display(), "cannot write the metrics textfile: {e}");
             }
         }
-        format!("{body}{extra}# EOF\n")
     }
-}
 
-impl LunStats {
-    /// (lun, backstore name, read_mbytes, in_cmds) for every LUN of the TPG.
-    fn read(&self) -> Vec<(u64, String, u64, u64)> {
+    /// Every sample name the agent can export, whether or not it has a sample now:
+    /// what a dashboard or an alert rule may query (a counter `x` is sampled as
+    /// `x_total`, a histogram as `x_bucket`, `x_sum`, `x_count`).
+    pub fn sample_names(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let Ok(dir) = std::fs::read_dir(self.tpg_dir.join("lun")) else {
-            return out;
-        };
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(n) = name
-                .strip_prefix("lun_")
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let stat = |f: &str| -> u64 {
-                std::fs::read_to_string(e.path().join("statistics/scsi_tgt_port").join(f))
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .unwrap_or(0)
-            };
-            let backstore = std::fs::read_dir(e.path())
-                .ok()
-                .and_then(|d| {
-                    d.flatten()
-                        .find(|x| x.file_type().is_ok_and(|t| t.is_symlink()))
-                        .and_then(|x| std::fs::read_link(x.path()).ok())
-                })
-                .and_then(|t| t.file_name().map(|f| f.to_string_lossy().into_owned()))
-                .unwrap_or_default();
-            out.push((n, backstore, stat("read_mbytes"), stat("in_cmds")));
+        for (name, kind) in &self.families {
+            match kind {
+                MetricType::Counter => out.push(format!("{name}_total")),
+                MetricType::Histogram => {
+                    for s in ["bucket", "sum", "count"] {
+                        out.push(format!("{name}_{s}"));
+                    }
+                }
+                MetricType::Info => out.push(format!("{name}_info")),
+                _ => out.push(name.clone()),
+            }
         }
         out.sort();
         out
+    }
+
+    /// The OpenMetrics text for `/metrics`, with the per-LUN statistics read now.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if text::encode(&mut out, &self.registry).is_err() {
+            return String::new();
+        }
+        out
+    }
+
+    /// The Prometheus text format (0.0.4) node-exporter's textfile collector reads,
+    /// with the per-LUN statistics read now.
+    pub fn render_prometheus_text(&self) -> String {
+        let mut out = String::new();
+        if prometheus_text::encode(&mut out, &self.registry).is_err() {
+            return String::new();
+        }
+        out
+    }
+
+    /// Rewrites METRICS_TEXTFILE, if set (after every scan). A failure is logged and
+    /// retried after the next scan; node-exporter keeps reading the previous whole
+    /// file meanwhile.
+    pub fn write_textfile(&self) -> std::io::Result<()> {
+        let Some(path) = &self.textfile else {
+            return Ok(());
+        };
+        super::textfile::write(path, &self.render_prometheus_text())
     }
 }

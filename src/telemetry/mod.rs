@@ -1,28 +1,23 @@
-//! What operators see: logs, Prometheus metrics, and the HTTP endpoints
-//! `/metrics`, `/healthz`, `/status`.
+//! What operators see: logs, Prometheus metrics (HTTP and a node-exporter
+//! textfile), and the HTTP endpoints `/metrics`, `/healthz`, `/status`.
 
+pub mod fields;
 pub mod http;
+pub mod logging;
+pub mod lun_stats;
 pub mod metrics;
+pub mod textfile;
 
-use std::io::IsTerminal;
+pub use logging::{fatal, init_logging};
 
-/// Sets up logging: info by default, debug with `-d`, warnings only with `-q`;
-/// `RUST_LOG` overrides. No colour when stderr is not a terminal (journald).
-pub fn init_logging(debug: bool, quiet: bool) {
-    let level = if debug {
-        "debug"
-    } else if quiet {
-        "warn"
-    } else {
-        "info"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("sbps_marshal={level},warn"))
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
-}
+/// The crate version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git revision the binary was built from (`build.rs`), or `unknown`.
+pub const REVISION: &str = env!("SBPS_MARSHAL_REVISION");
+/// `--version` and the start-up line: the version and the revision.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("SBPS_MARSHAL_REVISION"),
+    ")"
+);
