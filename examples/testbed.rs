@@ -2,7 +2,7 @@
 //! end-to-end runs of the real agent (tests/vm/run-agent, scripts/quickstart).
 //!
 //! ```text
-//! testbed serve DIR [--s3 PORT] [--ims PORT] [--k8s PORT] [--bucket NAME] [--ports-file FILE]
+//! testbed serve DIR [--s3 PORT] [--ims PORT] [--k8s PORT] [--bucket NAME] [--node NAME] [--ports-file FILE]
 //! testbed make-fixtures DIR [--bucket NAME]
 //! ```
 //!
@@ -16,15 +16,17 @@
 //! * `DIR/ims.json`: the IMS records array, re-read on every request.
 //!   `GET /apis/ims/v3/images` (and `/<id>`) needs `Authorization: Bearer <token>`; the
 //!   token must equal `DIR/token` when that file exists.
-//! * `DIR/node-labels.json`: the labels of every Node; `GET /api/v1/nodes/<name>`
-//!   answers a Node with them (file missing → 404 `Status`), and
-//!   `GET /api/v1/nodes?labelSelector=kubernetes.io/hostname=<name>` a NodeList of that
-//!   one Node (file missing → no items).
+//! * `DIR/node-labels.json`: the labels of the Node `--node NAME` (default `e2e-node`),
+//!   which carries `kubernetes.io/hostname=NAME` too; file missing → no such Node.
+//!   The Kubernetes API is the tests' one double of it (`tests/support/kube_api.rs`):
+//!   HTTPS with its own CA, bearer token `testbed-k8s-token`, Nodes and ConfigMaps (the
+//!   ledger) with the real API's semantics; `serve` writes `DIR/kubeconfig.run` for it
+//!   before the ports file.
 //! * `DIR/faults/<name>`: fault injection, read on every request:
 //!   `ims` = `503` (any status) or `empty` (answer `[]`); `s3-list` = a status;
 //!   `manifest-<image-id>` = a status for GetObject of `<image-id>/manifest.json`;
-//!   `object-<key with / as _>` = a status for that GetObject; `k8s` = `down` (accepted
-//!   connections are closed at once) or a status.
+//!   `object-<key with / as _>` = a status for that GetObject; `k8s` = `down` (the API
+//!   stops listening) or anything else (every request answers 500).
 //!
 //! `make-fixtures` builds real squashfs images with `mksquashfs` (each holds a file
 //! `NAME` naming the image), the bucket layout, IMS records and helper files; see
@@ -46,6 +48,9 @@ use axum::Router;
 use base64::Engine;
 use serde_json::{json, Value};
 use sha2::Digest;
+
+#[path = "../tests/support/kube_api.rs"]
+mod kube_api;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -137,6 +142,7 @@ fn serve_main(args: &[String]) -> Result<()> {
     let (s3p, imsp, k8sp) = (port("--s3")?, port("--ims")?, port("--k8s")?);
     let bucket = opt(args, "--bucket")?.unwrap_or_else(|| "boot-images".into());
     let ports_file = opt(args, "--ports-file")?;
+    let node = opt(args, "--node")?.unwrap_or_else(|| "e2e-node".into());
     let ctx = Ctx {
         dir,
         bucket,
@@ -149,12 +155,19 @@ fn serve_main(args: &[String]) -> Result<()> {
     rt.block_on(async move {
         let s3 = tokio::net::TcpListener::bind(("127.0.0.1", s3p)).await?;
         let ims = tokio::net::TcpListener::bind(("127.0.0.1", imsp)).await?;
-        let k8s = tokio::net::TcpListener::bind(("127.0.0.1", k8sp)).await?;
+        let api = kube_api::KubeApi::start_at(k8sp, kube_api::ClientAuth::CertificateOrToken).await;
+        api.add_token(K8S_TOKEN, "testbed");
+        kube_api::write_kubeconfig(
+            &ctx.dir.join("kubeconfig.run"),
+            &api.url(),
+            Some(&api.pki.ca_pem()),
+            kube_api::User::Token(K8S_TOKEN),
+        );
         let line = format!(
             "s3={} ims={} k8s={}",
             s3.local_addr()?.port(),
             ims.local_addr()?.port(),
-            k8s.local_addr()?.port()
+            api.addr.port()
         );
         println!("{line}");
         std::io::stdout().flush()?;
@@ -172,56 +185,58 @@ fn serve_main(args: &[String]) -> Result<()> {
             .route("/apis/ims/v3/images", get(ims_list))
             .route("/apis/ims/v3/images/{id}", get(ims_one))
             .with_state(ctx.clone());
-        let k8s_app = Router::new()
-            .route("/api/v1/nodes", get(k8s_nodes))
-            .route("/api/v1/nodes/{name}", get(k8s_node))
-            .route(
-                "/version",
-                get(|| async {
-                    axum::Json(json!({"major": "1", "minor": "24", "gitVersion": "v1.24.17"}))
-                }),
-            )
-            .with_state(ctx.clone());
-        let k8s = FaultyListener {
-            inner: k8s,
-            ctx: ctx.clone(),
-        };
+        tokio::spawn(follow_files(api, ctx.clone(), node));
         tokio::try_join!(
             async { axum::serve(s3, s3_app).await },
             async { axum::serve(ims, ims_app).await },
-            async { axum::serve(k8s, k8s_app).await },
         )?;
         Ok(())
     })
 }
 
-/// A listener that closes every accepted connection while `faults/k8s` says `down`.
-struct FaultyListener {
-    inner: tokio::net::TcpListener,
-    ctx: Ctx,
-}
+/// The token of the testbed's kubeconfig.
+const K8S_TOKEN: &str = "testbed-k8s-token";
 
-impl axum::serve::Listener for FaultyListener {
-    type Io = tokio::net::TcpStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.inner.accept().await {
-                Ok((s, a)) => {
-                    if self.ctx.fault("k8s").as_deref() == Some("down") {
-                        drop(s);
-                        continue;
-                    }
-                    return (s, a);
+/// Keeps the Kubernetes API double in step with `node-labels.json` and `faults/k8s`,
+/// which the tests edit while the agent runs.
+async fn follow_files(api: kube_api::KubeApi, ctx: Ctx, node: String) {
+    let mut labels: Option<BTreeMap<String, String>> = None;
+    let mut fault: Option<String> = None;
+    loop {
+        let now = std::fs::read_to_string(ctx.dir.join("node-labels.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<BTreeMap<String, String>>(&t).ok())
+            .map(|mut l| {
+                l.entry("kubernetes.io/hostname".into())
+                    .or_insert_with(|| node.clone());
+                l
+            });
+        if now != labels {
+            match &now {
+                Some(l) => {
+                    let pairs: Vec<(&str, &str)> =
+                        l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    api.add_node(&node, &pairs);
                 }
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                None => api.remove_node(&node),
             }
+            labels = now;
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.inner.local_addr()
+        let f = ctx.fault("k8s");
+        if f != fault {
+            match f.as_deref() {
+                Some("down") => api.down(),
+                Some(_) => api.fault(Some(kube_api::Fault::InternalError)),
+                None => {
+                    api.fault(None);
+                    if !api.is_up() {
+                        api.up().await;
+                    }
+                }
+            }
+            fault = f;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
@@ -549,76 +564,6 @@ async fn ims_one(
     }
 }
 
-async fn k8s_node(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> Response {
-    if let Some(s) = ctx.fault_status("k8s") {
-        return json_error(s, "injected fault");
-    }
-    match node_object(&ctx, &name) {
-        Ok(Some(node)) => axum::Json(node).into_response(),
-        Ok(None) => (
-            StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, "application/json")],
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                   "message": format!("nodes \"{name}\" not found"), "reason": "NotFound",
-                   "details": {"name": name, "kind": "nodes"}, "code": 404})
-            .to_string(),
-        )
-            .into_response(),
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
-}
-
-/// `GET /api/v1/nodes?labelSelector=kubernetes.io/hostname=NAME`: the Node of that
-/// host (named after it), or an empty list when `node-labels.json` is missing.
-async fn k8s_nodes(State(ctx): State<Ctx>, Query(q): Query<BTreeMap<String, String>>) -> Response {
-    if let Some(s) = ctx.fault_status("k8s") {
-        return json_error(s, "injected fault");
-    }
-    let selector = q.get("labelSelector").map(String::as_str).unwrap_or("");
-    let Some(name) = selector.strip_prefix("kubernetes.io/hostname=") else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "this double selects only by kubernetes.io/hostname=NAME",
-        );
-    };
-    match node_object(&ctx, name) {
-        Ok(node) => {
-            let mut items: Vec<Value> = node.into_iter().collect();
-            for n in &mut items {
-                if let Some(m) = n.as_object_mut() {
-                    m.remove("kind");
-                    m.remove("apiVersion");
-                }
-            }
-            axum::Json(json!({"kind": "NodeList", "apiVersion": "v1",
-                              "metadata": {"resourceVersion": "1"}, "items": items}))
-            .into_response()
-        }
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
-}
-
-/// The Node `name` with the labels of `node-labels.json` (plus its hostname label);
-/// `None` when the file is missing; `Err` when it is not a JSON object.
-fn node_object(ctx: &Ctx, name: &str) -> Result<Option<Value>, &'static str> {
-    let Ok(text) = std::fs::read_to_string(ctx.dir.join("node-labels.json")) else {
-        return Ok(None);
-    };
-    let mut labels: serde_json::Map<String, Value> = match serde_json::from_str(&text) {
-        Ok(Value::Object(m)) => m,
-        _ => return Err("node-labels.json is not an object"),
-    };
-    labels
-        .entry("kubernetes.io/hostname".to_string())
-        .or_insert_with(|| Value::String(name.to_string()));
-    Ok(Some(json!({
-        "kind": "Node", "apiVersion": "v1",
-        "metadata": {"name": name, "uid": "00000000-0000-4000-8000-000000000001",
-                     "resourceVersion": "1", "labels": labels},
-        "spec": {}, "status": {"conditions": []}
-    })))
-}
-
 // ---------------------------------------------------------------------------
 // make-fixtures
 
@@ -706,7 +651,7 @@ const ROOTFS_TYPE: &str = "application/vnd.cray.image.rootfs.squashfs";
 ///   `s3://<bucket>/PE/<name>`, rootfs `<rootfs link path>|<etag>`);
 /// * `ids.env`: `ID_<LABEL>=<image id>` and `PE_<LABEL>=<pe name>`;
 /// * `token`, `spire-agent` (a spire-agent CLI stand-in printing a JWT-SVID),
-///   `kubeconfig` (server http://127.0.0.1:${K8S_PORT}: edit the port in), `s3.creds`,
+///   `s3.creds`,
 ///   `node-labels.json` (`{"iscsi":"sbps"}`), `faults/`.
 pub fn make_fixtures(dir: &Path, bucket: &str) -> Result<()> {
     let b = dir.join("bucket");
@@ -817,12 +762,6 @@ pub fn make_fixtures(dir: &Path, bucket: &str) -> Result<()> {
         ),
     )?;
     set_mode(&agent, 0o755)?;
-    std::fs::write(
-        dir.join("kubeconfig"),
-        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: http://127.0.0.1:${K8S_PORT}\n  name: testbed\n\
-         contexts:\n- context:\n    cluster: testbed\n    user: testbed\n  name: testbed\ncurrent-context: testbed\n\
-         preferences: {}\nusers:\n- name: testbed\n  user:\n    token: testbed-k8s-token\n",
-    )?;
     let creds = dir.join("s3.creds");
     std::fs::write(&creds, "TESTBEDACCESSKEY:testbed-secret-key\n")?;
     set_mode(&creds, 0o600)?;

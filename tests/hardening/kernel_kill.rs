@@ -261,6 +261,8 @@ impl World {
             ("API_GATEWAY", self.ims.url().to_string()),
             ("SPIRE_AGENT_PATH", d(&self.spire)),
             ("NODE_LABEL", String::new()),
+            // The kernel and the local files under SIGKILL: no Kubernetes API here.
+            ("REMOTE_LEDGER", "false".into()),
             ("NODE_NAME", "kill-node".into()),
             ("TARGET_SERVICE", String::new()),
             ("STATE_DIR", d(&self.dir.path().join("state"))),

@@ -226,6 +226,12 @@ pub struct KubeApi {
 impl KubeApi {
     /// Starts on a free 127.0.0.1 port with the namespaces `default` and `services`.
     pub async fn start(auth: ClientAuth) -> KubeApi {
+        KubeApi::start_at(0, auth).await
+    }
+
+    /// Starts on 127.0.0.1:`port` (0: a free port) with the namespaces `default` and
+    /// `services`.
+    pub async fn start_at(port: u16, auth: ClientAuth) -> KubeApi {
         let pki = Pki::new("kubernetes");
         let (cert, key) = pki.server();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -257,7 +263,7 @@ impl KubeApi {
             seen: Mutex::default(),
             connections: Default::default(),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let api = KubeApi {
             pki,
@@ -310,6 +316,17 @@ impl KubeApi {
             "status": {"conditions": [{"type": "Ready", "status": "True"}]}
         });
         o.nodes.insert(name.into(), node);
+    }
+
+    /// Deletes the Node named `name`.
+    pub fn remove_node(&self, name: &str) {
+        let mut o = self.state.objects.lock().unwrap();
+        o.nodes.remove(name);
+    }
+
+    /// Whether the double listens (see [`KubeApi::down`]).
+    pub fn is_up(&self) -> bool {
+        self.server.lock().unwrap().is_some()
     }
 
     /// A stored ConfigMap as the API would return it.

@@ -8,7 +8,7 @@
 # Prints PASS/FAIL per check and a final "N passed, M failed" line; exits 0 only
 # when nothing failed.
 #
-# SCENARIOS (default "all") picks sections: basic faults pe untag restart label.
+# SCENARIOS (default "all") picks sections: basic faults pe untag restart label rebuild.
 set -u
 . /vm/lib.sh
 
@@ -129,6 +129,32 @@ expect_content() { # expect_content LABEL -> check NAME names the image
 write_fails() { ! dd if=/dev/zero of="$1" bs=512 count=1 conv=notrunc,fsync 2>/dev/null; }
 session_on_target() { [ -n "$(ls "$TPG/dynamic_sessions" 2>/dev/null)" ] && [ -n "$(tr -d '\0\n' <"$TPG/dynamic_sessions")" ]; }
 no_session_on_target() { ! session_on_target; }
+session_id() { _vm_g iscsiadm -m session 2>/dev/null | sed -n 's/.*\[\([0-9]*\)\].*/\1/p' | head -n1; }
+
+# The target as CSM's provisioning script leaves it: TPG with portal and attributes.
+provision_target() {
+  mkdir -p "$TPG/np/127.0.0.1:3260" || return 1
+  echo 0 >"$TPG/attrib/authentication"
+  echo 1 >"$TPG/attrib/generate_node_acls"
+  echo 1 >"$TPG/attrib/demo_mode_write_protect"
+  echo 1 >"$TPG/attrib/cache_dynamic_acls"
+  [ "${1:-}" = disabled ] || echo 1 >"$TPG/enable"
+}
+# Everything in LIO gone, as after a reboot of a re-imaged worker.
+clear_lio() {
+  local d l b
+  [ -d "$TPG" ] && echo 0 >"$TPG/enable"
+  for d in "$TPG"/lun/lun_*; do
+    [ -d "$d" ] || continue
+    for l in "$d"/*; do [ -L "$l" ] && rm "$l"; done
+    rmdir "$d"
+  done
+  for d in "$TPG"/np/*; do [ -d "$d" ] && rmdir "$d"; done
+  rmdir "$TPG" "$CFS/iscsi/$IQN" 2>/dev/null
+  for b in "$CFS"/core/fileio_*/*; do [ -d "$b/wwn" ] && rmdir "$b"; done
+  for b in "$CFS"/core/fileio_*; do rmdir "$b" 2>/dev/null; done
+  return 0
+}
 
 # ---------------------------------------------------------------- setup
 note "setup: kernel $(uname -r)"
@@ -137,12 +163,7 @@ rm -f "$MNT/$ID_F/rootfs"                       # F: listed in S3, not (yet) in 
 set_ims $IMS_COLD
 set_label no
 
-# The target as CSM's provisioning script leaves it: TPG with portal and attributes, disabled.
-mkdir -p "$TPG/np/127.0.0.1:3260" || { echo "cannot create the target"; exit 3; }
-echo 0 >"$TPG/attrib/authentication"
-echo 1 >"$TPG/attrib/generate_node_acls"
-echo 1 >"$TPG/attrib/demo_mode_write_protect"
-echo 1 >"$TPG/attrib/cache_dynamic_acls"
+provision_target disabled || { echo "cannot create the target"; exit 3; }
 
 start_testbed /tmp/etc-target/saveconfig.json || { echo "testbed did not start"; exit 3; }
 export SBPS_MARSHAL_REMOVAL_GRACE=${GRACE:=30}
@@ -434,6 +455,67 @@ fi
 check "label back: the initiator is logged in again" session_on_target
 iscsi_rescan >/dev/null 2>&1
 if find_image A; then check "label back: image A reads (LUN $DLUN)" expect_content A; else fail "label back: image A not found by WWID"; fi
+fi
+
+# ---------------------------------------------------------------- worker rebuild
+if want rebuild; then
+note "scenario 9: worker rebuild under a logged-in initiator reading a mounted image"
+iscsi_login "$IQN" >/dev/null 2>&1
+iscsi_rescan >/dev/null 2>&1
+for l in A B P2; do
+  if find_image "$l"; then eval "RB_DEV_$l=$DEV RB_LUN_$l=$DLUN"; else fail "rebuild: image $l not found before"; fi
+done
+SID=$(session_id)
+mkdir -p /mnt/A && umount /mnt/A 2>/dev/null; mount -t squashfs -o ro "$RB_DEV_A" /mnt/A
+( while :; do cat /mnt/A/NAME >/dev/null 2>&1; echo 3 >/proc/sys/vm/drop_caches; sleep 0.5; done ) &
+READER=$!
+before="$(lun_map)"
+klog0=$(dmesg | wc -l)
+# The rebuild: the agent stops, the disk is new (no ledger, no saveconfig.json), LIO is
+# cleared and the target recreated enabled and empty, as CSM's provisioning does. The
+# initiator's iscsid is paused meanwhile, so it reconnects once the worker is back (a
+# rebuild takes far longer than the agent's first scan; see tests/vm/README.md).
+stop_agent
+kill -STOP "$(pidof iscsid)"
+rm -rf /tmp/state/* /tmp/etc-target/saveconfig.json*
+clear_lio
+provision_target
+check "rebuild: the target is back enabled and empty" sh -c "[ \"\$(cat $TPG/enable)\" = 1 ] && [ $(lun_count) = 0 ]"
+n=$(count 'END SCAN')
+start_agent
+check "rebuild: every image back at its LUN number, same serials ($(lun_map))" [ "$(lun_map)" = "$before" ]
+check "rebuild: TPG enabled again" tpg_enabled
+check "rebuild: the ledger came from the Kubernetes API" grep -q "restored the ledger from the Kubernetes API" "$LOG"
+first_map=$(grep -n 'map LUN' "$LOG" | awk -F: -v n="$(grep -n 'START SCAN' "$LOG" | tail -n1 | cut -d: -f1)" '$1 > n { print $1; exit }')
+disable_at=$(grep -n 'disable TPG' "$LOG" | tail -n1 | cut -d: -f1)
+check "rebuild: the empty target was closed before the first map (log lines $disable_at < $first_map)" [ "${disable_at:-0}" -gt 0 -a "${disable_at:-0}" -lt "${first_map:-0}" ]
+check "rebuild: converged" metric_is sbps_marshal_converged 1
+kill -CONT "$(pidof iscsid)"
+check "rebuild: the initiator's session recovers" wait_for 90 session_on_target
+check "rebuild: the same iSCSI session ($SID), no logout or login" [ "$(session_id)" = "$SID" ]
+for l in A B P2; do
+  eval "dev=\$RB_DEV_$l old=\$RB_LUN_$l"
+  if find_image "$l"; then
+    check "rebuild: image $l on the same device $dev at LUN $old" [ "$DEV" = "$dev" -a "$DLUN" = "$old" ]
+    check "rebuild: image $l reads its own content" expect_content "$l"
+  else fail "rebuild: image $l not found by WWID"; fi
+done
+echo 3 >/proc/sys/vm/drop_caches
+check "rebuild: the mounted image still reads" [ "$(cat /mnt/A/NAME 2>/dev/null)" = "$NAME_A" ]
+kill "$READER" 2>/dev/null; wait "$READER" 2>/dev/null
+check "rebuild: the initiator never saw the LUN assignments change" sh -c "! dmesg | tail -n +$((klog0 + 1)) | grep -q 'LUN assignments on this target have changed'"
+check "rebuild: the target logged no NON_EXISTENT_LUN" sh -c "! dmesg | tail -n +$((klog0 + 1)) | grep -q 'NON_EXISTENT_LUN'"
+umount /mnt/A 2>/dev/null
+
+note "scenario 9b: the same rebuild with the remote ledger off: the numbers change (the incident)"
+iscsi_logout >/dev/null 2>&1
+stop_agent
+rm -rf /tmp/state/* /tmp/etc-target/saveconfig.json*
+clear_lio
+provision_target
+export SBPS_MARSHAL_REMOTE_LEDGER=false
+start_agent
+check "remote ledger off: the rebuilt numbers differ ($(lun_map) vs $before)" [ "$(lun_map)" != "$before" ]
 fi
 
 note "final: SIGTERM"

@@ -51,13 +51,12 @@ setup_fixtures() {
 # ports, and exports the agent's settings for them; LIO_SAVE_FILE is $1.
 start_testbed() {
   local s3p imsp k8sp
-  "$BIN/testbed" serve "$TB" --ports-file "$TB/ports" >/tmp/testbed.log 2>&1 &
+  "$BIN/testbed" serve "$TB" --node "$NODE" --ports-file "$TB/ports" >/tmp/testbed.log 2>&1 &
   TBPID=$!
   wait_for 60 test -s "$TB/ports" || { cat /tmp/testbed.log; return 1; }
   s3p=$(sed 's/.*s3=\([0-9]*\).*/\1/' "$TB/ports")
   imsp=$(sed 's/.*ims=\([0-9]*\).*/\1/' "$TB/ports")
   k8sp=$(sed 's/.*k8s=\([0-9]*\).*/\1/' "$TB/ports")
-  sed "s/\${K8S_PORT}/$k8sp/" "$TB/kubeconfig" >"$TB/kubeconfig.run"
   note "testbed: $(cat "$TB/ports")"
   mkdir -p /tmp/state "$(dirname "$1")" && chmod 700 /tmp/state
   export SBPS_MARSHAL_S3_PROTO=http SBPS_MARSHAL_S3_HOST=127.0.0.1:$s3p \
