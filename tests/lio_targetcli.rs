@@ -74,7 +74,12 @@ struct StandIn {
 
 impl StandIn {
     fn new() -> StandIn {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/targetcli-standin.py");
+        // The VM run hands the script's path in: its checkout may not be visible there.
+        let script = std::env::var_os("SBPS_TARGETCLI_STANDIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/targetcli-standin.py")
+            });
         // The system python first: it is the one that may have configshell-fb too.
         let python = ["/usr/bin/python3", "python3"]
             .into_iter()
