@@ -19,7 +19,14 @@ use sha2::{Digest, Sha256};
 /// Image `i` as IMS names them: a UUID, an md5 ETag (random-looking, as real ones are).
 fn projection(i: usize) -> Projection {
     let h = hex::encode(Sha256::digest(i.to_le_bytes()));
-    let id = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    );
     let object_key = format!("{id}/rootfs");
     let etag = format!("{}-{}", &h[32..64], i % 97);
     let key = identity::rootfs_key(&format!("s3://boot-images/{object_key}"), &etag);
@@ -72,7 +79,10 @@ fn ledger(n: usize) -> Ledger {
 }
 
 fn main() {
-    println!("{:>6}  {:>10}  {:>10}  {:>8}  {:>9}  {:>9}", "images", "JSON B", "ConfigMap B", "of 1 MiB", "encode", "decode");
+    println!(
+        "{:>6}  {:>10}  {:>10}  {:>8}  {:>9}  {:>9}",
+        "images", "JSON B", "ConfigMap B", "of 1 MiB", "encode", "decode"
+    );
     for n in [1_000, 5_000] {
         let l = ledger(n);
         let json = serde_json::to_vec(&l).expect("json").len();
@@ -116,7 +126,14 @@ fn main() {
         }),
     };
     let t = Instant::now();
-    let p = plan_in_fleet(&desired, &empty, &Ledger::new(), &Policy::default(), &fleet, 0);
+    let p = plan_in_fleet(
+        &desired,
+        &empty,
+        &Ledger::new(),
+        &Policy::default(),
+        &fleet,
+        0,
+    );
     let planned = t.elapsed();
     let same = p
         .ledger

@@ -186,10 +186,9 @@ fn serve_main(args: &[String]) -> Result<()> {
             .route("/apis/ims/v3/images/{id}", get(ims_one))
             .with_state(ctx.clone());
         tokio::spawn(follow_files(api, ctx.clone(), node));
-        tokio::try_join!(
-            async { axum::serve(s3, s3_app).await },
-            async { axum::serve(ims, ims_app).await },
-        )?;
+        tokio::try_join!(async { axum::serve(s3, s3_app).await }, async {
+            axum::serve(ims, ims_app).await
+        },)?;
         Ok(())
     })
 }

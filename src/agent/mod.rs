@@ -79,6 +79,9 @@ pub struct ScanReport {
     pub converged: bool,
     pub saveconfig_written: bool,
     pub ledger_written: bool,
+    /// Why no LUN number could be taken or freed this scan (the ledger in the Kubernetes
+    /// API could not be read or written), if so.
+    pub numbers_frozen: Option<String>,
 }
 
 impl ScanReport {
@@ -102,6 +105,9 @@ impl ScanReport {
                 ) {
                     v.push(w.to_string());
                 }
+            }
+            if let (Some(why), true) = (&self.numbers_frozen, p.waiting.is_empty()) {
+                v.push(format!("LUN numbers are frozen: {why}"));
             }
             if let Some(w) = p.waiting.first() {
                 v.push(format!(
@@ -410,6 +416,7 @@ impl Agent {
             converged: false,
             saveconfig_written: done.saveconfig_written,
             ledger_written: done.ledger_written,
+            numbers_frozen: prep.frozen.clone().or(done.numbers_frozen.take()),
         };
         // The plan exists exactly when the job got to planning; without it nothing is known.
         report.converged = report.plan.is_some() && report.problems().is_empty();
@@ -652,6 +659,9 @@ pub struct JobDone {
     pub saved_state: Option<Actual>,
     /// The generation written ahead to the Kubernetes API.
     pub remote_written: Option<u64>,
+    /// The write ahead to the Kubernetes API failed: the plan was made again with
+    /// numbers frozen, for this reason.
+    pub numbers_frozen: Option<String>,
 }
 
 impl JobDone {
@@ -728,6 +738,7 @@ impl Job {
                         let why =
                             format!("the ledger in the Kubernetes API cannot be written ({e})");
                         tracing::error!("{why}; LUN numbers are frozen this scan");
+                        done.numbers_frozen = Some(why.clone());
                         let frozen = plan::Policy {
                             numbers_frozen: Some(why),
                             ..self.policy.clone()

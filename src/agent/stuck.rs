@@ -108,5 +108,6 @@ fn nothing_done(now: u64, failure: String) -> ScanReport {
         converged: false,
         saveconfig_written: false,
         ledger_written: false,
+        numbers_frozen: None,
     }
 }

@@ -46,6 +46,8 @@ pub struct Metrics {
     requests: Family<Labels, Counter>,
     unmanaged: Gauge,
     quarantined: Gauge,
+    waiting: Gauge,
+    numbers_frozen: Gauge,
     /// METRICS_TEXTFILE: rewritten after every scan.
     textfile: Option<PathBuf>,
     /// Every registered family and its type, for [`Metrics::sample_names`].
@@ -94,6 +96,8 @@ impl Metrics {
             requests: Family::default(),
             unmanaged: Gauge::default(),
             quarantined: Gauge::default(),
+            waiting: Gauge::default(),
+            numbers_frozen: Gauge::default(),
             textfile: s.metrics_textfile.clone(),
             families: Vec::new(),
             registry: Registry::default(),
@@ -258,6 +262,20 @@ impl Metrics {
             "LUN numbers in quarantine: freed, not given to new images yet",
             m.quarantined.clone(),
         );
+        reg(
+            &mut registry,
+            &mut families,
+            "sbps_marshal_waiting_images",
+            "Desired images that got no LUN number this scan (numbers frozen, or none left)",
+            m.waiting.clone(),
+        );
+        reg(
+            &mut registry,
+            &mut families,
+            "sbps_marshal_numbers_frozen",
+            "1 when no LUN number could be taken or freed this scan: the ledger in the Kubernetes API could not be read or written",
+            m.numbers_frozen.clone(),
+        );
         Metrics {
             registry,
             families,
@@ -365,6 +383,7 @@ impl Metrics {
             self.brake.set(i64::from(p.brake));
             self.unmanaged.set(p.unmanaged.len() as i64);
             self.quarantined.set(p.ledger.quarantine.len() as i64);
+            self.waiting.set(p.waiting.len() as i64);
             changed = p
                 .warnings
                 .iter()
@@ -372,6 +391,8 @@ impl Metrics {
                 .count();
         }
         self.content_changed.set(changed as i64);
+        self.numbers_frozen
+            .set(i64::from(r.numbers_frozen.is_some()));
         self.labelled.set(match r.labelled {
             Some(true) => 1,
             Some(false) => 0,
