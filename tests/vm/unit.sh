@@ -41,6 +41,7 @@ print(n)"
 ended_scans() { journal_count 'e.get("MESSAGE") == "END SCAN"'; }
 scans_more_than() { [ "$(ended_scans)" -gt "$1" ]; }
 tpg_enabled() { [ "$(cat "$TPG/enable")" = 1 ]; }
+tpg_disabled() { [ "$(cat "$TPG/enable")" = 0 ]; }
 lun_count() { ls "$TPG/lun" 2>/dev/null | wc -l; }
 find_image() { local w; eval "w=\$WWID_$1"; DEV=$(dev_for_wwid "$w") || { DEV=; return 1; }; }
 read_name() {
@@ -119,8 +120,27 @@ check "/tmp is the agent's own (PrivateTmp)" [ ! -e "/proc/$PID/root$TB/ims.json
 check "the state directory is the unit's StateDirectory (0700)" [ "$(stat -c %a /var/lib/sbps-marshal)" = 700 ]
 note "exposure: $(in_ns systemd-analyze security sbps-marshal.service 2>/dev/null | tail -n1)"
 
+# ---------------------------------------------------------------- the journal
+check "journalctl -p warning: G's unknown manifest at priority 4 with IMAGE_ID and RULE" \
+  [ "$(journal_count "e['PRIORITY'] == '4' and e.get('IMAGE_ID') == '$ID_G' and 'RULE' in e" -p warning)" -ge 1 ]
+check "journalctl -p warning holds no info line" \
+  [ "$(journal_count "e['PRIORITY'] not in ('0','1','2','3','4')" -p warning)" = 0 ]
+check "START SCAN is a message of its own, priority 6" \
+  [ "$(journal_count "e['MESSAGE'] == 'START SCAN' and e['PRIORITY'] == '6'")" -ge 1 ]
+check "the start line names version and revision" \
+  [ "$(journal_count "'VERSION' in e and 'REVISION' in e and 'starting' in e['MESSAGE']")" = 1 ]
+
+# ---------------------------------------------------------------- G withdrawn: the map is whole
+# While G is unknown and not exported the TPG stays closed (the first enable waits for
+# a whole map); withdrawn from IMS, the next scan (systemctl reload = SIGHUP) opens it.
+check "G unknown and not exported: the TPG stays disabled" tpg_disabled
+set_ims A:tagged B:tagged C:untagged
+n=$(ended_scans)
+systemctl reload sbps-marshal.service
+wait_for 120 scans_more_than "$n" || fail "no scan after the reload"
+
 # ---------------------------------------------------------------- it still projects
-check "TPG enabled after a converged scan" tpg_enabled
+check "TPG enabled after a converged scan" wait_for 30 tpg_enabled
 check "4 LUNs in configfs (A, B, P1, P2; got $(lun_count))" [ "$(lun_count)" = 4 ]
 check "saveconfig.json written under /etc/target" [ -s /etc/target/saveconfig.json ]
 check "ledger in the state directory" [ -s /var/lib/sbps-marshal/ledger.json ]
@@ -135,17 +155,8 @@ for l in A B P1 P2; do
   fi
 done
 
-# ---------------------------------------------------------------- the journal
-check "journalctl -p warning: G's unknown manifest at priority 4 with IMAGE_ID and RULE" \
-  [ "$(journal_count "e['PRIORITY'] == '4' and e.get('IMAGE_ID') == '$ID_G' and 'RULE' in e" -p warning)" -ge 1 ]
-check "journalctl -p warning holds no info line" \
-  [ "$(journal_count "e['PRIORITY'] not in ('0','1','2','3','4')" -p warning)" = 0 ]
 check "journalctl OP=map-lun: 4 entries with LUN and SERIAL, priority 6" \
   [ "$(journal_count "e['PRIORITY'] == '6' and 'LUN' in e and 'SERIAL' in e" OP=map-lun)" = 4 ]
-check "START SCAN is a message of its own, priority 6" \
-  [ "$(journal_count "e['MESSAGE'] == 'START SCAN' and e['PRIORITY'] == '6'")" -ge 1 ]
-check "the start line names version and revision" \
-  [ "$(journal_count "'VERSION' in e and 'REVISION' in e and 'starting' in e['MESSAGE']")" = 1 ]
 
 # ---------------------------------------------------------------- reload, then a bad setting
 n=$(ended_scans)
