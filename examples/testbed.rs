@@ -185,7 +185,12 @@ fn serve_main(args: &[String]) -> Result<()> {
             .route("/apis/ims/v3/images", get(ims_list))
             .route("/apis/ims/v3/images/{id}", get(ims_one))
             .with_state(ctx.clone());
-        tokio::spawn(follow_files(api, ctx.clone(), node));
+        // The tests edit these while the agent runs; the double reads them per request.
+        api.follow_files(
+            &node,
+            ctx.dir.join("node-labels.json"),
+            ctx.dir.join("faults").join("k8s"),
+        );
         tokio::try_join!(async { axum::serve(s3, s3_app).await }, async {
             axum::serve(ims, ims_app).await
         },)?;
@@ -196,48 +201,6 @@ fn serve_main(args: &[String]) -> Result<()> {
 /// The token of the testbed's kubeconfig.
 const K8S_TOKEN: &str = "testbed-k8s-token";
 
-/// Keeps the Kubernetes API double in step with `node-labels.json` and `faults/k8s`,
-/// which the tests edit while the agent runs.
-async fn follow_files(api: kube_api::KubeApi, ctx: Ctx, node: String) {
-    let mut labels: Option<BTreeMap<String, String>> = None;
-    let mut fault: Option<String> = None;
-    loop {
-        let now = std::fs::read_to_string(ctx.dir.join("node-labels.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<BTreeMap<String, String>>(&t).ok())
-            .map(|mut l| {
-                l.entry("kubernetes.io/hostname".into())
-                    .or_insert_with(|| node.clone());
-                l
-            });
-        if now != labels {
-            match &now {
-                Some(l) => {
-                    let pairs: Vec<(&str, &str)> =
-                        l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                    api.add_node(&node, &pairs);
-                }
-                None => api.remove_node(&node),
-            }
-            labels = now;
-        }
-        let f = ctx.fault("k8s");
-        if f != fault {
-            match f.as_deref() {
-                Some("down") => api.down(),
-                Some(_) => api.fault(Some(kube_api::Fault::InternalError)),
-                None => {
-                    api.fault(None);
-                    if !api.is_up() {
-                        api.up().await;
-                    }
-                }
-            }
-            fault = f;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
 
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")

@@ -212,6 +212,24 @@ struct State {
     seen: Mutex<Vec<Seen>>,
     /// TCP connections accepted.
     connections: std::sync::atomic::AtomicU64,
+    /// Files followed on every connection and request (see [`KubeApi::follow_files`]).
+    files: Mutex<Option<Files>>,
+}
+
+/// What [`KubeApi::follow_files`] reads.
+#[derive(Clone)]
+struct Files {
+    node: String,
+    labels: PathBuf,
+    fault: PathBuf,
+}
+
+impl Files {
+    fn fault(&self) -> Option<String> {
+        std::fs::read_to_string(&self.fault)
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
 }
 
 /// The running double; stopped on drop.
@@ -262,6 +280,7 @@ impl KubeApi {
             tokens: Mutex::default(),
             seen: Mutex::default(),
             connections: Default::default(),
+            files: Mutex::default(),
         });
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -327,6 +346,19 @@ impl KubeApi {
     /// Whether the double listens (see [`KubeApi::down`]).
     pub fn is_up(&self) -> bool {
         self.server.lock().unwrap().is_some()
+    }
+
+    /// Follows files on every connection and request, each read anew so that a test's
+    /// edit takes effect at once: the Node `node` carries the labels of `labels` (a JSON
+    /// object; a missing file means no such Node) and `kubernetes.io/hostname=<node>`;
+    /// `fault` holding `down` closes every connection at once, anything else makes every
+    /// request answer 500.
+    pub fn follow_files(&self, node: &str, labels: PathBuf, fault: PathBuf) {
+        *self.state.files.lock().unwrap() = Some(Files {
+            node: node.into(),
+            labels,
+            fault,
+        });
     }
 
     /// A stored ConfigMap as the API would return it.
@@ -397,6 +429,11 @@ impl KubeApi {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                let files = state.files.lock().unwrap().clone();
+                if files.and_then(|f| f.fault()).as_deref() == Some("down") {
+                    drop(tcp);
+                    continue;
+                }
                 state
                     .connections
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -481,6 +518,32 @@ impl Route {
     }
 }
 
+/// The Node of `f` as its labels file says now.
+fn follow_node(state: &State, f: &Files) {
+    let labels = std::fs::read_to_string(&f.labels)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Map<String, Value>>(&t).ok());
+    let mut o = state.objects.lock().unwrap();
+    let Some(mut labels) = labels else {
+        o.nodes.remove(&f.node);
+        return;
+    };
+    labels
+        .entry("kubernetes.io/hostname".to_string())
+        .or_insert_with(|| json!(f.node));
+    if o.nodes.get(&f.node).map(|n| &n["metadata"]["labels"]) == Some(&Value::Object(labels.clone())) {
+        return;
+    }
+    o.revision += 1;
+    let node = json!({
+        "metadata": {"name": f.node, "uid": uid(o.revision), "resourceVersion": o.revision.to_string(),
+                     "creationTimestamp": "2026-01-01T00:00:00Z", "labels": labels},
+        "spec": {"podCIDR": "10.32.0.0/24"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+    });
+    o.nodes.insert(f.node.clone(), node);
+}
+
 /// The server's filter chain: authentication, faults, routing, authorization, the handler.
 async fn handle(state: &State, cert: Option<Vec<u8>>, req: Request<Incoming>) -> Answer {
     let user = authenticate(state, cert.as_deref(), &req);
@@ -492,6 +555,13 @@ async fn handle(state: &State, cert: Option<Vec<u8>>, req: Request<Incoming>) ->
     let Some(user) = user else {
         return status(401, "Unauthorized", "Unauthorized", None);
     };
+    let files = state.files.lock().unwrap().clone();
+    if let Some(f) = files {
+        if f.fault().is_some() {
+            return status(500, "InternalError", "Internal error occurred: injected fault", None);
+        }
+        follow_node(state, &f);
+    }
     let (delay, fault, denied) = {
         let f = state.faults.lock().unwrap();
         (f.delay, f.fault, f.denied.clone())
