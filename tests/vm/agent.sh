@@ -472,7 +472,10 @@ check "history: B removed, its number quarantined" not_in_configfs "$WWID_B"
 iscsi_login "$IQN" >/dev/null 2>&1
 iscsi_rescan >/dev/null 2>&1
 for l in A P1 P2; do
-  if find_image "$l"; then eval "RB_DEV_$l=$DEV RB_LUN_$l=$DLUN"; else fail "rebuild: image $l not found before"; fi
+  if find_image "$l"; then
+    eval "RB_DEV_$l=$DEV RB_LUN_$l=$DLUN"
+    eval "RB_NAME_$l=\$(read_name $l)"     # P1 may hold its re-uploaded content (scenario 6)
+  else fail "rebuild: image $l not found before"; fi
 done
 SID=$(session_id)
 mkdir -p /mnt/A && umount /mnt/A 2>/dev/null; mount -t squashfs -o ro "$RB_DEV_A" /mnt/A
@@ -505,7 +508,8 @@ for l in A P1 P2; do
   eval "dev=\$RB_DEV_$l old=\$RB_LUN_$l"
   if find_image "$l"; then
     check "rebuild: image $l on the same device $dev at LUN $old" [ "$DEV" = "$dev" -a "$DLUN" = "$old" ]
-    check "rebuild: image $l reads its own content" expect_content "$l"
+    eval "want=\$RB_NAME_$l"
+    check "rebuild: image $l reads what it read before ($want)" [ "$(read_name "$l")" = "$want" ]
   else fail "rebuild: image $l not found by WWID"; fi
 done
 echo 3 >/proc/sys/vm/drop_caches
@@ -534,12 +538,16 @@ kill -CONT "$(pidof iscsid)"
 wait_for 90 session_on_target
 wrong=0
 for l in A P1 P2; do
-  eval "dev=\$RB_DEV_$l want=\$NAME_$l"
-  DEV=$dev
-  got=$(read_name "$l")
-  [ "$got" = "$want" ] || { note "remote ledger off: $dev (was $l) now reads '$got'"; wrong=$((wrong + 1)); }
+  eval "dev=\$RB_DEV_$l old=\$RB_LUN_$l want=\$RB_NAME_$l"
+  was=$(printf '%s\n' $before | sed -n "s/^$old://p")
+  now=$(serial_at "$old" 2>/dev/null)
+  if [ "$now" != "$was" ]; then
+    DEV=$dev
+    note "remote ledger off: LUN $old, $l's device $dev, now exports ${now:-nothing} (reads '$(read_name "$l")')"
+    wrong=$((wrong + 1))
+  fi
 done
-check "remote ledger off: a device the initiator holds reads another image ($wrong of 3)" [ "$wrong" -ge 1 ]
+check "remote ledger off: a LUN the initiator holds now exports another image or none ($wrong of 3)" [ "$wrong" -ge 1 ]
 fi
 
 note "final: SIGTERM"
