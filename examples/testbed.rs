@@ -201,7 +201,6 @@ fn serve_main(args: &[String]) -> Result<()> {
 /// The token of the testbed's kubeconfig.
 const K8S_TOKEN: &str = "testbed-k8s-token";
 
-
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")

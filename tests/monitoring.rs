@@ -196,7 +196,11 @@ fn alert_rules_query_only_exported_metrics() {
             exprs.push(r["expr"].as_str().unwrap().to_string());
         }
     }
-    assert_eq!(exprs.len(), 8, "one rule per alert: the issue's seven and the ledger's");
+    assert_eq!(
+        exprs.len(),
+        8,
+        "one rule per alert: the issue's seven and the ledger's"
+    );
     check_all_exported("alert rules", &exprs);
 }
 

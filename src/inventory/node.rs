@@ -122,23 +122,12 @@ impl NodeSource {
     /// carrying the label: the nodes that must each export every image (`fleet`).
     pub async fn labelled_nodes(&self) -> Result<Vec<String>, KubeError> {
         let (k, v) = &self.label;
-        let lp = ListParams::default().labels(&format!("{k}={v}"));
-        let nodes = self
-            .connector
-            .run(Op::new("list", "nodes"), |c| {
-                self.requests.fetch_add(1, Ordering::Relaxed);
-                async move { Api::<Node>::all(c).list(&lp).await }
-            })
-            .await?;
+        let nodes = self.select(&format!("{k}={v}")).await?;
         Ok(nodes
-            .items
             .into_iter()
             .filter_map(|n| {
-                let by_label = n
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(HOSTNAME_LABEL).cloned());
+                let labels = n.metadata.labels.as_ref();
+                let by_label = labels.and_then(|l| l.get(HOSTNAME_LABEL).cloned());
                 by_label.or(n.metadata.name)
             })
             .collect())
@@ -146,7 +135,16 @@ impl NodeSource {
 
     /// The labels of every Node whose hostname label is `name`.
     async fn select_by_hostname(&self, name: &str) -> Result<Vec<Labels>, KubeError> {
-        let lp = ListParams::default().labels(&format!("{HOSTNAME_LABEL}={name}"));
+        let nodes = self.select(&format!("{HOSTNAME_LABEL}={name}")).await?;
+        Ok(nodes
+            .into_iter()
+            .map(|n| n.metadata.labels.unwrap_or_default())
+            .collect())
+    }
+
+    /// The Nodes a label selector selects.
+    async fn select(&self, selector: &str) -> Result<Vec<Node>, KubeError> {
+        let lp = ListParams::default().labels(selector);
         let nodes = self
             .connector
             .run(Op::new("list", "nodes"), |c| {
@@ -154,11 +152,7 @@ impl NodeSource {
                 async move { Api::<Node>::all(c).list(&lp).await }
             })
             .await?;
-        Ok(nodes
-            .items
-            .into_iter()
-            .map(|n| n.metadata.labels.unwrap_or_default())
-            .collect())
+        Ok(nodes.items)
     }
 
     /// The labels of the Node named `name`; `None` only on the API's NotFound.

@@ -531,7 +531,9 @@ fn follow_node(state: &State, f: &Files) {
     labels
         .entry("kubernetes.io/hostname".to_string())
         .or_insert_with(|| json!(f.node));
-    if o.nodes.get(&f.node).map(|n| &n["metadata"]["labels"]) == Some(&Value::Object(labels.clone())) {
+    if o.nodes.get(&f.node).map(|n| &n["metadata"]["labels"])
+        == Some(&Value::Object(labels.clone()))
+    {
         return;
     }
     o.revision += 1;
@@ -558,7 +560,12 @@ async fn handle(state: &State, cert: Option<Vec<u8>>, req: Request<Incoming>) ->
     let files = state.files.lock().unwrap().clone();
     if let Some(f) = files {
         if f.fault().is_some() {
-            return status(500, "InternalError", "Internal error occurred: injected fault", None);
+            return status(
+                500,
+                "InternalError",
+                "Internal error occurred: injected fault",
+                None,
+            );
         }
         follow_node(state, &f);
     }
