@@ -67,6 +67,11 @@ impl Mirror {
         }
     }
 
+    /// The API's document has been read since the agent started.
+    pub fn has_read(&self) -> bool {
+        self.read
+    }
+
     /// The handle the blocking part of a scan writes ahead through.
     pub fn remote(&self) -> Arc<dyn LedgerMirror> {
         Arc::clone(&self.remote)
@@ -157,7 +162,9 @@ impl Mirror {
         };
         self.remote_generation = Some(doc.ledger.generation);
         self.last_status = doc.status;
-        if local_missing || doc.ledger.generation > ledger.generation {
+        // A local ledger with no LUN record has nothing to lose (it may have been written
+        // while the API could not be read, by a scan that could number nothing).
+        if local_missing || ledger.luns.is_empty() || doc.ledger.generation > ledger.generation {
             let r = Restored::FromApi {
                 generation: doc.ledger.generation,
                 luns: doc.ledger.luns.len(),

@@ -341,7 +341,8 @@ impl Agent {
                         mode == Mode::Apply,
                     )
                     .await;
-                if mode == Mode::Apply && (self.ledger.generation != before || self.local_missing) {
+                let restored = self.ledger.generation != before;
+                if mode == Mode::Apply && m.has_read() && (restored || self.local_missing) {
                     // Restored (or first written) from the API: the local file follows at once.
                     match self.ledger.save(&self.settings.ledger_file()) {
                         Ok(()) => self.local_missing = false,

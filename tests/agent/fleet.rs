@@ -56,6 +56,7 @@ struct Worker {
     agent: Agent,
     rig: Rig,
     target: Arc<dyn Target>,
+    settings: Settings,
     _state: tempfile::TempDir,
 }
 
@@ -73,6 +74,11 @@ impl Worker {
             .into_iter()
             .map(|(s, l)| (s.to_string(), l))
             .collect()
+    }
+
+    /// The agent restarted: a new process on the same disk and kernel.
+    fn restart(&mut self) {
+        self.agent = agent(&self.settings, self.target.clone());
     }
 
     /// CSM's provisioning recreated the target enabled (`provision_iscsi_server.sh`).
@@ -122,25 +128,30 @@ async fn worker(w: &World, api: &Api, name: &str, remote: bool) -> Worker {
     .unwrap();
     let settings = Settings::from_layers(&layers, name).unwrap();
     std::fs::create_dir_all(&settings.state_dir).unwrap();
+    let target: Arc<dyn Target> = Arc::new(rig.target());
+    Worker {
+        agent: agent(&settings, target.clone()),
+        rig,
+        target,
+        settings,
+        _state: state,
+    }
+}
+
+/// The agent as `Agent::new` builds it, on the worker's kernel.
+fn agent(settings: &Settings, target: Arc<dyn Target>) -> Agent {
     let sources = Sources::with_tokens(
-        wiring::sources_config(&settings).unwrap(),
+        wiring::sources_config(settings).unwrap(),
         Arc::new(Tokens {
             down: Arc::new(AtomicBool::new(false)),
         }),
     )
     .unwrap();
-    let target: Arc<dyn Target> = Arc::new(rig.target());
-    let mirror = wiring::mirror(&settings);
-    let agent = Agent::with_parts(settings, sources, target.clone(), Box::new(NoServices)).unwrap();
-    let agent = match mirror {
+    let mirror = wiring::mirror(settings);
+    let agent = Agent::with_parts(settings.clone(), sources, target, Box::new(NoServices)).unwrap();
+    match mirror {
         Some(m) => agent.with_mirror(m),
         None => agent,
-    };
-    Worker {
-        agent,
-        rig,
-        target,
-        _state: state,
     }
 }
 
@@ -361,6 +372,11 @@ async fn a_rebuilt_worker_that_cannot_read_the_api_opens_nothing() {
         "no number is known: closed, nothing mapped"
     );
     assert!(a.luns().is_empty());
+    // Restarted while the API is still down: the ledger that frozen scan left on the
+    // new disk numbers nothing, so it does not outrank the API's copy later.
+    a.restart();
+    let r = a.scan().await;
+    assert!(!r.converged && a.luns().is_empty());
 
     api.api.up().await;
     let r = a.scan().await;
