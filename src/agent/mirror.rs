@@ -162,9 +162,7 @@ impl Mirror {
         };
         self.remote_generation = Some(doc.ledger.generation);
         self.last_status = doc.status;
-        // A local ledger with no LUN record has nothing to lose (it may have been written
-        // while the API could not be read, by a scan that could number nothing).
-        if local_missing || ledger.luns.is_empty() || doc.ledger.generation > ledger.generation {
+        if crate::ledger::remote_wins(ledger, local_missing, &doc.ledger) {
             let r = Restored::FromApi {
                 generation: doc.ledger.generation,
                 luns: doc.ledger.luns.len(),

@@ -270,6 +270,14 @@ impl Ledger {
     }
 }
 
+/// Whether the copy in the Kubernetes API replaces the local ledger at start: when there is
+/// no local one (new disk, rebuild, corrupt file), when the local one has no LUN record
+/// (nothing to lose: it may have been written by a scan that could number nothing while the
+/// API could not be read), or when the API's is newer (a higher generation).
+pub fn remote_wins(local: &Ledger, local_missing: bool, remote: &Ledger) -> bool {
+    local_missing || local.luns.is_empty() || remote.generation > local.generation
+}
+
 /// Writes `bytes` to `path` atomically: a temp file in the same directory created
 /// 0600, fsync, rename over `path`, fsync of the directory. A crash leaves either
 /// the old or the new file, never a torn one; the temp file such a crash leaves
@@ -359,6 +367,49 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"{}\n");
         assert!(!stale.exists(), "the dead writer's temp file is gone");
         assert!(other.exists() && odd.exists(), "other files are left alone");
+    }
+
+    #[test]
+    fn the_api_copy_wins_when_the_local_one_is_missing_empty_or_older() {
+        let record = LunRecord {
+            lun: 3,
+            name: "abc".into(),
+            kind: Some(Kind::Pe),
+            key: None,
+            image_id: None,
+            etag: None,
+            size: None,
+            since: 0,
+        };
+        let with = |generation: u64, luns: bool| {
+            let mut l = Ledger::new();
+            l.generation = generation;
+            if luns {
+                l.luns.insert("abc".into(), record.clone());
+            }
+            l
+        };
+        let remote = with(5, true);
+        assert!(
+            remote_wins(&with(9, true), true, &remote),
+            "no local ledger"
+        );
+        assert!(
+            remote_wins(&with(9, false), false, &remote),
+            "a local one with no record"
+        );
+        assert!(
+            remote_wins(&with(4, true), false, &remote),
+            "an older local one"
+        );
+        assert!(
+            !remote_wins(&with(5, true), false, &remote),
+            "the same generation"
+        );
+        assert!(
+            !remote_wins(&with(6, true), false, &remote),
+            "a newer local one"
+        );
     }
 
     #[test]
