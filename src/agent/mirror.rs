@@ -90,7 +90,7 @@ impl Mirror {
         if !self.read {
             prep.requests += 1;
             match self.restore(ledger, local_missing).await {
-                Ok(r) => log_restored(&self.node, &r),
+                Ok(r) => log_restored(&self.node, &r, may_write),
                 Err(e) => {
                     prep.frozen = Some(format!(
                         "the ledger in the Kubernetes API cannot be read ({e}); {}",
@@ -199,19 +199,24 @@ impl Mirror {
     }
 }
 
-fn log_restored(node: &str, r: &Restored) {
+/// A dry run (`plan`, `explain`) reads the API but writes nothing, so it says only what
+/// it found, and quietly: its stdout is the plan, its stderr should not look like work.
+fn log_restored(node: &str, r: &Restored, may_write: bool) {
     match r {
-        Restored::FromApi { generation, luns } => tracing::warn!(
+        Restored::FromApi { generation, luns } if may_write => tracing::warn!(
             node,
             generation,
             "restored the ledger from the Kubernetes API: {luns} LUN numbers"
         ),
-        Restored::Local => tracing::info!(node, "the local ledger is current"),
-        Restored::NoDocument => {
-            tracing::info!(
-                node,
-                "no ledger in the Kubernetes API yet; writing this node's"
-            )
+        Restored::FromApi { generation, luns } => tracing::warn!(
+            node,
+            generation,
+            "the Kubernetes API's ledger is newer than the local one; this plan uses its {luns} LUN numbers"
+        ),
+        Restored::Local => tracing::debug!(node, "the local ledger is current"),
+        Restored::NoDocument if may_write => {
+            tracing::info!(node, "no ledger in the Kubernetes API yet; writing this node's")
         }
+        Restored::NoDocument => tracing::debug!(node, "no ledger in the Kubernetes API yet"),
     }
 }
