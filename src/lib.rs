@@ -1,13 +1,15 @@
+//! sbps-marshal: the agent. Its adapters (inventory sources, LIO backends, the ledger's
+//! file and ConfigMap, telemetry) and its runner; what decides lives in [`sbps_core`],
+//! re-exported here under the same names.
+
+pub use sbps_core::{desired, fleet, identity, paths, plan};
+
 pub mod agent;
+pub mod atomic_file;
 pub mod cli;
 pub mod config;
-pub mod desired;
-pub mod fleet;
-pub mod identity;
 pub mod inventory;
 pub mod k8s;
 pub mod ledger;
 pub mod lio;
-pub mod paths;
-pub mod plan;
 pub mod telemetry;

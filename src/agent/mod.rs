@@ -221,7 +221,7 @@ impl Agent {
         target: Arc<dyn Target>,
         service: Box<dyn ServiceManager>,
     ) -> anyhow::Result<Agent> {
-        let loaded = Ledger::load(&settings.ledger_file(), unix_now())?;
+        let loaded = crate::ledger::load(&settings.ledger_file(), unix_now())?;
         let local_missing = !matches!(loaded, Loaded::Existing(_));
         let ledger = match loaded {
             Loaded::Fresh(l) | Loaded::Existing(l) => l,
@@ -344,7 +344,7 @@ impl Agent {
                 let restored = self.ledger.generation != before;
                 if mode == Mode::Apply && m.has_read() && (restored || self.local_missing) {
                     // Restored (or first written) from the API: the local file follows at once.
-                    match self.ledger.save(&self.settings.ledger_file()) {
+                    match crate::ledger::save(&self.ledger, &self.settings.ledger_file()) {
                         Ok(()) => self.local_missing = false,
                         Err(e) => tracing::error!("{e}"),
                     }
@@ -540,7 +540,7 @@ impl Agent {
             return false;
         }
         let (ledger, file) = (self.ledger.clone(), self.settings.ledger_file());
-        let saved = tokio::task::spawn_blocking(move || ledger.save(&file)).await;
+        let saved = tokio::task::spawn_blocking(move || crate::ledger::save(&ledger, &file)).await;
         match saved {
             Ok(Ok(())) => return true,
             Ok(Err(e)) => tracing::error!("cannot record the converged scan: {e}"),
@@ -588,7 +588,7 @@ impl Agent {
                 return;
             }
         }
-        if let Err(e) = crate::ledger::write_atomic(&marker, b"{\"initialized\": true}\n") {
+        if let Err(e) = crate::atomic_file::write(&marker, b"{\"initialized\": true}\n") {
             tracing::error!(file = %marker.display(), "cannot record the restart: {e}");
         }
     }
@@ -752,7 +752,7 @@ impl Job {
             }
         }
         if changed {
-            if let Err(e) = p.ledger.save(&self.ledger_file) {
+            if let Err(e) = crate::ledger::save(&p.ledger, &self.ledger_file) {
                 done.failure = Some(format!("{e}; nothing applied"));
                 done.actual = Some(actual);
                 done.plan = Some(p);

@@ -79,16 +79,7 @@ pub enum ImsError {
     Client(#[from] ClientError),
 }
 
-/// A record that could not be read, and why. Its image is unknown, not absent: an
-/// IMS that stored a record badly has not deleted the image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SkippedRecord {
-    /// Position in the IMS answer.
-    pub index: usize,
-    /// The record's id, when it had a usable one (a non-empty string).
-    pub id: Option<String>,
-    pub reason: String,
-}
+pub use sbps_core::inventory::SkippedRecord;
 
 /// The readable records and the unreadable ones.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -186,17 +186,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Why a value cannot go into `control` (the kernel splits on `,` and newlines and
-/// takes at most 255 bytes of `fd_dev_name`).
-pub fn check_control_path(path: &str) -> Result<(), String> {
-    if path.is_empty() || path.len() > 255 {
-        return Err(format!("path {path:?} must be 1..=255 bytes"));
-    }
-    if path.contains([',', '\n', '\r', '\0']) {
-        return Err(format!("path {path:?} contains ',', a newline or NUL"));
-    }
-    Ok(())
-}
+pub use sbps_core::paths::check_control_path;
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,6 @@ pub mod configfs;
 pub mod fake;
 pub mod fs;
 pub mod lock;
-pub mod model;
 pub mod saveconfig;
 pub mod targetcli;
 
@@ -19,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 pub use configfs::{ConfigfsSettings, ConfigfsTarget};
 pub use lock::LockGuard;
+/// The model of LIO's objects and the operations on them: pure, in [`sbps_core::lio`].
+pub use sbps_core::lio as model;
 pub use model::{Actual, Backstore, BackstoreRef, Lun, Op, Phase, Tpg};
 
 /// Errors of the LIO backends, each naming what it was doing and where. Kernel

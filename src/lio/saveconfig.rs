@@ -325,7 +325,7 @@ pub fn write(path: &Path, doc: &Value, max_backups: usize) -> Result<bool, LioEr
             backup(path, &old, max_backups).map_err(|e| serr(format!("backup failed: {e}")))?;
         }
     }
-    crate::ledger::write_atomic(path, text.as_bytes())
+    crate::atomic_file::write(path, text.as_bytes())
         .map_err(|e| serr(format!("cannot write: {e}")))?;
     tracing::info!(path = %path.display(), "saveconfig.json written");
     Ok(true)
@@ -369,7 +369,7 @@ fn backup(path: &Path, old: &[u8], max: usize) -> std::io::Result<()> {
     let name = format!("saveconfig-{}-json.gz", local_timestamp());
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(old)?;
-    crate::ledger::write_atomic(&dir.join(name), &enc.finish()?)?;
+    crate::atomic_file::write(&dir.join(name), &enc.finish()?)?;
     let all = backups(path);
     for p in all.iter().take(all.len().saturating_sub(max)) {
         fs::remove_file(p)?;

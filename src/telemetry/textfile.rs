@@ -9,5 +9,5 @@ use std::path::Path;
 
 /// Replaces `path` with `text`, readable by node-exporter (0644).
 pub fn write(path: &Path, text: &str) -> io::Result<()> {
-    crate::ledger::write_atomic_mode(path, text.as_bytes(), 0o644)
+    crate::atomic_file::write_mode(path, text.as_bytes(), 0o644)
 }

@@ -85,7 +85,7 @@ pub fn one_name(object_key: &str) -> Result<(), String> {
 /// parser would configure a different file than the one checked.
 ///
 /// `=` is fine: the kernel's `fd_dev_name=%s` takes everything after the first one, and
-/// [`crate::lio::attr::check_control_path`] (the configfs backend's check) takes it too.
+/// [`check_control_path`] (the configfs backend's check) takes it too.
 /// Whatever passes here passes that check.
 pub fn kernel_safe_path(path: &Path) -> Result<(), String> {
     let s = path
@@ -164,6 +164,18 @@ pub fn key_under<'a>(path: &'a Path, root: &Path) -> Option<&'a str> {
     path.to_str()?.strip_prefix(r)?.strip_prefix('/')
 }
 
+/// Why a value cannot go into `control` (the kernel splits on `,` and newlines and
+/// takes at most 255 bytes of `fd_dev_name`).
+pub fn check_control_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.len() > 255 {
+        return Err(format!("path {path:?} must be 1..=255 bytes"));
+    }
+    if path.contains([',', '\n', '\r', '\0']) {
+        return Err(format!("path {path:?} contains ',', a newline or NUL"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,7 +188,7 @@ mod tests {
     fn kernel_safe_path_agrees_with_the_backend() {
         let eq = "/m/PE/a=b.squashfs";
         assert!(kernel_safe_path(Path::new(eq)).is_ok());
-        assert!(crate::lio::attr::check_control_path(eq).is_ok());
+        assert!(check_control_path(eq).is_ok());
         for p in [
             "/m/PE/a,b.squashfs",
             "/m/PE/a\nb",
@@ -184,11 +196,11 @@ mod tests {
             "/m/PE/a\0b",
         ] {
             assert!(kernel_safe_path(Path::new(p)).is_err(), "{p:?}");
-            assert!(crate::lio::attr::check_control_path(p).is_err(), "{p:?}");
+            assert!(check_control_path(p).is_err(), "{p:?}");
         }
         let ok = "/m/PE/with space/\u{2025}.squashfs";
         assert!(kernel_safe_path(Path::new(ok)).is_ok());
-        assert!(crate::lio::attr::check_control_path(ok).is_ok());
+        assert!(check_control_path(ok).is_ok());
     }
 
     #[test]

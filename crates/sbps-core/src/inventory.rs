@@ -1,0 +1,180 @@
+//! The inventory: everything the sources said in one scan, as plain values.
+//!
+//! The adapters (S3, IMS, manifests, SPIRE, node label, mount; in the agent's crate)
+//! fill an [`Inventory`]; [`crate::desired`] decides from it alone. Every source result
+//! is tri-state: a value (known present), an explicit absence, or an error. An error is
+//! kept as an error all the way to the plan, so a failing source can never look like an
+//! empty one.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The media type of the rootfs artifact in an IMS manifest.
+pub const ROOTFS_ARTIFACT_TYPE: &str = "application/vnd.cray.image.rootfs.squashfs";
+
+/// The IMS metadata key whose value `"true"` asks for projection.
+pub const TAG_KEY: &str = "sbps-project";
+
+/// One object of the S3 listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Object {
+    pub key: String,
+    /// ETag with the surrounding quotes removed (S3 lists it quoted).
+    pub etag: String,
+    pub size: u64,
+}
+
+/// An IMS `link` (ArtifactLinkRecord). Only `path` is required by the schema; real
+/// records and manifests miss the others.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Link {
+    pub path: String,
+    pub etag: Option<String>,
+    pub kind: Option<String>,
+}
+
+/// What an image record says about tagging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Tagging {
+    /// No `metadata` field: an IMS older than tagging support (projected, as the original did).
+    NoMetadata,
+    /// The normal flat string map (non-string values already turned into strings or dropped).
+    Map(BTreeMap<String, String>),
+    /// The `{"key": …, "value": …}` shape stored by a buggy `cray ims images create` (CSM < 1.7).
+    BuggyKeyValue { key: String, value: String },
+    /// `metadata` present but of no recognised shape.
+    Invalid(String),
+}
+
+impl Tagging {
+    /// The value of the projection tag, when the metadata is the normal map.
+    pub fn tag(&self) -> Option<&str> {
+        match self {
+            Tagging::Map(m) => m.get(TAG_KEY).map(String::as_str),
+            _ => None,
+        }
+    }
+}
+
+/// One IMS image record, already parsed leniently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub id: String,
+    pub name: String,
+    pub link: Option<Link>,
+    pub tagging: Tagging,
+}
+
+/// One artifact of an image manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub kind: String,
+    pub link: Option<Link>,
+}
+
+/// An image manifest (`manifest.json` at the IMS record's `link.path`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    pub artifacts: Vec<Artifact>,
+}
+
+/// What the s3fs mount says about one object key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountEntry {
+    /// A regular file inside the mount (after resolving symlinks) of this size.
+    File { size: u64 },
+    /// Nothing at that path (yet).
+    Missing,
+    /// Something that is not a regular file (a directory, a device …).
+    NotRegular,
+    /// The path leaves the mount (`..`, an absolute component, a symlink pointing out).
+    Outside(String),
+    /// The path reaches a file inside the mount by another name than `<mount>/<key>`:
+    /// through a symlink, or with an empty or `.` segment. One key must name one file,
+    /// or two identities export the same bytes.
+    Indirect(String),
+    /// The check itself failed (I/O error, stale mount): unknown.
+    Error(String),
+}
+
+/// A record that could not be read, and why. Its image is unknown, not absent: an
+/// IMS that stored a record badly has not deleted the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedRecord {
+    /// Position in the IMS answer.
+    pub index: usize,
+    /// The record's id, when it had a usable one (a non-empty string).
+    pub id: Option<String>,
+    pub reason: String,
+}
+
+/// Everything gathered in one scan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// The whole bucket listing, or why it could not be had.
+    pub s3: Result<Vec<S3Object>, String>,
+    /// All IMS image records that could be read, or why the answer could not be had.
+    pub ims: Result<Vec<ImageRecord>, String>,
+    /// Records of a readable IMS answer that could not be read themselves. Each makes
+    /// its image *unknown*, never absent (see [`crate::desired`]).
+    pub ims_unreadable: Vec<SkippedRecord>,
+    /// Manifests by IMS `link.path`: parsed, or the fetch/parse error.
+    pub manifests: BTreeMap<String, Result<Manifest, String>>,
+    /// What the mount says, by S3 object key.
+    pub mount: BTreeMap<String, MountEntry>,
+}
+
+impl Inventory {
+    /// An inventory in which every source failed with `why`.
+    pub fn unavailable(why: &str) -> Inventory {
+        Inventory {
+            s3: Err(why.to_string()),
+            ims: Err(why.to_string()),
+            ims_unreadable: Vec::new(),
+            manifests: BTreeMap::new(),
+            mount: BTreeMap::new(),
+        }
+    }
+}
+
+/// Splits `s3://<bucket>/<key>` into bucket and key.
+pub fn parse_s3_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("s3://")?;
+    let (bucket, key) = rest.split_once('/')?;
+    if bucket.is_empty() || key.is_empty() {
+        return None;
+    }
+    Some((bucket, key))
+}
+
+/// Removes the quotes S3 puts around ETags (`"abc"` → `abc`); leaves an unquoted one as it is.
+pub fn strip_etag_quotes(etag: &str) -> &str {
+    let t = etag.trim();
+    t.strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_urls() {
+        assert_eq!(
+            parse_s3_url("s3://boot-images/a/rootfs"),
+            Some(("boot-images", "a/rootfs"))
+        );
+        assert_eq!(parse_s3_url("s3://boot-images/"), None);
+        assert_eq!(parse_s3_url("s3://boot-images"), None);
+        assert_eq!(parse_s3_url("https://x/y"), None);
+    }
+
+    #[test]
+    fn etag_quotes() {
+        assert_eq!(strip_etag_quotes("\"abc-2\""), "abc-2");
+        assert_eq!(strip_etag_quotes("abc"), "abc");
+        assert_eq!(strip_etag_quotes("\"abc"), "\"abc");
+    }
+}
