@@ -7,7 +7,6 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -93,9 +92,8 @@ async fn a_held_targetcli_lock_fails_the_scan_naming_the_holder() {
     // An administrator left targetcli open: it holds targetcli.lock.
     let lock = w.rig.locks.path().join("targetcli.lock");
     let admin = File::create(&lock).unwrap();
-    // SAFETY: flock on our own descriptor.
-    assert_eq!(unsafe { libc::flock(admin.as_raw_fd(), libc::LOCK_EX) }, 0);
-    // The test looks at LIO without the locks (the agent's target waits for them).
+    admin.lock().unwrap(); // flock(LOCK_EX), as targetcli takes it
+                           // The test looks at LIO without the locks (the agent's target waits for them).
     let look = ConfigfsTarget::new(
         w.rig.fs.clone(),
         ConfigfsSettings {
