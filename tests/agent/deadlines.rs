@@ -125,6 +125,19 @@ async fn a_held_targetcli_lock_fails_the_scan_naming_the_holder() {
     assert!(r.converged, "{:?}", r.problems());
 }
 
+/// Releases a [`Hanging`] write when dropped, so a failed assertion ends the test with
+/// its message instead of hanging it: the runtime's shutdown waits for the blocking
+/// thread that holds the write.
+struct Release(Arc<(Mutex<(bool, usize)>, Condvar)>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.0;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
+        cv.notify_all();
+    }
+}
+
 /// The fake configfs, except that a write to `hang` blocks until released: a configfs
 /// write the kernel never answers (the blocking call cannot be cancelled).
 struct Hanging {
@@ -176,6 +189,9 @@ impl Fs for Hanging {
 async fn a_hung_configfs_write_is_reported_stuck_and_no_other_job_runs() {
     let state = Arc::new((Mutex::new((false, 0usize)), Condvar::new()));
     let shared = state.clone();
+    // A failed assertion below releases the hung write as it unwinds, before the
+    // runtime's shutdown waits for the blocking thread that holds it.
+    let _release = Release(state.clone());
     let mut w = world_opts(Options {
         env: vec![("LIO_TIMEOUT".into(), secs(1))],
         target: Some(Box::new(move |rig| {
