@@ -180,12 +180,20 @@ fn main() {
         return;
     }
     println!("scan benchmark: Agent::scan(Mode::Apply), in-memory S3 double + IMS double on 127.0.0.1, sparse-file mount, fake configfs; one child process per N");
+    // SBPS_SCAN_BENCH_N=5000 (comma-separated) runs only those sizes: a quicker round
+    // while profiling; the targets are checked only on the full run.
+    let only: Option<Vec<usize>> = std::env::var("SBPS_SCAN_BENCH_N")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let sizes = only.clone().unwrap_or_else(|| vec![100, 1_000, 5_000]);
     let mut all = Vec::new();
-    for n in [100, 1_000, 5_000] {
+    for n in sizes {
         all.extend(run_n(&rt, n, true));
     }
     print_table(&all);
-    check(&all);
+    if only.is_none() {
+        check(&all);
+    }
 }
 
 fn print_table(rows: &[Row]) {
@@ -419,12 +427,26 @@ async fn child_scans(n: usize, s3: url::Url, ims: url::Url, mount: PathBuf, tagg
     };
 
     let mut rows = Vec::new();
+    let detail = std::env::var_os("SBPS_SCAN_BENCH_DETAIL").is_some();
     let scan = |state: &'static str,
                 r: ScanReport,
                 c0: (u64, u64, u64, usize),
                 c1: (u64, u64, u64, usize),
                 w: u64| {
         let t = &r.timings;
+        if detail {
+            let g = &r.stats;
+            eprintln!(
+                "N={n} {state}: gather {:.1} ms = S3 list {:.1} | IMS {:.1} | manifests {:.1} | judging {:.1} | mount stats {:.1} ({})",
+                ms(g.total),
+                ms(g.s3_list.duration),
+                ms(g.ims.duration),
+                ms(g.manifest_fetch.duration),
+                ms(g.judging),
+                ms(g.mount_duration),
+                g.mount_checked
+            );
+        }
         Row {
             n,
             state: state.into(),

@@ -238,11 +238,11 @@ impl Sources {
         let candidates = judging.mount_keys();
         stats.judging = t.elapsed();
         let t = Instant::now();
+        stats.mount_checked = candidates.len();
         inventory.mount = self
             .mount
-            .check_all(&settings.mount_root, &candidates)
+            .check_keys(&settings.mount_root, candidates, super::mount::check)
             .await;
-        stats.mount_checked = candidates.len();
         stats.mount_duration = t.elapsed();
         stats.total = start.elapsed();
         tracing::debug!(?stats, "inventory gathered");

@@ -5,18 +5,24 @@
 //! and `iscsi/<iqn>/tpgt_<tag>/{enable,lun/lun_<N>/<alias> -> core/...}`.
 //!
 //! Observing lists only `core/`, each HBA and the TPG's `lun/` (a full-tree walk of
-//! configfs with 500 LUNs takes seconds). Every change takes the targetcli/rtslib
-//! lock files (see [`super::lock`]); hold [`Target::lock`] for a whole apply.
+//! configfs with 500 LUNs takes seconds), and reads a backstore's attributes only when
+//! the kernel cannot vouch that they are those read before (see [`super::seen`]).
+//! Every change takes the targetcli/rtslib lock files (see [`super::lock`]); hold
+//! [`Target::lock`] for a whole apply.
 //! Ops are safe to run in parallel: HBA directories are created idempotently and
 //! a create that loses a race against the removal of an empty HBA retries.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+use rustc_hash::FxHashMap;
 
 use super::attr;
 use super::fs::{Fs, Kind, RealFs};
 use super::lock::{LockGuard, Locker};
 use super::model::{Actual, Backstore, BackstoreRef, Lun, Op, Tpg};
+use super::seen::Seen;
 use super::{LioError, Target};
 use crate::paths;
 
@@ -58,6 +64,7 @@ pub struct ConfigfsTarget<F: Fs = RealFs> {
     fs: F,
     s: ConfigfsSettings,
     locker: Locker,
+    seen: Mutex<Seen>,
 }
 
 impl ConfigfsTarget<RealFs> {
@@ -70,7 +77,12 @@ impl ConfigfsTarget<RealFs> {
 impl<F: Fs> ConfigfsTarget<F> {
     pub fn new(fs: F, s: ConfigfsSettings) -> Self {
         let locker = Locker::new(s.lock_dir.clone(), s.lock_timeout);
-        ConfigfsTarget { fs, s, locker }
+        ConfigfsTarget {
+            fs,
+            s,
+            locker,
+            seen: Mutex::default(),
+        }
     }
 
     pub fn settings(&self) -> &ConfigfsSettings {
@@ -125,6 +137,12 @@ impl<F: Fs> ConfigfsTarget<F> {
 
     // ----------------------------------------------------------------- observe
 
+    fn seen(&self) -> MutexGuard<'_, Seen> {
+        // A panic while it was held leaves at worst a stale entry that the next
+        // comparison of inodes refuses: the memory stays usable.
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn observe_locked(&self) -> Result<Actual, LioError> {
         let mut actual = Actual::default();
         let core = self.core();
@@ -132,6 +150,7 @@ impl<F: Fs> ConfigfsTarget<F> {
             .fs
             .read_dir(&core)
             .map_err(|e| LioError::from_io("list backstores", &core, e))?;
+        let mut listed: Vec<(BackstoreRef, u64)> = Vec::new();
         for h in hbas.iter().filter(|e| e.kind == Kind::Dir) {
             let Some((plugin, hba)) = attr::parse_hba_dir(&h.name) else {
                 continue; // core/alua
@@ -143,20 +162,36 @@ impl<F: Fs> ConfigfsTarget<F> {
                 Err(e) => return Err(LioError::from_io("list HBA", &dir, e)),
             };
             actual.hbas.insert((plugin.clone(), hba));
-            for so in sos.iter().filter(|e| e.kind == Kind::Dir) {
+            for so in sos.into_iter().filter(|e| e.kind == Kind::Dir) {
                 let at = BackstoreRef {
                     plugin: plugin.clone(),
                     hba,
-                    name: so.name.clone(),
+                    name: so.name,
                 };
-                match self.read_backstore(&at) {
-                    Ok(b) => actual.backstores.push(b),
-                    Err(LioError::NotFound { .. }) => {} // removed while we looked
-                    Err(e) => return Err(e),
-                }
+                listed.push((at, so.ino));
             }
         }
-        actual.tpg = self.read_tpg()?;
+        let mut seen = self.seen();
+        seen.begin();
+        let (tpg, links) = self.read_tpg(&mut seen)?;
+        actual.tpg = tpg;
+        actual.backstores.reserve(listed.len());
+        for (at, ino) in listed {
+            let links = links.get(&at).map_or(&[][..], Vec::as_slice);
+            if let Some(b) = seen.backstore(&at, ino, links) {
+                actual.backstores.push(b);
+                continue;
+            }
+            match self.read_backstore(&at) {
+                Ok(b) => {
+                    seen.saw_backstore(ino, links, &b);
+                    actual.backstores.push(b);
+                }
+                Err(LioError::NotFound { .. }) => {} // removed while we looked
+                Err(e) => return Err(e),
+            }
+        }
+        seen.end();
         Ok(actual)
     }
 
@@ -187,11 +222,20 @@ impl<F: Fs> ConfigfsTarget<F> {
         })
     }
 
-    fn read_tpg(&self) -> Result<Option<Tpg>, LioError> {
+    /// The TPG, and the inodes of its links by the backstore each links (sorted).
+    #[allow(clippy::type_complexity)]
+    fn read_tpg(
+        &self,
+        seen: &mut Seen,
+    ) -> Result<(Option<Tpg>, FxHashMap<BackstoreRef, Vec<u64>>), LioError> {
+        let mut links: FxHashMap<BackstoreRef, Vec<u64>> = FxHashMap::default();
         let tpg = self.tpg_dir();
         let enable = match self.fs.read(&tpg.join("enable")) {
             Ok(s) => attr::parse_flag(&s).unwrap_or(false),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                seen.keep_luns(|_| false);
+                return Ok((None, links));
+            }
             Err(e) => return Err(LioError::from_io("read TPG enable", &tpg, e)),
         };
         let lun_root = tpg.join("lun");
@@ -215,23 +259,42 @@ impl<F: Fs> ConfigfsTarget<F> {
                 alias: None,
                 backstore: None,
             };
-            if let Some(link) = inner.iter().find(|e| e.kind == Kind::Symlink) {
-                let p = dir.join(&link.name);
-                let target = self
-                    .fs
-                    .readlink(&p)
-                    .map_err(|e| LioError::from_io("read LUN link", &p, e))?;
+            let link = inner.iter().find(|e| e.kind == Kind::Symlink);
+            if link.is_none() {
+                seen.forget_lun(index);
+            }
+            if let Some(link) = link {
+                lun.backstore = match seen.lun(index, e.ino, link.ino, &link.name) {
+                    Some(b) => b,
+                    None => {
+                        let p = dir.join(&link.name);
+                        let target = self
+                            .fs
+                            .readlink(&p)
+                            .map_err(|e| LioError::from_io("read LUN link", &p, e))?;
+                        let b = attr::parse_link_target(&target);
+                        seen.saw_lun(index, e.ino, link.ino, &link.name, b.as_ref());
+                        b
+                    }
+                };
+                if let Some(b) = &lun.backstore {
+                    links.entry(b.clone()).or_default().push(link.ino);
+                }
                 lun.alias = Some(link.name.clone());
-                lun.backstore = attr::parse_link_target(&target);
             }
             luns.insert(index, lun);
         }
-        Ok(Some(Tpg {
+        seen.keep_luns(|i| luns.contains_key(&i));
+        for v in links.values_mut() {
+            v.sort_unstable();
+        }
+        let tpg = Tpg {
             iqn: self.s.iqn.clone(),
             tag: self.s.tag,
             enabled: enable,
             luns,
-        }))
+        };
+        Ok((Some(tpg), links))
     }
 
     // ----------------------------------------------------------------- execute

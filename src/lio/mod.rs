@@ -12,6 +12,7 @@ pub mod fs;
 pub mod lock;
 pub mod model;
 pub mod saveconfig;
+pub mod seen;
 pub mod targetcli;
 
 use std::io;
@@ -159,6 +160,9 @@ pub trait Target: Send + Sync {
     }
     /// Writes the live state to `path` in rtslib's saveconfig.json format (what
     /// `targetctl restore` reads at boot), only when it changed. Returns whether it wrote.
+    /// The state is the one this backend last observed (observed again when it changed
+    /// LIO itself since): a scan saves right after observing, and the next scan's
+    /// observation brings in what changed behind its back in between.
     fn save_config(&self, path: &std::path::Path) -> Result<bool, LioError>;
 }
 
