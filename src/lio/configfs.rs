@@ -13,6 +13,7 @@
 //! a create that loses a race against the removal of an empty HBA retries.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -65,6 +66,12 @@ pub struct ConfigfsTarget<F: Fs = RealFs> {
     s: ConfigfsSettings,
     locker: Locker,
     seen: Mutex<Seen>,
+    /// saveconfig.json as last written (see [`super::saved`]).
+    saved: Mutex<Option<super::saved::Document>>,
+    /// Operations started so far, and how many had started when the observation `seen`
+    /// holds began: when they differ, `seen` may not be the kernel's state.
+    ops: AtomicU64,
+    seen_after: AtomicU64,
 }
 
 impl ConfigfsTarget<RealFs> {
@@ -82,6 +89,9 @@ impl<F: Fs> ConfigfsTarget<F> {
             s,
             locker,
             seen: Mutex::default(),
+            saved: Mutex::default(),
+            ops: AtomicU64::new(0),
+            seen_after: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -93,12 +103,25 @@ impl<F: Fs> ConfigfsTarget<F> {
         &self.fs
     }
 
-    /// Dumps the live configfs into `path` in rtslib's saveconfig.json format (with
+    /// Writes the live configfs into `path` in rtslib's saveconfig.json format (with
     /// targetcli's backups), only if the content changed. Returns whether it wrote.
+    /// What the last observation vouches for is copied from the file last written, the
+    /// rest dumped (see [`super::saved`]); after an operation it observes first.
     pub fn save_config(&self, path: &Path) -> Result<bool, LioError> {
         let _g = self.locker.acquire()?;
-        let doc = super::saveconfig::dump(&self.fs, &self.s.root)?;
-        super::saveconfig::write(path, &doc, super::saveconfig::MAX_BACKUPS)
+        if self.seen_after.load(Ordering::SeqCst) != self.ops.load(Ordering::SeqCst) {
+            self.observe_locked()?;
+        }
+        let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let layout = super::saved::Layout {
+            root: &self.s.root,
+            iqn: &self.s.iqn,
+            tag: self.s.tag,
+        };
+        let seen = self.seen();
+        let (written, doc) = super::saved::save(&self.fs, &layout, &seen, saved.take(), path)?;
+        *saved = doc;
+        Ok(written)
     }
 
     fn core(&self) -> PathBuf {
@@ -144,6 +167,14 @@ impl<F: Fs> ConfigfsTarget<F> {
     }
 
     fn observe_locked(&self) -> Result<Actual, LioError> {
+        self.seen_after.store(u64::MAX, Ordering::SeqCst);
+        let ops = self.ops.load(Ordering::SeqCst);
+        let actual = self.observe_unmarked()?;
+        self.seen_after.store(ops, Ordering::SeqCst);
+        Ok(actual)
+    }
+
+    fn observe_unmarked(&self) -> Result<Actual, LioError> {
         let mut actual = Actual::default();
         let core = self.core();
         let hbas = self
@@ -547,6 +578,7 @@ impl<F: Fs> Target for ConfigfsTarget<F> {
 
     fn execute(&self, op: &Op) -> Result<(), LioError> {
         let _g = self.locker.acquire()?;
+        self.ops.fetch_add(1, Ordering::SeqCst);
         tracing::debug!(%op, "configfs");
         match op {
             Op::CreateBackstore {

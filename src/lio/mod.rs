@@ -12,6 +12,7 @@ pub mod fs;
 pub mod lock;
 pub mod model;
 pub mod saveconfig;
+pub mod saved;
 pub mod seen;
 pub mod targetcli;
 
