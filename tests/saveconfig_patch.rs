@@ -10,7 +10,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use sbps_marshal::lio::fs::Fs;
-use sbps_marshal::lio::{saveconfig, BackstoreRef, ConfigfsTarget, Op, Target};
+use sbps_marshal::lio::{saveconfig, Actual, BackstoreRef, ConfigfsTarget, Op, OpResult, Target};
 
 use support::*;
 
@@ -61,6 +61,10 @@ struct World<'a> {
     rig: &'a Rig,
     t: ConfigfsTarget<DynFs>,
     generation: u64,
+    /// The last observation, and the ops run since (what the agent hands
+    /// `observe_after`); None when unknown.
+    before: Option<Actual>,
+    applied: Vec<OpResult>,
 }
 
 impl World<'_> {
@@ -82,8 +86,23 @@ impl World<'_> {
     }
     /// Ops are allowed to fail (a step that does not apply to the state): the file
     /// must mirror the kernel whatever happened.
-    fn op(&self, op: Op) {
-        let _ = self.t.execute(&op);
+    fn op(&mut self, op: Op) {
+        let result = self.t.execute(&op);
+        self.applied.push(OpResult {
+            op,
+            result,
+            elapsed: Default::default(),
+        });
+    }
+    /// Observes, from the ops since the last observation when `after` (as the agent does
+    /// right after applying), in full otherwise.
+    fn observe(&mut self, after: bool) {
+        let applied = std::mem::take(&mut self.applied);
+        let seen = match self.before.take() {
+            Some(before) if after => self.t.observe_after(before, &applied),
+            _ => self.t.observe(),
+        };
+        self.before = Some(seen.unwrap());
     }
     fn create(&mut self, slot: u64, file: u8) {
         self.generation += 1;
@@ -102,7 +121,7 @@ impl World<'_> {
             alias: format!("a{slot}"),
         });
     }
-    fn unmap(&self, slot: u64) {
+    fn unmap(&mut self, slot: u64) {
         if self.rig.fs.exists(&self.lun(slot)) {
             self.op(Op::UnmapLun {
                 lun: 50 + slot,
@@ -110,7 +129,7 @@ impl World<'_> {
             });
         }
     }
-    fn remove(&self, slot: u64) {
+    fn remove(&mut self, slot: u64) {
         self.unmap(slot);
         for other in 0..SLOTS {
             // A relinked LUN may export it too.
@@ -152,9 +171,7 @@ impl World<'_> {
                 let attr = self.rig.tpg().join("attrib/login_timeout");
                 let _ = fs.write(&attr, &timeout.to_string());
             }
-            Step::Observe => {
-                self.t.observe().unwrap();
-            }
+            Step::Observe => self.observe(false),
             Step::Clobber => std::fs::write(file, "{}\n").unwrap(),
             _ => {}
         }
@@ -169,13 +186,22 @@ fn check(rig: &Rig, steps: &[Step]) -> Result<(), TestCaseError> {
         rig,
         t: rig.target(),
         generation: 0,
+        before: None,
+        applied: Vec::new(),
     };
     for (i, s) in steps.iter().enumerate() {
         let behind = w.run(*s, &file);
         // The agent saves what it observed (a save after the backend's own changes
         // observes by itself): a change behind its back reaches the file once observed.
-        if behind || i % 3 != 2 {
-            w.t.observe().unwrap();
+        match i % 3 {
+            _ if behind => w.observe(false),
+            0 => w.observe(true),
+            1 => w.observe(false),
+            _ => w.before = None,
+        }
+        if let Some(seen) = &w.before {
+            let fresh = rig.target().observe().unwrap();
+            prop_assert_eq!(seen, &fresh, "after step {} {:?}", i, s);
         }
         w.t.save_config(&file).unwrap();
         let full = saveconfig::to_text(&saveconfig::dump(rig.fs.as_ref(), &rig.root).unwrap());
@@ -354,6 +380,8 @@ fn an_attribute_changed_in_place_reaches_the_file_with_the_next_whole_dump() {
         rig: &rig,
         t: rig.target(),
         generation: 0,
+        before: None,
+        applied: Vec::new(),
     };
     w.create(0, 0);
     w.create(1, 1);
@@ -369,7 +397,7 @@ fn an_attribute_changed_in_place_reaches_the_file_with_the_next_whole_dump() {
     // targetcli's own save of the change: the file is no longer the one written.
     std::fs::write(&file, full()).unwrap();
     w.create(2, 2);
-    w.t.observe().unwrap();
+    w.observe(false);
     w.t.save_config(&file).unwrap();
     assert_eq!(std::fs::read_to_string(&file).unwrap(), full());
 }

@@ -777,6 +777,14 @@ impl Job {
         };
         let results = lio::apply_until(&watched, &p.ops, self.parallelism, &self.stop);
         done.apply = t.elapsed();
+
+        let t = Instant::now();
+        progress.job_enter("observe LIO after applying", lio);
+        let after = if results.is_empty() {
+            Ok(actual)
+        } else {
+            self.target.observe_after(actual, &results)
+        };
         done.outcomes = results
             .into_iter()
             .map(|r| OpOutcome {
@@ -785,14 +793,6 @@ impl Job {
                 millis: r.elapsed.as_millis() as u64,
             })
             .collect();
-
-        let t = Instant::now();
-        progress.job_enter("observe LIO after applying", lio);
-        let after = if done.outcomes.is_empty() {
-            Ok(actual)
-        } else {
-            self.target.observe()
-        };
         match after {
             Ok(a) => done.actual = Some(a),
             Err(e) => done.failure = Some(format!("cannot read LIO after applying: {e}")),

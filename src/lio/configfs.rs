@@ -24,7 +24,7 @@ use super::fs::{Fs, Kind, RealFs};
 use super::lock::{LockGuard, Locker};
 use super::model::{Actual, Backstore, BackstoreRef, Lun, Op, Tpg};
 use super::seen::Seen;
-use super::{LioError, Target};
+use super::{LioError, OpResult, Target};
 use crate::paths;
 
 /// Where and what the backend manages.
@@ -328,6 +328,74 @@ impl<F: Fs> ConfigfsTarget<F> {
         Ok((Some(tpg), links))
     }
 
+    /// [`Target::observe_after`]: when every op of `applied` succeeded and no other ran
+    /// since the observation `before`, that observation with the ops' effects (the model
+    /// the contract suite holds the kernel to), each object an op made read back, and the
+    /// memory of observations brought up to date. Otherwise a whole observation.
+    /// A change behind the backend's back meanwhile is in the next scan's observation.
+    fn refresh(&self, before: Actual, applied: &[OpResult]) -> Result<Actual, LioError> {
+        let since = self.seen_after.load(Ordering::SeqCst);
+        let ops = self.ops.load(Ordering::SeqCst);
+        let ours = since != u64::MAX && ops.checked_sub(since) == Some(applied.len() as u64);
+        if !ours || applied.iter().any(|r| r.result.is_err()) {
+            return self.observe_locked();
+        }
+        let mut after = before;
+        let mut seen = self.seen();
+        let mut lun_dirs: Option<Vec<super::fs::Entry>> = None;
+        for r in applied {
+            after.apply(&r.op);
+            match &r.op {
+                Op::CreateBackstore { at, .. } => {
+                    let hba = self.hba_dir(&at.plugin, at.hba);
+                    let listed = self
+                        .fs
+                        .read_dir(&hba)
+                        .map_err(|e| LioError::from_io("list HBA", &hba, e))?;
+                    let ino = listed.iter().find(|e| e.name == at.name).map(|e| e.ino);
+                    let b = self.read_backstore(at)?;
+                    seen.saw_backstore(ino.unwrap_or(0), &[], &b);
+                    if let Some(m) = after.backstores.iter_mut().find(|x| &x.at == at) {
+                        *m = b;
+                    }
+                }
+                Op::DeleteBackstore { at } => seen.forget_backstore(at),
+                Op::MapLun { lun, at, alias } => {
+                    let lun_root = self.tpg_dir().join("lun");
+                    if lun_dirs.is_none() {
+                        let v = self
+                            .fs
+                            .read_dir(&lun_root)
+                            .map_err(|e| LioError::from_io("list LUNs", &lun_root, e))?;
+                        lun_dirs = Some(v);
+                    }
+                    let name = format!("lun_{lun}");
+                    let dir = lun_dirs.iter().flatten().find(|e| e.name == name);
+                    let path = lun_root.join(&name);
+                    let inner = self
+                        .fs
+                        .read_dir(&path)
+                        .map_err(|e| LioError::from_io("list LUN", &path, e))?;
+                    let link = inner.iter().find(|e| e.kind == Kind::Symlink);
+                    match (dir, link) {
+                        (Some(d), Some(l)) if &l.name == alias => {
+                            seen.saw_lun(*lun, d.ino, l.ino, alias, Some(at))
+                        }
+                        _ => seen.forget_lun(*lun),
+                    }
+                }
+                Op::UnmapLun { lun, .. } => seen.forget_lun(*lun),
+                Op::RemoveEmptyHba { .. } | Op::EnableTpg | Op::DisableTpg => {}
+            }
+        }
+        // In the order an observation lists them (by HBA directory name, then name).
+        after
+            .backstores
+            .sort_by_cached_key(|b| (b.at.hba_dir(), b.at.name.clone()));
+        self.seen_after.store(ops, Ordering::SeqCst);
+        Ok(after)
+    }
+
     // ----------------------------------------------------------------- execute
 
     fn create_backstore(
@@ -603,5 +671,10 @@ impl<F: Fs> Target for ConfigfsTarget<F> {
 
     fn lock(&self) -> Result<LockGuard, LioError> {
         self.locker.acquire()
+    }
+
+    fn observe_after(&self, before: Actual, applied: &[OpResult]) -> Result<Actual, LioError> {
+        let _g = self.locker.acquire()?;
+        self.refresh(before, applied)
     }
 }

@@ -152,6 +152,13 @@ pub trait Target: Send + Sync {
     fn observe(&self) -> Result<Actual, LioError>;
     /// Performs one operation.
     fn execute(&self, op: &Op) -> Result<(), LioError>;
+    /// The state after `applied` (each op run since the observation `before`, in
+    /// order, with its result). A backend that can tell what they changed reads only
+    /// that; by default everything is observed again.
+    fn observe_after(&self, before: Actual, applied: &[OpResult]) -> Result<Actual, LioError> {
+        let _ = (before, applied);
+        self.observe()
+    }
     /// Takes the locks that keep an admin's targetcli from interleaving with us, for as
     /// long as the guard lives. Hold one around a whole [`apply`] (and the observe
     /// before it): each `execute` otherwise takes and releases them per op. Backends

@@ -123,6 +123,11 @@ impl Seen {
         Some(s.value.clone())
     }
 
+    /// Forgets the backstore at `at` (removed).
+    pub fn forget_backstore(&mut self, at: &BackstoreRef) {
+        self.backstores.remove(at);
+    }
+
     /// Remembers what the backstore at `value.at` was read to be.
     pub fn saw_backstore(&mut self, ino: u64, links: &[u64], value: &Backstore) {
         let s = SeenBackstore {

@@ -154,3 +154,71 @@ fn an_observation_sees_what_changed_behind_its_back() {
     assert_eq!(norm(seen.clone()), fresh());
     assert!(seen.backstores.iter().all(|x| x.at != a));
 }
+
+/// After a plan's ops the backend reads back only what they made, and says exactly what
+/// a whole observation says (in the same order); with a failed op it observes it all.
+#[test]
+fn the_state_after_applying_is_what_an_observation_sees() {
+    use sbps_marshal::lio::{self, Op};
+    let rig = Rig::new();
+    let t = rig.target();
+    let fresh = || rig.target().observe().unwrap();
+    let refs: Vec<BackstoreRef> = (0..4)
+        .map(|i| BackstoreRef::fileio(43 + i, &format!("a{i}0dd52157e1636")))
+        .collect();
+    let create = |i: usize| {
+        let path = rig.image(&format!("PE/after{i}.squashfs"), 4096);
+        create_op(
+            &refs[i],
+            path,
+            4096,
+            &format!("a{i}0dd52157e1636aaaaaaaaaaaaaaaa"),
+        )
+    };
+    let map = |i: usize| map_op(43 + i as u64, &refs[i], &format!("a{i}0dd52157"));
+    let batches = [
+        vec![
+            create(0),
+            create(1),
+            create(2),
+            map(0),
+            map(1),
+            map(2),
+            Op::EnableTpg,
+        ],
+        vec![
+            Op::UnmapLun {
+                lun: 44,
+                serial: None,
+            },
+            Op::DeleteBackstore {
+                at: refs[1].clone(),
+            },
+            create(3),
+            map(3),
+        ],
+        // A failing op: the create of an existing backstore.
+        vec![create(0), Op::DisableTpg],
+        vec![
+            Op::UnmapLun {
+                lun: 43,
+                serial: None,
+            },
+            Op::DeleteBackstore {
+                at: refs[0].clone(),
+            },
+            Op::RemoveEmptyHba {
+                plugin: "fileio".into(),
+                hba: 99,
+            },
+        ],
+    ];
+    for (i, ops) in batches.iter().enumerate() {
+        let before = t.observe().unwrap();
+        let results = lio::apply(&t, ops, 2);
+        let after = t.observe_after(before, &results).unwrap();
+        assert_eq!(after, fresh(), "batch {i}: {results:?}");
+        // And the memory it leaves is the kernel's: the next observation agrees too.
+        assert_eq!(t.observe().unwrap(), fresh(), "batch {i}");
+    }
+}
