@@ -1,6 +1,7 @@
 //! Whole-scan benchmark: `Agent::scan(Mode::Apply)` over loopback doubles and the
 //! fake configfs, for N images, in three states: cold (nothing projected), steady
-//! (nothing to do), one change (one new tagged image among N).
+//! (nothing to do, best of 3), one change (one new tagged image among N; best of 3
+//! successive new images).
 //!
 //! `cargo bench --bench scan` runs N = 100, 1,000 and 5,000 and prints a table and
 //! PASS/MISS lines for the targets. Each N runs its agent in a fresh child process
@@ -47,11 +48,14 @@ struct World {
     ims: Arc<Ims>,
     records: RwLock<Vec<Value>>,
     mount: PathBuf,
+    /// Images added so far by `/control/add`.
+    added: std::sync::atomic::AtomicUsize,
 }
 
-/// `POST /control/add`: one new tagged image (index N) appears in IMS, S3 and the mount.
+/// `POST /control/add`: one new tagged image (index N, then N + 1, …) appears in IMS,
+/// S3 and the mount.
 async fn add(State(w): State<Arc<World>>) -> &'static str {
-    let im = support::image(w.n, true);
+    let im = support::image(w.n + w.added.fetch_add(1, Ordering::SeqCst), true);
     support::write_mount(&w.mount, im.objects.iter().map(|(k, v)| (k, v)));
     w.store.objects.write().unwrap().extend(im.objects);
     let mut r = w.records.write().unwrap();
@@ -89,6 +93,7 @@ fn run_n(rt: &tokio::runtime::Runtime, n: usize, verbose: bool) -> Vec<Row> {
         ims: ims.clone(),
         records: RwLock::new(f.records),
         mount: mount.path().to_path_buf(),
+        added: Default::default(),
     });
     let (s3_url, ims_url) = rt.block_on(async {
         let s3 = support::serve(support::s3_router(store)).await;
@@ -180,12 +185,20 @@ fn main() {
         return;
     }
     println!("scan benchmark: Agent::scan(Mode::Apply), in-memory S3 double + IMS double on 127.0.0.1, sparse-file mount, fake configfs; one child process per N");
+    // SBPS_SCAN_BENCH_N=5000 (comma-separated) runs only those sizes: a quicker round
+    // while profiling; the targets are checked only on the full run.
+    let only: Option<Vec<usize>> = std::env::var("SBPS_SCAN_BENCH_N")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let sizes = only.clone().unwrap_or_else(|| vec![100, 1_000, 5_000]);
     let mut all = Vec::new();
-    for n in [100, 1_000, 5_000] {
+    for n in sizes {
         all.extend(run_n(&rt, n, true));
     }
     print_table(&all);
-    check(&all);
+    if only.is_none() {
+        check(&all);
+    }
 }
 
 fn print_table(rows: &[Row]) {
@@ -288,6 +301,18 @@ fn check(rows: &[Row]) {
             "steady time(5,000) {s5:.1} ms <= 6 x time(1,000) {s1:.1} ms = {:.1} ms (ratio {:.2})",
             6.0 * s1,
             s5 / s1
+        ),
+    );
+    let (s5, c5) = (get(5_000, "steady").ms[6], get(5_000, "one change").ms[6]);
+    verdict(
+        s5 <= 200.0,
+        format!("steady time(5,000) {s5:.1} ms <= 200 ms"),
+    );
+    verdict(
+        c5 <= s5 + 100.0,
+        format!(
+            "one change time(5,000) {c5:.1} ms <= steady {s5:.1} ms + 100 ms = {:.1} ms",
+            s5 + 100.0
         ),
     );
     let rss = get(5_000, "steady").vm_hwm_kib as f64 / 1024.0;
@@ -419,12 +444,26 @@ async fn child_scans(n: usize, s3: url::Url, ims: url::Url, mount: PathBuf, tagg
     };
 
     let mut rows = Vec::new();
+    let detail = std::env::var_os("SBPS_SCAN_BENCH_DETAIL").is_some();
     let scan = |state: &'static str,
                 r: ScanReport,
                 c0: (u64, u64, u64, usize),
                 c1: (u64, u64, u64, usize),
                 w: u64| {
         let t = &r.timings;
+        if detail {
+            let g = &r.stats;
+            eprintln!(
+                "N={n} {state}: gather {:.1} ms = S3 list {:.1} | IMS {:.1} | manifests {:.1} | judging {:.1} | mount stats {:.1} ({})",
+                ms(g.total),
+                ms(g.s3_list.duration),
+                ms(g.ims.duration),
+                ms(g.manifest_fetch.duration),
+                ms(g.judging),
+                ms(g.mount_duration),
+                g.mount_checked
+            );
+        }
         Row {
             n,
             state: state.into(),
@@ -541,46 +580,65 @@ async fn child_scans(n: usize, s3: url::Url, ims: url::Url, mount: PathBuf, tagg
     rows.push(steady);
     rows.push(floor_row);
 
-    // One change: image N appears.
-    client
-        .post(ims.join("control/add").unwrap())
-        .send()
-        .await
-        .unwrap();
-    let new = Identity::of_key(&identity::rootfs_key(
-        &format!("s3://{BUCKET}/{}/rootfs", support::image_id(n)),
-        &support::rootfs_etag(n),
-    ));
-    fs.start_recording();
-    let c0 = counts(client.clone(), ims.clone()).await;
-    let w0 = fs.writes() as u64;
-    let r = agent.scan(Mode::Apply).await;
-    let c1 = counts(client.clone(), ims.clone()).await;
-    assert!(r.converged, "one change: {:?}", r.problems());
-    let mut row = scan("one change", r, c0, c1, fs.writes() as u64 - w0);
-    let log = fs.take();
-    // The new backstore is core/<hba>/<name>; its LUN is the one lun_K it mkdirs.
-    let lun_dirs: Vec<String> = log
-        .iter()
-        .filter_map(|l| l.strip_prefix("mkdir "))
-        .filter(|p| p.contains("/lun/lun_"))
-        .map(str::to_string)
-        .collect();
-    let foreign: Vec<String> = log
-        .iter()
-        .filter(|l| {
-            let p = l.split_once(' ').unwrap().1;
-            let in_backstore = p.starts_with("core/")
-                && (p.split('/').nth(2) == Some(new.name.as_str())
-                    || (l.starts_with("mkdir ") && p.matches('/').count() == 1));
-            let in_lun = lun_dirs.len() == 1 && p.starts_with(lun_dirs[0].as_str());
-            !(in_backstore || in_lun)
-        })
-        .cloned()
-        .collect();
-    row.writes_confined = Some(foreign.is_empty() && lun_dirs.len() == 1);
-    row.foreign = foreign;
-    rows.push(row);
+    // One change: image N appears; then N + 1, then N + 2 (best of 3, as steady).
+    let mut best: Option<Row> = None;
+    for k in 0..3 {
+        client
+            .post(ims.join("control/add").unwrap())
+            .send()
+            .await
+            .unwrap();
+        let new = Identity::of_key(&identity::rootfs_key(
+            &format!("s3://{BUCKET}/{}/rootfs", support::image_id(n + k)),
+            &support::rootfs_etag(n + k),
+        ));
+        fs.start_recording();
+        let c0 = counts(client.clone(), ims.clone()).await;
+        let w0 = fs.writes() as u64;
+        let r = agent.scan(Mode::Apply).await;
+        let c1 = counts(client.clone(), ims.clone()).await;
+        assert!(r.converged, "one change: {:?}", r.problems());
+        let mut row = scan("one change", r, c0, c1, fs.writes() as u64 - w0);
+        let log = fs.take();
+        // The new backstore is core/<hba>/<name>; its LUN is the one lun_K it mkdirs.
+        let lun_dirs: Vec<String> = log
+            .iter()
+            .filter_map(|l| l.strip_prefix("mkdir "))
+            .filter(|p| p.contains("/lun/lun_"))
+            .map(str::to_string)
+            .collect();
+        let foreign: Vec<String> = log
+            .iter()
+            .filter(|l| {
+                let p = l.split_once(' ').unwrap().1;
+                let in_backstore = p.starts_with("core/")
+                    && (p.split('/').nth(2) == Some(new.name.as_str())
+                        || (l.starts_with("mkdir ") && p.matches('/').count() == 1));
+                let in_lun = lun_dirs.len() == 1 && p.starts_with(lun_dirs[0].as_str());
+                !(in_backstore || in_lun)
+            })
+            .cloned()
+            .collect();
+        row.writes_confined = Some(foreign.is_empty() && lun_dirs.len() == 1);
+        row.foreign = foreign;
+        if detail {
+            eprintln!("N={n} one change #{}: total {:.1} ms", k + 1, row.ms[6]);
+        }
+        // Counts and confinement must hold in every one, not just the best.
+        if let Some(b) = &best {
+            assert_eq!(
+                (b.s3_list, b.s3_get, b.ims, b.kernel_writes, b.ops),
+                (row.s3_list, row.s3_get, row.ims, row.kernel_writes, row.ops)
+            );
+            if b.writes_confined != Some(true) {
+                continue;
+            }
+        }
+        if row.writes_confined != Some(true) || best.as_ref().is_none_or(|b| row.ms[6] < b.ms[6]) {
+            best = Some(row);
+        }
+    }
+    rows.extend(best);
 
     let hwm = vm_hwm_kib();
     for mut r in rows {

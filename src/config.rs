@@ -101,7 +101,7 @@ keys! {
     "CONFIGFS_ROOT", "/sys/kernel/config/target", Kind::AbsPath, "LIO configfs root.", "new";
     "TLS_VERIFY", "true", Kind::Bool, "Verify TLS certificates of S3, IMS and Kubernetes.", "new; the original never verified";
     "CA_BUNDLE", "", Kind::OptAbsPath, "Extra PEM CA bundle trusted besides the system roots (for Kubernetes, besides the kubeconfig's CA).", "new";
-    "SPIRE_PROVIDER", "cli", Kind::OneOf(&["cli", "workload-api"]), "Token source: the spire-agent CLI (as the original) or the Workload API socket.", "new";
+    "SPIRE_PROVIDER", "cli", Kind::OneOf(&["cli", "workload-api"]), "Token source: the spire-agent CLI (as the original) or the Workload API socket.", "new; `workload-api` needs the cargo feature `spiffe` (default, in the RPM)";
     "REMOVAL_GRACE", "600", Kind::SecondsOrZero, "Seconds an image must be known absent before its LUN is removed.", "new; the original removed at once";
     "LUN_QUARANTINE", "604800", Kind::SecondsOrZero, "Seconds a freed LUN number stays unused.", "new; the original reused numbers at once";
     "ADOPTION_QUARANTINE_ABOVE", "256", Kind::CountOrZero, "Adopting a target without a ledger (the original's, a corrupt ledger, a rebuilt worker): how many numbers above the highest LUN seen are quarantined for LUN_QUARANTINE besides the free ones below it, since the original may have freed them a moment ago; 0 = only those below.", "new; the original reused numbers at once";
@@ -159,6 +159,14 @@ pub enum ConfigError {
     File { path: PathBuf, detail: String },
     #[error("--set expects KEY=VALUE, got {0:?}")]
     BadFlag(String),
+    #[error("{key}={value:?} (from {origin}) needs {needs}")]
+    NotBuilt {
+        key: String,
+        value: String,
+        origin: Origin,
+        /// What is missing, and what to do instead.
+        needs: &'static str,
+    },
 }
 
 /// The raw layered values: key → (value, origin).
@@ -429,7 +437,7 @@ impl Settings {
             configfs_root: p.path("CONFIGFS_ROOT")?,
             tls_verify: p.bool("TLS_VERIFY")?,
             ca_bundle: p.opt_path("CA_BUNDLE")?,
-            spire_provider: p.text("SPIRE_PROVIDER")?,
+            spire_provider: p.spire_provider()?,
             removal_grace: p.secs("REMOVAL_GRACE")?,
             lun_quarantine: p.secs("LUN_QUARANTINE")?,
             adoption_quarantine_above: p.count("ADOPTION_QUARANTINE_ABOVE")?,
@@ -544,6 +552,23 @@ impl Parser<'_> {
 
     fn text(&self, name: &str) -> Result<String, ConfigError> {
         self.checked(name)
+    }
+
+    /// SPIRE_PROVIDER, refused at start when it names a client this build left out
+    /// (rather than failing every scan later).
+    fn spire_provider(&self) -> Result<String, ConfigError> {
+        let v = self.text("SPIRE_PROVIDER")?;
+        if v == "workload-api" && !crate::inventory::spire::WORKLOAD_API_BUILT {
+            return Err(ConfigError::NotBuilt {
+                key: format!("{ENV_PREFIX}SPIRE_PROVIDER"),
+                value: v,
+                origin: self.l.get("SPIRE_PROVIDER").1.clone(),
+                needs: "the SPIFFE Workload API client, which this build of sbps-marshal \
+                        leaves out (cargo feature `spiffe`): use SPIRE_PROVIDER=cli (the \
+                        spire-agent binary), or a build with the feature (the RPM has it)",
+            });
+        }
+        Ok(v)
     }
 
     fn path(&self, name: &str) -> Result<PathBuf, ConfigError> {

@@ -102,3 +102,65 @@ fn a_reader_that_goes_away_is_no_panic() {
         assert!(err.is_empty(), "{args:?}: {err}");
     }
 }
+
+/// A build without the SPIFFE Workload API client (`cargo test --no-default-features
+/// --test cli_config`) refuses `SPIRE_PROVIDER=workload-api` at start with a
+/// configuration error that says what is missing and what to do: exit 2, one line,
+/// no panic, before any scan (and so before any token would be wanted).
+#[cfg(not(feature = "spiffe"))]
+#[test]
+fn workload_api_provider_without_the_feature_is_a_configuration_error() {
+    for cmd in [&["run"][..], &["scan", "--once"], &["config"]] {
+        let out = bin()
+            .env("SBPS_MARSHAL_SPIRE_PROVIDER", "workload-api")
+            .args(cmd)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
+        assert!(!err.contains("panicked"), "{cmd:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{cmd:?}: one message: {err}");
+        for part in [
+            "SBPS_MARSHAL_SPIRE_PROVIDER=\"workload-api\"",
+            "env SBPS_MARSHAL_SPIRE_PROVIDER",
+            "SPIFFE Workload API client",
+            "`spiffe`",
+            "SPIRE_PROVIDER=cli",
+        ] {
+            assert!(err.contains(part), "{cmd:?}: {part:?} missing: {err}");
+        }
+    }
+    // The CLI provider needs nothing more.
+    let out = bin()
+        .env("SBPS_MARSHAL_SPIRE_PROVIDER", "cli")
+        .arg("config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// With the feature (the default build, the RPM) the same setting is accepted.
+#[cfg(feature = "spiffe")]
+#[test]
+fn workload_api_provider_is_accepted_with_the_feature() {
+    let out = bin()
+        .env("SBPS_MARSHAL_SPIRE_PROVIDER", "workload-api")
+        .arg("config")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("SPIRE_PROVIDER") && l.contains("workload-api")),
+        "{text}"
+    );
+}

@@ -3,6 +3,8 @@
 //! tests/vm/run-contract). The same assertions hold for both: the fake must behave
 //! exactly as the kernel does.
 
+#[path = "lio_contract/observe.rs"]
+mod observe;
 mod support;
 
 use std::path::PathBuf;

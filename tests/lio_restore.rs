@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use sbps_marshal::ledger::Ledger;
-use sbps_marshal::lio::{saveconfig, Actual, BackstoreRef, Op, Target};
+use sbps_marshal::lio::{self, saveconfig, Actual, BackstoreRef, Op, Target};
 use sbps_marshal::plan::{alias_for, plan};
 
 use support::*;
@@ -176,10 +176,24 @@ fn rtslib_restores_our_saveconfig() {
         });
     }
     ops.push(Op::EnableTpg);
-    for op in &ops {
+    // The first two (and the TPG) are saved whole; the third is patched into that file,
+    // as a scan after one new image does: rtslib must restore the patched file.
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("saveconfig.json");
+    let (first, third): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|op| match op {
+        Op::CreateBackstore { at, .. } | Op::MapLun { at, .. } => at.hba != 2,
+        _ => true,
+    });
+    for op in &first {
         t.execute(op).unwrap_or_else(|e| panic!("{op}: {e}"));
     }
-    let before = t.observe().unwrap();
+    t.observe().unwrap();
+    assert!(t.save_config(&ours).unwrap());
+    let earlier = t.observe().unwrap();
+    let applied = lio::apply(&t, &third, 1);
+    assert!(applied.iter().all(|r| r.result.is_ok()), "{applied:?}");
+    let before = t.observe_after(earlier, &applied).unwrap();
+    assert_eq!(before, t.observe().unwrap(), "read back after applying");
     let want = ident(&before);
     assert_eq!(
         want.0.iter().map(|l| l.0).collect::<Vec<_>>(),
@@ -191,12 +205,16 @@ fn rtslib_restores_our_saveconfig() {
     let adopted = plan(&d, &before, &Ledger::new(), &rig.policy(), NOW);
     assert!(adopted.ops.is_empty(), "as built: {:?}", adopted.ops);
 
-    // 2. Our saveconfig.json.
-    let dir = tempfile::tempdir().unwrap();
-    let ours = dir.path().join("saveconfig.json");
+    // 2. Our saveconfig.json, patched: byte for byte the whole dump.
     assert!(t.save_config(&ours).unwrap());
+    let whole = saveconfig::to_text(&saveconfig::dump(&*rig.fs, &rig.root).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(&ours).unwrap(),
+        whole,
+        "patched file"
+    );
     eprintln!(
-        "our saveconfig.json: {} bytes",
+        "our saveconfig.json (patched): {} bytes",
         std::fs::metadata(&ours).unwrap().len()
     );
 

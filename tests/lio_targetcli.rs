@@ -450,3 +450,64 @@ fn real_targetcli_reads_what_was_checked() {
         "no line exported a decoy: the stand-in and the defect disagree"
     );
 }
+
+/// Every `targetcli saveconfig` run so far.
+fn saveconfigs(s: &StandIn) -> usize {
+    s.invocations()
+        .iter()
+        .filter(|i| i.readings["oldest"].command == "saveconfig")
+        .count()
+}
+
+/// A scan that changes nothing runs `targetcli saveconfig` once, to observe: the save
+/// after it writes that dump (and a later steady scan finds the file current). After a
+/// command, saving runs it again, for what LIO now holds.
+#[test]
+fn a_steady_scan_runs_saveconfig_once() {
+    use sbps_marshal::agent::{Job, Mode};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    let s = StandIn::new();
+    let mount = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let t = Arc::new(backend(&s.bin, mount.path()));
+    let save_file = state.path().join("saveconfig.json");
+    let job = |saved_state| Job {
+        target: t.clone(),
+        desired: Arc::default(),
+        ledger: sbps_marshal::ledger::Ledger::new(),
+        policy: sbps_marshal::plan::Policy {
+            mount_root: mount.path().to_path_buf(),
+            ..Default::default()
+        },
+        now: support::NOW,
+        mode: Mode::Apply,
+        parallelism: 1,
+        ledger_file: state.path().join("ledger.json"),
+        save_file: save_file.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+        saved_state,
+        fleet: Default::default(),
+        remote: None,
+        progress: Arc::default(),
+        deadlines: Default::default(),
+    };
+    // The first scan of a process has no file to trust: it writes it.
+    let done = job(None).run();
+    assert!(done.failure.is_none(), "{:?}", done.failure);
+    assert!(done.outcomes.is_empty() && done.saveconfig_written);
+    assert_eq!(saveconfigs(&s), 1);
+    let done = job(done.saved_state).run();
+    assert!(done.failure.is_none() && !done.saveconfig_written);
+    assert_eq!(saveconfigs(&s), 2);
+    // A command since the last observation: the save dumps LIO again.
+    t.observe().unwrap();
+    t.execute(&Op::EnableTpg).unwrap();
+    t.save_config(&save_file).unwrap();
+    assert_eq!(saveconfigs(&s), 4);
+    // Observed after the command: that dump is written.
+    t.observe().unwrap();
+    t.save_config(&save_file).unwrap();
+    assert_eq!(saveconfigs(&s), 5);
+}

@@ -1,9 +1,11 @@
 //! One instance per host: an exclusive `flock` on LOCK_FILE, held for the process's
 //! life, with the holder's PID written inside so a second instance can name it.
+//!
+//! `File::try_lock` is `flock(LOCK_EX | LOCK_NB)` on Linux, so the lock stays the one
+//! an administrator sees with `flock`/`lslocks` and that `/proc/locks` lists.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Why the lock could not be had.
@@ -13,6 +15,11 @@ pub enum LockError {
     Held { pid: String, path: PathBuf },
     #[error("cannot open lock file {path}: {source}")]
     Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -40,20 +47,29 @@ impl InstanceLock {
                 path: path.to_path_buf(),
                 source,
             })?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = pid.trim();
-            return Err(LockError::Held {
-                pid: if pid.is_empty() {
-                    "unknown".into()
-                } else {
-                    pid.into()
-                },
-                path: path.to_path_buf(),
-            });
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                return Err(LockError::Held {
+                    pid: if pid.is_empty() {
+                        "unknown".into()
+                    } else {
+                        pid.into()
+                    },
+                    path: path.to_path_buf(),
+                });
+            }
+            // Not contention (a filesystem without flock, say): saying another agent
+            // runs would send the operator looking for a process that is not there.
+            Err(TryLockError::Error(source)) => {
+                return Err(LockError::Lock {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
         }
         let _ = file.set_len(0);
         let _ = file.seek(SeekFrom::Start(0));

@@ -290,7 +290,7 @@ impl Agent {
         let deadline = self.settings.gather_timeout;
         let inventory_deadline = deadline + progress::ENFORCED_GRACE;
         self.progress.enter("inventory", inventory_deadline);
-        let gathered = match tokio::time::timeout(deadline, self.sources.gather(&dset)).await {
+        let mut gathered = match tokio::time::timeout(deadline, self.sources.gather(&dset)).await {
             Ok(g) => g,
             Err(_) => {
                 let why = format!(
@@ -305,7 +305,7 @@ impl Agent {
                 Gathered::unfinished(&why, stats)
             }
         };
-        timings.gather = t.elapsed();
+        timings.gather = t.elapsed().saturating_sub(gathered.stats.judging);
         let (labelled, label_error) = match &gathered.node_labelled {
             None => (Some(true), None),
             Some(Ok(b)) => (Some(*b), None),
@@ -316,11 +316,15 @@ impl Agent {
         if self.release_brake {
             tracing::warn!("released by the operator for this scan: the deletion brake holds nothing, and the IMS answer is taken as it stands");
         }
-        let mut judged = desired::desired(&gathered.inventory, &dset);
+        // Judged once, while gathering (the mount is asked only about what it needs).
+        let mut judged = match gathered.judging.take() {
+            Some(j) => j.finish(&gathered.inventory.mount),
+            None => desired::desired(&gathered.inventory, &dset),
+        };
         desired::protect_served(&mut judged, &self.ledger, self.release_brake);
         // Shared with the blocking job, not copied: thousands of projections.
         let desired = Arc::new(judged);
-        timings.desired = t.elapsed();
+        timings.desired = t.elapsed() + gathered.stats.judging;
 
         // A systemctl that does not return in time may be a target.service restore
         // still running: LIO is not touched this scan.
@@ -773,6 +777,14 @@ impl Job {
         };
         let results = lio::apply_until(&watched, &p.ops, self.parallelism, &self.stop);
         done.apply = t.elapsed();
+
+        let t = Instant::now();
+        progress.job_enter("observe LIO after applying", lio);
+        let after = if results.is_empty() {
+            Ok(actual)
+        } else {
+            self.target.observe_after(actual, &results)
+        };
         done.outcomes = results
             .into_iter()
             .map(|r| OpOutcome {
@@ -781,14 +793,6 @@ impl Job {
                 millis: r.elapsed.as_millis() as u64,
             })
             .collect();
-
-        let t = Instant::now();
-        progress.job_enter("observe LIO after applying", lio);
-        let after = if done.outcomes.is_empty() {
-            Ok(actual)
-        } else {
-            self.target.observe()
-        };
         match after {
             Ok(a) => done.actual = Some(a),
             Err(e) => done.failure = Some(format!("cannot read LIO after applying: {e}")),

@@ -181,6 +181,14 @@ impl Target for Watched<'_> {
         self.target.observe()
     }
 
+    fn observe_after(
+        &self,
+        before: Actual,
+        applied: &[crate::lio::OpResult],
+    ) -> Result<Actual, LioError> {
+        self.target.observe_after(before, applied)
+    }
+
     fn execute(&self, op: &Op) -> Result<(), LioError> {
         let _t = self.progress.begin(op.to_string(), self.deadline);
         self.target.execute(op)

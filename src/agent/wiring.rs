@@ -62,7 +62,13 @@ pub fn sources_config(s: &Settings) -> Result<SourcesConfig> {
     ims.tls = tls(s);
     let spire = SpireConfig {
         backend: match s.spire_provider.as_str() {
+            #[cfg(feature = "spiffe")]
             "workload-api" => SpireBackend::Native,
+            // The settings refuse it in such a build; never fall back to the CLI silently.
+            #[cfg(not(feature = "spiffe"))]
+            "workload-api" => anyhow::bail!(
+                "SPIRE_PROVIDER=workload-api: this build has no SPIFFE Workload API client (cargo feature `spiffe`)"
+            ),
             _ => SpireBackend::Cli {
                 agent: s.spire_agent_path.clone(),
             },

@@ -8,7 +8,9 @@
 //! The three first sources run concurrently. Manifests are fetched only for records
 //! that pass the checks needing no manifest ([`desired::manifest_wanted`]), and only
 //! when the listing is known (without it nothing can be judged anyway); the mount is
-//! checked only for keys `desired` will ask about ([`desired::mount_candidates`]).
+//! checked only for keys `desired` will ask about: the inventory is judged once
+//! ([`desired::judging`]), and the scan finishes that judgement with the mount's answers
+//! ([`Gathered::judging`]).
 //! Nothing here decides anything: errors are carried into the [`Inventory`].
 
 use std::sync::Arc;
@@ -96,6 +98,9 @@ pub struct GatherStats {
     pub manifests: ManifestStats,
     pub mount_checked: usize,
     pub mount_duration: Duration,
+    /// Judging the inventory up to the mount ([`desired::judging`]): part of `total`,
+    /// though it is `desired`'s work.
+    pub judging: Duration,
 }
 
 impl GatherStats {
@@ -124,6 +129,9 @@ pub struct Gathered {
     /// `Some(Ok(labelled))`, `Some(Err(why unknown))`, or `None` when not checked.
     pub node_labelled: Option<Result<bool, String>>,
     pub stats: GatherStats,
+    /// `desired`'s judgement of `inventory` up to the mount (None when the gathering did
+    /// not finish): [`desired::Judging::finish`] with `inventory.mount` completes it.
+    pub judging: Option<desired::Judging>,
 }
 
 impl Gathered {
@@ -134,6 +142,7 @@ impl Gathered {
             inventory: Inventory::unavailable(why),
             node_labelled: Some(Err(why.to_string())),
             stats,
+            judging: None,
         }
     }
 }
@@ -224,13 +233,16 @@ impl Sources {
             inventory.manifests = manifests;
         }
 
-        let candidates = desired::mount_candidates(&inventory, settings);
         let t = Instant::now();
+        let judging = desired::judging(&inventory, settings);
+        let candidates = judging.mount_keys();
+        stats.judging = t.elapsed();
+        let t = Instant::now();
+        stats.mount_checked = candidates.len();
         inventory.mount = self
             .mount
-            .check_all(&settings.mount_root, &candidates)
+            .check_keys(&settings.mount_root, candidates, super::mount::check)
             .await;
-        stats.mount_checked = candidates.len();
         stats.mount_duration = t.elapsed();
         stats.total = start.elapsed();
         tracing::debug!(?stats, "inventory gathered");
@@ -238,6 +250,7 @@ impl Sources {
             inventory,
             node_labelled,
             stats,
+            judging: Some(judging),
         }
     }
 

@@ -1,4 +1,5 @@
-//! The one place HTTP clients are built: TLS policy, timeouts, body caps, retries.
+//! The one place HTTP clients are built: TLS policy, timeouts, body caps, and which
+//! failures are worth a retry (the loop itself is [`super::retry`]).
 //!
 //! S3 and IMS talk HTTP through a client made here (the Kubernetes client in
 //! [`crate::k8s`] follows the same rules), so they hold everywhere alike: TLS is
@@ -179,40 +180,6 @@ pub fn redact_url(u: &reqwest::Url) -> String {
     u.to_string()
 }
 
-/// How often and how patiently to retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Total attempts, the first included (1 = no retry).
-    pub attempts: u32,
-    /// Pause before the second attempt; doubled each further attempt.
-    pub backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 3,
-            backoff: Duration::from_millis(200),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// No retries.
-    pub fn once() -> Self {
-        RetryPolicy {
-            attempts: 1,
-            backoff: Duration::ZERO,
-        }
-    }
-
-    /// The pause before attempt `n` (1-based; `n >= 2`), capped at 5 s.
-    pub fn pause(&self, n: u32) -> Duration {
-        let factor = 1u32 << (n.saturating_sub(2)).min(8);
-        (self.backoff * factor).min(Duration::from_secs(5))
-    }
-}
-
 /// Whether an HTTP status is worth another try (server-side trouble, throttling).
 pub fn retryable_status(s: reqwest::StatusCode) -> bool {
     s.is_server_error() || s == reqwest::StatusCode::TOO_MANY_REQUESTS
@@ -231,18 +198,6 @@ mod tests {
     fn urls_for_logs_carry_no_credentials() {
         let u: reqwest::Url = "https://admin:pw@gw/x?X-Amz-Signature=s".parse().unwrap();
         assert_eq!(redact_url(&u), "https://gw/x");
-    }
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let p = RetryPolicy {
-            attempts: 10,
-            backoff: Duration::from_millis(100),
-        };
-        assert_eq!(p.pause(2), Duration::from_millis(100));
-        assert_eq!(p.pause(3), Duration::from_millis(200));
-        assert_eq!(p.pause(4), Duration::from_millis(400));
-        assert_eq!(p.pause(10), Duration::from_secs(5));
     }
 
     #[test]

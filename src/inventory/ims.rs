@@ -17,7 +17,8 @@ use serde_json::Value;
 use thiserror::Error;
 use url::Url;
 
-use super::http::{self, BodyError, ClientError, RetryPolicy, TlsOptions};
+use super::http::{self, BodyError, ClientError, TlsOptions};
+use super::retry::{retry, RetryPolicy};
 use super::{ImageRecord, Link, Tagging};
 
 /// Default cap of the IMS answer. Real systems have a few thousand records (~1 KiB each).
@@ -112,18 +113,7 @@ impl ImsSource {
 
     /// Fetches and parses every image record, authenticating with `token`.
     pub async fn list(&self, token: &str) -> Result<ImsListing, ImsError> {
-        let mut attempt = 1;
-        loop {
-            match self.list_once(token).await {
-                Err(e) if attempt < self.cfg.retry.attempts && retryable(&e) => {
-                    let pause = self.cfg.retry.pause(attempt + 1);
-                    tracing::warn!(attempt, error = %e, ?pause, "IMS request failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        retry(self.cfg.retry, "IMS", retryable, |_| self.list_once(token)).await
     }
 
     async fn list_once(&self, token: &str) -> Result<ImsListing, ImsError> {

@@ -8,6 +8,7 @@ pub mod ims;
 pub mod manifest;
 pub mod mount;
 pub mod node;
+pub mod retry;
 pub mod s3;
 pub mod spire;
 

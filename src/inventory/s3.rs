@@ -17,7 +17,8 @@ use rusty_s3::{Bucket, Credentials, UrlStyle};
 use thiserror::Error;
 use url::Url;
 
-use super::http::{self, BodyError, ClientError, RetryPolicy, TlsOptions};
+use super::http::{self, BodyError, ClientError, TlsOptions};
+use super::retry::{retry, RetryPolicy};
 use super::{strip_etag_quotes, S3Object};
 
 /// Largest accepted listing page (a page of 1,000 keys is about 300 KiB of XML).
@@ -276,23 +277,20 @@ impl S3Source {
         cap: usize,
         sign: impl Fn() -> Url,
     ) -> Result<Bytes, S3Error> {
-        let policy = self.cfg.retry;
-        let mut attempt = 1;
-        loop {
-            let url = sign();
-            let shown = http::redact_url(&url);
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let result = self.send_once(op, key, cap, url, &shown).await;
-            match result {
-                Err(e) if attempt < policy.attempts.max(1) && retryable(&e) => {
-                    let pause = policy.pause(attempt + 1);
-                    tracing::warn!(op, url = %shown, attempt, error = %e, ?pause, "S3 request failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        // Signed again for each attempt: a presigned URL is valid for minutes only.
+        let sign = &sign;
+        retry(
+            self.cfg.retry,
+            &format!("S3 {op}"),
+            retryable,
+            move |_| async move {
+                let url = sign();
+                let shown = http::redact_url(&url);
+                self.requests.fetch_add(1, Ordering::Relaxed);
+                self.send_once(op, key, cap, url, &shown).await
+            },
+        )
+        .await
     }
 
     async fn send_once(

@@ -6,8 +6,11 @@
 //!   calling binary* (`/opt/cray/cray-spire/sbps-marshal-spire-agent`), so only that
 //!   binary receives `spiffe://shasta/ncn/workload/sbps-marshal` without extra
 //!   registration entries.
-//! - [`SpireBackend::Native`] speaks the SPIFFE Workload API (gRPC over the agent's
-//!   unix socket) itself, for sites that registered the Rust binary.
+//! - `SpireBackend::Native` speaks the SPIFFE Workload API (gRPC over the agent's
+//!   unix socket) itself, for sites that registered the Rust binary. It is built
+//!   with the cargo feature `spiffe` (on by default, and in the RPM): tonic and
+//!   prost are the only users of gRPC in the agent, so a build without them is
+//!   smaller, and the configuration refuses `SPIRE_PROVIDER=workload-api` there.
 //!
 //! Both pick the SVID whose SPIFFE ID is the marshal's (with or without this node's
 //! xname). The token is reused until shortly before its `exp` claim, so a scan costs
@@ -78,6 +81,9 @@ pub enum SpireError {
     NoMatchingSvid { wanted: String, offered: String },
 }
 
+/// Whether this build has the SPIFFE Workload API client (cargo feature `spiffe`).
+pub const WORKLOAD_API_BUILT: bool = cfg!(feature = "spiffe");
+
 /// Anything that yields a bearer token. Implementations cache as they see fit.
 pub trait TokenProvider: Send + Sync {
     fn token(&self) -> BoxFuture<'_, Result<Token, SpireError>>;
@@ -98,6 +104,7 @@ pub enum SpireBackend {
     /// Run `<agent> api fetch jwt -audience A -socketPath S -output json`.
     Cli { agent: PathBuf },
     /// Call `FetchJWTSVID` on the socket directly.
+    #[cfg(feature = "spiffe")]
     Native,
 }
 
@@ -157,6 +164,7 @@ impl SpireTokens {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let svids = match &self.cfg.backend {
             SpireBackend::Cli { agent } => fetch_cli(agent, &self.cfg).await?,
+            #[cfg(feature = "spiffe")]
             SpireBackend::Native => native::fetch(&self.cfg).await?,
         };
         let xname = read_xname(&self.cfg.xname_file);
@@ -305,6 +313,7 @@ pub fn parse_cli_output(stdout: &[u8]) -> Result<Svids, SpireError> {
 
 /// The SPIFFE Workload API, hand-declared: three messages and one unary call do not
 /// justify protoc and a build script.
+#[cfg(feature = "spiffe")]
 pub mod proto {
     /// `JWTSVIDRequest`.
     #[derive(Clone, PartialEq, prost::Message)]
@@ -339,6 +348,7 @@ pub mod proto {
     pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 }
 
+#[cfg(feature = "spiffe")]
 mod native {
     use super::proto::{JwtSvidRequest, JwtSvidResponse, FETCH_JWT_SVID, SECURITY_HEADER};
     use super::{SpireConfig, SpireError, Svids};

@@ -5,19 +5,26 @@
 //! and `iscsi/<iqn>/tpgt_<tag>/{enable,lun/lun_<N>/<alias> -> core/...}`.
 //!
 //! Observing lists only `core/`, each HBA and the TPG's `lun/` (a full-tree walk of
-//! configfs with 500 LUNs takes seconds). Every change takes the targetcli/rtslib
-//! lock files (see [`super::lock`]); hold [`Target::lock`] for a whole apply.
+//! configfs with 500 LUNs takes seconds), and reads a backstore's attributes only when
+//! the kernel cannot vouch that they are those read before (see [`super::seen`]).
+//! Every change takes the targetcli/rtslib lock files (see [`super::lock`]); hold
+//! [`Target::lock`] for a whole apply.
 //! Ops are safe to run in parallel: HBA directories are created idempotently and
 //! a create that loses a race against the removal of an empty HBA retries.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+use rustc_hash::FxHashMap;
 
 use super::attr;
 use super::fs::{Fs, Kind, RealFs};
 use super::lock::{LockGuard, Locker};
 use super::model::{Actual, Backstore, BackstoreRef, Lun, Op, Tpg};
-use super::{LioError, Target};
+use super::seen::Seen;
+use super::{LioError, OpResult, Target};
 use crate::paths;
 
 /// Where and what the backend manages.
@@ -58,6 +65,13 @@ pub struct ConfigfsTarget<F: Fs = RealFs> {
     fs: F,
     s: ConfigfsSettings,
     locker: Locker,
+    seen: Mutex<Seen>,
+    /// saveconfig.json as last written (see [`super::saved`]).
+    saved: Mutex<Option<super::saved::Document>>,
+    /// Operations started so far, and how many had started when the observation `seen`
+    /// holds began: when they differ, `seen` may not be the kernel's state.
+    ops: AtomicU64,
+    seen_after: AtomicU64,
 }
 
 impl ConfigfsTarget<RealFs> {
@@ -70,7 +84,15 @@ impl ConfigfsTarget<RealFs> {
 impl<F: Fs> ConfigfsTarget<F> {
     pub fn new(fs: F, s: ConfigfsSettings) -> Self {
         let locker = Locker::new(s.lock_dir.clone(), s.lock_timeout);
-        ConfigfsTarget { fs, s, locker }
+        ConfigfsTarget {
+            fs,
+            s,
+            locker,
+            seen: Mutex::default(),
+            saved: Mutex::default(),
+            ops: AtomicU64::new(0),
+            seen_after: AtomicU64::new(u64::MAX),
+        }
     }
 
     pub fn settings(&self) -> &ConfigfsSettings {
@@ -81,12 +103,25 @@ impl<F: Fs> ConfigfsTarget<F> {
         &self.fs
     }
 
-    /// Dumps the live configfs into `path` in rtslib's saveconfig.json format (with
+    /// Writes the live configfs into `path` in rtslib's saveconfig.json format (with
     /// targetcli's backups), only if the content changed. Returns whether it wrote.
+    /// What the last observation vouches for is copied from the file last written, the
+    /// rest dumped (see [`super::saved`]); after an operation it observes first.
     pub fn save_config(&self, path: &Path) -> Result<bool, LioError> {
         let _g = self.locker.acquire()?;
-        let doc = super::saveconfig::dump(&self.fs, &self.s.root)?;
-        super::saveconfig::write(path, &doc, super::saveconfig::MAX_BACKUPS)
+        if self.seen_after.load(Ordering::SeqCst) != self.ops.load(Ordering::SeqCst) {
+            self.observe_locked()?;
+        }
+        let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let layout = super::saved::Layout {
+            root: &self.s.root,
+            iqn: &self.s.iqn,
+            tag: self.s.tag,
+        };
+        let seen = self.seen();
+        let (written, doc) = super::saved::save(&self.fs, &layout, &seen, saved.take(), path)?;
+        *saved = doc;
+        Ok(written)
     }
 
     fn core(&self) -> PathBuf {
@@ -125,13 +160,28 @@ impl<F: Fs> ConfigfsTarget<F> {
 
     // ----------------------------------------------------------------- observe
 
+    fn seen(&self) -> MutexGuard<'_, Seen> {
+        // A panic while it was held leaves at worst a stale entry that the next
+        // comparison of inodes refuses: the memory stays usable.
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn observe_locked(&self) -> Result<Actual, LioError> {
+        self.seen_after.store(u64::MAX, Ordering::SeqCst);
+        let ops = self.ops.load(Ordering::SeqCst);
+        let actual = self.observe_unmarked()?;
+        self.seen_after.store(ops, Ordering::SeqCst);
+        Ok(actual)
+    }
+
+    fn observe_unmarked(&self) -> Result<Actual, LioError> {
         let mut actual = Actual::default();
         let core = self.core();
         let hbas = self
             .fs
             .read_dir(&core)
             .map_err(|e| LioError::from_io("list backstores", &core, e))?;
+        let mut listed: Vec<(BackstoreRef, u64)> = Vec::new();
         for h in hbas.iter().filter(|e| e.kind == Kind::Dir) {
             let Some((plugin, hba)) = attr::parse_hba_dir(&h.name) else {
                 continue; // core/alua
@@ -143,20 +193,36 @@ impl<F: Fs> ConfigfsTarget<F> {
                 Err(e) => return Err(LioError::from_io("list HBA", &dir, e)),
             };
             actual.hbas.insert((plugin.clone(), hba));
-            for so in sos.iter().filter(|e| e.kind == Kind::Dir) {
+            for so in sos.into_iter().filter(|e| e.kind == Kind::Dir) {
                 let at = BackstoreRef {
                     plugin: plugin.clone(),
                     hba,
-                    name: so.name.clone(),
+                    name: so.name,
                 };
-                match self.read_backstore(&at) {
-                    Ok(b) => actual.backstores.push(b),
-                    Err(LioError::NotFound { .. }) => {} // removed while we looked
-                    Err(e) => return Err(e),
-                }
+                listed.push((at, so.ino));
             }
         }
-        actual.tpg = self.read_tpg()?;
+        let mut seen = self.seen();
+        seen.begin();
+        let (tpg, links) = self.read_tpg(&mut seen)?;
+        actual.tpg = tpg;
+        actual.backstores.reserve(listed.len());
+        for (at, ino) in listed {
+            let links = links.get(&at).map_or(&[][..], Vec::as_slice);
+            if let Some(b) = seen.backstore(&at, ino, links) {
+                actual.backstores.push(b);
+                continue;
+            }
+            match self.read_backstore(&at) {
+                Ok(b) => {
+                    seen.saw_backstore(ino, links, &b);
+                    actual.backstores.push(b);
+                }
+                Err(LioError::NotFound { .. }) => {} // removed while we looked
+                Err(e) => return Err(e),
+            }
+        }
+        seen.end();
         Ok(actual)
     }
 
@@ -187,11 +253,20 @@ impl<F: Fs> ConfigfsTarget<F> {
         })
     }
 
-    fn read_tpg(&self) -> Result<Option<Tpg>, LioError> {
+    /// The TPG, and the inodes of its links by the backstore each links (sorted).
+    #[allow(clippy::type_complexity)]
+    fn read_tpg(
+        &self,
+        seen: &mut Seen,
+    ) -> Result<(Option<Tpg>, FxHashMap<BackstoreRef, Vec<u64>>), LioError> {
+        let mut links: FxHashMap<BackstoreRef, Vec<u64>> = FxHashMap::default();
         let tpg = self.tpg_dir();
         let enable = match self.fs.read(&tpg.join("enable")) {
             Ok(s) => attr::parse_flag(&s).unwrap_or(false),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                seen.keep_luns(|_| false);
+                return Ok((None, links));
+            }
             Err(e) => return Err(LioError::from_io("read TPG enable", &tpg, e)),
         };
         let lun_root = tpg.join("lun");
@@ -215,23 +290,110 @@ impl<F: Fs> ConfigfsTarget<F> {
                 alias: None,
                 backstore: None,
             };
-            if let Some(link) = inner.iter().find(|e| e.kind == Kind::Symlink) {
-                let p = dir.join(&link.name);
-                let target = self
-                    .fs
-                    .readlink(&p)
-                    .map_err(|e| LioError::from_io("read LUN link", &p, e))?;
+            let link = inner.iter().find(|e| e.kind == Kind::Symlink);
+            if link.is_none() {
+                seen.forget_lun(index);
+            }
+            if let Some(link) = link {
+                lun.backstore = match seen.lun(index, e.ino, link.ino, &link.name) {
+                    Some(b) => b,
+                    None => {
+                        let p = dir.join(&link.name);
+                        let target = self
+                            .fs
+                            .readlink(&p)
+                            .map_err(|e| LioError::from_io("read LUN link", &p, e))?;
+                        let b = attr::parse_link_target(&target);
+                        seen.saw_lun(index, e.ino, link.ino, &link.name, b.as_ref());
+                        b
+                    }
+                };
+                if let Some(b) = &lun.backstore {
+                    links.entry(b.clone()).or_default().push(link.ino);
+                }
                 lun.alias = Some(link.name.clone());
-                lun.backstore = attr::parse_link_target(&target);
             }
             luns.insert(index, lun);
         }
-        Ok(Some(Tpg {
+        seen.keep_luns(|i| luns.contains_key(&i));
+        for v in links.values_mut() {
+            v.sort_unstable();
+        }
+        let tpg = Tpg {
             iqn: self.s.iqn.clone(),
             tag: self.s.tag,
             enabled: enable,
             luns,
-        }))
+        };
+        Ok((Some(tpg), links))
+    }
+
+    /// [`Target::observe_after`]: when every op of `applied` succeeded and no other ran
+    /// since the observation `before`, that observation with the ops' effects (the model
+    /// the contract suite holds the kernel to), each object an op made read back, and the
+    /// memory of observations brought up to date. Otherwise a whole observation.
+    /// A change behind the backend's back meanwhile is in the next scan's observation.
+    fn refresh(&self, before: Actual, applied: &[OpResult]) -> Result<Actual, LioError> {
+        let since = self.seen_after.load(Ordering::SeqCst);
+        let ops = self.ops.load(Ordering::SeqCst);
+        let ours = since != u64::MAX && ops.checked_sub(since) == Some(applied.len() as u64);
+        if !ours || applied.iter().any(|r| r.result.is_err()) {
+            return self.observe_locked();
+        }
+        let mut after = before;
+        let mut seen = self.seen();
+        let mut lun_dirs: Option<Vec<super::fs::Entry>> = None;
+        for r in applied {
+            after.apply(&r.op);
+            match &r.op {
+                Op::CreateBackstore { at, .. } => {
+                    let hba = self.hba_dir(&at.plugin, at.hba);
+                    let listed = self
+                        .fs
+                        .read_dir(&hba)
+                        .map_err(|e| LioError::from_io("list HBA", &hba, e))?;
+                    let ino = listed.iter().find(|e| e.name == at.name).map(|e| e.ino);
+                    let b = self.read_backstore(at)?;
+                    seen.saw_backstore(ino.unwrap_or(0), &[], &b);
+                    if let Some(m) = after.backstores.iter_mut().find(|x| &x.at == at) {
+                        *m = b;
+                    }
+                }
+                Op::DeleteBackstore { at } => seen.forget_backstore(at),
+                Op::MapLun { lun, at, alias } => {
+                    let lun_root = self.tpg_dir().join("lun");
+                    if lun_dirs.is_none() {
+                        let v = self
+                            .fs
+                            .read_dir(&lun_root)
+                            .map_err(|e| LioError::from_io("list LUNs", &lun_root, e))?;
+                        lun_dirs = Some(v);
+                    }
+                    let name = format!("lun_{lun}");
+                    let dir = lun_dirs.iter().flatten().find(|e| e.name == name);
+                    let path = lun_root.join(&name);
+                    let inner = self
+                        .fs
+                        .read_dir(&path)
+                        .map_err(|e| LioError::from_io("list LUN", &path, e))?;
+                    let link = inner.iter().find(|e| e.kind == Kind::Symlink);
+                    match (dir, link) {
+                        (Some(d), Some(l)) if &l.name == alias => {
+                            seen.saw_lun(*lun, d.ino, l.ino, alias, Some(at))
+                        }
+                        _ => seen.forget_lun(*lun),
+                    }
+                }
+                Op::UnmapLun { lun, .. } => seen.forget_lun(*lun),
+                Op::RemoveEmptyHba { .. } | Op::EnableTpg | Op::DisableTpg => {}
+            }
+        }
+        // In the order an observation lists them (by HBA directory name, then name).
+        after
+            .backstores
+            .sort_by_cached_key(|b| (b.at.hba_dir(), b.at.name.clone()));
+        self.seen_after.store(ops, Ordering::SeqCst);
+        Ok(after)
     }
 
     // ----------------------------------------------------------------- execute
@@ -484,6 +646,7 @@ impl<F: Fs> Target for ConfigfsTarget<F> {
 
     fn execute(&self, op: &Op) -> Result<(), LioError> {
         let _g = self.locker.acquire()?;
+        self.ops.fetch_add(1, Ordering::SeqCst);
         tracing::debug!(%op, "configfs");
         match op {
             Op::CreateBackstore {
@@ -508,5 +671,10 @@ impl<F: Fs> Target for ConfigfsTarget<F> {
 
     fn lock(&self) -> Result<LockGuard, LioError> {
         self.locker.acquire()
+    }
+
+    fn observe_after(&self, before: Actual, applied: &[OpResult]) -> Result<Actual, LioError> {
+        let _g = self.locker.acquire()?;
+        self.refresh(before, applied)
     }
 }

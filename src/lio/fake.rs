@@ -25,6 +25,8 @@
 
 use std::collections::BTreeMap;
 use std::io;
+
+use rustc_hash::FxHashMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
@@ -39,6 +41,7 @@ enum Node {
     /// `user`: made by mkdir (removable by rmdir), not a default group.
     Dir {
         user: bool,
+        ino: u64,
     },
     File {
         value: String,
@@ -46,6 +49,7 @@ enum Node {
     },
     Link {
         target: Key,
+        ino: u64,
     },
 }
 
@@ -62,9 +66,15 @@ struct Dev {
 
 #[derive(Debug, Default)]
 struct State {
-    nodes: BTreeMap<Key, Node>,
+    nodes: FxHashMap<Key, Node>,
+    /// What each directory lists (kind and inode by name): a readdir without a walk of
+    /// the tree, as cheap as the kernel's.
+    kids: FxHashMap<Key, BTreeMap<String, (Kind, u64)>>,
     devs: BTreeMap<Key, Dev>,
     hba_count: u32,
+    /// The last inode number handed out (configfs: `get_next_ino()` for directories and
+    /// links, which keep theirs; a fresh `iunique()` for attribute files at each listing).
+    last_ino: u64,
 }
 
 /// The fake configfs; `root` plays `/sys/kernel/config/target`.
@@ -217,13 +227,47 @@ const LUN_STATS: &[&str] = &[
 ];
 
 impl State {
+    fn next_ino(&mut self) -> u64 {
+        self.last_ino += 1;
+        self.last_ino
+    }
+
+    /// Adds a node, listed in its parent.
+    fn put(&mut self, key: Key, node: Node) {
+        if let Some((name, parent)) = key.split_last() {
+            let listed = match &node {
+                Node::Dir { ino, .. } => (Kind::Dir, *ino),
+                Node::File { .. } => (Kind::File, 0),
+                Node::Link { ino, .. } => (Kind::Symlink, *ino),
+            };
+            let siblings = match self.kids.get_mut(parent) {
+                Some(v) => v,
+                None => self.kids.entry(parent.to_vec()).or_default(),
+            };
+            siblings.insert(name.clone(), listed);
+        }
+        self.nodes.insert(key, node);
+    }
+
+    /// Removes a node (not its subtree) and its listing.
+    fn take(&mut self, key: &Key) {
+        self.nodes.remove(key);
+        self.kids.remove(key);
+        if let Some((name, parent)) = key.split_last() {
+            if let Some(siblings) = self.kids.get_mut(parent) {
+                siblings.remove(name);
+            }
+        }
+    }
+
     fn dir(&mut self, key: Key, user: bool) {
-        self.nodes.insert(key, Node::Dir { user });
+        let ino = self.next_ino();
+        self.put(key, Node::Dir { user, ino });
     }
 
     fn file(&mut self, mut key: Key, name: &str, value: &str, mode: u32) {
         key.push(name.to_string());
-        self.nodes.insert(
+        self.put(
             key,
             Node::File {
                 value: value.to_string(),
@@ -239,40 +283,48 @@ impl State {
         key
     }
 
-    fn children<'a>(&'a self, key: &'a Key) -> impl Iterator<Item = (&'a Key, &'a Node)> + 'a {
-        self.nodes
-            .range(key.clone()..)
-            .skip(1)
-            .take_while(move |(kk, _)| kk.starts_with(key))
-            .filter(move |(kk, _)| kk.len() == key.len() + 1)
+    /// The entries of directory `key`, in name order.
+    fn children<'a>(&'a self, key: &Key) -> impl Iterator<Item = (&'a String, (Kind, u64))> + 'a {
+        self.kids
+            .get(key)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(n, e)| (n, *e)))
+    }
+
+    /// Every node below `key` (not `key` itself), depth first.
+    fn below(&self, key: &Key) -> Vec<Key> {
+        let mut out = Vec::new();
+        let mut todo = vec![key.clone()];
+        while let Some(dir) = todo.pop() {
+            for (name, (kind, _)) in self.children(&dir) {
+                let mut child = dir.clone();
+                child.push(name.clone());
+                if kind == Kind::Dir {
+                    todo.push(child.clone());
+                }
+                out.push(child);
+            }
+        }
+        out
     }
 
     fn has_user_dir_below(&self, key: &Key) -> bool {
-        self.nodes
-            .range(key.clone()..)
-            .skip(1)
-            .take_while(|(kk, _)| kk.starts_with(key))
-            .any(|(_, n)| matches!(n, Node::Dir { user: true }))
+        self.below(key)
+            .iter()
+            .any(|k| matches!(self.nodes.get(k), Some(Node::Dir { user: true, .. })))
     }
 
     fn has_link_below(&self, key: &Key) -> bool {
-        self.nodes
-            .range(key.clone()..)
-            .skip(1)
-            .take_while(|(kk, _)| kk.starts_with(key))
-            .any(|(_, n)| matches!(n, Node::Link { .. }))
+        self.below(key)
+            .iter()
+            .any(|k| matches!(self.nodes.get(k), Some(Node::Link { .. })))
     }
 
     fn remove_subtree(&mut self, key: &Key) {
-        let doomed: Vec<Key> = self
-            .nodes
-            .range(key.clone()..)
-            .take_while(|(kk, _)| kk.starts_with(key))
-            .map(|(kk, _)| kk.clone())
-            .collect();
-        for d in doomed {
-            self.nodes.remove(&d);
+        for d in self.below(key) {
+            self.take(&d);
         }
+        self.take(key);
     }
 
     fn is_so(&self, key: &Key) -> bool {
@@ -520,8 +572,8 @@ impl FakeConfigfs {
                 }
                 let tpgs: Vec<Key> = st
                     .children(&k(&["iscsi", iqn]))
-                    .filter(|(kk, _)| kk[2] != *tpgt && kk[2].starts_with("tpgt_"))
-                    .map(|(kk, _)| kk.clone())
+                    .filter(|(name, _)| name.as_str() != *tpgt && name.starts_with("tpgt_"))
+                    .map(|(name, _)| k(&["iscsi", iqn, name]))
                     .collect();
                 for t in tpgs {
                     let mut np = t.clone();
@@ -556,8 +608,8 @@ impl FakeConfigfs {
 
     fn rmdir_key(st: &mut State, key: Key) -> io::Result<()> {
         match st.nodes.get(&key) {
-            Some(Node::Dir { user: true }) => {}
-            Some(Node::Dir { user: false }) => return Err(err(libc::EPERM)),
+            Some(Node::Dir { user: true, .. }) => {}
+            Some(Node::Dir { user: false, .. }) => return Err(err(libc::EPERM)),
             Some(_) => return Err(err(libc::ENOTDIR)),
             None => return Err(err(libc::ENOENT)),
         }
@@ -785,7 +837,8 @@ impl Fs for FakeConfigfs {
             return Err(err(libc::ENODEV));
         }
         dev.exports += 1;
-        st.nodes.insert(lkey, Node::Link { target: tkey });
+        let ino = st.next_ino();
+        st.put(lkey, Node::Link { target: tkey, ino });
         Ok(())
     }
 
@@ -793,7 +846,7 @@ impl Fs for FakeConfigfs {
         let key = self.key(p)?;
         let st = self.state()?;
         match st.nodes.get(&key) {
-            Some(Node::Link { target }) => {
+            Some(Node::Link { target, .. }) => {
                 let mut out = PathBuf::new();
                 for _ in 0..key.len().saturating_sub(1) {
                     out.push("..");
@@ -812,12 +865,12 @@ impl Fs for FakeConfigfs {
         let key = self.key(p)?;
         let mut st = self.state()?;
         let target = match st.nodes.get(&key) {
-            Some(Node::Link { target }) => target.clone(),
+            Some(Node::Link { target, .. }) => target.clone(),
             Some(Node::Dir { .. }) => return Err(err(libc::EISDIR)),
             Some(Node::File { .. }) => return Err(err(libc::EPERM)),
             None => return Err(err(libc::ENOENT)),
         };
-        st.nodes.remove(&key);
+        st.take(&key);
         if let Some(d) = st.devs.get_mut(&target) {
             d.exports = d.exports.saturating_sub(1);
         }
@@ -826,23 +879,24 @@ impl Fs for FakeConfigfs {
 
     fn read_dir(&self, p: &Path) -> io::Result<Vec<Entry>> {
         let key = self.key(p)?;
-        let st = self.state()?;
+        let mut st = self.state()?;
         match st.nodes.get(&key) {
             Some(Node::Dir { .. }) => {}
             Some(_) => return Err(err(libc::ENOTDIR)),
             None => return Err(err(libc::ENOENT)),
         }
-        Ok(st
+        let mut v: Vec<Entry> = st
             .children(&key)
-            .map(|(kk, n)| Entry {
-                name: kk[kk.len() - 1].clone(),
-                kind: match n {
-                    Node::Dir { .. } => Kind::Dir,
-                    Node::File { .. } => Kind::File,
-                    Node::Link { .. } => Kind::Symlink,
-                },
+            .map(|(name, (kind, ino))| Entry {
+                name: name.clone(),
+                kind,
+                ino,
             })
-            .collect())
+            .collect();
+        for e in v.iter_mut().filter(|e| e.kind == Kind::File) {
+            e.ino = st.next_ino();
+        }
+        Ok(v)
     }
 
     fn metadata(&self, p: &Path) -> io::Result<Meta> {

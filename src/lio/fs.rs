@@ -24,6 +24,12 @@ pub enum Kind {
 pub struct Entry {
     pub name: String,
     pub kind: Kind,
+    /// The inode number `readdir` reports (`d_ino`); 0 when unknown. configfs keeps the
+    /// inodes of directories and links for as long as they exist and numbers each new
+    /// one afresh: an entry seen again with its number is the same object, not one
+    /// removed and made again under that name (attribute files are numbered anew at
+    /// every listing, so their numbers say nothing).
+    pub ino: u64,
 }
 
 /// `lstat` of an entry: its kind and permission bits (saveconfig dumps only the
@@ -149,6 +155,7 @@ impl Fs for RealFs {
             v.push(Entry {
                 name: e.file_name().to_string_lossy().into_owned(),
                 kind: kind_of(e.file_type()?),
+                ino: std::os::unix::fs::DirEntryExt::ino(&e),
             });
         }
         v.sort_by(|a, b| a.name.cmp(&b.name));

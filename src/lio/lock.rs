@@ -14,9 +14,8 @@
 //! as long as the administrator leaves it open, and a scan must not wait for that
 //! forever. Past the deadline the error names the holder's PID (from `/proc/locks`).
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -105,18 +104,16 @@ fn lock_file(path: &Path, deadline: Instant, timeout: Duration) -> Result<File, 
         .write(true)
         .open(path)
         .map_err(err)?;
-    let fd = f.as_raw_fd();
     let mut logged = false;
-    // Polled rather than a blocking flock: a blocking call could not be given up at the
+    // Polled rather than a blocking lock: a blocking call could not be given up at the
     // deadline. 100 ms apart: nothing else waits on these locks at a finer grain.
+    // `try_lock` is `flock(LOCK_EX | LOCK_NB)` on Linux: the lock targetcli and rtslib take.
     loop {
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(f);
-        }
-        let e = std::io::Error::last_os_error();
-        if !matches!(e.raw_os_error(), Some(libc::EWOULDBLOCK | libc::EINTR)) {
-            return Err(err(e));
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(TryLockError::Error(e)) => return Err(err(e)),
         }
         let now = Instant::now();
         if now >= deadline {
@@ -174,11 +171,14 @@ fn command_of(pid: u32) -> String {
 mod tests {
     use super::*;
 
+    /// Another open file description of `path` cannot take the lock.
     fn is_locked_elsewhere(path: &Path) -> bool {
         let f = File::open(path).unwrap();
-        // SAFETY: flock on our own descriptor.
-        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        r != 0
+        match f.try_lock() {
+            Ok(()) => false,
+            Err(TryLockError::WouldBlock) => true,
+            Err(TryLockError::Error(e)) => panic!("try_lock {}: {e}", path.display()),
+        }
     }
 
     #[test]
@@ -212,8 +212,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // An administrator's targetcli: another open file description holding the lock.
         let admin = File::create(dir.path().join(LOCK_FILES[0])).unwrap();
-        // SAFETY: flock on our own descriptor.
-        assert_eq!(unsafe { libc::flock(admin.as_raw_fd(), libc::LOCK_EX) }, 0);
+        admin.lock().unwrap();
         let l = Locker::new(Some(dir.path().to_path_buf()), Duration::from_millis(300));
         let t = Instant::now();
         let e = l.acquire().unwrap_err();

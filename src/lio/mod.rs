@@ -11,6 +11,8 @@ pub mod fake;
 pub mod fs;
 pub mod lock;
 pub mod saveconfig;
+pub mod saved;
+pub mod seen;
 pub mod targetcli;
 
 use std::io;
@@ -151,6 +153,13 @@ pub trait Target: Send + Sync {
     fn observe(&self) -> Result<Actual, LioError>;
     /// Performs one operation.
     fn execute(&self, op: &Op) -> Result<(), LioError>;
+    /// The state after `applied` (each op run since the observation `before`, in
+    /// order, with its result). A backend that can tell what they changed reads only
+    /// that; by default everything is observed again.
+    fn observe_after(&self, before: Actual, applied: &[OpResult]) -> Result<Actual, LioError> {
+        let _ = (before, applied);
+        self.observe()
+    }
     /// Takes the locks that keep an admin's targetcli from interleaving with us, for as
     /// long as the guard lives. Hold one around a whole [`apply`] (and the observe
     /// before it): each `execute` otherwise takes and releases them per op. Backends
@@ -160,6 +169,9 @@ pub trait Target: Send + Sync {
     }
     /// Writes the live state to `path` in rtslib's saveconfig.json format (what
     /// `targetctl restore` reads at boot), only when it changed. Returns whether it wrote.
+    /// The state is the one this backend last observed (observed again when it changed
+    /// LIO itself since): a scan saves right after observing, and the next scan's
+    /// observation brings in what changed behind its back in between.
     fn save_config(&self, path: &std::path::Path) -> Result<bool, LioError>;
 }
 

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use super::attr;
-use super::fs::{Fs, Kind};
+use super::fs::{Entry, Fs, Kind};
 use super::model::{Actual, Backstore, BackstoreRef, Lun, Tpg};
 use super::LioError;
 
@@ -126,7 +126,12 @@ fn dump_alua<F: Fs + ?Sized>(fs: &F, so: &Path) -> Result<Vec<Value>, LioError> 
     Ok(out)
 }
 
-fn dump_so<F: Fs + ?Sized>(fs: &F, dir: &Path, at: &BackstoreRef) -> Result<Value, LioError> {
+/// One storage object as rtslib dumps it.
+pub(crate) fn dump_so<F: Fs + ?Sized>(
+    fs: &F,
+    dir: &Path,
+    at: &BackstoreRef,
+) -> Result<Value, LioError> {
     let mut m = Map::new();
     m.insert("plugin".into(), Value::from(at.plugin.clone()));
     m.insert("name".into(), Value::from(at.name.clone()));
@@ -157,45 +162,91 @@ fn dump_so<F: Fs + ?Sized>(fs: &F, dir: &Path, at: &BackstoreRef) -> Result<Valu
     Ok(Value::Object(m))
 }
 
-fn dump_tpg<F: Fs + ?Sized>(fs: &F, dir: &Path, tag: u32) -> Result<Value, LioError> {
-    let enable = attr::parse_flag(&read(fs, &dir.join("enable"))?).unwrap_or(false);
-    let mut luns = Vec::new();
-    let lun_root = dir.join("lun");
+/// One LUN of a TPG read from its `lun_N` entry in `lun_root`: its link and its entry
+/// in the file, or `None` for one rtslib cannot restore (empty, or linking no backstore).
+pub(crate) fn dump_lun<F: Fs + ?Sized>(
+    fs: &F,
+    lun_root: &Path,
+    e: &Entry,
+) -> Result<Option<(DumpedLun, Value)>, LioError> {
+    let Some(index) = attr::parse_lun_dir(&e.name) else {
+        return Ok(None);
+    };
+    let ld = lun_root.join(&e.name);
+    let inner = fs.read_dir(&ld).map_err(io("list", &ld))?;
+    let Some(link) = inner.iter().find(|e| e.kind == Kind::Symlink) else {
+        return Ok(None); // an empty lun_N cannot be restored
+    };
+    let target = fs
+        .readlink(&ld.join(&link.name))
+        .map_err(io("readlink", &ld))?;
+    let Some(at) = attr::parse_link_target(&target) else {
+        return Ok(None);
+    };
+    let gp = fs
+        .read(&ld.join("alua_tg_pt_gp"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default_tg_pt_gp".into());
+    let v = json!({
+        "index": index,
+        "storage_object": format!("/backstores/{}/{}", attr::backstore_segment(&at.plugin), at.name),
+        "alias": link.name,
+        "alua_tg_pt_gp_name": gp,
+    });
+    let lun = DumpedLun {
+        dir: e.ino,
+        link: link.ino,
+        lun: Lun {
+            index,
+            alias: Some(link.name.clone()),
+            backstore: Some(at),
+        },
+    };
+    Ok(Some((lun, v)))
+}
+
+/// A LUN as [`dump_lun`] read it, with the inodes of its directory and link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DumpedLun {
+    pub dir: u64,
+    pub link: u64,
+    pub lun: Lun,
+}
+
+/// A TPG's LUNs in the order rtslib dumps them (by number).
+pub(crate) fn dump_luns<F: Fs + ?Sized>(
+    fs: &F,
+    tpg_dir: &Path,
+) -> Result<Vec<(DumpedLun, Value)>, LioError> {
+    let lun_root = tpg_dir.join("lun");
     let mut entries = fs.read_dir(&lun_root).map_err(io("list", &lun_root))?;
     entries.sort_by_key(|e| attr::parse_lun_dir(&e.name));
+    let mut luns = Vec::new();
     for e in &entries {
-        let Some(index) = attr::parse_lun_dir(&e.name) else {
-            continue;
-        };
-        let ld = lun_root.join(&e.name);
-        let inner = fs.read_dir(&ld).map_err(io("list", &ld))?;
-        let Some(link) = inner.iter().find(|e| e.kind == Kind::Symlink) else {
-            continue; // an empty lun_N cannot be restored
-        };
-        let target = fs
-            .readlink(&ld.join(&link.name))
-            .map_err(io("readlink", &ld))?;
-        let Some(at) = attr::parse_link_target(&target) else {
-            continue;
-        };
-        let gp = fs
-            .read(&ld.join("alua_tg_pt_gp"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .next()
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "default_tg_pt_gp".into());
-        luns.push(json!({
-            "index": index,
-            "storage_object": format!("/backstores/{}/{}", attr::backstore_segment(&at.plugin), at.name),
-            "alias": link.name,
-            "alua_tg_pt_gp_name": gp,
-        }));
+        luns.extend(dump_lun(fs, &lun_root, e)?);
     }
+    Ok(luns)
+}
+
+/// One TPG; its `luns` are read, or `given` (see [`dump_targets`]).
+fn dump_tpg<F: Fs + ?Sized>(
+    fs: &F,
+    dir: &Path,
+    tag: u32,
+    given: Option<Value>,
+) -> Result<Value, LioError> {
+    let enable = attr::parse_flag(&read(fs, &dir.join("enable"))?).unwrap_or(false);
+    let luns = match given {
+        Some(v) => v,
+        None => Value::Array(dump_luns(fs, dir)?.into_iter().map(|(_, v)| v).collect()),
+    };
     let mut portals = Vec::new();
     let np = dir.join("np");
     for e in fs.read_dir(&np).map_err(io("list", &np))? {
@@ -232,9 +283,19 @@ fn dump_tpg<F: Fs + ?Sized>(fs: &F, dir: &Path, tag: u32) -> Result<Value, LioEr
     }))
 }
 
-/// Dumps the whole live configfs under `root` (as targetcli's `saveconfig` does:
-/// it never merges). Only the iSCSI fabric is dumped.
-pub fn dump<F: Fs + ?Sized>(fs: &F, root: &Path) -> Result<Value, LioError> {
+/// One storage object of [`dump_objects`].
+pub(crate) struct DumpedObject {
+    pub at: BackstoreRef,
+    /// The inode of its directory.
+    pub ino: u64,
+    pub value: Value,
+}
+
+/// Every storage object under `core/`, in rtslib's order (by plugin, HBA, name).
+pub(crate) fn dump_objects<F: Fs + ?Sized>(
+    fs: &F,
+    root: &Path,
+) -> Result<Vec<DumpedObject>, LioError> {
     let mut sos = Vec::new();
     let core = root.join("core");
     for h in fs.read_dir(&core).map_err(io("list", &core))? {
@@ -251,10 +312,25 @@ pub fn dump<F: Fs + ?Sized>(fs: &F, root: &Path) -> Result<Value, LioError> {
                 hba,
                 name: s.name.clone(),
             };
-            sos.push((at.clone(), dump_so(fs, &hd.join(&s.name), &at)?));
+            let value = dump_so(fs, &hd.join(&s.name), &at)?;
+            sos.push(DumpedObject {
+                at,
+                ino: s.ino,
+                value,
+            });
         }
     }
-    sos.sort_by(|a, b| a.0.cmp(&b.0));
+    sos.sort_by(|a, b| a.at.cmp(&b.at));
+    Ok(sos)
+}
+
+/// The iSCSI targets; the LUNs of TPG `tag` of target `iqn` are `given` instead of read
+/// when `managed` says so (what [`super::saved`] splices in).
+pub(crate) fn dump_targets<F: Fs + ?Sized>(
+    fs: &F,
+    root: &Path,
+    mut managed: Option<(&str, u32, Value)>,
+) -> Result<Vec<Value>, LioError> {
     let mut targets = Vec::new();
     let iscsi = root.join("iscsi");
     if let Ok(iqns) = fs.read_dir(&iscsi) {
@@ -266,7 +342,13 @@ pub fn dump<F: Fs + ?Sized>(fs: &F, root: &Path) -> Result<Value, LioError> {
             let mut tpgs = Vec::new();
             for g in fs.read_dir(&td).map_err(io("list", &td))? {
                 if let Some(tag) = attr::parse_tpg_dir(&g.name) {
-                    tpgs.push(dump_tpg(fs, &td.join(&g.name), tag)?);
+                    let given = match &managed {
+                        Some((iqn, m, _)) if *iqn == t.name && *m == tag => {
+                            managed.take().map(|(_, _, v)| v)
+                        }
+                        _ => None,
+                    };
+                    tpgs.push(dump_tpg(fs, &td.join(&g.name), tag, given)?);
                 }
             }
             targets.push(json!({
@@ -277,11 +359,27 @@ pub fn dump<F: Fs + ?Sized>(fs: &F, root: &Path) -> Result<Value, LioError> {
             }));
         }
     }
-    Ok(json!({
+    Ok(targets)
+}
+
+/// The document of `objects` and `targets`.
+pub(crate) fn document(objects: Vec<Value>, targets: Vec<Value>) -> Value {
+    json!({
         "fabric_modules": [],
-        "storage_objects": sos.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "storage_objects": objects,
         "targets": targets,
-    }))
+    })
+}
+
+/// Dumps the whole live configfs under `root` (as targetcli's `saveconfig` does:
+/// it never merges). Only the iSCSI fabric is dumped.
+pub fn dump<F: Fs + ?Sized>(fs: &F, root: &Path) -> Result<Value, LioError> {
+    let objects = dump_objects(fs, root)?;
+    let targets = dump_targets(fs, root, None)?;
+    Ok(document(
+        objects.into_iter().map(|o| o.value).collect(),
+        targets,
+    ))
 }
 
 /// Python's `json.dumps(sort_keys=True, indent=2)` + newline: serde_json's maps are
@@ -307,22 +405,39 @@ pub fn to_text(doc: &Value) -> String {
 /// Writes `doc` to `path` if its text differs from the file's, backing up the
 /// previous file first. Returns whether it wrote.
 pub fn write(path: &Path, doc: &Value, max_backups: usize) -> Result<bool, LioError> {
-    let text = to_text(doc);
+    let old = read_file(path)?;
+    write_text(path, &to_text(doc), old.as_deref(), max_backups)
+}
+
+/// The file's bytes (`None`: there is none).
+pub(crate) fn read_file(path: &Path) -> Result<Option<Vec<u8>>, LioError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LioError::Saveconfig {
+            path: path.to_path_buf(),
+            detail: format!("cannot read: {e}"),
+        }),
+    }
+}
+
+/// [`write`] of a text, given the file's bytes as [`read_file`] found them.
+pub(crate) fn write_text(
+    path: &Path,
+    text: &str,
+    old: Option<&[u8]>,
+    max_backups: usize,
+) -> Result<bool, LioError> {
     let serr = |detail: String| LioError::Saveconfig {
         path: path.to_path_buf(),
         detail,
     };
-    let old = match fs::read(path) {
-        Ok(b) => Some(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(serr(format!("cannot read: {e}"))),
-    };
-    if old.as_deref() == Some(text.as_bytes()) {
+    if old == Some(text.as_bytes()) {
         return Ok(false);
     }
     if let Some(old) = old {
         if max_backups > 0 {
-            backup(path, &old, max_backups).map_err(|e| serr(format!("backup failed: {e}")))?;
+            backup(path, old, max_backups).map_err(|e| serr(format!("backup failed: {e}")))?;
         }
     }
     crate::atomic_file::write(path, text.as_bytes())
@@ -357,17 +472,14 @@ fn backup(path: &Path, old: &[u8], max: usize) -> std::io::Result<()> {
     fs::create_dir_all(&dir)?;
     let existing = backups(path);
     if let Some(newest) = existing.last() {
-        let mut text = Vec::new();
-        if flate2::read::GzDecoder::new(fs::File::open(newest)?)
-            .read_to_end(&mut text)
-            .is_ok()
-            && text == old
-        {
+        if same_content(newest, old)? {
             return Ok(());
         }
     }
     let name = format!("saveconfig-{}-json.gz", local_timestamp());
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    // Backups are read by people and `targetcli restoreconfig`, any level of gzip: the
+    // fastest keeps a save of thousands of objects cheap.
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(old)?;
     crate::atomic_file::write(&dir.join(name), &enc.finish()?)?;
     let all = backups(path);
@@ -375,6 +487,26 @@ fn backup(path: &Path, old: &[u8], max: usize) -> std::io::Result<()> {
         fs::remove_file(p)?;
     }
     Ok(())
+}
+
+/// Whether the gzip file `gz` holds exactly `text`. The size the gzip trailer records
+/// (modulo 2^32) tells most differences without decompressing megabytes.
+fn same_content(gz: &Path, text: &[u8]) -> std::io::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = fs::File::open(gz)?;
+    let mut isize = [0u8; 4];
+    if f.seek(SeekFrom::End(-4)).is_err() || f.read_exact(&mut isize).is_err() {
+        return Ok(false);
+    }
+    if u64::from(u32::from_le_bytes(isize)) != (text.len() as u64 & 0xffff_ffff) {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::Start(0))?;
+    let mut content = Vec::with_capacity(text.len());
+    Ok(flate2::read::GzDecoder::new(f)
+        .read_to_end(&mut content)
+        .is_ok()
+        && content == text)
 }
 
 /// `YYYYmmdd-HH:MM:SS` in local time, as targetcli names its backups.

@@ -12,11 +12,14 @@
 //! Not the default: every targetcli run takes seconds (it refreshes its view of all
 //! of configfs), it cannot choose LUN aliases or HBA numbers, and it needs D-Bus on
 //! some distributions. It is kept as a fallback for hosts where writing configfs
-//! directly is not wanted. Observing runs `saveconfig <temp file>` and reads it back.
+//! directly is not wanted. Observing runs `saveconfig <temp file>` and reads it back;
+//! saving after an observation with no command since writes that same dump, so a scan
+//! runs `saveconfig` once when it changes nothing.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::configfs::check_backing_file;
@@ -42,16 +45,27 @@ pub struct TargetcliSettings {
 #[derive(Debug)]
 pub struct TargetcliTarget {
     s: TargetcliSettings,
+    /// The dump the last observation read, while no command has run since.
+    observed: Mutex<Option<String>>,
 }
 
 impl TargetcliTarget {
     pub fn new(s: TargetcliSettings) -> Self {
-        TargetcliTarget { s }
+        TargetcliTarget {
+            s,
+            observed: Mutex::new(None),
+        }
+    }
+
+    fn observed(&self) -> MutexGuard<'_, Option<String>> {
+        self.observed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs `targetcli <command>`.
     pub fn run(&self, command: &str) -> Result<String, LioError> {
         tracing::debug!(command, "targetcli");
+        // Whatever it does, the last dump may no longer be LIO's state.
+        self.observed().take();
         let out = output_within(Command::new(&self.s.bin).arg(command), self.s.timeout)
             .map_err(|e| LioError::Targetcli {
                 command: command.to_string(),
@@ -136,6 +150,20 @@ impl TargetcliTarget {
         }))
     }
 
+    /// `saveconfig` into a temporary file of `tmp_dir`, read back.
+    fn dump(&self, what: &str) -> Result<String, LioError> {
+        let tmp = self.s.tmp_dir.join(format!(
+            "sbps-marshal-{what}-{}-{:?}.json",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let result = self.saveconfig_to(&tmp).and_then(|_| {
+            std::fs::read_to_string(&tmp).map_err(|e| LioError::from_io("read", &tmp, e))
+        });
+        let _ = std::fs::remove_file(&tmp);
+        result
+    }
+
     /// `saveconfig <file>` into `tmp_dir`, refused when targetcli would misread the file.
     fn saveconfig_to(&self, tmp: &Path) -> Result<String, LioError> {
         paths::targetcli_safe_path(tmp).map_err(|e| {
@@ -176,35 +204,29 @@ fn node_path<'a>(what: &str, s: &'a str) -> Result<&'a str, LioError> {
 }
 
 impl Target for TargetcliTarget {
-    /// `targetcli saveconfig` into a temporary file, then the same write-if-changed
-    /// (with backups) as the native backend, so a steady scan rewrites nothing.
+    /// `targetcli saveconfig` into a temporary file (unless the last observation's dump
+    /// is still LIO's state: no command ran since), then the same write-if-changed (with
+    /// backups) as the native backend, so a steady scan rewrites nothing.
     fn save_config(&self, path: &Path) -> Result<bool, LioError> {
-        let tmp = self
-            .s
-            .tmp_dir
-            .join(format!("sbps-marshal-save-{}.json", std::process::id()));
-        let result = self.saveconfig_to(&tmp).and_then(|_| {
-            let text =
-                std::fs::read_to_string(&tmp).map_err(|e| LioError::from_io("read", &tmp, e))?;
-            serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
-                LioError::Refused(format!("targetcli saveconfig output is not JSON: {e}"))
-            })
-        });
-        let _ = std::fs::remove_file(&tmp);
-        saveconfig::write(path, &result?, saveconfig::MAX_BACKUPS)
+        let observed = self.observed().take();
+        let text = match observed {
+            Some(text) => text,
+            None => self.dump("save")?,
+        };
+        let doc = serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
+            LioError::Refused(format!("targetcli saveconfig output is not JSON: {e}"))
+        })?;
+        saveconfig::write(path, &doc, saveconfig::MAX_BACKUPS)
     }
 
     fn observe(&self) -> Result<Actual, LioError> {
-        let tmp = self.s.tmp_dir.join(format!(
-            "sbps-marshal-observe-{}-{:?}.json",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let result = self
-            .saveconfig_to(&tmp)
-            .and_then(|_| saveconfig::load(&tmp));
-        let _ = std::fs::remove_file(&tmp);
-        Ok(result?.to_actual(&self.s.iqn, self.s.tag))
+        let text = self.dump("observe")?;
+        let saved = saveconfig::parse(&text).map_err(|detail| LioError::Saveconfig {
+            path: self.s.tmp_dir.clone(),
+            detail,
+        })?;
+        *self.observed() = Some(text);
+        Ok(saved.to_actual(&self.s.iqn, self.s.tag))
     }
 
     fn execute(&self, op: &Op) -> Result<(), LioError> {

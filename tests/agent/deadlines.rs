@@ -7,7 +7,6 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -93,9 +92,8 @@ async fn a_held_targetcli_lock_fails_the_scan_naming_the_holder() {
     // An administrator left targetcli open: it holds targetcli.lock.
     let lock = w.rig.locks.path().join("targetcli.lock");
     let admin = File::create(&lock).unwrap();
-    // SAFETY: flock on our own descriptor.
-    assert_eq!(unsafe { libc::flock(admin.as_raw_fd(), libc::LOCK_EX) }, 0);
-    // The test looks at LIO without the locks (the agent's target waits for them).
+    admin.lock().unwrap(); // flock(LOCK_EX), as targetcli takes it
+                           // The test looks at LIO without the locks (the agent's target waits for them).
     let look = ConfigfsTarget::new(
         w.rig.fs.clone(),
         ConfigfsSettings {
@@ -125,6 +123,19 @@ async fn a_held_targetcli_lock_fails_the_scan_naming_the_holder() {
     drop(admin);
     let r = w.agent.scan(Mode::Apply).await;
     assert!(r.converged, "{:?}", r.problems());
+}
+
+/// Releases a [`Hanging`] write when dropped, so a failed assertion ends the test with
+/// its message instead of hanging it: the runtime's shutdown waits for the blocking
+/// thread that holds the write.
+struct Release(Arc<(Mutex<(bool, usize)>, Condvar)>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.0;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
+        cv.notify_all();
+    }
 }
 
 /// The fake configfs, except that a write to `hang` blocks until released: a configfs
@@ -178,6 +189,9 @@ impl Fs for Hanging {
 async fn a_hung_configfs_write_is_reported_stuck_and_no_other_job_runs() {
     let state = Arc::new((Mutex::new((false, 0usize)), Condvar::new()));
     let shared = state.clone();
+    // A failed assertion below releases the hung write as it unwinds, before the
+    // runtime's shutdown waits for the blocking thread that holds it.
+    let _release = Release(state.clone());
     let mut w = world_opts(Options {
         env: vec![("LIO_TIMEOUT".into(), secs(1))],
         target: Some(Box::new(move |rig| {

@@ -440,3 +440,19 @@ async fn scans_converge_adopt_and_hold() {
     );
     drop(w.rig);
 }
+
+/// `desired()` is the costliest pure step of a scan at thousands of images: a scan judges
+/// the inventory once, although the mount is asked only about what that judgement needs.
+/// (The count is per thread: this runtime runs the whole scan but the LIO job on it.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_scan_judges_the_inventory_once() {
+    let mut w = world().await;
+    for mode in [Mode::Apply, Mode::Apply, Mode::DryRun] {
+        let before = sbps_marshal::desired::evaluations();
+        let r = w.agent.scan(mode).await;
+        assert!(r.converged, "{mode:?}: {:?}", r.problems());
+        assert_eq!(r.desired.projections.len(), 2);
+        assert_eq!(r.stats.mount_checked, 2, "{mode:?}");
+        assert_eq!(sbps_marshal::desired::evaluations() - before, 1, "{mode:?}");
+    }
+}

@@ -189,7 +189,7 @@ async fn failing_sources_are_unknown_not_empty() {
         .parse()
         .unwrap();
     let mut s3 = S3Config::new(closed.clone(), BUCKET, credential_file(dir.path()));
-    s3.retry = sbps_marshal::inventory::http::RetryPolicy::once();
+    s3.retry = sbps_marshal::inventory::retry::RetryPolicy::once();
     let mut cfg = SourcesConfig::new(
         s3,
         ImsConfig::new(closed.join("apis/ims/v3/images").unwrap()),

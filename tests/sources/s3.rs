@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use sbps_marshal::inventory::http::RetryPolicy;
+use sbps_marshal::inventory::retry::RetryPolicy;
 use sbps_marshal::inventory::s3::{S3Config, S3Error, S3Source};
 
 use crate::support::{credential_file, Counter, Moto, Served};

@@ -345,3 +345,13 @@ pub fn now_secs() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// The marshal's JWT-SVID for audience `system-compute`, expiring `secs_from_now`
+/// from now (negative: already expired).
+pub fn token_exp(secs_from_now: i64) -> String {
+    jwt(&serde_json::json!({
+        "sub": sbps_marshal::inventory::spire::SPIFFE_ID,
+        "aud": ["system-compute"],
+        "exp": now_secs() as i64 + secs_from_now,
+    }))
+}

@@ -325,33 +325,111 @@ pub fn manifest_wanted<'a>(record: &'a ImageRecord, s: &Settings) -> Option<&'a 
 /// The object keys whose mount state `desired` will need, given the listing and the
 /// manifests gathered so far: the candidates that pass every check before the mount.
 pub fn mount_candidates(inv: &Inventory, s: &Settings) -> Vec<String> {
-    let probe = Inventory {
-        s3: inv.s3.clone(),
-        ims: inv.ims.clone(),
-        ims_unreadable: Vec::new(),
-        manifests: inv.manifests.clone(),
-        mount: BTreeMap::new(),
-    };
-    let mut keys: Vec<String> = desired(&probe, s)
-        .verdicts
-        .into_iter()
-        .filter(|v| {
-            matches!(
-                v.outcome,
-                Outcome::Unknown {
-                    reason: Reason::MountNotChecked
-                }
-            )
-        })
-        .filter_map(|v| v.object_key)
-        .collect();
-    keys.sort();
-    keys.dedup();
-    keys
+    judging(inv, s).mount_keys()
 }
 
 /// Computes the desired state.
 pub fn desired(inv: &Inventory, s: &Settings) -> Desired {
+    judging(inv, s).finish(&inv.mount)
+}
+
+/// `desired` up to the mount: every verdict that needs no mount entry, and, in order,
+/// the candidates that do. A scan evaluates the inventory once: gathering stats exactly
+/// [`Judging::mount_keys`], then [`Judging::finish`] reads the answers.
+#[derive(Debug, Clone, Default)]
+pub struct Judging {
+    desired: Desired,
+    waiting: Vec<Waiting>,
+}
+
+/// A candidate that passed every check but the mount; its verdict (at `verdict`) says
+/// `MountNotChecked` until [`Judging::finish`].
+#[derive(Debug, Clone)]
+struct Waiting {
+    verdict: usize,
+    kind: Kind,
+    key: String,
+    path: PathBuf,
+    size: u64,
+    etag: String,
+    image: Option<(String, String)>,
+}
+
+thread_local! {
+    static EVALUATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many inventories this thread has evaluated ([`judging`]): the evaluation is the
+/// costliest pure step of a scan at thousands of images, and a test proves a scan makes
+/// exactly one.
+pub fn evaluations() -> u64 {
+    EVALUATIONS.with(std::cell::Cell::get)
+}
+
+/// Evaluates everything `desired` decides before the mount (`inv.mount` is not read).
+pub fn judging(inv: &Inventory, s: &Settings) -> Judging {
+    EVALUATIONS.with(|n| n.set(n.get() + 1));
+    let mut waiting = Vec::new();
+    let desired = judge_all(inv, s, &mut waiting);
+    Judging { desired, waiting }
+}
+
+impl Judging {
+    /// The object keys the mount must be asked about, sorted, once each.
+    pub fn mount_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .waiting
+            .iter()
+            .filter_map(|w| self.desired.verdicts[w.verdict].object_key.clone())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The desired state, given what the mount says for each key.
+    pub fn finish(self, mount: &BTreeMap<String, MountEntry>) -> Desired {
+        let Judging {
+            desired: mut d,
+            waiting,
+        } = self;
+        for w in waiting {
+            let v = &d.verdicts[w.verdict];
+            let (Some(id), Some(object_key)) = (v.identity.clone(), v.object_key.as_deref()) else {
+                continue;
+            };
+            let outcome = match d.mount_outcome(&w, &id, mount.get(object_key)) {
+                Ok(size) => {
+                    d.projections.insert(
+                        id.serial.clone(),
+                        Projection {
+                            kind: w.kind,
+                            key: w.key,
+                            identity: id.clone(),
+                            object_key: object_key.to_string(),
+                            path: w.path,
+                            size,
+                            etag: w.etag,
+                            image_id: w.image.as_ref().map(|(id, _)| id.clone()),
+                            image_name: w.image.map(|(_, name)| name),
+                        },
+                    );
+                    Outcome::Projected {
+                        serial: id.serial.clone(),
+                    }
+                }
+                Err(outcome) => outcome,
+            };
+            if let Outcome::Unknown { .. } = outcome {
+                d.uncertainty.serials.insert(id.serial.clone());
+            }
+            d.verdicts[w.verdict].outcome = outcome;
+        }
+        d
+    }
+}
+
+fn judge_all(inv: &Inventory, s: &Settings, waiting: &mut Vec<Waiting>) -> Desired {
     let mut out = Desired::default();
     let objects = match &inv.s3 {
         Ok(list) => list,
@@ -399,7 +477,7 @@ pub fn desired(inv: &Inventory, s: &Settings) -> Desired {
             object: o,
             image: None,
         };
-        out.judge(cand, subject, inv, s);
+        out.judge(cand, subject, s, waiting);
     }
 
     match &inv.ims {
@@ -419,7 +497,7 @@ pub fn desired(inv: &Inventory, s: &Settings) -> Desired {
         }
         Ok(records) => {
             for r in records {
-                judge_image(&mut out, r, &by_key, inv, s);
+                judge_image(&mut out, r, &by_key, inv, s, waiting);
             }
             for u in &inv.ims_unreadable {
                 let reason = Reason::UnreadableRecord {
@@ -615,6 +693,7 @@ fn judge_image(
     by_key: &BTreeMap<&str, &S3Object>,
     inv: &Inventory,
     s: &Settings,
+    waiting: &mut Vec<Waiting>,
 ) {
     let subject = image_subject(r);
     let manifest_path = match pre_manifest_checks(r, s) {
@@ -728,7 +807,7 @@ fn judge_image(
         object,
         image: Some(r),
     };
-    out.judge(cand, subject, inv, s);
+    out.judge(cand, subject, s, waiting);
 }
 
 impl Desired {
@@ -760,35 +839,34 @@ impl Desired {
         });
     }
 
-    /// The checks shared by PE and rootfs candidates: path safety and the mount.
-    fn judge(&mut self, c: Candidate<'_>, subject: Subject, inv: &Inventory, s: &Settings) {
+    /// The checks shared by PE and rootfs candidates: path safety here, the mount in
+    /// [`Judging::finish`].
+    fn judge(
+        &mut self,
+        c: Candidate<'_>,
+        subject: Subject,
+        s: &Settings,
+        waiting: &mut Vec<Waiting>,
+    ) {
         let id = Identity::of_key(&c.key);
         let path = s.mount_root.join(&c.object.key);
-        let outcome = match self.mount_outcome(&c, &id, &path, inv, s.backend) {
-            Ok(size) => {
-                self.projections.insert(
-                    id.serial.clone(),
-                    Projection {
-                        kind: c.kind,
-                        key: c.key,
-                        identity: id.clone(),
-                        object_key: c.object.key.clone(),
-                        path,
-                        size,
-                        etag: c.object.etag.clone(),
-                        image_id: c.image.map(|r| r.id.clone()),
-                        image_name: c.image.map(|r| r.name.clone()),
-                    },
-                );
-                Outcome::Projected {
-                    serial: id.serial.clone(),
+        let outcome = match path_outcome(&c.object.key, &path, s.backend) {
+            Err(outcome) => outcome,
+            Ok(()) => {
+                waiting.push(Waiting {
+                    verdict: self.verdicts.len(),
+                    kind: c.kind,
+                    key: c.key,
+                    path,
+                    size: c.object.size,
+                    etag: c.object.etag.clone(),
+                    image: c.image.map(|r| (r.id.clone(), r.name.clone())),
+                });
+                Outcome::Unknown {
+                    reason: Reason::MountNotChecked,
                 }
             }
-            Err(outcome) => outcome,
         };
-        if let Outcome::Unknown { .. } = outcome {
-            self.uncertainty.serials.insert(id.serial.clone());
-        }
         self.verdicts.push(Verdict {
             subject,
             identity: Some(id),
@@ -800,24 +878,14 @@ impl Desired {
     /// The projected size, or the outcome that stops the candidate.
     fn mount_outcome(
         &self,
-        c: &Candidate<'_>,
+        w: &Waiting,
         id: &Identity,
-        path: &Path,
-        inv: &Inventory,
-        backend: Backend,
+        entry: Option<&MountEntry>,
     ) -> Result<u64, Outcome> {
         let skip = |reason| Err(Outcome::Skipped { reason });
         let unknown = |reason| Err(Outcome::Unknown { reason });
-        if let Err(detail) = lexically_inside(&c.object.key) {
-            return skip(Reason::OutsideMount { detail });
-        }
-        let key = &c.object.key;
-        if let Err(detail) =
-            paths::one_name(key).and_then(|()| paths::backend_safe_path(path, backend))
-        {
-            return skip(Reason::UnsafePath { detail });
-        }
-        match inv.mount.get(&c.object.key) {
+        let path = &w.path;
+        match entry {
             None => unknown(Reason::MountNotChecked),
             Some(MountEntry::Error(error)) => unknown(Reason::MountError {
                 error: error.clone(),
@@ -834,12 +902,10 @@ impl Desired {
             Some(MountEntry::Indirect(detail)) => skip(Reason::UnsafePath {
                 detail: detail.clone(),
             }),
-            Some(MountEntry::File { size }) if *size != c.object.size => {
-                unknown(Reason::NotReady {
-                    s3_size: c.object.size,
-                    mount_size: *size,
-                })
-            }
+            Some(MountEntry::File { size }) if *size != w.size => unknown(Reason::NotReady {
+                s3_size: w.size,
+                mount_size: *size,
+            }),
             Some(MountEntry::File { .. }) if self.projections.contains_key(&id.serial) => {
                 skip(Reason::Duplicate {
                     serial: id.serial.clone(),
@@ -848,4 +914,18 @@ impl Desired {
             Some(MountEntry::File { size }) => Ok(*size),
         }
     }
+}
+
+/// The checks of an object key that need no mount: it stays inside the mount and names
+/// one file by a path the backend reads as written.
+fn path_outcome(key: &str, path: &Path, backend: Backend) -> Result<(), Outcome> {
+    let skip = |reason| Err(Outcome::Skipped { reason });
+    if let Err(detail) = lexically_inside(key) {
+        return skip(Reason::OutsideMount { detail });
+    }
+    if let Err(detail) = paths::one_name(key).and_then(|()| paths::backend_safe_path(path, backend))
+    {
+        return skip(Reason::UnsafePath { detail });
+    }
+    Ok(())
 }

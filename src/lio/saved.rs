@@ -1,0 +1,397 @@
+//! saveconfig.json after a change, at the cost of the change: the file last written is
+//! patched instead of dumping every attribute of every object again.
+//!
+//! What was last written is remembered as an index into the file: where each storage
+//! object and each LUN of the managed TPG lies in it, with what the observation then
+//! said of it (the backstore's inode and model; the LUN's directory and link inodes). The next save re-reads the file, and if it is still exactly the text
+//! written (length and hash; otherwise someone else wrote it, e.g. targetcli's own
+//! save after an administrator's change, and everything is dumped again), it copies
+//! each object and LUN the observation vouches for (see [`super::seen`]: the same object,
+//! as observed then) and dumps the others from the kernel: the new, the replaced, the
+//! changed, each with all its attributes. The rest, the targets and TPGs with their
+//! attributes, parameters and portals, is small and is always dumped. The text is what
+//! [`saveconfig::dump`] would give byte for byte (the tests compare them after every
+//! kind of change).
+//!
+//! What no observation can vouch for is a value written in place on an object that is
+//! otherwise unchanged: an attribute (`attrib/*`, a LUN's ALUA group) or `udev_path`
+//! (which the agent writes once, at create). That reaches the file when the object
+//! changes, when someone else rewrote the file, or at the first save of the process
+//! (which dumps everything); targetcli itself saves the file after such a change.
+
+use std::hash::BuildHasher;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::fs::{Entry, Fs, Kind};
+use super::model::{Backstore, BackstoreRef, Lun};
+use super::saveconfig::{self, DumpedLun};
+use super::seen::Seen;
+use super::LioError;
+
+/// Stands for the managed TPG's LUN list in the text of the rest; the control characters
+/// are escaped in the text (`\u0001`), so it is found at most once unless something in
+/// LIO carries it too, and then the document is written whole.
+const MARKER: &str = "\u{1}sbps-marshal: the managed TPG's LUNs\u{1}";
+
+/// What the file last written holds, and where.
+#[derive(Debug)]
+pub struct Document {
+    path: PathBuf,
+    len: usize,
+    hash: u64,
+    hasher: std::collections::hash_map::RandomState,
+    objects: Vec<ObjectPiece>,
+    luns: Vec<LunPiece>,
+}
+
+#[derive(Debug)]
+struct ObjectPiece {
+    at: BackstoreRef,
+    ino: u64,
+    /// What the observation said of it when it was dumped (None: it could not say).
+    value: Option<Backstore>,
+    range: Range<usize>,
+}
+
+#[derive(Debug)]
+struct LunPiece {
+    dir: u64,
+    link: u64,
+    lun: Lun,
+    range: Range<usize>,
+}
+
+/// A piece of the new text: from the old file, or dumped now.
+enum Text {
+    Old(Range<usize>),
+    New(String),
+}
+
+/// Where the pieces are in a configfs tree.
+pub struct Layout<'a> {
+    pub root: &'a Path,
+    pub iqn: &'a str,
+    pub tag: u32,
+}
+
+impl Layout<'_> {
+    fn so_dir(&self, at: &BackstoreRef) -> PathBuf {
+        self.root.join("core").join(at.hba_dir()).join(&at.name)
+    }
+    fn tpg_dir(&self) -> PathBuf {
+        self.root
+            .join("iscsi")
+            .join(self.iqn)
+            .join(format!("tpgt_{}", self.tag))
+    }
+}
+
+/// Writes `path` for the state `seen` last observed (only if its text changes),
+/// patching `prior` where it can. Returns whether it wrote, and what it now holds.
+pub fn save<F: Fs + ?Sized>(
+    fs: &F,
+    at: &Layout<'_>,
+    seen: &Seen,
+    prior: Option<Document>,
+    path: &Path,
+) -> Result<(bool, Option<Document>), LioError> {
+    let old = saveconfig::read_file(path)?;
+    let prior = prior.filter(|d| {
+        d.path == path
+            && old
+                .as_deref()
+                .is_some_and(|b| b.len() == d.len && d.hasher.hash_one(b) == d.hash)
+    });
+    let managed = Some((at.iqn, at.tag, Value::String(MARKER.into())));
+    let rest = saveconfig::dump_targets(fs, at.root, managed)?;
+    let skeleton = saveconfig::to_text(&saveconfig::document(Vec::new(), rest));
+    let spliced = Skeleton::of(&skeleton);
+    let (objects, luns) = match (prior, &spliced) {
+        (Some(d), Some(k)) => (
+            patch_objects(fs, at, seen, d.objects)?,
+            patch_luns(fs, at, seen, d.luns, k.lun_pad)?,
+        ),
+        (None, Some(k)) => (dump_objects(fs, at, seen)?, dump_luns(fs, at, k.lun_pad)?),
+        (_, None) => (Vec::new(), Vec::new()),
+    };
+    let old_text = old
+        .as_deref()
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or_default();
+    let assembled = spliced.and_then(|k| k.assemble(old_text, &objects, &luns));
+    let Some((text, object_ranges, lun_ranges)) = assembled else {
+        // The LUN list has no single place in the rest (a TPG gone, or something in LIO
+        // carries the marker): the whole document, nothing remembered.
+        tracing::debug!(
+            "saveconfig.json dumped whole: the managed TPG's LUNs have no single place"
+        );
+        let doc = saveconfig::to_text(&saveconfig::dump(fs, at.root)?);
+        let written = saveconfig::write_text(path, &doc, old.as_deref(), saveconfig::MAX_BACKUPS)?;
+        return Ok((written, None));
+    };
+    let written = saveconfig::write_text(path, &text, old.as_deref(), saveconfig::MAX_BACKUPS)?;
+    let hasher = std::collections::hash_map::RandomState::new();
+    let place = |((mut p, _), range): ((ObjectPiece, Text), Range<usize>)| {
+        p.range = range;
+        p
+    };
+    let place_lun = |((mut p, _), range): ((LunPiece, Text), Range<usize>)| {
+        p.range = range;
+        p
+    };
+    let doc = Document {
+        path: path.to_path_buf(),
+        len: text.len(),
+        hash: hasher.hash_one(text.as_bytes()),
+        hasher,
+        objects: objects.into_iter().zip(object_ranges).map(place).collect(),
+        luns: luns.into_iter().zip(lun_ranges).map(place_lun).collect(),
+    };
+    Ok((written, Some(doc)))
+}
+
+/// The storage objects of the last observation, each copied from the old text when the
+/// observation vouches for it, dumped from the kernel otherwise.
+fn patch_objects<F: Fs + ?Sized>(
+    fs: &F,
+    at: &Layout<'_>,
+    seen: &Seen,
+    prior: Vec<ObjectPiece>,
+) -> Result<Vec<(ObjectPiece, Text)>, LioError> {
+    let mut listed: Vec<(u64, &Backstore)> = seen.listed().collect();
+    listed.sort_by(|a, b| a.1.at.cmp(&b.1.at));
+    // Both in the document's order: one walk pairs them.
+    let mut prior = prior.into_iter().peekable();
+    let mut out = Vec::with_capacity(listed.len());
+    for (ino, value) in listed {
+        while prior.next_if(|p| p.at < value.at).is_some() {}
+        let same = prior
+            .next_if(|p| p.at == value.at)
+            .filter(|p| p.ino == ino && ino != 0 && p.value.as_ref() == Some(value));
+        if let Some(p) = same {
+            let text = Text::Old(p.range.clone());
+            out.push((p, text));
+            continue;
+        }
+        let v = saveconfig::dump_so(fs, &at.so_dir(&value.at), &value.at)?;
+        let piece = ObjectPiece {
+            at: value.at.clone(),
+            ino,
+            value: Some(value.clone()),
+            range: 0..0,
+        };
+        out.push((piece, Text::New(fragment(&v, OBJECT_PAD))));
+    }
+    Ok(out)
+}
+
+/// Every storage object dumped from the kernel, with what the last observation said of
+/// it when it saw that very object.
+fn dump_objects<F: Fs + ?Sized>(
+    fs: &F,
+    at: &Layout<'_>,
+    seen: &Seen,
+) -> Result<Vec<(ObjectPiece, Text)>, LioError> {
+    let observed: rustc_hash::FxHashMap<&BackstoreRef, (u64, &Backstore)> =
+        seen.listed().map(|(ino, b)| (&b.at, (ino, b))).collect();
+    let objects = saveconfig::dump_objects(fs, at.root)?;
+    Ok(objects
+        .into_iter()
+        .map(|o| {
+            let value = observed
+                .get(&o.at)
+                .filter(|(ino, _)| *ino == o.ino)
+                .map(|(_, b)| (*b).clone());
+            let text = Text::New(fragment(&o.value, OBJECT_PAD));
+            let piece = ObjectPiece {
+                at: o.at,
+                ino: o.ino,
+                value,
+                range: 0..0,
+            };
+            (piece, text)
+        })
+        .collect())
+}
+
+/// The managed TPG's LUNs of the last observation, each copied from the old text when
+/// its directory and link are those dumped then, read from the kernel otherwise.
+fn patch_luns<F: Fs + ?Sized>(
+    fs: &F,
+    at: &Layout<'_>,
+    seen: &Seen,
+    prior: Vec<LunPiece>,
+    pad: usize,
+) -> Result<Vec<(LunPiece, Text)>, LioError> {
+    let mut links: Vec<_> = seen.links().collect();
+    links.sort_by_key(|l| l.index);
+    let lun_root = at.tpg_dir().join("lun");
+    let mut prior = prior.into_iter().peekable();
+    let mut out = Vec::with_capacity(links.len());
+    for l in links {
+        while prior.next_if(|p| p.lun.index < l.index).is_some() {}
+        let same = prior.next_if(|p| p.lun.index == l.index).filter(|p| {
+            p.dir == l.dir
+                && p.link == l.link
+                && l.dir != 0
+                && l.link != 0
+                && p.lun.alias.as_deref() == Some(l.alias)
+                && p.lun.backstore.as_ref() == Some(l.backstore)
+        });
+        if let Some(p) = same {
+            let text = Text::Old(p.range.clone());
+            out.push((p, text));
+            continue;
+        }
+        let e = Entry {
+            name: format!("lun_{}", l.index),
+            kind: Kind::Dir,
+            ino: l.dir,
+        };
+        if let Some((d, v)) = saveconfig::dump_lun(fs, &lun_root, &e)? {
+            out.push((lun_piece(d), Text::New(fragment(&v, pad))));
+        }
+    }
+    Ok(out)
+}
+
+/// The managed TPG's LUNs dumped from the kernel.
+fn dump_luns<F: Fs + ?Sized>(
+    fs: &F,
+    at: &Layout<'_>,
+    pad: usize,
+) -> Result<Vec<(LunPiece, Text)>, LioError> {
+    let dir = at.tpg_dir();
+    if !fs.exists(&dir) {
+        return Ok(Vec::new());
+    }
+    Ok(saveconfig::dump_luns(fs, &dir)?
+        .into_iter()
+        .map(|(d, v)| (lun_piece(d), Text::New(fragment(&v, pad))))
+        .collect())
+}
+
+fn lun_piece(d: DumpedLun) -> LunPiece {
+    LunPiece {
+        dir: d.dir,
+        link: d.link,
+        lun: d.lun,
+        range: 0..0,
+    }
+}
+
+/// The indentation of a storage object in the document (`storage_objects` is a member
+/// of the top-level object).
+const OBJECT_PAD: usize = 4;
+
+/// `v` as it reads in the document at `pad` spaces of indentation (a value's text has
+/// no raw line break: JSON escapes them).
+fn fragment(v: &Value, pad: usize) -> String {
+    let text = saveconfig::to_text(v);
+    let text = text.trim_end_matches('\n');
+    let indent = format!("\n{:pad$}", "");
+    format!("{:pad$}{}", "", text.replace('\n', &indent))
+}
+
+/// The text of the document without its storage objects and with the marker for the
+/// managed TPG's LUNs, and where those go.
+struct Skeleton<'a> {
+    text: &'a str,
+    /// Where `"storage_objects": []` is.
+    objects: Range<usize>,
+    /// Where the marker is (None: no managed TPG).
+    luns: Option<Range<usize>>,
+    /// The indentation of a LUN of the list.
+    lun_pad: usize,
+}
+
+impl<'a> Skeleton<'a> {
+    fn of(text: &'a str) -> Option<Skeleton<'a>> {
+        // The top-level members are the only lines indented by exactly 2 spaces.
+        const OBJECTS: &str = "\n  \"storage_objects\": []";
+        let o = text.find(OBJECTS)?;
+        let objects = o + 3..o + OBJECTS.len();
+        let marker = serde_json::to_string(MARKER).ok()?;
+        let (luns, lun_pad) = match text.match_indices(&marker).collect::<Vec<_>>()[..] {
+            [] => (None, 0),
+            [(m, _)] if m > objects.end => {
+                let line = text[..m].rfind('\n').map_or(0, |i| i + 1);
+                let member = &text[line..m];
+                let pad = member.len() - member.trim_start().len();
+                (Some(m..m + marker.len()), pad + 2)
+            }
+            _ => return None,
+        };
+        Some(Skeleton {
+            text,
+            objects,
+            luns,
+            lun_pad,
+        })
+    }
+
+    /// The document with the pieces in place, and where each landed. `None` when an
+    /// old piece is not in `old` or there are LUNs but no place for them.
+    #[allow(clippy::type_complexity)]
+    fn assemble(
+        &self,
+        old: &str,
+        objects: &[(ObjectPiece, Text)],
+        luns: &[(LunPiece, Text)],
+    ) -> Option<(String, Vec<Range<usize>>, Vec<Range<usize>>)> {
+        if self.luns.is_none() && !luns.is_empty() {
+            return None;
+        }
+        let size = |t: &Text| match t {
+            Text::Old(r) => r.len() + 2,
+            Text::New(s) => s.len() + 2,
+        };
+        let extra: usize = objects.iter().map(|(_, t)| size(t)).sum::<usize>()
+            + luns.iter().map(|(_, t)| size(t)).sum::<usize>();
+        let mut out = String::with_capacity(self.text.len() + extra);
+        out.push_str(&self.text[..self.objects.start]);
+        out.push_str("\"storage_objects\": ");
+        let texts = objects.iter().map(|(_, t)| t);
+        let object_ranges = list(&mut out, old, texts, OBJECT_PAD - 2)?;
+        let mut lun_ranges = Vec::new();
+        let mut rest = self.objects.end;
+        if let Some(m) = &self.luns {
+            out.push_str(&self.text[rest..m.start]);
+            let texts = luns.iter().map(|(_, t)| t);
+            lun_ranges = list(&mut out, old, texts, self.lun_pad - 2)?;
+            rest = m.end;
+        }
+        out.push_str(&self.text[rest..]);
+        Some((out, object_ranges, lun_ranges))
+    }
+}
+
+/// An array of the already indented `items` whose closing bracket is at `pad` spaces
+/// (serde_json's pretty form: `[]` when empty), and where each item landed.
+fn list<'a>(
+    out: &mut String,
+    old: &str,
+    items: impl Iterator<Item = &'a Text>,
+    pad: usize,
+) -> Option<Vec<Range<usize>>> {
+    let mut ranges = Vec::new();
+    out.push('[');
+    for t in items {
+        out.push_str(if ranges.is_empty() { "\n" } else { ",\n" });
+        let start = out.len();
+        match t {
+            Text::Old(r) => out.push_str(old.get(r.clone())?),
+            Text::New(s) => out.push_str(s),
+        }
+        ranges.push(start..out.len());
+    }
+    if !ranges.is_empty() {
+        out.push('\n');
+        out.extend(std::iter::repeat_n(' ', pad));
+    }
+    out.push(']');
+    Some(ranges)
+}
