@@ -14,7 +14,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_mode(path, bytes, 0o600)
 }
 
-/// [`write`] with the file's permission bits: a file other local readers need
+/// [`write()`] with the file's permission bits: a file other local readers need
 /// (node-exporter's textfile collector) is written 0644.
 pub fn write_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = match path.parent() {
@@ -95,5 +95,4 @@ mod tests {
         assert!(!stale.exists(), "the dead writer's temp file is gone");
         assert!(other.exists() && odd.exists(), "other files are left alone");
     }
-
 }

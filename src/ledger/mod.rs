@@ -57,9 +57,7 @@ impl Loaded {
 pub fn load(path: &Path, now: u64) -> Result<Loaded, LedgerError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok(Loaded::Fresh(Ledger::new()))
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Fresh(Ledger::new())),
         Err(source) => {
             return Err(LedgerError::Read {
                 path: path.to_path_buf(),
@@ -108,6 +106,8 @@ pub fn save(ledger: &Ledger, path: &Path) -> Result<(), LedgerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::Kind;
+    use std::os::unix::fs::PermissionsExt;
     #[test]
     fn missing_file_is_fresh_start() {
         let dir = tempfile::tempdir().unwrap();

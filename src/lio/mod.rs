@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 
 pub use configfs::{ConfigfsSettings, ConfigfsTarget};
 pub use lock::LockGuard;
+pub use model::{Actual, Backstore, BackstoreRef, Lun, Op, Phase, Tpg};
 /// The model of LIO's objects and the operations on them: pure, in [`sbps_core::lio`].
 pub use sbps_core::lio as model;
-pub use model::{Actual, Backstore, BackstoreRef, Lun, Op, Phase, Tpg};
 
 /// Errors of the LIO backends, each naming what it was doing and where. Kernel
 /// errnos that mean something specific for LIO get their own variant, so callers

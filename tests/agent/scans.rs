@@ -285,7 +285,7 @@ async fn scans_converge_adopt_and_hold() {
     // (a later scan with no record left is not an adoption).
     let ledger_file = w.agent.settings.ledger_file();
     let on_disk = || {
-        sbps_marshal::ledger::Ledger::load(&ledger_file, 0)
+        sbps_marshal::ledger::load(&ledger_file, 0)
             .unwrap()
             .into_ledger()
     };

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use sbps_marshal::agent::{Job, JobDone, Mode};
 use sbps_marshal::desired::{Desired, Projection};
-use sbps_marshal::ledger::{Ledger, Loaded};
+use sbps_marshal::ledger::{self, Ledger, Loaded};
 use sbps_marshal::lio::fs::{FaultMode, Faulty};
 use sbps_marshal::lio::{saveconfig, Actual, ConfigfsTarget, LioError, LockGuard, Op, Target};
 use sbps_marshal::plan::{self, Policy};
@@ -134,7 +134,7 @@ fn job(
 }
 
 fn load(f: &Files) -> Ledger {
-    match Ledger::load(&f.ledger, NOW).unwrap() {
+    match ledger::load(&f.ledger, NOW).unwrap() {
         Loaded::Existing(l) => l,
         other => panic!("ledger not intact: {other:?}"),
     }
@@ -438,7 +438,7 @@ fn sigkill_child() {
     };
     let dir = PathBuf::from(dir);
     // Go on from the version the last child left, so versions grow across kills.
-    let start = Ledger::load(&dir.join("ledger.json"), NOW)
+    let start = ledger::load(&dir.join("ledger.json"), NOW)
         .ok()
         .and_then(|l| l.into_ledger().last_converged)
         .map_or(0, |n| n + 1);
@@ -460,7 +460,7 @@ fn sigkill_child() {
             );
         }
         l.last_converged = Some(n);
-        l.save(&dir.join("ledger.json")).unwrap();
+        ledger::save(&l, &dir.join("ledger.json")).unwrap();
         let objects: Vec<_> = (0..500)
             .map(|i| serde_json::json!({"plugin": "fileio", "name": format!("n{i}"), "dev": format!("/m/{n}/{i}")}))
             .collect();
@@ -494,7 +494,7 @@ fn sigkill_during_atomic_writes() {
         if !lp.exists() {
             continue;
         }
-        let l = match Ledger::load(&lp, NOW).unwrap() {
+        let l = match ledger::load(&lp, NOW).unwrap() {
             Loaded::Existing(l) => l,
             other => panic!("ledger torn by SIGKILL: {other:?}"),
         };

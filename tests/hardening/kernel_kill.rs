@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use sbps_marshal::identity::Identity;
-use sbps_marshal::ledger::{Ledger, Loaded};
+use sbps_marshal::ledger::{self, Loaded};
 use sbps_marshal::lio::{saveconfig, Actual, Target};
 
 use crate::crash::{assert_no_litter, assert_whole, lun_map, Rng};
@@ -114,7 +114,7 @@ fn sigkill_mid_apply_on_the_kernel() {
 
         // Both files whole: the old version or a new one that loads.
         let ledger_now = std::fs::read(&w.ledger).unwrap();
-        match Ledger::load(&w.ledger, NOW).unwrap() {
+        match ledger::load(&w.ledger, NOW).unwrap() {
             Loaded::Existing(_) => {}
             other => panic!("round {round}: ledger torn by SIGKILL: {other:?}"),
         }

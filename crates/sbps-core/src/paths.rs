@@ -4,8 +4,8 @@
 //! line) reads exactly the path that was checked.
 //!
 //! Pure functions of the letters only; what the mount really holds (symlinks) is the
-//! mount adapter's business ([`crate::inventory::mount`]) and the backends' last check
-//! before `enable` ([`crate::lio::configfs::check_backing_file`]). `desired` refuses a
+//! mount adapter's business (`sbps_marshal::inventory::mount`) and the backends' last check
+//! before `enable` (`sbps_marshal::lio::configfs::check_backing_file`). `desired` refuses a
 //! candidate with the same rules a backend would refuse its create with, so a projection
 //! is never planned that fails every scan (and keeps a fresh target's TPG disabled).
 
