@@ -23,7 +23,7 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
 use sbps_marshal::agent::service::NoServices;
-use sbps_marshal::agent::{wiring, Agent, Mode, ScanReport};
+use sbps_marshal::agent::{wiring, Agent, Mode};
 use sbps_marshal::config::{Layers, Settings};
 use sbps_marshal::identity::{self, Identity};
 use sbps_marshal::inventory::gather::Sources;
@@ -31,6 +31,7 @@ use sbps_marshal::inventory::spire::{StaticToken, Token};
 use sbps_marshal::lio::fake::FakeConfigfs;
 use sbps_marshal::lio::fs::{Fs, Recorder};
 use sbps_marshal::lio::{ConfigfsSettings, ConfigfsTarget, Target};
+use sbps_marshal::report::ScanReport;
 use serde_json::Value;
 use support::{Fixture, Ims, Store, BUCKET};
 

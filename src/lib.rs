@@ -7,9 +7,15 @@ pub use sbps_core::{desired, fleet, identity, paths, plan};
 pub mod agent;
 pub mod atomic_file;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod http;
 pub mod inventory;
 pub mod k8s;
 pub mod ledger;
 pub mod lio;
+pub mod report;
 pub mod telemetry;
+
+#[cfg(test)]
+mod layering;

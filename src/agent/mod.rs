@@ -6,160 +6,37 @@
 
 pub mod lock;
 pub mod mirror;
-pub mod progress;
 pub mod run;
 pub mod service;
-pub mod status;
 mod stuck;
+mod watched;
 pub mod wiring;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
+use crate::clock::unix_now;
 use crate::config::Settings;
 use crate::desired::{self, Desired};
 use crate::fleet::{FleetView, NodeStatus};
 use crate::inventory::gather::{GatherStats, Gathered, Sources};
 use crate::ledger::remote::LedgerMirror;
 use crate::ledger::{Ledger, Loaded};
-use crate::lio::{self, Actual, Op, Target};
+use crate::lio::{self, Actual, Target};
 use crate::plan::{self, Plan};
+use crate::report::progress::Progress;
+use crate::report::status::Status;
+use crate::report::{OpOutcome, ScanReport, Timings};
 use crate::telemetry::metrics::Metrics;
-use progress::{Progress, Watched};
 use service::ServiceManager;
-use status::Status;
+use watched::Watched;
 
 /// Apply the plan, or only compute it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Apply,
     DryRun,
-}
-
-/// One op's outcome, for logs, status and `scan --once`.
-#[derive(Debug, Clone, Serialize)]
-pub struct OpOutcome {
-    pub op: Op,
-    pub error: Option<String>,
-    pub millis: u64,
-}
-
-/// Wall time of each phase of a scan.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Timings {
-    pub gather: Duration,
-    pub desired: Duration,
-    pub observe: Duration,
-    pub plan: Duration,
-    pub apply: Duration,
-    pub persist: Duration,
-    pub total: Duration,
-}
-
-/// Everything one scan saw and did.
-#[derive(Debug, Clone)]
-pub struct ScanReport {
-    pub started: u64,
-    pub desired: Desired,
-    /// The kernel state after the scan (before it, for a dry run).
-    pub actual: Option<Actual>,
-    pub plan: Option<Plan>,
-    pub outcomes: Vec<OpOutcome>,
-    /// Why the scan stopped before planning (LIO unreadable, ledger unwritable …).
-    pub failure: Option<String>,
-    pub labelled: Option<bool>,
-    pub label_error: Option<String>,
-    pub stats: GatherStats,
-    pub timings: Timings,
-    /// Nothing was unknown, nothing failed, and nothing waits for an operator: see
-    /// [`ScanReport::problems`], which lists exactly what keeps it false.
-    pub converged: bool,
-    pub saveconfig_written: bool,
-    pub ledger_written: bool,
-    /// Why no LUN number could be taken or freed this scan (the ledger in the Kubernetes
-    /// API could not be read or written), if so.
-    pub numbers_frozen: Option<String>,
-}
-
-impl ScanReport {
-    /// Why this scan did not converge, one line each. Empty exactly when it converged:
-    /// every source answered, no image was unknown, every operation succeeded, the
-    /// target exists, and no removal waits for an operator (deletion brake).
-    pub fn problems(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.failure.iter().cloned().collect();
-        for o in &self.outcomes {
-            if let Some(e) = &o.error {
-                v.push(format!("{}: {e}", o.op));
-            }
-        }
-        if let Some(p) = &self.plan {
-            for w in &p.warnings {
-                if matches!(
-                    w,
-                    plan::Warning::NoTarget
-                        | plan::Warning::LunSpaceExhausted
-                        | plan::Warning::EnableHeld { .. }
-                ) {
-                    v.push(w.to_string());
-                }
-            }
-            if let (Some(why), true) = (&self.numbers_frozen, p.waiting.is_empty()) {
-                v.push(format!("LUN numbers are frozen: {why}"));
-            }
-            if let Some(w) = p.waiting.first() {
-                v.push(format!(
-                    "{} image(s) wait for a LUN number: {}",
-                    p.waiting.len(),
-                    w.reason
-                ));
-            }
-            if p.brake {
-                v.push("deletion brake engaged: removals wait for `sbps-marshal scan --once --release-brake`".into());
-            }
-        }
-        if let Some(e) = &self.label_error {
-            v.push(format!("node label unknown: {e}"));
-        }
-        let u = &self.desired.uncertainty;
-        v.extend(u.everything.iter().chain(&u.rootfs).cloned());
-        let unknown = self
-            .desired
-            .verdicts
-            .iter()
-            .filter_map(|x| match &x.outcome {
-                desired::Outcome::Unknown { reason } => Some((x, reason)),
-                _ => None,
-            });
-        // The whole-source reasons are already said once above.
-        let unknown: Vec<String> = unknown
-            .filter(|(_, r)| {
-                !matches!(
-                    r,
-                    desired::Reason::S3Unavailable { .. }
-                        | desired::Reason::ImsUnavailable { .. }
-                        | desired::Reason::ImsNamesNoneServed { .. }
-                )
-            })
-            .map(|(x, reason)| format!("{}: unknown: {reason}", x.subject))
-            .collect();
-        const SHOWN: usize = 20;
-        if unknown.len() > SHOWN {
-            let more = unknown.len() - SHOWN;
-            v.extend(unknown.into_iter().take(SHOWN));
-            v.push(format!(
-                "{more} more unknown (`sbps-marshal status` lists them)"
-            ));
-        } else {
-            v.extend(unknown);
-        }
-        if !u.is_empty() && v.is_empty() {
-            v.push("the inventory was not fully known".into());
-        }
-        v
-    }
 }
 
 /// The long-lived agent state.
@@ -191,14 +68,6 @@ pub struct Agent {
     /// An LIO job a scan stopped waiting for (past its deadlines): no other job runs
     /// until it returns.
     pending: Option<stuck::Pending>,
-}
-
-/// Seconds since the epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Agent {
@@ -288,7 +157,7 @@ impl Agent {
         // manifests behind a slow gateway), so the scan loop keeps its period.
         let t = Instant::now();
         let deadline = self.settings.gather_timeout;
-        let inventory_deadline = deadline + progress::ENFORCED_GRACE;
+        let inventory_deadline = deadline + crate::report::progress::ENFORCED_GRACE;
         self.progress.enter("inventory", inventory_deadline);
         let mut gathered = match tokio::time::timeout(deadline, self.sources.gather(&dset)).await {
             Ok(g) => g,
@@ -436,7 +305,7 @@ impl Agent {
                 report.ledger_written |= self.record_convergence(now, changed).await;
                 self.maybe_restart_target_once().await;
             }
-            report::log(&report);
+            crate::report::log::log(&report);
             self.metrics.record_scan(&report);
             let st = Status::build(&report, &self.ledger, &self.settings);
             if let Ok(mut slot) = self.status.write() {
@@ -493,7 +362,7 @@ impl Agent {
         };
         self.progress.enter(
             format!("target service (systemctl is-active {unit})"),
-            limit + progress::ENFORCED_GRACE,
+            limit + crate::report::progress::ENFORCED_GRACE,
         );
         let active = tokio::time::timeout(limit, self.service.is_active(unit)).await;
         match active.map_err(|_| late("is-active"))? {
@@ -502,7 +371,7 @@ impl Agent {
                 tracing::warn!(unit, "not active; starting it");
                 self.progress.enter(
                     format!("target service (systemctl start {unit})"),
-                    limit + progress::ENFORCED_GRACE,
+                    limit + crate::report::progress::ENFORCED_GRACE,
                 );
                 let started = tokio::time::timeout(limit, self.service.start(unit)).await;
                 if let Err(e) = started.map_err(|_| late("start"))? {
@@ -521,7 +390,7 @@ impl Agent {
         let lio = match s.lio_backend.as_str() {
             "targetcli" => s
                 .lio_timeout
-                .max(s.command_timeout + progress::ENFORCED_GRACE),
+                .max(s.command_timeout + crate::report::progress::ENFORCED_GRACE),
             _ => s.lio_timeout,
         };
         Deadlines {
@@ -575,7 +444,7 @@ impl Agent {
         let limit = self.settings.command_timeout;
         self.progress.enter(
             format!("target service (systemctl restart {unit})"),
-            limit + progress::ENFORCED_GRACE,
+            limit + crate::report::progress::ENFORCED_GRACE,
         );
         match tokio::time::timeout(limit, self.service.restart(unit)).await {
             Ok(Ok(())) => {}
@@ -622,7 +491,7 @@ pub struct Job {
     /// Where the ledger is written ahead besides the local file (the Kubernetes API),
     /// and the runtime that talks to it.
     pub remote: Option<(Arc<dyn LedgerMirror>, tokio::runtime::Handle)>,
-    /// Where the job is, each step with its deadline (see [`progress`]).
+    /// Where the job is, each step with its deadline (see [`crate::report::progress`]).
     pub progress: Arc<Progress>,
     pub deadlines: Deadlines,
 }
@@ -692,7 +561,7 @@ impl Job {
         let (lio, progress) = (self.deadlines.lio, &self.progress);
         let mut done = JobDone::default();
         if self.mode == Mode::Apply {
-            let deadline = self.deadlines.lock + progress::ENFORCED_GRACE;
+            let deadline = self.deadlines.lock + crate::report::progress::ENFORCED_GRACE;
             progress.job_enter("LIO lock (targetcli.lock, rtslib_backstore.lock)", deadline);
         }
         let _guard = match (self.mode, self.target.lock()) {
@@ -822,10 +691,3 @@ impl Job {
         done
     }
 }
-
-/// Stop flag helper for signal handlers.
-pub fn request_stop(flag: &AtomicBool) {
-    flag.store(true, Ordering::SeqCst);
-}
-
-pub mod report;

@@ -4,7 +4,7 @@
 //!
 //! The watchdog is pinged from the loop's progress, not from a timer alone: at the end
 //! of every scan, and on the timer only while no step is past its deadline (between
-//! scans, or in a scan whose current step still has time; see [`super::progress`]). A
+//! scans, or in a scan whose current step still has time; see [`crate::report::progress`]). A
 //! step stuck past its deadline stops the pings, so systemd restarts the agent.
 
 use std::sync::atomic::Ordering;
@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::progress::Progress;
 use super::{Agent, Mode};
+use crate::report::progress::Progress;
 
 /// Runs until SIGTERM/SIGINT.
 pub async fn run(mut agent: Agent) -> Result<()> {

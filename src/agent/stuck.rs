@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::progress::Progress;
-use super::{Agent, Job, JobDone, Mode, ScanReport, Timings};
+use super::{Agent, Job, JobDone, Mode};
 use crate::desired::Desired;
 use crate::inventory::gather::GatherStats;
+use crate::report::progress::Progress;
+use crate::report::{ScanReport, Timings};
 
 /// How often a scan waiting for its job looks at the job's deadlines.
 const CHECK_EVERY: Duration = Duration::from_millis(200);

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use url::Url;
 
 use crate::config::Settings;
+use crate::http::TlsOptions;
 use crate::inventory::gather::{Sources, SourcesConfig};
-use crate::inventory::http::TlsOptions;
 use crate::inventory::ims::ImsConfig;
 use crate::inventory::node::NodeConfig;
 use crate::inventory::s3::S3Config;

@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 use super::Command;
 use crate::agent::lock::InstanceLock;
 use crate::agent::service::{NoServices, ServiceManager, Systemctl};
-use crate::agent::status::{explain, Status};
 use crate::agent::{run, Agent, Mode};
 use crate::config::Settings;
+use crate::report::status::{explain, Status};
 
 /// Runs one subcommand (everything but `config`).
 pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> {

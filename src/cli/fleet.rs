@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use crate::agent::{unix_now, wiring};
+use crate::agent::wiring;
+use crate::clock::unix_now;
 use crate::config::Settings;
 use crate::fleet::{survey, SurveyPolicy};
 use crate::inventory::node::NodeSource;

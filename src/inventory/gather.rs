@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::http::error_chain;
 use super::ims::{ImsConfig, ImsError, ImsSource};
 use super::manifest::{ManifestFetcher, ManifestStats, Wanted, DEFAULT_CONCURRENCY};
 use super::mount::MountChecker;
@@ -27,6 +26,7 @@ use super::s3::{S3Config, S3Error, S3Source};
 use super::spire::{SpireConfig, SpireTokens, TokenProvider};
 use super::Inventory;
 use crate::desired::{self, Settings};
+use crate::http::error_chain;
 
 /// Everything needed to build the sources.
 #[derive(Debug, Clone)]

@@ -16,9 +16,9 @@ use serde_json::Value;
 use thiserror::Error;
 use url::Url;
 
-use super::http::{self, BodyError, ClientError, TlsOptions};
 use super::retry::{retry, RetryPolicy};
 use super::{ImageRecord, Link, Tagging};
+use crate::http::{self, BodyError, ClientError, TlsOptions};
 
 /// Default cap of the IMS answer. Real systems have a few thousand records (~1 KiB each).
 pub const DEFAULT_MAX_BODY: usize = 256 * 1024 * 1024;

@@ -3,7 +3,6 @@
 //! [`crate::desired`] decides from. [`gather::Sources::gather`] runs them all.
 
 pub mod gather;
-pub mod http;
 pub mod ims;
 pub mod manifest;
 pub mod mount;

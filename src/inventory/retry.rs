@@ -12,7 +12,7 @@
 //! not for secrets.
 //!
 //! What is worth another attempt stays with each source (`retryable` in `s3.rs` and
-//! `ims.rs`; the status and transport rules are in [`super::http`]). The Kubernetes
+//! `ims.rs`; the status and transport rules are in [`crate::http`]). The Kubernetes
 //! client does not retry (the next scan is its retry), and the ledger's conflict loop
 //! (`ledger/kube.rs`) re-reads and writes again at once: waiting would not make a
 //! stale `resourceVersion` fresh.

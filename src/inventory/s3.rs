@@ -17,9 +17,9 @@ use rusty_s3::{Bucket, Credentials, UrlStyle};
 use thiserror::Error;
 use url::Url;
 
-use super::http::{self, BodyError, ClientError, TlsOptions};
 use super::retry::{retry, RetryPolicy};
 use super::{strip_etag_quotes, S3Object};
+use crate::http::{self, BodyError, ClientError, TlsOptions};
 
 /// Largest accepted listing page (a page of 1,000 keys is about 300 KiB of XML).
 const LIST_PAGE_CAP: usize = 16 * 1024 * 1024;

@@ -375,12 +375,7 @@ mod native {
                 }
             }))
             .await
-            .map_err(|e| {
-                rpc(format!(
-                    "connect: {}",
-                    crate::inventory::http::error_chain(&e)
-                ))
-            })?;
+            .map_err(|e| rpc(format!("connect: {}", crate::http::error_chain(&e))))?;
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready()
             .await

@@ -40,7 +40,7 @@ use rustls::pki_types::CertificateDer;
 
 use super::error::{classify, KubeError, Op};
 use super::tls::{self, Trust};
-use crate::inventory::http::TlsOptions;
+use crate::http::TlsOptions;
 
 /// The largest answer read from the API (a list of every node's ledger ConfigMap).
 pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
@@ -253,7 +253,7 @@ async fn from_kubeconfig(path: &Path) -> Result<kube::Config, KubeError> {
         KubeError::Setup(format!(
             "kubeconfig {}: {}",
             path.display(),
-            crate::inventory::http::error_chain(e)
+            crate::http::error_chain(e)
         ))
     };
     let kc = Kubeconfig::read_from(path).map_err(|e| err(&e))?;
@@ -309,8 +309,7 @@ fn build_client(
     mut config: kube::Config,
     opts: &TlsOptions,
 ) -> Result<(kube::Client, Vec<String>), KubeError> {
-    let setup =
-        |e: &dyn std::error::Error| KubeError::Setup(crate::inventory::http::error_chain(e));
+    let setup = |e: &dyn std::error::Error| KubeError::Setup(crate::http::error_chain(e));
     let mut warnings = Vec::new();
     if let Some(proxy) = &config.proxy_url {
         warnings.push(format!(

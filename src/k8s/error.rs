@@ -142,16 +142,16 @@ pub fn classify(op: Op, e: kube::Error) -> KubeError {
         },
         kube::Error::Auth(e) => KubeError::Setup(format!(
             "credentials for {op}: {}",
-            crate::inventory::http::error_chain(&e)
+            crate::http::error_chain(&e)
         )),
         kube::Error::BuildRequest(e) => KubeError::Setup(format!("request {op}: {e}")),
         // The credentials layer (token file, exec plugin) fails inside the service stack.
         kube::Error::Service(e) if is_auth_error(e.as_ref()) => KubeError::Setup(format!(
             "credentials for {op}: {}",
-            crate::inventory::http::error_chain(e.as_ref())
+            crate::http::error_chain(e.as_ref())
         )),
         other => {
-            let detail = crate::inventory::http::error_chain(&other);
+            let detail = crate::http::error_chain(&other);
             if detail.contains("length limit exceeded") {
                 KubeError::Unexpected {
                     op,

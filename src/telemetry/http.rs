@@ -12,8 +12,8 @@ use axum::routing::get;
 use axum::Router;
 
 use super::metrics::Metrics;
-use crate::agent::progress::Progress;
-use crate::agent::status::Status;
+use crate::report::progress::Progress;
+use crate::report::status::Status;
 
 #[derive(Clone)]
 struct Shared {
@@ -76,7 +76,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
         .read()
         .ok()
         .and_then(|g| g.as_ref().map(|st| st.scanned_at));
-    let now = crate::agent::unix_now();
+    let now = crate::clock::unix_now();
     match last {
         None => (
             StatusCode::OK,

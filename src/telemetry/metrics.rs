@@ -16,10 +16,10 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use super::lun_stats::LunStats;
-use crate::agent::ScanReport;
 use crate::config::Settings;
 use crate::desired::{Kind, Outcome};
 use crate::plan::{HoldReason, Warning};
+use crate::report::ScanReport;
 
 type Labels = Vec<(String, String)>;
 

@@ -1,7 +1,6 @@
 //! What operators see: logs, Prometheus metrics (HTTP and a node-exporter
 //! textfile), and the HTTP endpoints `/metrics`, `/healthz`, `/status`.
 
-pub mod fields;
 pub mod http;
 pub mod logging;
 pub mod lun_stats;

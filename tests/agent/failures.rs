@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use sbps_marshal::agent::{Mode, ScanReport};
+use sbps_marshal::agent::Mode;
 use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
 use sbps_marshal::lio::Op;
+use sbps_marshal::report::ScanReport;
 use serde_json::json;
 
 use crate::scans::{record, world_with, World, BUCKET};

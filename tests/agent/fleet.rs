@@ -8,13 +8,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use sbps_marshal::agent::service::NoServices;
-use sbps_marshal::agent::status::explain;
-use sbps_marshal::agent::{wiring, Agent, Mode, ScanReport};
+use sbps_marshal::agent::{wiring, Agent, Mode};
 use sbps_marshal::config::{Layers, Settings};
 use sbps_marshal::fleet::{survey, Flag, SurveyPolicy};
 use sbps_marshal::inventory::gather::Sources;
 use sbps_marshal::ledger::remote::{configmap_name, LedgerMirror};
 use sbps_marshal::lio::{Op, Target};
+use sbps_marshal::report::status::explain;
+use sbps_marshal::report::ScanReport;
 
 use crate::kube_api::{write_kubeconfig, ClientAuth, KubeApi, User};
 use crate::lio::Rig;
@@ -416,7 +417,7 @@ async fn two_workers_share_numbers_and_the_fleet_flags_differing_content() {
                 labelled: Some(["ncn-w001".to_string(), "ncn-w002".to_string()].into()),
                 grace_secs: 0,
                 periods: 3,
-                now: sbps_marshal::agent::unix_now(),
+                now: sbps_marshal::clock::unix_now(),
             },
         )
     };

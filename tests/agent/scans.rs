@@ -8,7 +8,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use sbps_marshal::agent::service::{NoServices, ServiceManager};
-use sbps_marshal::agent::status::{explain, Status};
 use sbps_marshal::agent::{wiring, Agent, Mode};
 use sbps_marshal::config::{Layers, Settings};
 use sbps_marshal::identity::{self, Identity};
@@ -16,6 +15,7 @@ use sbps_marshal::inventory::gather::Sources;
 use sbps_marshal::inventory::spire::{SpireError, Token, TokenProvider};
 use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
 use sbps_marshal::lio::{Op, Target};
+use sbps_marshal::report::status::{explain, Status};
 use serde_json::{json, Value};
 
 use crate::lio::Rig;

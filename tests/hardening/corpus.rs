@@ -8,7 +8,7 @@ use std::path::{Component, Path};
 use std::time::{Duration, Instant};
 
 use sbps_marshal::desired::{self, kernel_safe_path, Outcome, Reason};
-use sbps_marshal::inventory::http::TlsOptions;
+use sbps_marshal::http::TlsOptions;
 use sbps_marshal::inventory::ims::parse_listing;
 use sbps_marshal::inventory::manifest::parse_manifest;
 use sbps_marshal::inventory::s3::read_credentials;

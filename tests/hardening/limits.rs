@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use axum::Router;
-use sbps_marshal::inventory::http::TlsOptions;
+use sbps_marshal::http::TlsOptions;
 use sbps_marshal::inventory::ims::{ImsConfig, ImsSource};
 use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
 use serde_json::json;

@@ -10,10 +10,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
 use sbps_marshal::agent::service::NoServices;
-use sbps_marshal::agent::status::Status;
 use sbps_marshal::agent::{Agent, Mode};
-use sbps_marshal::inventory::http::TlsOptions;
+use sbps_marshal::http::TlsOptions;
 use sbps_marshal::inventory::s3::read_credentials;
+use sbps_marshal::report::status::Status;
 
 use crate::capture::Capture;
 use crate::doubles::*;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
-use sbps_marshal::inventory::http::TlsOptions;
+use sbps_marshal::http::TlsOptions;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};

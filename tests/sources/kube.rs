@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sbps_marshal::inventory::http::TlsOptions;
+use sbps_marshal::http::TlsOptions;
 use sbps_marshal::k8s::{
     ConfigMapStore, InCluster, KubeConfigMaps, KubeConnector, KubeError, KubeSettings,
     MemoryConfigMaps, StoredConfigMap,

@@ -42,7 +42,7 @@ pub fn log(r: &ScanReport) {
     }
     for o in &r.outcomes {
         // Journal fields OP, LUN, SERIAL, BACKSTORE, IMAGE_ID (telemetry::fields).
-        let f = crate::telemetry::fields::op_fields(&o.op, &r.desired);
+        let f = super::fields::op_fields(&o.op, &r.desired);
         match &o.error {
             None => tracing::info!(
                 op = f.op,

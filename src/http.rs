@@ -1,5 +1,5 @@
 //! The one place HTTP clients are built: TLS policy, timeouts, body caps, and which
-//! failures are worth a retry (the loop itself is [`super::retry`]).
+//! failures are worth a retry (the loop itself is [`crate::inventory::retry`]).
 //!
 //! S3 and IMS talk HTTP through a client made here (the Kubernetes client in
 //! [`crate::k8s`] follows the same rules), so they hold everywhere alike: TLS is
@@ -214,7 +214,7 @@ mod tests {
     #[test]
     fn valid_ca_bundle_is_accepted() {
         let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), include_str!("test-ca.pem")).unwrap();
+        std::fs::write(f.path(), include_str!("../tests/data/test-ca.pem")).unwrap();
         let tls = TlsOptions {
             ca_bundle: Some(f.path().to_path_buf()),
             insecure: false,

@@ -16,8 +16,6 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::lio::{Actual, LioError, LockGuard, Op, Target};
-
 /// One step: what it is, since when, and how long it may take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -165,41 +163,6 @@ impl Drop for Ticket<'_> {
         if let Some(s) = &mut g.job {
             s.since = Instant::now();
         }
-    }
-}
-
-/// A backend whose every operation is tracked in a [`Progress`] with a deadline, so an
-/// operation the kernel never answers is named.
-pub struct Watched<'a> {
-    pub target: &'a dyn Target,
-    pub progress: &'a Progress,
-    pub deadline: Duration,
-}
-
-impl Target for Watched<'_> {
-    fn observe(&self) -> Result<Actual, LioError> {
-        self.target.observe()
-    }
-
-    fn observe_after(
-        &self,
-        before: Actual,
-        applied: &[crate::lio::OpResult],
-    ) -> Result<Actual, LioError> {
-        self.target.observe_after(before, applied)
-    }
-
-    fn execute(&self, op: &Op) -> Result<(), LioError> {
-        let _t = self.progress.begin(op.to_string(), self.deadline);
-        self.target.execute(op)
-    }
-
-    fn lock(&self) -> Result<LockGuard, LioError> {
-        self.target.lock()
-    }
-
-    fn save_config(&self, path: &std::path::Path) -> Result<bool, LioError> {
-        self.target.save_config(path)
     }
 }
 
