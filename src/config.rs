@@ -54,6 +54,44 @@ pub enum Kind {
     OptText,
 }
 
+/// Where the SPIRE join token comes from (`SPIRE_PROVIDER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpireProvider {
+    /// The spire-agent CLI, as the original.
+    Cli,
+    /// The SPIFFE Workload API socket (cargo feature `spiffe`).
+    WorkloadApi,
+}
+
+impl SpireProvider {
+    /// The `SPIRE_PROVIDER` value that names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpireProvider::Cli => "cli",
+            SpireProvider::WorkloadApi => "workload-api",
+        }
+    }
+}
+
+impl fmt::Display for SpireProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SpireProvider {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SpireProvider, String> {
+        match s {
+            "cli" => Ok(SpireProvider::Cli),
+            "workload-api" => Ok(SpireProvider::WorkloadApi),
+            other => Err(format!("{other:?} is neither cli nor workload-api")),
+        }
+    }
+}
+
 /// One setting.
 #[derive(Debug)]
 pub struct Key {
@@ -106,7 +144,7 @@ keys! {
     "LUN_QUARANTINE", "604800", Kind::SecondsOrZero, "Seconds a freed LUN number stays unused.", "new; the original reused numbers at once";
     "ADOPTION_QUARANTINE_ABOVE", "256", Kind::CountOrZero, "Adopting a target without a ledger (the original's, a corrupt ledger, a rebuilt worker): how many numbers above the highest LUN seen are quarantined for LUN_QUARANTINE besides the free ones below it, since the original may have freed them a moment ago; 0 = only those below.", "new; the original reused numbers at once";
     "DELETION_BRAKE_RATIO", "0.5", Kind::Ratio, "A scan removing more than this share of projections removes nothing and alerts.", "new";
-    "DELETION_BRAKE_MIN", "2", Kind::SecondsOrZero, "Removals up to this count never engage the brake.", "new";
+    "DELETION_BRAKE_MIN", "2", Kind::CountOrZero, "Removals up to this count never engage the brake.", "new";
     "METRICS_LISTEN", "127.0.0.1:9180", Kind::ListenAddr, "Listen address of /metrics, /healthz, /status; empty = off.", "new";
     "METRICS_TEXTFILE", "", Kind::OptAbsPath, "node-exporter textfile (a .prom file in its textfile collector directory), rewritten atomically after every scan; empty = off.", "new";
     "MANIFEST_CONCURRENCY", "16", Kind::Count, "Manifests fetched at once.", "new";
@@ -363,11 +401,11 @@ pub struct Settings {
     pub node_label: Option<(String, String)>,
     pub target_iqn: String,
     pub tpg_tag: u32,
-    pub lio_backend: String,
+    pub lio_backend: crate::paths::Backend,
     pub configfs_root: PathBuf,
     pub tls_verify: bool,
     pub ca_bundle: Option<PathBuf>,
-    pub spire_provider: String,
+    pub spire_provider: SpireProvider,
     pub removal_grace: Duration,
     pub lun_quarantine: Duration,
     /// Numbers above the highest LUN quarantined when adopting a target without a ledger.
@@ -433,7 +471,7 @@ impl Settings {
             target_iqn,
             tpg_tag: u32::try_from(p.count("TPG_TAG")?)
                 .map_err(|_| p.invalid("TPG_TAG", "a TPG tag below 2^32"))?,
-            lio_backend: p.text("LIO_BACKEND")?,
+            lio_backend: p.parsed("LIO_BACKEND")?,
             configfs_root: p.path("CONFIGFS_ROOT")?,
             tls_verify: p.bool("TLS_VERIFY")?,
             ca_bundle: p.opt_path("CA_BUNDLE")?,
@@ -485,7 +523,7 @@ impl Settings {
             bucket: self.s3_bucket.clone(),
             mount_root: self.mount.clone(),
             ims_tagging: self.ims_tagging,
-            backend: crate::paths::Backend::from_setting(&self.lio_backend),
+            backend: self.lio_backend,
         }
     }
 
@@ -556,19 +594,26 @@ impl Parser<'_> {
 
     /// SPIRE_PROVIDER, refused at start when it names a client this build left out
     /// (rather than failing every scan later).
-    fn spire_provider(&self) -> Result<String, ConfigError> {
-        let v = self.text("SPIRE_PROVIDER")?;
-        if v == "workload-api" && !crate::inventory::spire::WORKLOAD_API_BUILT {
+    fn spire_provider(&self) -> Result<SpireProvider, ConfigError> {
+        let provider: SpireProvider = self.parsed("SPIRE_PROVIDER")?;
+        if provider == SpireProvider::WorkloadApi && !crate::inventory::spire::WORKLOAD_API_BUILT {
             return Err(ConfigError::NotBuilt {
                 key: format!("{ENV_PREFIX}SPIRE_PROVIDER"),
-                value: v,
+                value: provider.to_string(),
                 origin: self.l.get("SPIRE_PROVIDER").1.clone(),
                 needs: "the SPIFFE Workload API client, which this build of sbps-marshal \
                         leaves out (cargo feature `spiffe`): use SPIRE_PROVIDER=cli (the \
                         spire-agent binary), or a build with the feature (the RPM has it)",
             });
         }
-        Ok(v)
+        Ok(provider)
+    }
+
+    /// A `OneOf` key as its enum: the words are checked first, so a refusal names them.
+    fn parsed<T: std::str::FromStr>(&self, name: &str) -> Result<T, ConfigError> {
+        let v = self.checked(name)?;
+        let expected = key(name).map_or_else(String::new, |k| expected(k.kind));
+        v.parse().map_err(|_| self.invalid(name, expected.as_str()))
     }
 
     fn path(&self, name: &str) -> Result<PathBuf, ConfigError> {
@@ -654,6 +699,18 @@ fn expected(kind: Kind) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spire_provider_is_named_as_spire_provider_spells_it() {
+        for p in [SpireProvider::Cli, SpireProvider::WorkloadApi] {
+            assert_eq!(p.as_str().parse::<SpireProvider>(), Ok(p));
+            assert_eq!(
+                serde_json::to_string(&p).unwrap(),
+                format!("{:?}", p.as_str())
+            );
+        }
+        assert!("workload_api".parse::<SpireProvider>().is_err());
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

@@ -387,11 +387,11 @@ impl Agent {
     /// is a targetcli run, killed at COMMAND_TIMEOUT: the step may take that long.
     fn deadlines(&self) -> Deadlines {
         let s = &self.settings;
-        let lio = match s.lio_backend.as_str() {
-            "targetcli" => s
+        let lio = match s.lio_backend {
+            crate::paths::Backend::Targetcli => s
                 .lio_timeout
                 .max(s.command_timeout + crate::report::progress::ENFORCED_GRACE),
-            _ => s.lio_timeout,
+            crate::paths::Backend::Configfs => s.lio_timeout,
         };
         Deadlines {
             lock: s.lock_timeout,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use url::Url;
 
-use crate::config::Settings;
+use crate::config::{Settings, SpireProvider};
 use crate::http::TlsOptions;
 use crate::inventory::gather::{Sources, SourcesConfig};
 use crate::inventory::ims::ImsConfig;
@@ -61,15 +61,15 @@ pub fn sources_config(s: &Settings) -> Result<SourcesConfig> {
     ims.timeout = s.ims_timeout;
     ims.tls = tls(s);
     let spire = SpireConfig {
-        backend: match s.spire_provider.as_str() {
+        backend: match s.spire_provider {
             #[cfg(feature = "spiffe")]
-            "workload-api" => SpireBackend::Native,
+            SpireProvider::WorkloadApi => SpireBackend::Native,
             // The settings refuse it in such a build; never fall back to the CLI silently.
             #[cfg(not(feature = "spiffe"))]
-            "workload-api" => anyhow::bail!(
+            SpireProvider::WorkloadApi => anyhow::bail!(
                 "SPIRE_PROVIDER=workload-api: this build has no SPIFFE Workload API client (cargo feature `spiffe`)"
             ),
-            _ => SpireBackend::Cli {
+            SpireProvider::Cli => SpireBackend::Cli {
                 agent: s.spire_agent_path.clone(),
             },
         },
@@ -99,7 +99,7 @@ pub fn sources(s: &Settings) -> Result<Sources> {
 
 /// Builds the LIO backend LIO_BACKEND names.
 pub fn target(s: &Settings) -> Arc<dyn Target> {
-    match Backend::from_setting(&s.lio_backend) {
+    match s.lio_backend {
         Backend::Targetcli => Arc::new(TargetcliTarget::new(TargetcliSettings {
             bin: s.targetcli_bin.clone(),
             iqn: s.target_iqn.clone(),

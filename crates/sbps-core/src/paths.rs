@@ -29,12 +29,31 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The backend `LIO_BACKEND` names (validated to `configfs` or `targetcli`); the
-    /// one place that reads the setting, for `desired` and for the backend built.
-    pub fn from_setting(lio_backend: &str) -> Backend {
-        match lio_backend {
-            "targetcli" => Backend::Targetcli,
-            _ => Backend::Configfs,
+    /// The `LIO_BACKEND` value that names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Configfs => "configfs",
+            Backend::Targetcli => "targetcli",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    /// `configfs` or `targetcli`, as `LIO_BACKEND` spells them; anything else is an
+    /// error, never a silent default.
+    fn from_str(s: &str) -> Result<Backend, String> {
+        match s {
+            "configfs" => Ok(Backend::Configfs),
+            "targetcli" => Ok(Backend::Targetcli),
+            other => Err(format!("{other:?} is neither configfs nor targetcli")),
         }
     }
 }
@@ -179,6 +198,19 @@ pub fn check_control_path(path: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backend_is_named_as_lio_backend_spells_it() {
+        for b in [Backend::Configfs, Backend::Targetcli] {
+            assert_eq!(b.as_str().parse::<Backend>(), Ok(b));
+            assert_eq!(
+                serde_json::to_string(&b).unwrap(),
+                format!("{:?}", b.as_str())
+            );
+        }
+        assert!("rtslib".parse::<Backend>().is_err());
+        assert!("Configfs".parse::<Backend>().is_err());
+    }
 
     /// Regression: this check and the configfs backend's must agree, or a key is
     /// projected and its create fails every scan (keeping a fresh target's TPG from
