@@ -132,8 +132,11 @@ impl Progress {
         g.job.clone().or_else(|| g.scan.clone())
     }
 
-    /// The step past its deadline, if any: the operation running longest first, then
-    /// the job's step, then the scan's.
+    /// The step past its deadline, if any. While LIO operations run, the one running
+    /// longest decides: the job's phase is in flight through it, so a phase whose
+    /// last operation finished long ago but whose next one just began is not stuck
+    /// (and a hung operation is named, not its phase). Otherwise the job's step, then
+    /// the scan's.
     pub fn stuck(&self) -> Option<Stuck> {
         self.stuck_at(Instant::now())
     }
@@ -141,10 +144,12 @@ impl Progress {
     /// [`Progress::stuck`] at `now`.
     pub fn stuck_at(&self, now: Instant) -> Option<Stuck> {
         let g = self.lock();
-        let oldest = g.ops.iter().map(|(_, s)| s).min_by_key(|s| s.since);
-        oldest
+        if let Some(oldest) = g.ops.iter().map(|(_, s)| s).min_by_key(|s| s.since) {
+            return oldest.overdue(now);
+        }
+        g.job
+            .as_ref()
             .and_then(|s| s.overdue(now))
-            .or_else(|| g.job.as_ref().and_then(|s| s.overdue(now)))
             .or_else(|| g.scan.as_ref().and_then(|s| s.overdue(now)))
     }
 }
@@ -199,6 +204,25 @@ mod tests {
         );
         p.job_done();
         assert_eq!(p.stuck_at(later(3600)), None);
+    }
+
+    /// Regression: the phase's clock restarts when an operation finishes, not when the
+    /// next one begins; the phase must not be named stuck while an operation that began
+    /// since is within its own deadline (the hung operation is named once it is past).
+    #[test]
+    fn a_running_operation_within_its_deadline_keeps_its_phase_from_being_stuck() {
+        let p = Progress::default();
+        p.job_enter("apply", Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+        let op = p.begin("enable TPG".into(), Duration::from_secs(10));
+        // The phase began 10 s before this instant, the operation not quite.
+        let phase_overdue = later(10) - Duration::from_millis(10);
+        assert_eq!(p.stuck_at(phase_overdue), None);
+        assert_eq!(
+            p.stuck_at(later(11)).map(|s| s.what),
+            Some("enable TPG".into())
+        );
+        drop(op);
     }
 
     #[test]
