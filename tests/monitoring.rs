@@ -397,3 +397,56 @@ fn a_textfile_not_ending_in_prom_is_refused() {
         "{e}"
     );
 }
+
+/// Errors are counted by kind, not only as `result="error"`: an LIO operation by its
+/// error's kind, a scan that stopped by what stopped it, so an alert or a dashboard can
+/// tell a busy LUN from a denied write and a stuck kernel from an unwritable ledger.
+#[test]
+fn failures_are_counted_by_their_kind() {
+    use sbps_marshal::desired::Desired;
+    use sbps_marshal::inventory::gather::GatherStats;
+    use sbps_marshal::lio::Op;
+    use sbps_marshal::report::{FailureKind, OpOutcome, ScanReport, Timings};
+
+    let m = Metrics::new(&settings(&[]));
+    let report = ScanReport {
+        started: 1,
+        desired: Desired::default(),
+        actual: None,
+        plan: None,
+        outcomes: vec![
+            OpOutcome {
+                op: Op::EnableTpg,
+                error: Some("enable TPG: busy".into()),
+                error_kind: Some("busy"),
+                millis: 1,
+            },
+            OpOutcome {
+                op: Op::DisableTpg,
+                error: None,
+                error_kind: None,
+                millis: 1,
+            },
+        ],
+        failure: Some(FailureKind::Persistence.because("cannot write the ledger")),
+        labelled: Some(true),
+        label_error: None,
+        stats: GatherStats::default(),
+        timings: Timings::default(),
+        converged: false,
+        saveconfig_written: false,
+        ledger_written: false,
+        numbers_frozen: None,
+    };
+    m.record_scan(&report);
+    let text = m.render();
+    for want in [
+        r#"sbps_marshal_operation_errors_total{op="enable-tpg",kind="busy"} 1"#,
+        r#"sbps_marshal_operations_total{op="enable-tpg",result="error"} 1"#,
+        r#"sbps_marshal_operations_total{op="disable-tpg",result="ok"} 1"#,
+        r#"sbps_marshal_scan_failures_total{kind="persistence"} 1"#,
+    ] {
+        assert!(text.contains(want), "{want} not in:\n{text}");
+    }
+    assert!(!text.contains(r#"op="disable-tpg",kind="#), "{text}");
+}

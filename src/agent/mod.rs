@@ -23,11 +23,11 @@ use crate::fleet::{FleetView, NodeStatus};
 use crate::inventory::gather::{GatherStats, Gathered, Sources};
 use crate::ledger::remote::LedgerMirror;
 use crate::ledger::{Ledger, Loaded};
-use crate::lio::{self, Actual, Target};
+use crate::lio::{self, Actual, LioError, Target};
 use crate::plan::{self, Plan};
 use crate::report::progress::Progress;
 use crate::report::status::Status;
-use crate::report::{OpOutcome, ScanReport, Timings};
+use crate::report::{Failure, FailureKind, OpOutcome, ScanReport, Timings};
 use crate::telemetry::metrics::Metrics;
 use service::ServiceManager;
 use watched::Watched;
@@ -257,7 +257,7 @@ impl Agent {
             deadlines: self.deadlines(),
         };
         let mut done = match service_failure {
-            Some(why) => JobDone::failed(why),
+            Some(why) => JobDone::failed(FailureKind::TargetService.because(why)),
             None => self.run_job(job, mode).await,
         };
         timings.observe = done.observe;
@@ -520,7 +520,7 @@ pub struct JobDone {
     pub actual: Option<Actual>,
     pub plan: Option<Plan>,
     pub outcomes: Vec<OpOutcome>,
-    pub failure: Option<String>,
+    pub failure: Option<Failure>,
     /// The ledger now in force (written ahead), when the job got that far.
     pub ledger: Option<Ledger>,
     pub observe: Duration,
@@ -539,7 +539,7 @@ pub struct JobDone {
 }
 
 impl JobDone {
-    fn failed(why: String) -> JobDone {
+    fn failed(why: Failure) -> JobDone {
         JobDone {
             failure: Some(why),
             ..JobDone::default()
@@ -568,14 +568,18 @@ impl Job {
             (Mode::DryRun, _) => None,
             (Mode::Apply, Ok(g)) => Some(g),
             (Mode::Apply, Err(e)) => {
-                return JobDone::failed(format!("cannot take the LIO locks: {e}"))
+                return JobDone::failed(
+                    FailureKind::Lio.because(format!("cannot take the LIO locks: {e}")),
+                )
             }
         };
         let t = Instant::now();
         progress.job_enter("observe LIO", lio);
         let actual = match self.target.observe() {
             Ok(a) => a,
-            Err(e) => return JobDone::failed(format!("cannot read LIO: {e}")),
+            Err(e) => {
+                return JobDone::failed(FailureKind::Lio.because(format!("cannot read LIO: {e}")))
+            }
         };
         done.observe = t.elapsed();
         let t = Instant::now();
@@ -626,7 +630,8 @@ impl Job {
         }
         if changed {
             if let Err(e) = crate::ledger::save(&p.ledger, &self.ledger_file) {
-                done.failure = Some(format!("{e}; nothing applied"));
+                done.failure =
+                    Some(FailureKind::Persistence.because(format!("{e}; nothing applied")));
                 done.actual = Some(actual);
                 done.plan = Some(p);
                 return done;
@@ -658,13 +663,17 @@ impl Job {
             .into_iter()
             .map(|r| OpOutcome {
                 op: r.op,
+                error_kind: r.result.as_ref().err().map(LioError::kind),
                 error: r.result.err().map(|e| e.to_string()),
                 millis: r.elapsed.as_millis() as u64,
             })
             .collect();
         match after {
             Ok(a) => done.actual = Some(a),
-            Err(e) => done.failure = Some(format!("cannot read LIO after applying: {e}")),
+            Err(e) => {
+                done.failure =
+                    Some(FailureKind::Lio.because(format!("cannot read LIO after applying: {e}")))
+            }
         }
         // saveconfig.json mirrors the kernel; it is rewritten only when that changed.
         let unchanged = done.outcomes.is_empty()
@@ -682,7 +691,8 @@ impl Job {
                 }
                 Err(e) => {
                     let msg = format!("cannot write {}: {e}", self.save_file.display());
-                    done.failure.get_or_insert(msg);
+                    done.failure
+                        .get_or_insert(FailureKind::Persistence.because(msg));
                 }
             }
         }

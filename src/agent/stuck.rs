@@ -14,7 +14,7 @@ use super::{Agent, Job, JobDone, Mode};
 use crate::desired::Desired;
 use crate::inventory::gather::GatherStats;
 use crate::report::progress::Progress;
-use crate::report::{ScanReport, Timings};
+use crate::report::{Failure, FailureKind, ScanReport, Timings};
 
 /// How often a scan waiting for its job looks at the job's deadlines.
 const CHECK_EVERY: Duration = Duration::from_millis(200);
@@ -35,7 +35,7 @@ impl Agent {
         loop {
             tokio::select! {
                 r = &mut handle => {
-                    return r.unwrap_or_else(|e| JobDone::failed(format!("scan worker failed: {e}")));
+                    return r.unwrap_or_else(|e| JobDone::failed(FailureKind::Internal.because(format!("scan worker failed: {e}"))));
                 }
                 _ = tokio::time::sleep(CHECK_EVERY) => {
                     if let Some(stuck) = self.progress.stuck() {
@@ -77,8 +77,8 @@ impl Agent {
     }
 }
 
-fn stuck_failure(stuck: &str) -> String {
-    format!("LIO {stuck}; nothing more is done until it returns, and the watchdog is no longer pinged (systemd restarts the agent)")
+fn stuck_failure(stuck: &str) -> Failure {
+    FailureKind::Stuck.because(format!("LIO {stuck}; nothing more is done until it returns, and the watchdog is no longer pinged (systemd restarts the agent)"))
 }
 
 fn still_stuck(progress: &Progress) -> String {
@@ -94,7 +94,7 @@ fn still_stuck(progress: &Progress) -> String {
 }
 
 /// The report of a scan that did nothing: the same shape as every other.
-fn nothing_done(now: u64, failure: String) -> ScanReport {
+fn nothing_done(now: u64, failure: Failure) -> ScanReport {
     ScanReport {
         started: now,
         desired: Desired::default(),

@@ -48,10 +48,13 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
         Command::Plan { json } => {
             let mut agent = Agent::new(settings, services())?;
             let report = agent.scan(Mode::DryRun).await;
-            let plan = report
-                .plan
-                .as_ref()
-                .with_context(|| report.failure.clone().unwrap_or_default())?;
+            let plan = report.plan.as_ref().with_context(|| {
+                report
+                    .failure
+                    .as_ref()
+                    .map(|f| f.to_string())
+                    .unwrap_or_default()
+            })?;
             if json {
                 out!("{}", serde_json::to_string_pretty(plan)?);
             } else if plan.ops.is_empty() {

@@ -41,7 +41,7 @@ pub fn log(r: &ScanReport) {
         }
     }
     for o in &r.outcomes {
-        // Journal fields OP, LUN, SERIAL, BACKSTORE, IMAGE_ID (telemetry::fields).
+        // Journal fields OP, LUN, SERIAL, BACKSTORE, IMAGE_ID (`fields`), ERROR_KIND.
         let f = super::fields::op_fields(&o.op, &r.desired);
         match &o.error {
             None => tracing::info!(
@@ -56,6 +56,7 @@ pub fn log(r: &ScanReport) {
             ),
             Some(e) => tracing::error!(
                 op = f.op,
+                error_kind = o.error_kind,
                 lun = f.lun,
                 serial = f.serial,
                 backstore = f.backstore,
@@ -80,7 +81,7 @@ pub fn log(r: &ScanReport) {
         }
     }
     if let Some(f) = &r.failure {
-        tracing::error!("scan failed: {f}");
+        tracing::error!(failure = f.kind.label(), "scan failed: {f}");
     }
     let skipped = r
         .desired

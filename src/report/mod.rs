@@ -26,7 +26,62 @@ use crate::plan::{self, Plan};
 pub struct OpOutcome {
     pub op: Op,
     pub error: Option<String>,
+    /// What kind of error (`LioError::kind`: `busy`, `not-found`, `denied` …), for
+    /// metrics labels and alerts that must not parse messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<&'static str>,
     pub millis: u64,
+}
+
+/// Why a scan stopped before it could finish changing LIO, by what failed: the logs,
+/// the metrics (`sbps_marshal_scan_failures_total{kind}`) and `explain` say which.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+/// The kinds of [`Failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// TARGET_SERVICE (systemctl) did not answer or start: LIO is not touched.
+    TargetService,
+    /// The LIO locks could not be taken, or configfs could not be read.
+    Lio,
+    /// An LIO step is past its deadline (the watchdog stops; systemd restarts the agent).
+    Stuck,
+    /// The ledger or saveconfig.json could not be written.
+    Persistence,
+    /// The scan's worker thread failed.
+    Internal,
+}
+
+impl FailureKind {
+    /// The label value (`target-service`, `lio`, `stuck`, `persistence`, `internal`).
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::TargetService => "target-service",
+            FailureKind::Lio => "lio",
+            FailureKind::Stuck => "stuck",
+            FailureKind::Persistence => "persistence",
+            FailureKind::Internal => "internal",
+        }
+    }
+
+    /// A failure of this kind.
+    pub fn because(self, message: impl Into<String>) -> Failure {
+        Failure {
+            kind: self,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// Wall time of each phase of a scan.
@@ -51,7 +106,7 @@ pub struct ScanReport {
     pub plan: Option<Plan>,
     pub outcomes: Vec<OpOutcome>,
     /// Why the scan stopped before planning (LIO unreadable, ledger unwritable …).
-    pub failure: Option<String>,
+    pub failure: Option<Failure>,
     pub labelled: Option<bool>,
     pub label_error: Option<String>,
     pub stats: GatherStats,
@@ -71,7 +126,7 @@ impl ScanReport {
     /// every source answered, no image was unknown, every operation succeeded, the
     /// target exists, and no removal waits for an operator (deletion brake).
     pub fn problems(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.failure.iter().cloned().collect();
+        let mut v: Vec<String> = self.failure.iter().map(|f| f.message.clone()).collect();
         for o in &self.outcomes {
             if let Some(e) = &o.error {
                 v.push(format!("{}: {e}", o.op));

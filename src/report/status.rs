@@ -63,6 +63,10 @@ pub struct Status {
     pub target_iqn: String,
     pub converged: bool,
     pub problems: Vec<String>,
+    /// What stopped the scan before it finished with LIO, if something did
+    /// (`target-service`, `lio`, `stuck`, `persistence`, `internal`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<super::FailureKind>,
     pub gate: Gate,
     pub projections: Vec<ProjectionRow>,
     pub held: Vec<HeldRow>,
@@ -113,6 +117,7 @@ impl Status {
             target_iqn: s.target_iqn.clone(),
             converged: r.converged,
             problems: r.problems(),
+            failure: r.failure.as_ref().map(|f| f.kind),
             gate: Gate {
                 labelled: r.labelled,
                 tpg_enabled: r

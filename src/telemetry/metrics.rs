@@ -37,6 +37,8 @@ pub struct Metrics {
     unknown: Family<Labels, Gauge>,
     source_errors: Family<Labels, Counter>,
     operations: Family<Labels, Counter>,
+    operation_errors: Family<Labels, Counter>,
+    scan_failures: Family<Labels, Counter>,
     held: Family<Labels, Gauge>,
     brake: Gauge,
     ims_guard: Gauge,
@@ -87,6 +89,8 @@ impl Metrics {
             unknown: Family::default(),
             source_errors: Family::default(),
             operations: Family::default(),
+            operation_errors: Family::default(),
+            scan_failures: Family::default(),
             held: Family::default(),
             brake: Gauge::default(),
             ims_guard: Gauge::default(),
@@ -198,6 +202,20 @@ impl Metrics {
             "sbps_marshal_operations",
             "LIO operations applied, by op and result",
             m.operations.clone(),
+        );
+        reg(
+            &mut registry,
+            &mut families,
+            "sbps_marshal_operation_errors",
+            "LIO operations that failed, by op and error kind (busy, not-found, denied …)",
+            m.operation_errors.clone(),
+        );
+        reg(
+            &mut registry,
+            &mut families,
+            "sbps_marshal_scan_failures",
+            "Scans that stopped before finishing with LIO, by kind (target-service, lio, stuck, persistence, internal)",
+            m.scan_failures.clone(),
         );
         reg(
             &mut registry,
@@ -351,9 +369,12 @@ impl Metrics {
                 self.source_errors.get_or_create(&l).inc();
             }
         }
-        if r.failure.is_some() {
+        if let Some(f) = &r.failure {
             self.source_errors
                 .get_or_create(&vec![("source".into(), "lio".into())])
+                .inc();
+            self.scan_failures
+                .get_or_create(&vec![("kind".into(), f.kind.label().into())])
                 .inc();
         }
         for o in &r.outcomes {
@@ -362,6 +383,15 @@ impl Metrics {
                 .and_then(|v| v.get("op").and_then(|x| x.as_str()).map(String::from))
                 .unwrap_or_default();
             let result = if o.error.is_none() { "ok" } else { "error" };
+            if o.error.is_some() {
+                let kind = o.error_kind.unwrap_or("unknown");
+                self.operation_errors
+                    .get_or_create(&vec![
+                        ("op".into(), op.clone()),
+                        ("kind".into(), kind.into()),
+                    ])
+                    .inc();
+            }
             self.operations
                 .get_or_create(&vec![("op".into(), op), ("result".into(), result.into())])
                 .inc();

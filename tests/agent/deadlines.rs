@@ -15,6 +15,7 @@ use sbps_marshal::agent::service::Systemctl;
 use sbps_marshal::agent::Mode;
 use sbps_marshal::lio::fs::{Entry, Fs, Meta};
 use sbps_marshal::lio::{ConfigfsSettings, ConfigfsTarget, Op, Target};
+use sbps_marshal::report::FailureKind;
 
 use crate::lio::DynFs;
 use crate::scans::{world_opts, Options};
@@ -52,7 +53,8 @@ async fn a_systemctl_that_never_returns_fails_the_scan_naming_the_step() {
     let r = w.agent.scan(Mode::Apply).await;
     assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
     assert!(!r.converged);
-    let failure = r.failure.clone().unwrap_or_default();
+    let failure = r.failure.clone().map(|f| f.message).unwrap_or_default();
+    failed_as(&w, &r, FailureKind::TargetService);
     assert!(
         failure.starts_with(
             "target service: `systemctl is-active target.service` did not return within 1 s"
@@ -107,7 +109,8 @@ async fn a_held_targetcli_lock_fails_the_scan_naming_the_holder() {
     let r = w.agent.scan(Mode::Apply).await;
     assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
     assert!(!r.converged && r.outcomes.is_empty());
-    let failure = r.failure.clone().unwrap_or_default();
+    let failure = r.failure.clone().map(|f| f.message).unwrap_or_default();
+    failed_as(&w, &r, FailureKind::Lio);
     for want in [
         "cannot take the LIO locks",
         lock.to_str().unwrap(),
@@ -211,7 +214,8 @@ async fn a_hung_configfs_write_is_reported_stuck_and_no_other_job_runs() {
     let r = w.agent.scan(Mode::Apply).await;
     assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
     assert!(!r.converged);
-    let failure = r.failure.clone().unwrap_or_default();
+    let failure = r.failure.clone().map(|f| f.message).unwrap_or_default();
+    failed_as(&w, &r, FailureKind::Stuck);
     assert!(
         failure.starts_with("LIO stuck in enable TPG for ")
             && failure.contains("(its deadline is 1 s)"),
@@ -228,7 +232,7 @@ async fn a_hung_configfs_write_is_reported_stuck_and_no_other_job_runs() {
     let t = Instant::now();
     let r = w.agent.scan(Mode::Apply).await;
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-    let failure = r.failure.clone().unwrap_or_default();
+    let failure = r.failure.clone().map(|f| f.message).unwrap_or_default();
     assert!(failure.contains("stuck in enable TPG"), "{failure}");
     assert_eq!(state.0.lock().unwrap().1, 1, "a second write was tried");
 
@@ -254,4 +258,28 @@ async fn a_hung_configfs_write_is_reported_stuck_and_no_other_job_runs() {
     assert!(w.target.observe().unwrap().tpg.is_some_and(|t| t.enabled));
     // The ledger the late job wrote ahead is the agent's: both images keep their numbers.
     assert_eq!(w.agent.ledger().luns.len(), 2);
+}
+
+/// The scan's failure is of `kind`, and the metrics count it under that label.
+fn failed_as(w: &crate::scans::World, r: &sbps_marshal::report::ScanReport, kind: FailureKind) {
+    assert_eq!(
+        r.failure.as_ref().map(|f| f.kind),
+        Some(kind),
+        "{:?}",
+        r.failure
+    );
+    let metrics = w.agent.metrics.render();
+    let line = format!(
+        "sbps_marshal_scan_failures_total{{kind=\"{}\"}} 1",
+        kind.label()
+    );
+    assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    let status = w
+        .agent
+        .status
+        .read()
+        .unwrap()
+        .clone()
+        .expect("a status document");
+    assert_eq!(status.failure, Some(kind));
 }
