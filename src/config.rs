@@ -516,31 +516,6 @@ impl Settings {
     pub fn s3_endpoint(&self) -> String {
         format!("{}://{}", self.s3_proto, self.s3_host)
     }
-
-    /// What `desired()` needs.
-    pub fn desired_settings(&self) -> crate::desired::Settings {
-        crate::desired::Settings {
-            bucket: self.s3_bucket.clone(),
-            mount_root: self.mount.clone(),
-            ims_tagging: self.ims_tagging,
-            backend: self.lio_backend,
-        }
-    }
-
-    /// What `plan()` needs, given the label state and operator overrides.
-    pub fn policy(&self, labelled: Option<bool>, brake_released: bool) -> crate::plan::Policy {
-        crate::plan::Policy {
-            mount_root: self.mount.clone(),
-            grace_secs: self.removal_grace.as_secs(),
-            quarantine_secs: self.lun_quarantine.as_secs(),
-            adoption_quarantine_above: self.adoption_quarantine_above,
-            brake_ratio: self.deletion_brake_ratio,
-            brake_min: self.deletion_brake_min,
-            brake_released,
-            labelled,
-            numbers_frozen: None,
-        }
-    }
 }
 
 struct Parser<'a> {

@@ -150,7 +150,7 @@ impl Agent {
         if let Some(report) = self.wait_for_pending(mode, now).await {
             return report;
         }
-        let dset = self.settings.desired_settings();
+        let dset = wiring::desired_settings(&self.settings);
         let mut timings = Timings::default();
 
         // Every request has its own deadline; this one bounds their sum (thousands of
@@ -226,7 +226,7 @@ impl Agent {
             }
             None => mirror::Prepared::default(),
         };
-        let mut policy = self.settings.policy(labelled, self.release_brake);
+        let mut policy = wiring::policy(&self.settings, labelled, self.release_brake);
         policy.numbers_frozen = prep.frozen.clone();
         if let Some(why) = &prep.frozen {
             tracing::warn!("LUN numbers are frozen this scan: {why}");

@@ -1,4 +1,6 @@
-//! From settings to the live adapters: the sources and the LIO backend.
+//! From settings to what runs: the live adapters (the sources, the LIO backend) and
+//! the core's own settings (`desired::Settings`, `plan::Policy`). The one place that
+//! reads `config::Settings` on the core's behalf, so the core never sees a setting name.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,4 +132,29 @@ pub fn mirror(s: &Settings) -> Option<Arc<dyn crate::ledger::remote::LedgerMirro
         Arc::new(store),
         &s.node_name,
     )))
+}
+
+/// What `desired()` needs, from the settings.
+pub fn desired_settings(s: &Settings) -> crate::desired::Settings {
+    crate::desired::Settings {
+        bucket: s.s3_bucket.clone(),
+        mount_root: s.mount.clone(),
+        ims_tagging: s.ims_tagging,
+        backend: s.lio_backend,
+    }
+}
+
+/// What `plan()` needs, from the settings, the label state and the operator's override.
+pub fn policy(s: &Settings, labelled: Option<bool>, brake_released: bool) -> crate::plan::Policy {
+    crate::plan::Policy {
+        mount_root: s.mount.clone(),
+        grace_secs: s.removal_grace.as_secs(),
+        quarantine_secs: s.lun_quarantine.as_secs(),
+        adoption_quarantine_above: s.adoption_quarantine_above,
+        brake_ratio: s.deletion_brake_ratio,
+        brake_min: s.deletion_brake_min,
+        brake_released,
+        labelled,
+        numbers_frozen: None,
+    }
 }

@@ -168,7 +168,9 @@ async fn no_secret_in_logs_errors_status_or_files() {
         TlsOptions::default(),
         Duration::from_secs(2),
     );
-    let g = src.gather(&settings.desired_settings()).await;
+    let g = src
+        .gather(&sbps_marshal::agent::wiring::desired_settings(&settings))
+        .await;
     for e in [g.inventory.s3.unwrap_err(), g.inventory.ims.unwrap_err()] {
         assert_clean("transport error", &e);
         assert!(
