@@ -21,7 +21,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/sbps-marshal/config.toml";
 
 /// How a key's value is checked and parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum ValueKind {
     /// Whole seconds, > 0.
     Seconds,
     /// Whole seconds, ≥ 0.
@@ -97,7 +97,7 @@ impl std::str::FromStr for SpireProvider {
 pub struct Key {
     pub name: &'static str,
     pub default: &'static str,
-    pub kind: Kind,
+    pub kind: ValueKind,
     pub help: &'static str,
     /// How it differs from the original agent, if it does.
     pub compat: &'static str,
@@ -111,53 +111,53 @@ macro_rules! keys {
 }
 
 keys! {
-    "SCAN_FREQUENCY", "180", Kind::Seconds, "Seconds between scans.", "validated (the original accepted anything)";
-    "API_GATEWAY", "https://api-gw-service-nmn.local", Kind::Url, "API gateway base URL.", "";
-    "IMS_URI", "apis/ims/v3/images", Kind::Text, "IMS images path, joined to API_GATEWAY.", "";
-    "IMS_TAGGING", "true", Kind::Bool, "Project only IMS images tagged sbps-project=true (records without metadata are projected).", "accepts true/false/1/0/yes/no in any case; the original read anything but exactly \"true\" as false";
-    "IMS_TIMEOUT", "10", Kind::Seconds, "IMS request timeout, seconds.", "";
-    "S3_HOST", "rgw-vip.nmn", Kind::Text, "S3 endpoint host[:port].", "";
-    "S3_PROTO", "https", Kind::Proto, "S3 endpoint scheme.", "TLS is verified by default (the original never verified)";
-    "S3_CREDENTIAL_FILE", "/root/.ims.s3fs", Kind::AbsPath, "s3fs passwd file with ACCESS_KEY:SECRET.", "";
-    "S3_BUCKET", "boot-images", Kind::Text, "Bucket holding the images.", "";
-    "SQUASHFS_S3FS_MOUNT", "/var/lib/cps-local/boot-images", Kind::AbsPath, "s3fs mount of the bucket; only backstores under it are managed.", "";
-    "SPIRE_AGENT_PATH", "/opt/cray/cray-spire/sbps-marshal-spire-agent", Kind::AbsPath, "spire-agent binary (hard link attested by path).", "";
-    "SPIRE_JWT_AUDIENCE", "system-compute", Kind::Text, "JWT-SVID audience.", "";
-    "SPIRE_AGENT_SOCK_PATH", "/var/lib/spire/agent.sock", Kind::AbsPath, "SPIRE agent Workload API socket.", "";
-    "LIO_SAVE_FILE", "/etc/target/saveconfig.json", Kind::AbsPath, "LIO saveconfig.json, written from the kernel state after changes.", "written once per scan that changed something, not after every change";
-    "TARGETCLI_BIN", "/usr/bin/targetcli", Kind::AbsPath, "targetcli, used by the targetcli backend.", "";
-    "KUBECONFIG", "/etc/kubernetes/admin.conf", Kind::AbsPath, "kubeconfig of the Kubernetes API (node labels, the ledger's ConfigMaps); when the file does not exist, the pod's service account is used.", "hard-coded in the original";
-    "REMOTE_LEDGER", "true", Kind::Bool, "Keep the ledger (LUN numbers, quarantines) in the Kubernetes API too, one ConfigMap per node, so a rebuilt worker gets every number back and new images take the fleet's numbers; false = the local file only.", "new: the original kept no LUN numbers";
-    "LEDGER_NAMESPACE", "services", Kind::Text, "Kubernetes namespace of the ledger ConfigMaps (sbps-marshal-ledger-<node>).", "new";
-    "XNAME_FILE", "/etc/cray/xname", Kind::AbsPath, "File holding this node's xname (accepted SPIFFE ID).", "hard-coded in the original";
-    "STATE_DIR", "/var/lib/sbps-marshal", Kind::AbsPath, "Directory of the ledger (LUN numbers, quarantine, absences).", "hard-coded in the original";
-    "NODE_NAME", "", Kind::OptText, "This node's name: its Node carries it in the kubernetes.io/hostname label (or is named so); empty = this host's name.", "hard-coded (hostname) in the original";
-    "NODE_LABEL", "iscsi=sbps", Kind::Label, "Label that enables the target on this node; empty = no label gating (the target is always enabled).", "hard-coded in the original";
-    "TARGET_IQN", "", Kind::OptText, "iSCSI target IQN; empty = iqn.2023-06.csm.iscsi:<node name>.", "hard-coded in the original";
-    "TPG_TAG", "1", Kind::Count, "Target portal group tag.", "new";
-    "LIO_BACKEND", "configfs", Kind::OneOf(&["configfs", "targetcli"]), "How LIO is changed: direct configfs writes, or targetcli as the original.", "new; the original always used targetcli";
-    "CONFIGFS_ROOT", "/sys/kernel/config/target", Kind::AbsPath, "LIO configfs root.", "new";
-    "TLS_VERIFY", "true", Kind::Bool, "Verify TLS certificates of S3, IMS and Kubernetes.", "new; the original never verified";
-    "CA_BUNDLE", "", Kind::OptAbsPath, "Extra PEM CA bundle trusted besides the system roots (for Kubernetes, besides the kubeconfig's CA).", "new";
-    "SPIRE_PROVIDER", "cli", Kind::OneOf(&["cli", "workload-api"]), "Token source: the spire-agent CLI (as the original) or the Workload API socket.", "new; `workload-api` needs the cargo feature `spiffe` (default, in the RPM)";
-    "REMOVAL_GRACE", "600", Kind::SecondsOrZero, "Seconds an image must be known absent before its LUN is removed.", "new; the original removed at once";
-    "LUN_QUARANTINE", "604800", Kind::SecondsOrZero, "Seconds a freed LUN number stays unused.", "new; the original reused numbers at once";
-    "ADOPTION_QUARANTINE_ABOVE", "256", Kind::CountOrZero, "Adopting a target without a ledger (the original's, a corrupt ledger, a rebuilt worker): how many numbers above the highest LUN seen are quarantined for LUN_QUARANTINE besides the free ones below it, since the original may have freed them a moment ago; 0 = only those below.", "new; the original reused numbers at once";
-    "DELETION_BRAKE_RATIO", "0.5", Kind::Ratio, "A scan removing more than this share of projections removes nothing and alerts.", "new";
-    "DELETION_BRAKE_MIN", "2", Kind::CountOrZero, "Removals up to this count never engage the brake.", "new";
-    "METRICS_LISTEN", "127.0.0.1:9180", Kind::ListenAddr, "Listen address of /metrics, /healthz, /status; empty = off.", "new";
-    "METRICS_TEXTFILE", "", Kind::OptAbsPath, "node-exporter textfile (a .prom file in its textfile collector directory), rewritten atomically after every scan; empty = off.", "new";
-    "MANIFEST_CONCURRENCY", "16", Kind::Count, "Manifests fetched at once.", "new";
-    "GATHER_TIMEOUT", "300", Kind::Seconds, "Seconds the whole inventory (S3 listing, token, IMS, manifests, mount, node label) may take; past it the scan changes nothing and the next period runs.", "new";
-    "MOUNT_TIMEOUT", "30", Kind::Seconds, "Seconds one stat of the s3fs mount may take; past it the image is unknown (a hung mount never stalls the scan).", "new";
-    "COMMAND_TIMEOUT", "300", Kind::Seconds, "Seconds one systemctl or targetcli run may take (a start of target.service restores every LUN); past it the command is killed and the scan fails naming it.", "new; the original waited forever";
-    "LOCK_TIMEOUT", "60", Kind::Seconds, "Seconds to wait for targetcli.lock and rtslib_backstore.lock (an administrator's open targetcli holds them); past it the scan changes nothing and names the holder.", "new; the original waited forever";
-    "LIO_TIMEOUT", "120", Kind::Seconds, "Seconds one LIO step (reading configfs, one operation, writing saveconfig.json; with LIO_BACKEND=targetcli at least COMMAND_TIMEOUT) may take; past it the scan reports the step as stuck, /healthz names it and the systemd watchdog is no longer pinged, so systemd restarts the agent.", "new; the original waited forever";
-    "APPLY_PARALLELISM", "8", Kind::Count, "LIO operations run at once within a phase.", "new";
-    "LOCK_FILE", "/run/sbps-marshal.lock", Kind::AbsPath, "Single-instance lock.", "new; the original relied on systemd alone";
-    "RTSLIB_LOCK_DIR", "/var/run", Kind::AbsPath, "Where rtslib/targetcli keep targetcli.lock and rtslib_backstore.lock, taken around changes.", "new";
-    "TARGET_SERVICE", "target.service", Kind::OptText, "systemd unit started when the node is labelled and it is not active; empty = not managed.", "the original always used target.service";
-    "RESTART_TARGET_AFTER_FIRST_SCAN", "false", Kind::Bool, "The original's one-time `systemctl restart target.service` after the first scan.", "off by default: it drops every session";
+    "SCAN_FREQUENCY", "180", ValueKind::Seconds, "Seconds between scans.", "validated (the original accepted anything)";
+    "API_GATEWAY", "https://api-gw-service-nmn.local", ValueKind::Url, "API gateway base URL.", "";
+    "IMS_URI", "apis/ims/v3/images", ValueKind::Text, "IMS images path, joined to API_GATEWAY.", "";
+    "IMS_TAGGING", "true", ValueKind::Bool, "Project only IMS images tagged sbps-project=true (records without metadata are projected).", "accepts true/false/1/0/yes/no in any case; the original read anything but exactly \"true\" as false";
+    "IMS_TIMEOUT", "10", ValueKind::Seconds, "IMS request timeout, seconds.", "";
+    "S3_HOST", "rgw-vip.nmn", ValueKind::Text, "S3 endpoint host[:port].", "";
+    "S3_PROTO", "https", ValueKind::Proto, "S3 endpoint scheme.", "TLS is verified by default (the original never verified)";
+    "S3_CREDENTIAL_FILE", "/root/.ims.s3fs", ValueKind::AbsPath, "s3fs passwd file with ACCESS_KEY:SECRET.", "";
+    "S3_BUCKET", "boot-images", ValueKind::Text, "Bucket holding the images.", "";
+    "SQUASHFS_S3FS_MOUNT", "/var/lib/cps-local/boot-images", ValueKind::AbsPath, "s3fs mount of the bucket; only backstores under it are managed.", "";
+    "SPIRE_AGENT_PATH", "/opt/cray/cray-spire/sbps-marshal-spire-agent", ValueKind::AbsPath, "spire-agent binary (hard link attested by path).", "";
+    "SPIRE_JWT_AUDIENCE", "system-compute", ValueKind::Text, "JWT-SVID audience.", "";
+    "SPIRE_AGENT_SOCK_PATH", "/var/lib/spire/agent.sock", ValueKind::AbsPath, "SPIRE agent Workload API socket.", "";
+    "LIO_SAVE_FILE", "/etc/target/saveconfig.json", ValueKind::AbsPath, "LIO saveconfig.json, written from the kernel state after changes.", "written once per scan that changed something, not after every change";
+    "TARGETCLI_BIN", "/usr/bin/targetcli", ValueKind::AbsPath, "targetcli, used by the targetcli backend.", "";
+    "KUBECONFIG", "/etc/kubernetes/admin.conf", ValueKind::AbsPath, "kubeconfig of the Kubernetes API (node labels, the ledger's ConfigMaps); when the file does not exist, the pod's service account is used.", "hard-coded in the original";
+    "REMOTE_LEDGER", "true", ValueKind::Bool, "Keep the ledger (LUN numbers, quarantines) in the Kubernetes API too, one ConfigMap per node, so a rebuilt worker gets every number back and new images take the fleet's numbers; false = the local file only.", "new: the original kept no LUN numbers";
+    "LEDGER_NAMESPACE", "services", ValueKind::Text, "Kubernetes namespace of the ledger ConfigMaps (sbps-marshal-ledger-<node>).", "new";
+    "XNAME_FILE", "/etc/cray/xname", ValueKind::AbsPath, "File holding this node's xname (accepted SPIFFE ID).", "hard-coded in the original";
+    "STATE_DIR", "/var/lib/sbps-marshal", ValueKind::AbsPath, "Directory of the ledger (LUN numbers, quarantine, absences).", "hard-coded in the original";
+    "NODE_NAME", "", ValueKind::OptText, "This node's name: its Node carries it in the kubernetes.io/hostname label (or is named so); empty = this host's name.", "hard-coded (hostname) in the original";
+    "NODE_LABEL", "iscsi=sbps", ValueKind::Label, "Label that enables the target on this node; empty = no label gating (the target is always enabled).", "hard-coded in the original";
+    "TARGET_IQN", "", ValueKind::OptText, "iSCSI target IQN; empty = iqn.2023-06.csm.iscsi:<node name>.", "hard-coded in the original";
+    "TPG_TAG", "1", ValueKind::Count, "Target portal group tag.", "new";
+    "LIO_BACKEND", "configfs", ValueKind::OneOf(&["configfs", "targetcli"]), "How LIO is changed: direct configfs writes, or targetcli as the original.", "new; the original always used targetcli";
+    "CONFIGFS_ROOT", "/sys/kernel/config/target", ValueKind::AbsPath, "LIO configfs root.", "new";
+    "TLS_VERIFY", "true", ValueKind::Bool, "Verify TLS certificates of S3, IMS and Kubernetes.", "new; the original never verified";
+    "CA_BUNDLE", "", ValueKind::OptAbsPath, "Extra PEM CA bundle trusted besides the system roots (for Kubernetes, besides the kubeconfig's CA).", "new";
+    "SPIRE_PROVIDER", "cli", ValueKind::OneOf(&["cli", "workload-api"]), "Token source: the spire-agent CLI (as the original) or the Workload API socket.", "new; `workload-api` needs the cargo feature `spiffe` (default, in the RPM)";
+    "REMOVAL_GRACE", "600", ValueKind::SecondsOrZero, "Seconds an image must be known absent before its LUN is removed.", "new; the original removed at once";
+    "LUN_QUARANTINE", "604800", ValueKind::SecondsOrZero, "Seconds a freed LUN number stays unused.", "new; the original reused numbers at once";
+    "ADOPTION_QUARANTINE_ABOVE", "256", ValueKind::CountOrZero, "Adopting a target without a ledger (the original's, a corrupt ledger, a rebuilt worker): how many numbers above the highest LUN seen are quarantined for LUN_QUARANTINE besides the free ones below it, since the original may have freed them a moment ago; 0 = only those below.", "new; the original reused numbers at once";
+    "DELETION_BRAKE_RATIO", "0.5", ValueKind::Ratio, "A scan removing more than this share of projections removes nothing and alerts.", "new";
+    "DELETION_BRAKE_MIN", "2", ValueKind::CountOrZero, "Removals up to this count never engage the brake.", "new";
+    "METRICS_LISTEN", "127.0.0.1:9180", ValueKind::ListenAddr, "Listen address of /metrics, /healthz, /status; empty = off.", "new";
+    "METRICS_TEXTFILE", "", ValueKind::OptAbsPath, "node-exporter textfile (a .prom file in its textfile collector directory), rewritten atomically after every scan; empty = off.", "new";
+    "MANIFEST_CONCURRENCY", "16", ValueKind::Count, "Manifests fetched at once.", "new";
+    "GATHER_TIMEOUT", "300", ValueKind::Seconds, "Seconds the whole inventory (S3 listing, token, IMS, manifests, mount, node label) may take; past it the scan changes nothing and the next period runs.", "new";
+    "MOUNT_TIMEOUT", "30", ValueKind::Seconds, "Seconds one stat of the s3fs mount may take; past it the image is unknown (a hung mount never stalls the scan).", "new";
+    "COMMAND_TIMEOUT", "300", ValueKind::Seconds, "Seconds one systemctl or targetcli run may take (a start of target.service restores every LUN); past it the command is killed and the scan fails naming it.", "new; the original waited forever";
+    "LOCK_TIMEOUT", "60", ValueKind::Seconds, "Seconds to wait for targetcli.lock and rtslib_backstore.lock (an administrator's open targetcli holds them); past it the scan changes nothing and names the holder.", "new; the original waited forever";
+    "LIO_TIMEOUT", "120", ValueKind::Seconds, "Seconds one LIO step (reading configfs, one operation, writing saveconfig.json; with LIO_BACKEND=targetcli at least COMMAND_TIMEOUT) may take; past it the scan reports the step as stuck, /healthz names it and the systemd watchdog is no longer pinged, so systemd restarts the agent.", "new; the original waited forever";
+    "APPLY_PARALLELISM", "8", ValueKind::Count, "LIO operations run at once within a phase.", "new";
+    "LOCK_FILE", "/run/sbps-marshal.lock", ValueKind::AbsPath, "Single-instance lock.", "new; the original relied on systemd alone";
+    "RTSLIB_LOCK_DIR", "/var/run", ValueKind::AbsPath, "Where rtslib/targetcli keep targetcli.lock and rtslib_backstore.lock, taken around changes.", "new";
+    "TARGET_SERVICE", "target.service", ValueKind::OptText, "systemd unit started when the node is labelled and it is not active; empty = not managed.", "the original always used target.service";
+    "RESTART_TARGET_AFTER_FIRST_SCAN", "false", ValueKind::Bool, "The original's one-time `systemctl restart target.service` after the first scan.", "off by default: it drops every session";
 }
 
 /// Where a value came from.
@@ -334,12 +334,12 @@ pub fn default_file() -> String {
             ));
         }
         let value = match k.kind {
-            Kind::Seconds
-            | Kind::SecondsOrZero
-            | Kind::Count
-            | Kind::CountOrZero
-            | Kind::Ratio
-            | Kind::Bool => k.default.to_string(),
+            ValueKind::Seconds
+            | ValueKind::SecondsOrZero
+            | ValueKind::Count
+            | ValueKind::CountOrZero
+            | ValueKind::Ratio
+            | ValueKind::Bool => k.default.to_string(),
             _ => format!("{:?}", k.default),
         };
         out.push_str(&format!("# {} = {value}\n", k.name.to_ascii_lowercase()));
@@ -355,7 +355,7 @@ pub fn key(name: &str) -> Option<&'static Key> {
 /// No setting holds a secret itself (the S3 secret lives in its own file), but a URL
 /// may carry `user:password@`; never print that.
 fn redact(k: &Key, v: &str) -> String {
-    if k.kind == Kind::Url {
+    if k.kind == ValueKind::Url {
         if let Some((scheme, rest)) = v.split_once("://") {
             if let Some((userinfo, host)) = rest.split_once('@') {
                 if !userinfo.contains('/') {
@@ -542,18 +542,20 @@ impl Parser<'_> {
         let k = key(name).ok_or_else(|| self.invalid(name, "a known key"))?;
         let v = self.raw(name);
         let ok = match k.kind {
-            Kind::Text => !v.is_empty(),
-            Kind::OptText => true,
-            Kind::Url => {
+            ValueKind::Text => !v.is_empty(),
+            ValueKind::OptText => true,
+            ValueKind::Url => {
                 (v.starts_with("http://") || v.starts_with("https://"))
                     && v.split_once("://").is_some_and(|(_, h)| !h.is_empty())
             }
-            Kind::Proto => v == "http" || v == "https",
-            Kind::OneOf(words) => words.contains(&v),
-            Kind::Label => v.is_empty() || v.split_once('=').is_some_and(|(a, _)| !a.is_empty()),
-            Kind::ListenAddr => v.is_empty() || v.parse::<std::net::SocketAddr>().is_ok(),
-            Kind::AbsPath => v.starts_with('/'),
-            Kind::OptAbsPath => v.is_empty() || v.starts_with('/'),
+            ValueKind::Proto => v == "http" || v == "https",
+            ValueKind::OneOf(words) => words.contains(&v),
+            ValueKind::Label => {
+                v.is_empty() || v.split_once('=').is_some_and(|(a, _)| !a.is_empty())
+            }
+            ValueKind::ListenAddr => v.is_empty() || v.parse::<std::net::SocketAddr>().is_ok(),
+            ValueKind::AbsPath => v.starts_with('/'),
+            ValueKind::OptAbsPath => v.is_empty() || v.starts_with('/'),
             _ => true,
         };
         if ok {
@@ -614,14 +616,14 @@ impl Parser<'_> {
 
     fn count(&self, name: &str) -> Result<u64, ConfigError> {
         let min = match key(name).map(|k| k.kind) {
-            Some(Kind::SecondsOrZero | Kind::CountOrZero) => 0,
+            Some(ValueKind::SecondsOrZero | ValueKind::CountOrZero) => 0,
             _ => 1,
         };
         match self.raw(name).parse::<u64>() {
             Ok(n) if n >= min => Ok(n),
             _ => Err(self.invalid(
                 name,
-                expected(key(name).map_or(Kind::Count, |k| k.kind)).as_str(),
+                expected(key(name).map_or(ValueKind::Count, |k| k.kind)).as_str(),
             )),
         }
     }
@@ -651,23 +653,23 @@ pub fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-fn expected(kind: Kind) -> String {
+fn expected(kind: ValueKind) -> String {
     match kind {
-        Kind::Seconds => "a whole number of seconds greater than 0".into(),
-        Kind::SecondsOrZero => "a whole number, 0 or more".into(),
-        Kind::Count => "a whole number greater than 0".into(),
-        Kind::CountOrZero => "a whole number, 0 or more".into(),
-        Kind::Ratio => "a number from 0 to 1".into(),
-        Kind::Bool => "true/false, 1/0 or yes/no".into(),
-        Kind::AbsPath => "an absolute path".into(),
-        Kind::OptAbsPath => "an absolute path, or empty".into(),
-        Kind::Url => "an http:// or https:// URL".into(),
-        Kind::Proto => "http or https".into(),
-        Kind::OneOf(words) => format!("one of {}", words.join(", ")),
-        Kind::ListenAddr => "an address like 127.0.0.1:9180, or empty to turn it off".into(),
-        Kind::Label => "key=value, or empty".into(),
-        Kind::Text => "a non-empty value".into(),
-        Kind::OptText => "any text".into(),
+        ValueKind::Seconds => "a whole number of seconds greater than 0".into(),
+        ValueKind::SecondsOrZero => "a whole number, 0 or more".into(),
+        ValueKind::Count => "a whole number greater than 0".into(),
+        ValueKind::CountOrZero => "a whole number, 0 or more".into(),
+        ValueKind::Ratio => "a number from 0 to 1".into(),
+        ValueKind::Bool => "true/false, 1/0 or yes/no".into(),
+        ValueKind::AbsPath => "an absolute path".into(),
+        ValueKind::OptAbsPath => "an absolute path, or empty".into(),
+        ValueKind::Url => "an http:// or https:// URL".into(),
+        ValueKind::Proto => "http or https".into(),
+        ValueKind::OneOf(words) => format!("one of {}", words.join(", ")),
+        ValueKind::ListenAddr => "an address like 127.0.0.1:9180, or empty to turn it off".into(),
+        ValueKind::Label => "key=value, or empty".into(),
+        ValueKind::Text => "a non-empty value".into(),
+        ValueKind::OptText => "any text".into(),
     }
 }
 

@@ -26,7 +26,7 @@ use super::LioError;
 pub const LOCK_FILES: [&str; 2] = ["targetcli.lock", "rtslib_backstore.lock"];
 
 #[derive(Debug)]
-struct Held {
+struct HeldFiles {
     // Closing the files releases the locks.
     _files: Vec<File>,
 }
@@ -34,7 +34,7 @@ struct Held {
 /// Proof that the locks are held; they are released when the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct LockGuard {
-    _held: Option<Arc<Held>>,
+    _held: Option<Arc<HeldFiles>>,
 }
 
 impl LockGuard {
@@ -52,7 +52,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Locker {
     dir: Option<PathBuf>,
     timeout: Duration,
-    current: Mutex<Weak<Held>>,
+    current: Mutex<Weak<HeldFiles>>,
 }
 
 impl Locker {
@@ -87,7 +87,7 @@ impl Locker {
         for name in LOCK_FILES {
             files.push(lock_file(&dir.join(name), deadline, self.timeout)?);
         }
-        let held = Arc::new(Held { _files: files });
+        let held = Arc::new(HeldFiles { _files: files });
         *cur = Arc::downgrade(&held);
         Ok(LockGuard { _held: Some(held) })
     }

@@ -16,7 +16,7 @@ use crate::report::progress::Progress;
 use crate::report::status::Status;
 
 #[derive(Clone)]
-struct Shared {
+struct Endpoints {
     metrics: Arc<Metrics>,
     status: Arc<RwLock<Option<Status>>>,
     /// Scans older than this make `/healthz` answer 503.
@@ -36,7 +36,7 @@ pub async fn serve(
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/status", get(status_handler))
-        .with_state(Shared {
+        .with_state(Endpoints {
             metrics,
             status,
             stale_after_secs,
@@ -45,7 +45,7 @@ pub async fn serve(
     axum::serve(listener, app).await
 }
 
-async fn metrics_handler(State(s): State<Shared>) -> Response {
+async fn metrics_handler(State(s): State<Endpoints>) -> Response {
     let body = tokio::task::spawn_blocking(move || s.metrics.render())
         .await
         .unwrap_or_default();
@@ -59,7 +59,7 @@ async fn metrics_handler(State(s): State<Shared>) -> Response {
         .into_response()
 }
 
-async fn healthz(State(s): State<Shared>) -> Response {
+async fn healthz(State(s): State<Endpoints>) -> Response {
     if let Some(stuck) = s.progress.stuck() {
         let body = format!("{stuck}; the watchdog is no longer pinged\n");
         return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
@@ -95,7 +95,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
     }
 }
 
-async fn status_handler(State(s): State<Shared>) -> Response {
+async fn status_handler(State(s): State<Endpoints>) -> Response {
     let doc = s.status.read().ok().and_then(|g| g.clone());
     match doc {
         Some(d) => axum::Json(d).into_response(),
