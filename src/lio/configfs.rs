@@ -584,54 +584,32 @@ impl<F: Fs> ConfigfsTarget<F> {
 }
 
 /// Rule 6 of the design, checked right before `enable`: `path` is `<mount_root>/<key>`
-/// for a key with one name (no empty, `.` or `..` segment), and resolves to exactly
-/// `<canonical mount_root>/<key>`, a regular file with exactly `size` bytes. Symlinks
-/// are followed in the mount root only: a key reaching its file through a symlink names
-/// another key's file (see [`crate::inventory::mount`]).
+/// and the key names, on the mount, a regular file of exactly `size` bytes, by the same
+/// check the inventory's mount answers come from ([`crate::inventory::mount::check`]):
+/// one name (no empty, `.` or `..` segment), inside the mount root, no symlink between
+/// the key and its file (that would be another key's file).
 pub fn check_backing_file(path: &Path, size: u64, mount_root: &Path) -> Result<(), LioError> {
+    use crate::inventory::MountEntry;
     let bad = |reason: String| LioError::BackingFile {
         path: path.to_path_buf(),
         reason,
     };
     let key = paths::key_under(path, mount_root)
         .ok_or_else(|| bad(format!("not under the mount root {}", mount_root.display())))?;
-    paths::lexically_inside(key)
-        .and_then(|()| paths::one_name(key))
-        .map_err(bad)?;
-    let real = std::fs::canonicalize(path).map_err(|e| {
-        bad(match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                "does not exist (the kernel would create an empty file there)".into()
-            }
-            _ => format!("cannot resolve: {e}"),
-        })
-    })?;
     let root = std::fs::canonicalize(mount_root)
         .map_err(|e| bad(format!("mount root {} unusable: {e}", mount_root.display())))?;
-    if real == root || !real.starts_with(&root) {
-        return Err(bad(format!(
-            "resolves to {}, outside the mount root {}",
-            real.display(),
-            root.display()
-        )));
+    match crate::inventory::mount::check(&root, key) {
+        MountEntry::File { size: have } if have == size => Ok(()),
+        MountEntry::File { size: have } => Err(bad(format!(
+            "has {have} bytes, expected {size} (upload in progress?)"
+        ))),
+        MountEntry::Missing => Err(bad(
+            "does not exist (the kernel would create an empty file there)".into(),
+        )),
+        MountEntry::NotRegular => Err(bad("is not a regular file".into())),
+        MountEntry::Outside(why) | MountEntry::Indirect(why) => Err(bad(why)),
+        MountEntry::Error(why) => Err(bad(format!("cannot resolve: {why}"))),
     }
-    if real != root.join(key) {
-        return Err(bad(format!(
-            "resolves to {} through a symlink: a key must name its own file",
-            real.display()
-        )));
-    }
-    let meta = std::fs::metadata(&real).map_err(|e| bad(format!("cannot stat: {e}")))?;
-    if !meta.is_file() {
-        return Err(bad(format!("{} is not a regular file", real.display())));
-    }
-    if meta.len() != size {
-        return Err(bad(format!(
-            "has {} bytes, expected {size} (upload in progress?)",
-            meta.len()
-        )));
-    }
-    Ok(())
 }
 
 impl<F: Fs> Target for ConfigfsTarget<F> {
