@@ -158,3 +158,34 @@ pub fn policy(s: &Settings, labelled: Option<bool>, brake_released: bool) -> cra
         numbers_frozen: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Layers;
+    use crate::inventory::{manifest, mount};
+    use crate::lio::configfs::ConfigfsSettings;
+
+    /// The adapters and the core keep defaults of their own (for tests, benches and
+    /// library callers); each must be the default of the setting it stands for, or a
+    /// library caller and the agent would behave differently out of the box.
+    #[test]
+    fn the_adapters_defaults_are_the_settings_defaults() {
+        let layers = Layers::load(Some(std::path::Path::new("/dev/null")), Vec::new(), &[])
+            .expect("the built-in defaults load");
+        let s = Settings::from_layers(&layers, "ncn-w001").expect("the defaults are valid");
+
+        assert_eq!(
+            crate::plan::Policy::default(),
+            policy(&s, Some(true), false)
+        );
+        assert_eq!(mount::DEFAULT_STAT_TIMEOUT, s.mount_timeout);
+        assert_eq!(manifest::DEFAULT_CONCURRENCY, s.manifest_concurrency);
+        assert_eq!(crate::lio::lock::DEFAULT_TIMEOUT, s.lock_timeout);
+        let c = ConfigfsSettings::new(&s.target_iqn, &s.mount);
+        assert_eq!(c.root, s.configfs_root);
+        assert_eq!(c.tag, s.tpg_tag);
+        assert_eq!(c.lock_dir.as_ref(), Some(&s.rtslib_lock_dir));
+        assert_eq!(c.lock_timeout, s.lock_timeout);
+    }
+}
