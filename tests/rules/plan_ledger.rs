@@ -1,9 +1,7 @@
 //! The ledger a plan returns shares the previous ledger's records until a record changes:
 //! every scan plans from a copy, and most scans change no record.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use sbps_marshal::ledger::{Ledger, Shared};
 use sbps_marshal::plan::plan;
 

@@ -2,9 +2,7 @@
 //! ledger kept in the Kubernetes API cannot be written, and a rebuilt target that is not
 //! opened empty.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use sbps_marshal::fleet::FleetView;
 use sbps_marshal::ledger::Ledger;
 use sbps_marshal::lio::Op;

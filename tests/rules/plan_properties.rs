@@ -3,11 +3,9 @@
 //! cleared target or a re-uploaded image. Every scan's plan is applied to the model
 //! of the kernel (`Actual::apply`) and the invariants are checked on the way.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::*;
+use crate::support::*;
 use proptest::prelude::*;
 use sbps_marshal::desired::{Desired, Kind, Projection};
 use sbps_marshal::ledger::Ledger;

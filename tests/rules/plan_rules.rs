@@ -1,8 +1,6 @@
 //! The plan's safety rules, one scenario each.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use sbps_marshal::desired::Kind;
 use sbps_marshal::ledger::Ledger;
 use sbps_marshal::lio::Op;
