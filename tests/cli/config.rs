@@ -104,7 +104,7 @@ fn a_reader_that_goes_away_is_no_panic() {
 }
 
 /// A build without the SPIFFE Workload API client (`cargo test --no-default-features
-/// --test cli_config`) refuses `SPIRE_PROVIDER=workload-api` at start with a
+/// --test cli -- config::`) refuses `SPIRE_PROVIDER=workload-api` at start with a
 /// configuration error that says what is missing and what to do: exit 2, one line,
 /// no panic, before any scan (and so before any token would be wanted).
 #[cfg(not(feature = "spiffe"))]
