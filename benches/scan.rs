@@ -28,9 +28,9 @@ use sbps_marshal::config::{Layers, Settings};
 use sbps_marshal::identity::{self, Identity};
 use sbps_marshal::inventory::gather::Sources;
 use sbps_marshal::inventory::spire::{StaticToken, Token};
-use sbps_marshal::lio::fake::FakeConfigfs;
-use sbps_marshal::lio::fs::{Fs, Recorder};
+use sbps_marshal::lio::fs::Fs;
 use sbps_marshal::lio::{ConfigfsSettings, ConfigfsTarget, Target};
+use sbps_testkit::{FakeConfigfs, Recorder};
 use serde_json::Value;
 use support::{Fixture, Ims, Store, BUCKET};
 

@@ -18,7 +18,7 @@
 //!   token must equal `DIR/token` when that file exists.
 //! * `DIR/node-labels.json`: the labels of the Node `--node NAME` (default `e2e-node`),
 //!   which carries `kubernetes.io/hostname=NAME` too; file missing → no such Node.
-//!   The Kubernetes API is the tests' one double of it (`tests/support/kube_api.rs`):
+//!   The Kubernetes API is the tests' one double of it (`sbps_testkit::kube_api`):
 //!   HTTPS with its own CA, bearer token `testbed-k8s-token`, Nodes and ConfigMaps (the
 //!   ledger) with the real API's semantics; `serve` writes `DIR/kubeconfig.run` for it
 //!   before the ports file.
@@ -47,10 +47,8 @@ use axum::routing::get;
 use axum::Router;
 use base64::Engine;
 use serde_json::{json, Value};
-use sha2::Digest;
 
-#[path = "../tests/support/kube_api.rs"]
-mod kube_api;
+use sbps_testkit::kube_api;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -64,8 +62,8 @@ fn main() -> Result<()> {
         Some("identity") => {
             // identity KEY: backstore name, serial, WWID (a debugging aid).
             let key = args.get(1).context("identity KEY")?;
-            let h = hex::encode(sha2::Sha224::digest(key.as_bytes()));
-            println!("{} {} 36001405{}", &h[..15], &h[..31], &h[..25]);
+            let id = sbps_core::identity::Identity::of_key(key);
+            println!("{} {} {}", id.name, id.serial, id.wwid());
             Ok(())
         }
         _ => {
