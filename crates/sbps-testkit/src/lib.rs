@@ -7,6 +7,8 @@
 //! * [`restore`]: builds a saved configuration into a configfs, as `targetctl restore`;
 //! * [`s3`], [`ims`]: the one S3 double and the one IMS double (real-API status codes
 //!   and bodies), over an in-memory store or a directory the tests edit;
+//! * [`fixtures`]: a fleet of IMS images and PE objects shaped as CSM's;
+//! * [`serve`]: a double on the loopback, stopped on drop;
 //! * [`kube_api`]: the Kubernetes API double (HTTPS, authentication, Nodes, ConfigMaps);
 //! * the `testbed` binary: those doubles in one process for the VM suites.
 //!
@@ -14,8 +16,12 @@
 
 pub mod configfs;
 pub mod faults;
+pub mod fixtures;
+pub mod ims;
 pub mod kube_api;
 pub mod restore;
+pub mod s3;
+pub mod serve;
 
 pub use configfs::FakeConfigfs;
 pub use faults::{FaultMode, Faulty, Recorder};
