@@ -16,6 +16,7 @@ use sbps_testkit::ims::{Answer, Ims};
 use url::Url;
 
 pub use sbps_testkit::s3::{Object, BUCKET, S3};
+
 /// Recognisable secrets: no log line or error may ever carry them.
 pub const ACCESS: &str = "AKIDHARDENING";
 pub const S3_SECRET: &str = "S3SECRET-hardening-7f3a9c2e11";

@@ -136,7 +136,7 @@ async fn answers_above_the_caps_are_refused() {
     // IMS above its cap.
     let big = format!("[{}]", vec!["{\"id\": \"x\"}"; 2000].join(","));
     let ims = Served::start(ims_router(big)).await;
-    let mut cfg = ImsConfig::new(ims.url());
+    let mut cfg = ImsConfig::new(ims.url().join("apis/ims/v3/images").unwrap());
     cfg.max_body = 4096;
     let e = ImsSource::new(cfg)
         .unwrap()
