@@ -12,7 +12,11 @@
 //! * [`kube_api`]: the Kubernetes API double (HTTPS, authentication, Nodes, ConfigMaps);
 //! * the `testbed` binary: those doubles in one process for the VM suites.
 //!
-//! It depends on sbps-marshal and is only ever a dev-dependency of it.
+//! It depends on sbps-marshal and is only ever a dev-dependency of it, so nothing here
+//! reaches the shipped binary (`cargo tree -p sbps-marshal -e normal` does not list it).
+//! The library's own `#[cfg(test)]` unit tests do not use it, and must not: under
+//! `cargo test --lib` the kit links the normal build of sbps-marshal, whose types are
+//! not those of the crate under test. What needs the fake is an integration test.
 
 pub mod configfs;
 pub mod faults;
