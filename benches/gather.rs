@@ -8,28 +8,23 @@
 //! per run, and its own latency would dominate. The IMS double serves N tagged
 //! records; the mount is a plain directory of sparse files of the right sizes.
 
-#[path = "support/mod.rs"]
-mod support;
-
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::routing::get;
-use axum::Router;
 use sbps_marshal::desired::{self, Settings};
 use sbps_marshal::inventory::gather::{Sources, SourcesConfig};
 use sbps_marshal::inventory::ims::ImsConfig;
 use sbps_marshal::inventory::s3::S3Config;
 use sbps_marshal::inventory::spire::{StaticToken, Token};
 use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
+use sbps_testkit::ims::Ims;
+use sbps_testkit::s3::{Bucket, Object, BUCKET, S3};
+use sbps_testkit::serve::spawn;
 use serde_json::json;
-use support::{serve, Store, BUCKET};
 
 async fn round(n: usize, verbose: bool) {
     let mount = tempfile::tempdir().unwrap();
-    let mut objects = BTreeMap::new();
+    let mut objects = Vec::new();
     let mut records = Vec::new();
     for i in 0..n {
         let id = format!("{i:08x}-0000-4000-8000-000000000000");
@@ -40,15 +35,12 @@ async fn round(n: usize, verbose: bool) {
              "type": ROOTFS_ARTIFACT_TYPE, "md5": "x"}]})
         .to_string();
         let m_etag = format!("{:032x}", i + 1);
-        objects.insert(
+        objects.push(Object::with_body(
             format!("{id}/manifest.json"),
-            (
-                m_etag.clone(),
-                manifest.clone().into_bytes(),
-                manifest.len() as u64,
-            ),
-        );
-        objects.insert(format!("{id}/rootfs"), (rootfs_etag, Vec::new(), size));
+            &m_etag,
+            manifest.into_bytes(),
+        ));
+        objects.push(Object::new(format!("{id}/rootfs"), &rootfs_etag, size));
         std::fs::create_dir(mount.path().join(&id)).unwrap();
         std::fs::File::create(mount.path().join(&id).join("rootfs"))
             .unwrap()
@@ -59,23 +51,11 @@ async fn round(n: usize, verbose: bool) {
             "metadata": {"sbps-project": "true"}}));
     }
     let n_objects = objects.len();
-    let store = Arc::new(Store {
-        objects: RwLock::new(objects),
-        ..Store::default()
-    });
-    let s3_url = serve(support::s3_router(store.clone())).await;
-    let ims_hits = Arc::new(AtomicU64::new(0));
-    let body = serde_json::to_vec(&records).unwrap();
-    let h = ims_hits.clone();
-    let ims_url = serve(Router::new().route(
-        "/apis/ims/v3/images",
-        get(move || {
-            h.fetch_add(1, Ordering::Relaxed);
-            let b = body.clone();
-            async move { ([("content-type", "application/json")], b) }
-        }),
-    ))
-    .await;
+    let store = Arc::new(Bucket::new(objects));
+    let s3_url = spawn(S3::over(store.clone()).router()).await;
+    let ims = Arc::new(Ims::default());
+    ims.set(&records);
+    let ims_url = spawn(ims.clone().router()).await;
 
     let dir = tempfile::tempdir().unwrap();
     let creds = dir.path().join("creds");
@@ -94,11 +74,7 @@ async fn round(n: usize, verbose: bool) {
         backend: Default::default(),
     };
     for label in ["cold", "warm"] {
-        let (l0, g0, i0) = (
-            store.lists.load(Ordering::Relaxed),
-            store.gets.load(Ordering::Relaxed),
-            ims_hits.load(Ordering::Relaxed),
-        );
+        let (l0, g0, i0) = (store.lists(), store.gets(), ims.hits());
         let t = Instant::now();
         let g = sources.gather(&settings).await;
         let wall = t.elapsed();
@@ -109,11 +85,11 @@ async fn round(n: usize, verbose: bool) {
             println!(
                 "N={n:>5} images ({n_objects} objects) {label}: gather {:>8.1} ms | S3 list {:>2} req {:>7.1} ms | IMS {} req {:>6.1} ms | manifests {:>4} GET {:>7.1} ms ({} cache hits) | mount {} stats {:>6.1} ms",
                 ms(wall),
-                store.lists.load(Ordering::Relaxed) - l0,
+                store.lists() - l0,
                 ms(s.s3_list.duration),
-                ims_hits.load(Ordering::Relaxed) - i0,
+                ims.hits() - i0,
                 ms(s.ims.duration),
-                store.gets.load(Ordering::Relaxed) - g0,
+                store.gets() - g0,
                 ms(s.manifest_fetch.duration),
                 s.manifests.cache_hits,
                 s.mount_checked,

@@ -9,9 +9,6 @@
 //! mount tree live in the parent. Under `cargo test` (no `--bench`) it runs one
 //! N = 20 round as a smoke test.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,12 +25,15 @@ use sbps_marshal::config::{Layers, Settings};
 use sbps_marshal::identity::{self, Identity};
 use sbps_marshal::inventory::gather::Sources;
 use sbps_marshal::inventory::spire::{StaticToken, Token};
-use sbps_marshal::lio::fake::FakeConfigfs;
-use sbps_marshal::lio::fs::{Fs, Recorder};
+use sbps_marshal::lio::fs::Fs;
 use sbps_marshal::lio::{ConfigfsSettings, ConfigfsTarget, Target};
 use sbps_marshal::report::ScanReport;
+use sbps_testkit::fixtures::{self, Fixture};
+use sbps_testkit::ims::Ims;
+use sbps_testkit::s3::{Bucket, BUCKET, S3};
+use sbps_testkit::serve::spawn;
+use sbps_testkit::{FakeConfigfs, Recorder};
 use serde_json::Value;
-use support::{Fixture, Ims, Store, BUCKET};
 
 const PES: usize = 20;
 const IQN: &str = "iqn.2023-06.csm.iscsi:bench";
@@ -45,7 +45,7 @@ const TOKEN: &str = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ0In0.c2ln";
 /// The doubles of one N, shared with the control routes.
 struct World {
     n: usize,
-    store: Arc<Store>,
+    store: Arc<Bucket>,
     ims: Arc<Ims>,
     records: RwLock<Vec<Value>>,
     mount: PathBuf,
@@ -56,9 +56,9 @@ struct World {
 /// `POST /control/add`: one new tagged image (index N, then N + 1, …) appears in IMS,
 /// S3 and the mount.
 async fn add(State(w): State<Arc<World>>) -> &'static str {
-    let im = support::image(w.n + w.added.fetch_add(1, Ordering::SeqCst), true);
-    support::write_mount(&w.mount, im.objects.iter().map(|(k, v)| (k, v)));
-    w.store.objects.write().unwrap().extend(im.objects);
+    let im = fixtures::image(w.n + w.added.fetch_add(1, Ordering::SeqCst), true);
+    fixtures::write_mount(&w.mount, &im.objects).unwrap();
+    w.store.extend(im.objects);
     let mut r = w.records.write().unwrap();
     r.push(im.record);
     w.ims.set(&r);
@@ -69,10 +69,10 @@ async fn add(State(w): State<Arc<World>>) -> &'static str {
 async fn counts(State(w): State<Arc<World>>) -> String {
     format!(
         "{} {} {} {}",
-        w.store.lists.load(Ordering::SeqCst),
-        w.store.gets.load(Ordering::SeqCst),
-        w.ims.hits.load(Ordering::SeqCst),
-        w.store.objects.read().unwrap().len()
+        w.store.lists(),
+        w.store.gets(),
+        w.ims.hits(),
+        w.store.len()
     )
 }
 
@@ -80,12 +80,9 @@ fn run_n(rt: &tokio::runtime::Runtime, n: usize, verbose: bool) -> Vec<Row> {
     let mount = tempfile::tempdir().unwrap();
     let t = Instant::now();
     let f = Fixture::new(n, PES);
-    support::write_mount(mount.path(), &f.objects);
+    fixtures::write_mount(mount.path(), &f.objects).unwrap();
     let tagged = f.tagged();
-    let store = Arc::new(Store {
-        objects: RwLock::new(f.objects),
-        ..Store::default()
-    });
+    let store = Arc::new(Bucket::new(f.objects));
     let ims = Arc::new(Ims::default());
     ims.set(&f.records);
     let world = Arc::new(World {
@@ -97,9 +94,9 @@ fn run_n(rt: &tokio::runtime::Runtime, n: usize, verbose: bool) -> Vec<Row> {
         added: Default::default(),
     });
     let (s3_url, ims_url) = rt.block_on(async {
-        let s3 = support::serve(support::s3_router(store)).await;
-        let ims = support::serve(
-            support::ims_router(ims).merge(
+        let s3 = spawn(S3::over(store).router()).await;
+        let ims = spawn(
+            ims.router().merge(
                 Router::new()
                     .route("/control/add", post(add))
                     .route("/control/counts", get(counts))
@@ -140,7 +137,7 @@ fn run_n(rt: &tokio::runtime::Runtime, n: usize, verbose: bool) -> Vec<Row> {
 }
 
 fn store_len(w: &World) -> usize {
-    w.store.objects.read().unwrap().len()
+    w.store.len()
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -590,8 +587,8 @@ async fn child_scans(n: usize, s3: url::Url, ims: url::Url, mount: PathBuf, tagg
             .await
             .unwrap();
         let new = Identity::of_key(&identity::rootfs_key(
-            &format!("s3://{BUCKET}/{}/rootfs", support::image_id(n + k)),
-            &support::rootfs_etag(n + k),
+            &format!("s3://{BUCKET}/{}/rootfs", fixtures::image_id(n + k)),
+            &fixtures::rootfs_etag(n + k),
         ));
         fs.start_recording();
         let c0 = counts(client.clone(), ims.clone()).await;

@@ -10,9 +10,10 @@ mod support;
 use std::path::PathBuf;
 
 use sbps_marshal::ledger::Ledger;
-use sbps_marshal::lio::fs::{FaultMode, Faulty, Fs, Kind, Recorder};
+use sbps_marshal::lio::fs::{Fs, Kind};
 use sbps_marshal::lio::{self, attr, saveconfig, Actual, BackstoreRef, LioError, Op, Target};
 use sbps_marshal::plan::plan;
+use sbps_testkit::{FaultMode, Faulty, Recorder};
 
 use support::*;
 
@@ -669,7 +670,7 @@ fn adopts_a_targetcli_built_target() {
     );
     assert!(p.ops.is_empty() && p.unmanaged.is_empty(), "{:?}", p.ops);
     // …and from configfs after restoring it there.
-    saveconfig::materialize(&*rig.fs, &rig.root, &saved).unwrap();
+    sbps_testkit::materialize(&*rig.fs, &rig.root, &saved).unwrap();
     let t = rig.target();
     let a = t.observe().unwrap();
     assert!(

@@ -7,7 +7,6 @@
 
 pub mod attr;
 pub mod configfs;
-pub mod fake;
 pub mod fs;
 pub mod lock;
 pub mod saveconfig;

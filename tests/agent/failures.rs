@@ -11,6 +11,7 @@ use sbps_marshal::agent::Mode;
 use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
 use sbps_marshal::lio::Op;
 use sbps_marshal::report::ScanReport;
+use sbps_testkit::ims::Answer;
 use serde_json::json;
 
 use crate::scans::{record, world_with, World, BUCKET};
@@ -50,12 +51,11 @@ async fn converges(w: &mut World) {
 }
 
 fn set_ims(w: &World, code: StatusCode, body: serde_json::Value) {
-    *w.ims.body.lock().unwrap() = (code, body);
+    w.ims.respond(code, &body);
 }
 
 fn ims_back(w: &World) {
-    *w.ims.raw.lock().unwrap() = None;
-    *w.ims.delay.lock().unwrap() = Duration::ZERO;
+    w.ims.set_delay(Duration::ZERO);
     set_ims(
         w,
         StatusCode::OK,
@@ -107,7 +107,7 @@ async fn ims_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ims_timeout() {
     let mut w = served(&[("IMS_TIMEOUT", "1".into())]).await;
-    *w.ims.delay.lock().unwrap() = Duration::from_secs(3);
+    w.ims.set_delay(Duration::from_secs(3));
     not_converged(&mut w, "timed out").await;
     ims_back(&w);
     converges(&mut w).await;
@@ -116,7 +116,8 @@ async fn ims_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ims_answer_not_json() {
     let mut w = served(&[]).await;
-    *w.ims.raw.lock().unwrap() = Some("<html>proxy error</html>".into());
+    w.ims
+        .set_answer(Answer::raw("text/plain", "<html>proxy error</html>"));
     not_converged(&mut w, "not JSON").await;
     ims_back(&w);
     converges(&mut w).await;

@@ -17,9 +17,9 @@ use sbps_marshal::lio::{Op, Target};
 use sbps_marshal::report::status::explain;
 use sbps_marshal::report::ScanReport;
 
-use crate::kube_api::{write_kubeconfig, ClientAuth, KubeApi, User};
 use crate::lio::Rig;
 use crate::scans::{world_with, Tokens, World, BUCKET};
+use sbps_testkit::kube_api::{write_kubeconfig, ClientAuth, KubeApi, User};
 
 const NEW_PE: &str = "PE/CPE-new.x86_64-25.09.squashfs";
 const OLD_PE: &str = "PE/CPE-base.x86_64-24.11.squashfs";

@@ -2,8 +2,6 @@
 //! that follows the IMS schema, the mount as a directory, and the fake configfs
 //! (which the contract suite holds to the kernel's behaviour).
 
-#[path = "../support/kube_api.rs"]
-mod kube_api;
 #[path = "../support/mod.rs"]
 mod lio;
 #[path = "../sources/support.rs"]

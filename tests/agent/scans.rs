@@ -1,12 +1,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use axum::http::StatusCode;
 use sbps_marshal::agent::service::{NoServices, ServiceManager};
 use sbps_marshal::agent::{wiring, Agent, Mode};
 use sbps_marshal::config::{Layers, Settings};
@@ -20,37 +15,10 @@ use serde_json::{json, Value};
 
 use crate::lio::Rig;
 use crate::s3support::{credential_file, Moto, Served};
+use sbps_testkit::ims::Ims;
 
 pub const BUCKET: &str = "boot-images";
 const TOKEN: &str = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ0In0.c2ln";
-
-/// What the IMS double serves: a body and a status, changeable by the test; `raw`,
-/// when set, is sent as it is instead (not JSON), after `delay`.
-#[derive(Clone)]
-pub struct Ims {
-    pub body: Arc<Mutex<(StatusCode, Value)>>,
-    pub raw: Arc<Mutex<Option<String>>>,
-    pub delay: Arc<Mutex<Duration>>,
-}
-
-async fn images(State(ims): State<Ims>, headers: HeaderMap) -> axum::response::Response {
-    if headers.get("authorization").and_then(|h| h.to_str().ok())
-        != Some(&format!("Bearer {TOKEN}"))
-    {
-        return (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(json!({"title": "Unauthorized"})),
-        )
-            .into_response();
-    }
-    let delay = *ims.delay.lock().unwrap();
-    tokio::time::sleep(delay).await;
-    if let Some(raw) = ims.raw.lock().unwrap().clone() {
-        return (StatusCode::OK, raw).into_response();
-    }
-    let (code, body) = ims.body.lock().unwrap().clone();
-    (code, axum::Json(body)).into_response()
-}
 
 /// The SPIRE token, or the failure of the spire-agent CLI while `down`.
 pub struct Tokens {
@@ -74,7 +42,7 @@ pub struct World {
     pub moto: Option<Moto>,
     _ims_server: Served,
     pub ims_url: String,
-    pub ims: Ims,
+    pub ims: Arc<Ims>,
     pub rig: Rig,
     pub state: tempfile::TempDir,
     pub agent: Agent,
@@ -159,20 +127,14 @@ pub(crate) async fn world_opts(opts: Options) -> World {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, body).unwrap();
     }
-    let ims = Ims {
-        body: Arc::new(Mutex::new((
-            StatusCode::OK,
-            json!([record("img1", Some("true")), record("img2", Some("false"))]),
-        ))),
-        raw: Arc::new(Mutex::new(None)),
-        delay: Arc::new(Mutex::new(Duration::ZERO)),
-    };
-    let ims_server = Served::start(
-        Router::new()
-            .route("/apis/ims/v3/images", get(images))
-            .with_state(ims.clone()),
-    )
-    .await;
+    let ims = Arc::new(
+        Ims::new(&json!([
+            record("img1", Some("true")),
+            record("img2", Some("false"))
+        ]))
+        .with_token(TOKEN),
+    );
+    let ims_server = Served::start(ims.clone().router()).await;
     let state = tempfile::tempdir().unwrap();
     let creds = credential_file(state.path());
     let base = [
@@ -340,7 +302,8 @@ async fn scans_converge_adopt_and_hold() {
     assert_eq!(st.gate.tpg_enabled, Some(true));
 
     // IMS fails: nothing is removed, the reason is visible.
-    *w.ims.body.lock().unwrap() = (StatusCode::SERVICE_UNAVAILABLE, json!({"title": "down"}));
+    w.ims
+        .respond(StatusCode::SERVICE_UNAVAILABLE, &json!({"title": "down"}));
     let before = w.target.observe().unwrap();
     let r = w.agent.scan(Mode::Apply).await;
     assert!(r.outcomes.is_empty(), "{:?}", r.outcomes);
@@ -367,7 +330,7 @@ async fn scans_converge_adopt_and_hold() {
     // IMS answers without the one rootfs image this node serves (an IMS that lost its
     // datastore looks like this): not believed. One image is under the brake's floor,
     // so only this rule keeps it: nothing removed, not converged, an alert.
-    *w.ims.body.lock().unwrap() = (StatusCode::OK, json!([record("img2", Some("false"))]));
+    w.ims.set(&[record("img2", Some("false"))]);
     let lun_of_rootfs = (1..3)
         .find(|l| serial_at(w.target.as_ref(), *l).as_deref() == Some(rootfs_id.serial.as_str()))
         .unwrap();
@@ -431,7 +394,7 @@ async fn scans_converge_adopt_and_hold() {
     );
 
     // It comes back: same content, same key, so it gets its old number back.
-    *w.ims.body.lock().unwrap() = (StatusCode::OK, json!([record("img1", Some("true"))]));
+    w.ims.set(&[record("img1", Some("true"))]);
     let r = w.agent.scan(Mode::Apply).await;
     assert!(r.converged, "{:?}", r.problems());
     assert_eq!(

@@ -81,28 +81,28 @@ async fn hostile_keys_and_records_are_skipped_with_reasons() {
 
     let long = format!("PE/{}", "a".repeat(1021));
     let mut objects = vec![
-        Obj::new("PE/ok.squashfs", "e-ok", 100),
-        Obj::new("PE/../../etc/passwd", "e", 100),
-        Obj::new("PE/a/../../../x.squashfs", "e", 100),
-        Obj::new("PE//double.squashfs", "e", 100),
-        Obj::new("/PE/lead.squashfs", "e", 100),
-        Obj::new("PE/with space.squashfs", "e", 100),
-        Obj::new("PE/new\nline.squashfs", "e", 100),
-        Obj::new("PE/tab\t.squashfs", "e", 100),
-        Obj::new("PE/nul\0.squashfs", "e", 100),
-        Obj::new(b"PE/\xff\xfe.squashfs".to_vec(), "e", 100),
-        Obj::new(long.clone(), "e", 100),
-        Obj::new("PE\u{ff0f}x.squashfs", "e", 100),
-        Obj::new("PE/\u{2025}/x.squashfs", "e", 100),
-        Obj::new("PE/", "e", 0),
-        Obj::new("PE/sub/", "e", 0),
-        Obj::new("PE/comma,fd_buffered_io=1.squashfs", "e", 100),
-        Obj::new("PE/eq=1.squashfs", "e", 100),
-        Obj::new("PE/link-out.squashfs", "e", 100),
-        Obj::new("PE/dir-out/x.squashfs", "e", 100),
-        Obj::new("PE/./dot.squashfs", "e", 100),
-        Obj::new("PE/alias.squashfs", "e", 100),
-        Obj::new("PE/cr\r.squashfs", "e", 100),
+        Object::new("PE/ok.squashfs", "e-ok", 100),
+        Object::new("PE/../../etc/passwd", "e", 100),
+        Object::new("PE/a/../../../x.squashfs", "e", 100),
+        Object::new("PE//double.squashfs", "e", 100),
+        Object::new("/PE/lead.squashfs", "e", 100),
+        Object::new("PE/with space.squashfs", "e", 100),
+        Object::new("PE/new\nline.squashfs", "e", 100),
+        Object::new("PE/tab\t.squashfs", "e", 100),
+        Object::new("PE/nul\0.squashfs", "e", 100),
+        Object::new(b"PE/\xff\xfe.squashfs".to_vec(), "e", 100),
+        Object::new(long.clone(), "e", 100),
+        Object::new("PE\u{ff0f}x.squashfs", "e", 100),
+        Object::new("PE/\u{2025}/x.squashfs", "e", 100),
+        Object::new("PE/", "e", 0),
+        Object::new("PE/sub/", "e", 0),
+        Object::new("PE/comma,fd_buffered_io=1.squashfs", "e", 100),
+        Object::new("PE/eq=1.squashfs", "e", 100),
+        Object::new("PE/link-out.squashfs", "e", 100),
+        Object::new("PE/dir-out/x.squashfs", "e", 100),
+        Object::new("PE/./dot.squashfs", "e", 100),
+        Object::new("PE/alias.squashfs", "e", 100),
+        Object::new("PE/cr\r.squashfs", "e", 100),
     ];
     for k in [
         "PE/ok.squashfs",
@@ -129,21 +129,19 @@ async fn hostile_keys_and_records_are_skipped_with_reasons() {
     std::os::unix::fs::symlink("ok.squashfs", mount.join("PE/alias.squashfs")).unwrap();
 
     // IMS side: rootfs objects with hostile keys, manifests of every kind of wrong.
-    let mut bodies = std::collections::HashMap::new();
     let mut records = Vec::new();
-    let mut image = |id: &str, body: Option<Vec<u8>>, objects: &mut Vec<Obj>| {
+    let mut image = |id: &str, body: Option<Vec<u8>>, objects: &mut Vec<Object>| {
         let mkey = format!("img/{id}/manifest.json");
         if let Some(b) = body {
-            objects.push(Obj::new(mkey.clone(), &format!("m-{id}"), b.len() as u64));
-            bodies.insert(mkey.clone(), b);
+            objects.push(Object::with_body(mkey.clone(), &format!("m-{id}"), b));
         }
         records.push(json!({"id": id, "name": id, "link": {"path": format!("s3://{BUCKET}/{mkey}"), "etag": "x", "type": "s3"},
             "metadata": {"sbps-project": "true"}}));
     };
-    objects.push(Obj::new("img/good/rootfs", "e-good", 100));
-    objects.push(Obj::new("../../etc/shadow", "e-sh", 100));
-    objects.push(Obj::new("/abs/rootfs", "e-abs", 100));
-    objects.push(Obj::new("img/num/rootfs", "12345", 100));
+    objects.push(Object::new("img/good/rootfs", "e-good", 100));
+    objects.push(Object::new("../../etc/shadow", "e-sh", 100));
+    objects.push(Object::new("/abs/rootfs", "e-abs", 100));
+    objects.push(Object::new("img/num/rootfs", "12345", 100));
     image(
         "good",
         Some(manifest(&[(
@@ -205,12 +203,7 @@ async fn hostile_keys_and_records_are_skipped_with_reasons() {
         "metadata": {"sbps-project": "true"}}));
     records.push(json!({"id": "other-bucket", "link": {"path": "s3://elsewhere/../../x"}, "metadata": {"sbps-project": "true"}}));
 
-    let s3 = Served::start(s3_router(S3Double {
-        objects,
-        bodies,
-        ..Default::default()
-    }))
-    .await;
+    let s3 = Served::start(S3::memory(objects).router()).await;
     let ims = Served::start(ims_router(Value::Array(records.clone()).to_string())).await;
     let dir = tempfile::tempdir().unwrap();
     let creds = cred_file(dir.path(), &format!("{ACCESS}:{S3_SECRET}\n"));
@@ -482,11 +475,7 @@ fn credential_files_of_every_shape() {
 async fn ims_answers_that_are_not_listings_make_ims_unknown() {
     let mount = tempfile::tempdir().unwrap();
     put(mount.path(), "PE/ok.squashfs", 100);
-    let s3 = Served::start(s3_router(S3Double {
-        objects: vec![Obj::new("PE/ok.squashfs", "e", 100)],
-        ..Default::default()
-    }))
-    .await;
+    let s3 = Served::start(S3::memory([Object::new("PE/ok.squashfs", "e", 100)]).router()).await;
     let dir = tempfile::tempdir().unwrap();
     let creds = cred_file(dir.path(), &format!("{ACCESS}:{S3_SECRET}\n"));
     for body in ["{}", "null", "\"x\"", "[1,", "<html>gateway</html>"] {

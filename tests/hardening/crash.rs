@@ -14,9 +14,9 @@ use std::sync::Arc;
 use sbps_marshal::agent::{Job, JobDone, Mode};
 use sbps_marshal::desired::{Desired, Projection};
 use sbps_marshal::ledger::{self, Ledger, Loaded};
-use sbps_marshal::lio::fs::{FaultMode, Faulty};
 use sbps_marshal::lio::{saveconfig, Actual, ConfigfsTarget, LioError, LockGuard, Op, Target};
 use sbps_marshal::plan::{self, Policy};
+use sbps_testkit::{FaultMode, Faulty};
 
 use crate::lio_support::{desired, DynFs, Rig, NOW};
 

@@ -27,7 +27,7 @@ use sbps_marshal::ledger::{self, Loaded};
 use sbps_marshal::lio::{saveconfig, Actual, Target};
 
 use crate::crash::{assert_no_litter, assert_whole, lun_map, Rng};
-use crate::doubles::{cred_file, ims_router, s3_router, Obj, S3Double};
+use crate::doubles::{cred_file, ims_router, Object, S3};
 use crate::lio_support::{Rig, IQN, NOW};
 use crate::support::Served;
 
@@ -222,20 +222,17 @@ impl World {
 
     /// An S3 double listing the pool images in `wanted`.
     fn serve(&self, rt: &tokio::runtime::Runtime, wanted: &BTreeSet<usize>) -> Served {
-        let objects = wanted
+        let objects: Vec<Object> = wanted
             .iter()
             .map(|&i| {
-                Obj::new(
+                Object::new(
                     self.pool[i].0.as_str(),
                     &format!("etag-{i}"),
                     self.pool[i].1,
                 )
             })
             .collect();
-        rt.block_on(Served::start(s3_router(S3Double {
-            objects,
-            ..Default::default()
-        })))
+        rt.block_on(Served::start(S3::memory(objects).router()))
     }
 
     /// The agent binary, configured for this world (no label gating, no grace, no

@@ -45,19 +45,15 @@ fn stallable(inner: Router, stall: Arc<AtomicBool>) -> Router {
     })
 }
 
-fn scene() -> (S3Double, String) {
+fn scene() -> (Vec<Object>, String) {
     let manifest = json!({"version": "1.0", "artifacts": [{"type": ROOTFS_ARTIFACT_TYPE,
         "link": {"path": format!("s3://{BUCKET}/img/rootfs"), "etag": "r", "type": "s3"}}]})
     .to_string();
-    let s3 = S3Double {
-        objects: vec![
-            Obj::new("PE/a.squashfs", "e", 1),
-            Obj::new("img/manifest.json", "m", manifest.len() as u64),
-            Obj::new("img/rootfs", "r", 1),
-        ],
-        bodies: [("img/manifest.json".to_string(), manifest.into_bytes())].into(),
-        ..Default::default()
-    };
+    let s3 = vec![
+        Object::new("PE/a.squashfs", "e", 1),
+        Object::with_body("img/manifest.json", "m", manifest.into_bytes()),
+        Object::new("img/rootfs", "r", 1),
+    ];
     let ims = json!([{"id": "i", "name": "i", "link": {"path": format!("s3://{BUCKET}/img/manifest.json"), "etag": "m"},
         "metadata": {"sbps-project": "true"}}])
     .to_string();
@@ -95,9 +91,10 @@ async fn stalled_servers_are_bounded_and_the_next_gather_works() {
     task.abort();
 
     // Listing fine, manifest GETs stall: that image is unknown, the rest judged.
-    let (mut s3, ims_body) = scene();
+    let (objects, ims_body) = scene();
+    let mut s3 = S3::memory(objects);
     s3.stall_get = true;
-    let s3s = Served::start(s3_router(s3)).await;
+    let s3s = Served::start(s3.router()).await;
     let ims = Served::start(ims_router(ims_body.clone())).await;
     let src = sources(
         s3s.url(),
@@ -114,9 +111,9 @@ async fn stalled_servers_are_bounded_and_the_next_gather_works() {
     assert!(g.inventory.s3.is_ok() && g.inventory.ims.is_ok());
 
     // One set of sources: a stalled scan, then the servers recover.
-    let (s3, ims_body) = scene();
+    let (objects, ims_body) = scene();
     let stall = Arc::new(AtomicBool::new(true));
-    let s3s = Served::start(stallable(s3_router(s3), stall.clone())).await;
+    let s3s = Served::start(stallable(S3::memory(objects).router(), stall.clone())).await;
     let ims = Served::start(stallable(ims_router(ims_body), stall.clone())).await;
     let src = sources(s3s.url(), ims.url(), creds, TlsOptions::default(), timeout);
     let t = Instant::now();
@@ -139,7 +136,7 @@ async fn answers_above_the_caps_are_refused() {
     // IMS above its cap.
     let big = format!("[{}]", vec!["{\"id\": \"x\"}"; 2000].join(","));
     let ims = Served::start(ims_router(big)).await;
-    let mut cfg = ImsConfig::new(ims.url());
+    let mut cfg = ImsConfig::new(ims.url().join("apis/ims/v3/images").unwrap());
     cfg.max_body = 4096;
     let e = ImsSource::new(cfg)
         .unwrap()
@@ -153,9 +150,10 @@ async fn answers_above_the_caps_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let creds = cred_file(dir.path(), &format!("{ACCESS}:{S3_SECRET}\n"));
     let mount = tempfile::tempdir().unwrap();
-    let (mut s3, ims_body) = scene();
+    let (objects, ims_body) = scene();
+    let mut s3 = S3::memory(objects);
     s3.list_padding = 17 * 1024 * 1024;
-    let s3s = Served::start(s3_router(s3)).await;
+    let s3s = Served::start(s3.router()).await;
     let ims = Served::start(ims_router(ims_body.clone())).await;
     let src = sources(
         s3s.url(),
@@ -168,10 +166,10 @@ async fn answers_above_the_caps_are_refused() {
     let e = g.inventory.s3.unwrap_err();
     assert!(e.contains("exceeds the 16777216-byte limit"), "{e}");
 
-    let (mut s3, ims_body) = scene();
-    s3.bodies
-        .insert("img/manifest.json".into(), vec![b' '; 1024 * 1024 + 1]);
-    let s3s = Served::start(s3_router(s3)).await;
+    let (mut objects, ims_body) = scene();
+    // The body grows past the cap; the listing still names the old size.
+    objects[1].body = vec![b' '; 1024 * 1024 + 1];
+    let s3s = Served::start(S3::memory(objects).router()).await;
     let ims = Served::start(ims_router(ims_body)).await;
     let src = sources(
         s3s.url(),
@@ -204,11 +202,7 @@ async fn a_gather_past_its_deadline_changes_nothing() {
 
     let rig = crate::lio_support::Rig::new();
     rig.image("PE/a.squashfs", 100);
-    let s3 = Served::start(s3_router(S3Double {
-        objects: vec![Obj::new("PE/a.squashfs", "e", 100)],
-        ..Default::default()
-    }))
-    .await;
+    let s3 = Served::start(S3::memory([Object::new("PE/a.squashfs", "e", 100)]).router()).await;
     let stall = Arc::new(AtomicBool::new(false));
     let ims = Served::start(stallable(ims_router("[]".into()), stall.clone())).await;
     let dir = tempfile::tempdir().unwrap();

@@ -49,11 +49,7 @@ async fn no_secret_in_logs_errors_status_or_files() {
     let rig = Rig::new();
     let mount = rig.images.path().to_path_buf();
     rig.image("PE/a.squashfs", 100);
-    let s3 = Served::start(s3_router(S3Double {
-        objects: vec![Obj::new("PE/a.squashfs", "e", 100)],
-        ..Default::default()
-    }))
-    .await;
+    let s3 = Served::start(S3::memory([Object::new("PE/a.squashfs", "e", 100)]).router()).await;
     let ims = Served::start(ims_router("[]".into())).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();

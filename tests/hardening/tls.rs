@@ -88,11 +88,8 @@ async fn tls_is_verified_unless_explicitly_off() {
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca_pem).unwrap();
     let creds = cred_file(dir.path(), &format!("{ACCESS}:{S3_SECRET}\n"));
-    let s3 = S3Double {
-        objects: vec![Obj::new("PE/a.squashfs", "e", 1)],
-        ..Default::default()
-    };
-    let (s3_url, s3_task) = serve_tls(s3_router(s3), cfg.clone()).await;
+    let s3 = S3::memory([Object::new("PE/a.squashfs", "e", 1)]);
+    let (s3_url, s3_task) = serve_tls(s3.router(), cfg.clone()).await;
     let (ims_url, ims_task) = serve_tls(ims_router("[]".into()), cfg).await;
     let mount = tempfile::tempdir().unwrap();
     let set = settings(mount.path());

@@ -5,9 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
-use axum::routing::get;
-use axum::Router;
 use sbps_marshal::desired::{self, Outcome, Reason, Settings};
 use sbps_marshal::inventory::gather::{Sources, SourcesConfig};
 use sbps_marshal::inventory::ims::ImsConfig;
@@ -16,7 +13,9 @@ use sbps_marshal::inventory::spire::{StaticToken, Token};
 use sbps_marshal::inventory::{MountEntry, ROOTFS_ARTIFACT_TYPE};
 use serde_json::json;
 
-use crate::support::{credential_file, Counter, Moto, S3fsMount, Served};
+use sbps_testkit::ims::Ims;
+
+use crate::support::{credential_file, Moto, S3fsMount, Served};
 
 const BUCKET: &str = "boot-images";
 
@@ -81,19 +80,9 @@ async fn gathers_everything_and_a_warm_scan_is_cheap() {
         "metadata": {"sbps-project": "true"}}));
     records.push(json!({"name": "no id"}));
 
-    let ims_hits = Counter::default();
-    let h = ims_hits.clone();
-    let body = serde_json::Value::Array(records);
-    let app = Router::new().route(
-        "/apis/ims/v3/images",
-        get(move |headers: HeaderMap| {
-            h.hit();
-            assert_eq!(headers["authorization"], "Bearer the-token");
-            let b = body.clone();
-            async move { axum::Json(b) }
-        }),
-    );
-    let ims = Served::start(app).await;
+    // Only `Bearer the-token` is answered: anything else is a 401 and fails the gather.
+    let ims_double = Arc::new(Ims::new(&serde_json::Value::Array(records)).with_token("the-token"));
+    let ims = Served::start(ims_double.clone().router()).await;
     let mnt = S3fsMount::mount(&moto, BUCKET);
 
     let dir = tempfile::tempdir().unwrap();
@@ -168,7 +157,7 @@ async fn gathers_everything_and_a_warm_scan_is_cheap() {
         "3 good + 1 corrupt; the missing one costs none"
     );
     assert_eq!(s.manifests.not_listed, 1);
-    assert_eq!(ims_hits.get(), 1);
+    assert_eq!(ims_double.hits(), 1);
     eprintln!("cold: {s:?}");
 
     let warm = sources.gather(&settings).await;
@@ -179,7 +168,7 @@ async fn gathers_everything_and_a_warm_scan_is_cheap() {
     assert_eq!(s.s3_list.requests, pages);
     assert_eq!(s.manifest_fetch.requests, 0);
     assert_eq!(s.manifests.cache_hits, 4);
-    assert_eq!(ims_hits.get(), 2);
+    assert_eq!(ims_double.hits(), 2);
 }
 
 #[tokio::test]

@@ -1,17 +1,19 @@
 //! The IMS source against a double that serves records shaped like the IMS API
 //! (ims-api.md), quirks included.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use sbps_marshal::inventory::ims::{join_url, ImsConfig, ImsSource};
 use sbps_marshal::inventory::Tagging;
 use serde_json::json;
 
-use crate::support::{Counter, Served};
+use sbps_testkit::ims::Ims;
+
+use crate::support::Served;
 
 /// Records as IMS ≥ 3.24 emits them, plus the real-world deviations.
 pub fn records() -> serde_json::Value {
@@ -45,26 +47,11 @@ fn source(base: &url::Url, timeout: Duration) -> ImsSource {
 
 #[tokio::test]
 async fn parses_quirky_records_and_sends_the_bearer() {
-    let hits = Counter::default();
-    let h = hits.clone();
-    let app = Router::new().route(
-        "/apis/ims/v3/images",
-        get(move |headers: HeaderMap| {
-            h.hit();
-            async move {
-                if headers.get("authorization").and_then(|v| v.to_str().ok())
-                    != Some("Bearer tok.en.x")
-                {
-                    return (StatusCode::UNAUTHORIZED, "no bearer").into_response();
-                }
-                axum::Json(records()).into_response()
-            }
-        }),
-    );
-    let srv = Served::start(app).await;
+    let double = Arc::new(Ims::new(&records()).with_token("tok.en.x"));
+    let srv = Served::start(double.clone().router()).await;
     let ims = source(&srv.url(), Duration::from_secs(5));
     let l = ims.list("tok.en.x").await.unwrap();
-    assert_eq!(hits.get(), 1);
+    assert_eq!(double.hits(), 1);
     assert_eq!(l.records.len(), 5);
     assert_eq!(l.skipped.len(), 2);
     assert_eq!(l.skipped[0].index, 5);
@@ -143,14 +130,7 @@ async fn whole_answer_failures_are_errors() {
 #[tokio::test]
 async fn oversized_answer_is_refused() {
     let big = json!([{"id": "x", "name": "y".repeat(2_000)}]);
-    let app = Router::new().route(
-        "/apis/ims/v3/images",
-        get(move || {
-            let b = big.clone();
-            async move { axum::Json(b) }
-        }),
-    );
-    let srv = Served::start(app).await;
+    let srv = Served::start(Arc::new(Ims::new(&big)).router()).await;
     let mut cfg = ImsConfig::new(srv.url().join("apis/ims/v3/images").unwrap());
     cfg.max_body = 1_000;
     let e = ImsSource::new(cfg).unwrap().list("t").await.unwrap_err();

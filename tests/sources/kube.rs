@@ -15,7 +15,7 @@ use sbps_marshal::k8s::{
 };
 
 use crate::capture::Capture;
-use crate::kube_api::{file, write_kubeconfig, ClientAuth, KubeApi, User};
+use sbps_testkit::kube_api::{file, write_kubeconfig, ClientAuth, KubeApi, User};
 
 const NS: &str = "services";
 
@@ -441,7 +441,7 @@ async fn tls_verify_and_ca_bundle() {
         .contains("TLS certificate verification is OFF for the Kubernetes API"));
 
     // The kubeconfig names another CA: refused, unless CA_BUNDLE adds the right one.
-    let other = crate::kube_api::Pki::new("another cluster");
+    let other = sbps_testkit::kube_api::Pki::new("another cluster");
     write_kubeconfig(&kc, &api.url(), Some(&other.ca_pem()), User::Cert(&cert));
     let e = store(with(TlsOptions::default()))
         .get("x")

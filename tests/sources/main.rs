@@ -5,8 +5,6 @@ mod capture;
 mod gather;
 mod ims;
 mod kube;
-#[path = "../support/kube_api.rs"]
-mod kube_api;
 mod mount;
 mod node;
 mod s3;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use sbps_marshal::inventory::node::{NodeConfig, NodeSource};
 use sbps_marshal::k8s::KubeSettings;
 
-use crate::kube_api::{write_kubeconfig, ClientAuth, Fault, KubeApi, User};
+use sbps_testkit::kube_api::{write_kubeconfig, ClientAuth, Fault, KubeApi, User};
 
 const HOSTNAME: &str = "kubernetes.io/hostname";
 

@@ -2,7 +2,7 @@
 //! Everything binds 127.0.0.1 only and is torn down on drop.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -288,31 +288,8 @@ impl Drop for S3fsMount {
 }
 
 /// An axum server on 127.0.0.1:0; aborted on drop.
-pub struct Served {
-    pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Served {
-    pub async fn start(router: axum::Router) -> Served {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        Served { addr, task }
-    }
-
-    pub fn url(&self) -> Url {
-        format!("http://{}", self.addr).parse().unwrap()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+#[allow(unused_imports)] // not every test binary that includes this file serves a router
+pub use sbps_testkit::serve::Served;
 
 /// A shared request counter for doubles.
 #[derive(Clone, Default)]

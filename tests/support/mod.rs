@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use sbps_marshal::desired::{Desired, Kind as PKind, Projection};
 use sbps_marshal::identity::Identity;
-use sbps_marshal::lio::fake::FakeConfigfs;
 use sbps_marshal::lio::fs::{Fs, Kind, RealFs};
 use sbps_marshal::lio::{attr, Actual, ConfigfsSettings, ConfigfsTarget};
 use sbps_marshal::plan::Policy;
+use sbps_testkit::FakeConfigfs;
 
 pub const IQN: &str = "iqn.2023-06.csm.iscsi:contract";
 pub const PORTAL: &str = "127.0.0.1:3260";

@@ -18,8 +18,6 @@
 //! Not modelled: set-based label selectors, pagination, watch, generateName,
 //! field selectors (ConfigMaps carry no `metadata.generation`, as on the real API).
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -21,7 +21,7 @@
 //! * TPG `enable`, portals (`ip:port`, unique across TPGs of a target), LUN
 //!   statistics files (`read_mbytes`, `in_cmds`, ...).
 //!
-//! Fault injection lives in [`super::fs::Faulty`], which wraps this or the real fs.
+//! Fault injection lives in [`crate::faults::Faulty`], which wraps this or the real fs.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -31,8 +31,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
-use super::attr;
-use super::fs::{Entry, Fs, Kind, Meta};
+use sbps_marshal::lio::attr;
+use sbps_marshal::lio::fs::{Entry, Fs, Kind, Meta};
 
 type Key = Vec<String>;
 
