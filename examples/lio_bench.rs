@@ -86,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         let (m, mapped) = timed(&t, &maps, par)?;
         made.extend(mapped);
         let (after, cold_save) = persist(&t, before, &made, &save)?;
+        let size = std::fs::metadata(&save)?.len();
         anyhow::ensure!(
             after.backstores.len() >= n,
             "observed {} backstores after applying",
@@ -119,7 +120,6 @@ fn main() -> anyhow::Result<()> {
         let one = [create(n, &paths), map(n)];
         let (a1, applied) = timed(&t, &one, par)?;
         let (_, one_save) = persist(&t, actual, &applied, &save)?;
-        let size = std::fs::metadata(&save)?.len();
         let u = timed(&t, &unmaps, par)?.0;
         let d = timed(&t, &deletes, par)?.0;
         drop(guard);
