@@ -3,7 +3,7 @@
 //!
 //! Why: the agent's peak RSS is what a worker node pays for it, and an in-process
 //! fake kernel (every attribute of every backstore as strings in hash maps) weighs
-//! ten times the agent at 5,000 images. With the fake served from the benchmark's
+//! four times the agent at 5,000 images. With the fake served from the benchmark's
 //! parent, the child holds the agent alone. Each call is one round trip on a pooled
 //! connection (one per concurrent caller), so parallel applies stay parallel.
 //!
