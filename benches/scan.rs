@@ -4,21 +4,29 @@
 //! successive new images).
 //!
 //! `cargo bench --bench scan` runs N = 100, 1,000 and 5,000 and prints a table and
-//! PASS/MISS lines for the targets. Each N runs its agent in a fresh child process
-//! of this binary (so its peak RSS is its own); the S3 and IMS doubles and the
-//! mount tree live in the parent. Under `cargo test` (no `--bench`) it runs one
-//! N = 20 round as a smoke test.
+//! PASS/MISS lines for the targets. Each N runs its agent twice, each time in a fresh
+//! child process of this binary; the S3 and IMS doubles and the mount tree live in
+//! the parent. The first child holds the fake kernel in process (its calls cost what
+//! a function call costs: the timings); the second calls the fake kernel served by
+//! the parent over a Unix socket (`support/remote_fs.rs`), so that child's peak RSS
+//! and heap are the agent's own. Under `cargo test` (no `--bench`) it runs one
+//! N = 20 round of each as a smoke test.
 
+#[path = "support/remote_fs.rs"]
+mod remote_fs;
+
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
+use remote_fs::{Kernel, RemoteFs};
 use sbps_marshal::agent::service::NoServices;
 use sbps_marshal::agent::{wiring, Agent, Mode};
 use sbps_marshal::config::{Layers, Settings};
@@ -39,6 +47,120 @@ const PES: usize = 20;
 const IQN: &str = "iqn.2023-06.csm.iscsi:bench";
 const PORTAL: &str = "127.0.0.1:3260";
 const TOKEN: &str = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ0In0.c2ln";
+/// Where the fake configfs plays `/sys/kernel/config/target`.
+const ROOT: &str = "/fake/sys/kernel/config/target";
+
+// ---------------------------------------------------------- counting allocator
+
+/// The system allocator, counting the bytes live and their peak since the last
+/// [`heap_phase`]: which phase of a scan holds the most, in the agent's own terms
+/// (the RSS adds the allocator's free lists, the binary and the thread stacks).
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(by: usize) {
+    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            grew(l.size());
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(l) };
+        if !p.is_null() {
+            grew(l.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) };
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        let q = unsafe { System.realloc(p, l, new) };
+        if !q.is_null() {
+            if new >= l.size() {
+                grew(new - l.size());
+            } else {
+                LIVE.fetch_sub(l.size() - new, Ordering::Relaxed);
+            }
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// (peak, live) heap bytes in KiB since the last call; starts the next phase.
+fn heap_phase() -> (u64, u64) {
+    let live = LIVE.load(Ordering::Relaxed);
+    let peak = PEAK.swap(live, Ordering::Relaxed);
+    (peak as u64 / 1024, live as u64 / 1024)
+}
+
+/// The fake kernel with the target, TPG 1 and its portal (csm-config's part).
+fn kernel() -> FakeConfigfs {
+    let root = PathBuf::from(ROOT);
+    let fake = FakeConfigfs::new(root.clone());
+    let tpg = root.join(format!("iscsi/{IQN}/tpgt_1"));
+    for d in [
+        root.join("iscsi"),
+        root.join(format!("iscsi/{IQN}")),
+        tpg.clone(),
+        tpg.join("np").join(PORTAL),
+    ] {
+        fake.mkdir(&d).unwrap();
+    }
+    for (a, v) in [
+        ("authentication", "0"),
+        ("generate_node_acls", "1"),
+        ("demo_mode_write_protect", "1"),
+        ("cache_dynamic_acls", "1"),
+    ] {
+        fake.write(&tpg.join("attrib").join(a), v).unwrap();
+    }
+    fake
+}
+
+/// What the benchmark asks of the kernel besides the agent's calls.
+trait KernelCtl: Send + Sync {
+    fn writes(&self) -> u64;
+    fn start_recording(&self);
+    fn take(&self) -> Vec<String>;
+}
+
+impl KernelCtl for Kernel {
+    fn writes(&self) -> u64 {
+        Recorder::writes(self) as u64
+    }
+    fn start_recording(&self) {
+        Recorder::start_recording(self)
+    }
+    fn take(&self) -> Vec<String> {
+        Recorder::take(self)
+    }
+}
+
+impl KernelCtl for RemoteFs {
+    fn writes(&self) -> u64 {
+        RemoteFs::writes(self)
+    }
+    fn start_recording(&self) {
+        RemoteFs::start_recording(self)
+    }
+    fn take(&self) -> Vec<String> {
+        RemoteFs::take(self)
+    }
+}
 
 // ---------------------------------------------------------------- parent side
 
@@ -76,7 +198,9 @@ async fn counts(State(w): State<Arc<World>>) -> String {
     )
 }
 
-fn run_n(rt: &tokio::runtime::Runtime, n: usize, verbose: bool) -> Vec<Row> {
+/// Runs the scans of one N in a child: with the fake kernel in the child, or (when
+/// `remote`) served from here.
+fn run_n(rt: &tokio::runtime::Runtime, n: usize, verbose: bool, remote: bool) -> Vec<Row> {
     let mount = tempfile::tempdir().unwrap();
     let t = Instant::now();
     let f = Fixture::new(n, PES);
@@ -113,7 +237,22 @@ fn run_n(rt: &tokio::runtime::Runtime, n: usize, verbose: bool) -> Vec<Row> {
             t.elapsed().as_secs_f64()
         );
     }
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock = if remote {
+        let root = PathBuf::from(ROOT);
+        let k = Arc::new(Recorder::counting(kernel(), &root));
+        remote_fs::serve(k, sock_dir.path()).display().to_string()
+    } else {
+        "-".to_string()
+    };
+    // SBPS_SCAN_BENCH_WRAP="heaptrack" (say) runs the children under a profiler.
+    let wrap: Vec<String> = std::env::var("SBPS_SCAN_BENCH_WRAP")
+        .map(|w| w.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let exe = std::env::current_exe().unwrap().display().to_string();
+    let mut cmd = wrap.iter().chain([&exe]);
+    let mut child = Command::new(cmd.next().unwrap())
+        .args(cmd)
         .args([
             "--child",
             &n.to_string(),
@@ -121,6 +260,7 @@ fn run_n(rt: &tokio::runtime::Runtime, n: usize, verbose: bool) -> Vec<Row> {
             ims_url.as_str(),
             &mount.path().display().to_string(),
             &tagged.to_string(),
+            &sock,
         ])
         .stdout(Stdio::piped())
         .spawn()
@@ -133,6 +273,9 @@ fn run_n(rt: &tokio::runtime::Runtime, n: usize, verbose: bool) -> Vec<Row> {
         }
     }
     assert!(child.wait().unwrap().success(), "child for N={n} failed");
+    for r in &mut rows {
+        r.remote = remote;
+    }
     rows
 }
 
@@ -157,7 +300,16 @@ struct Row {
     /// one-change only: every write under the new backstore / its LUN.
     writes_confined: Option<bool>,
     foreign: Vec<String>,
+    /// VmHWM of the child at its end.
     vm_hwm_kib: u64,
+    /// VmHWM of the child right after this row's scan(s).
+    phase_hwm_kib: u64,
+    /// Heap bytes (KiB): the most live during this row's scan(s), and live after.
+    heap_peak_kib: u64,
+    heap_live_kib: u64,
+    /// Whether the fake kernel was served from the parent (the agent's own figures).
+    #[serde(default)]
+    remote: bool,
 }
 
 fn main() {
@@ -172,14 +324,16 @@ fn main() {
         .build()
         .unwrap();
     if !bench {
-        let rows = run_n(&rt, 20, false);
-        assert_eq!(rows.len(), 4);
-        for r in &rows {
-            assert!(r.converged, "{r:?}");
+        for remote in [false, true] {
+            let rows = run_n(&rt, 20, false, remote);
+            assert_eq!(rows.len(), 4);
+            for r in &rows {
+                assert!(r.converged, "{r:?}");
+            }
+            let steady = &rows[1];
+            assert_eq!((steady.ims, steady.s3_get, steady.kernel_writes), (1, 0, 0));
+            assert_eq!(rows[3].writes_confined, Some(true), "{:?}", rows[3]);
         }
-        let steady = &rows[1];
-        assert_eq!((steady.ims, steady.s3_get, steady.kernel_writes), (1, 0, 0));
-        assert_eq!(rows[3].writes_confined, Some(true), "{:?}", rows[3]);
         return;
     }
     println!("scan benchmark: Agent::scan(Mode::Apply), in-memory S3 double + IMS double on 127.0.0.1, sparse-file mount, fake configfs; one child process per N");
@@ -189,13 +343,21 @@ fn main() {
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
     let sizes = only.clone().unwrap_or_else(|| vec![100, 1_000, 5_000]);
-    let mut all = Vec::new();
+    // SBPS_SCAN_BENCH_RSS_ONLY=1: only the children that measure the agent alone.
+    let rss_only = std::env::var_os("SBPS_SCAN_BENCH_RSS_ONLY").is_some();
+    let (mut all, mut own) = (Vec::new(), Vec::new());
     for n in sizes {
-        all.extend(run_n(&rt, n, true));
+        if !rss_only {
+            all.extend(run_n(&rt, n, true, false));
+        }
+        own.extend(run_n(&rt, n, true, true));
     }
-    print_table(&all);
-    if only.is_none() {
-        check(&all);
+    if !rss_only {
+        print_table(&all);
+    }
+    print_memory(&own);
+    if only.is_none() && !rss_only {
+        check(&all, &own);
     }
 }
 
@@ -230,7 +392,32 @@ fn print_table(rows: &[Row]) {
             r.vm_hwm_kib as f64 / 1024.0
         );
     }
-    println!("(times in ms; steady = best of 3 scans; floor = best of 3; peak RSS = VmHWM of the N's child process at its end)");
+    println!("(times in ms; steady = best of 3 scans; floor = best of 3; peak RSS = VmHWM of the N's child process at its end, the in-process fake kernel included)");
+}
+
+/// The agent's own memory: the children whose kernel was served from the parent.
+fn print_memory(rows: &[Row]) {
+    let mib = |k: u64| format!("{:.1}", k as f64 / 1024.0);
+    println!();
+    println!("The agent alone (fake kernel in the parent process), MiB:");
+    println!();
+    println!("| N | state | VmHWM after | heap peak during | heap live after | total ms |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    for r in rows.iter().filter(|r| r.state != "floor") {
+        println!(
+            "| {} | {} | {} | {} | {} | {:.1} |",
+            r.n,
+            r.state,
+            mib(r.phase_hwm_kib),
+            mib(r.heap_peak_kib),
+            mib(r.heap_live_kib),
+            r.ms[6]
+        );
+    }
+    println!("(VmHWM: the child's peak RSS so far; heap: bytes the agent had allocated, counted by the benchmark's allocator; steady and one change: over all 3 scans)");
+    for r in rows.iter().filter(|r| r.state == "cold") {
+        println!("agent peak RSS at N={}: {} MiB", r.n, mib(r.vm_hwm_kib));
+    }
 }
 
 fn yn(b: bool) -> &'static str {
@@ -245,7 +432,7 @@ fn verdict(ok: bool, what: String) {
     println!("{} {what}", if ok { "PASS" } else { "MISS" });
 }
 
-fn check(rows: &[Row]) {
+fn check(rows: &[Row], own: &[Row]) {
     println!();
     let get = |n: usize, s: &str| rows.iter().find(|r| r.n == n && r.state == s).unwrap();
     for n in [100, 1_000, 5_000] {
@@ -313,11 +500,20 @@ fn check(rows: &[Row]) {
             s5 + 100.0
         ),
     );
-    let rss = get(5_000, "steady").vm_hwm_kib as f64 / 1024.0;
-    verdict(
-        rss < 40.0,
-        format!("peak RSS at 5,000 {rss:.1} MiB < 40 MiB"),
-    );
+    for n in [1_000, 5_000] {
+        let Some(r) = own.iter().find(|r| r.n == n) else {
+            continue;
+        };
+        let rss = r.vm_hwm_kib as f64 / 1024.0;
+        if n == 5_000 {
+            verdict(
+                rss < 40.0,
+                format!("the agent's own peak RSS at 5,000 {rss:.1} MiB < 40 MiB"),
+            );
+        } else {
+            println!("INFO the agent's own peak RSS at 1,000 {rss:.1} MiB");
+        }
+    }
 }
 
 // ----------------------------------------------------------------- child side
@@ -343,14 +539,39 @@ fn child(args: &[String]) {
     let ims: url::Url = args[2].parse().unwrap();
     let mount = PathBuf::from(&args[3]);
     let tagged: usize = args[4].parse().unwrap();
+    // As the shipped binary starts (`cli::main`).
+    if std::env::var_os("SBPS_SCAN_BENCH_MALLOC_DEFAULT").is_none() {
+        sbps_marshal::cli::tune_allocator();
+    }
+    // The kernel: the fake in this process, or the one the parent serves on a socket.
+    let (fs, ctl): (Arc<dyn Fs>, Arc<dyn KernelCtl>) = match args[5].as_str() {
+        "-" => {
+            let k = Arc::new(Recorder::counting(kernel(), Path::new(ROOT)));
+            (k.clone(), k)
+        }
+        sock => {
+            let k = Arc::new(RemoteFs::new(PathBuf::from(sock)));
+            (k.clone(), k)
+        }
+    };
+    // As the shipped binary runs (`cli::main`): two workers.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(child_scans(n, s3, ims, mount, tagged));
+    rt.block_on(child_scans(n, s3, ims, mount, tagged, fs, ctl));
 }
 
-async fn child_scans(n: usize, s3: url::Url, ims: url::Url, mount: PathBuf, tagged: usize) {
+async fn child_scans(
+    n: usize,
+    s3: url::Url,
+    ims: url::Url,
+    mount: PathBuf,
+    tagged: usize,
+    fs: Arc<dyn Fs>,
+    ctl: Arc<dyn KernelCtl>,
+) {
     let state = tempfile::tempdir().unwrap();
     let creds = state.path().join("s3.passwd");
     std::fs::write(&creds, "AK:SK\n").unwrap();
@@ -392,31 +613,10 @@ async fn child_scans(n: usize, s3: url::Url, ims: url::Url, mount: PathBuf, tagg
     )
     .unwrap();
 
-    // The kernel: a fake configfs with the target, TPG 1 and its portal (csm-config's part).
-    let root = PathBuf::from("/fake/sys/kernel/config/target");
-    let fake = FakeConfigfs::new(root.clone());
-    let tpg = root.join(format!("iscsi/{IQN}/tpgt_1"));
-    for d in [
-        root.join("iscsi"),
-        root.join(format!("iscsi/{IQN}")),
-        tpg.clone(),
-        tpg.join("np").join(PORTAL),
-    ] {
-        fake.mkdir(&d).unwrap();
-    }
-    for (a, v) in [
-        ("authentication", "0"),
-        ("generate_node_acls", "1"),
-        ("demo_mode_write_protect", "1"),
-        ("cache_dynamic_acls", "1"),
-    ] {
-        fake.write(&tpg.join("attrib").join(a), v).unwrap();
-    }
-    let root = fake.root().to_path_buf();
-    let fs = Arc::new(Recorder::counting(fake, &root));
+    let root = PathBuf::from(ROOT);
     let locks = tempfile::tempdir().unwrap();
     let target: Arc<dyn Target> = Arc::new(ConfigfsTarget::new(
-        fs.clone(),
+        fs,
         ConfigfsSettings {
             root: root.clone(),
             iqn: IQN.into(),
@@ -486,26 +686,38 @@ async fn child_scans(n: usize, s3: url::Url, ims: url::Url, mount: PathBuf, tagg
             writes_confined: None,
             foreign: Vec::new(),
             vm_hwm_kib: 0,
+            phase_hwm_kib: 0,
+            heap_peak_kib: 0,
+            heap_live_kib: 0,
+            remote: false,
         }
+    };
+    // The memory figures of the phase that ends now.
+    let mark = |row: &mut Row| {
+        row.phase_hwm_kib = vm_hwm_kib();
+        (row.heap_peak_kib, row.heap_live_kib) = heap_phase();
     };
 
     // Cold.
+    heap_phase();
     let c0 = counts(client.clone(), ims.clone()).await;
-    let w0 = fs.writes() as u64;
+    let w0 = ctl.writes();
     let r = agent.scan(Mode::Apply).await;
     assert!(r.converged, "cold: {:?}", r.problems());
     assert_eq!(r.desired.projections.len(), tagged + PES);
     let c1 = counts(client.clone(), ims.clone()).await;
-    rows.push(scan("cold", r, c0, c1, fs.writes() as u64 - w0));
+    let mut row = scan("cold", r, c0, c1, ctl.writes() - w0);
+    mark(&mut row);
+    rows.push(row);
 
     // Steady: best of 3.
     let mut best: Option<Row> = None;
     for _ in 0..3 {
         let c0 = counts(client.clone(), ims.clone()).await;
-        let w0 = fs.writes() as u64;
+        let w0 = ctl.writes();
         let r = agent.scan(Mode::Apply).await;
         let c1 = counts(client.clone(), ims.clone()).await;
-        let row = scan("steady", r, c0, c1, fs.writes() as u64 - w0);
+        let row = scan("steady", r, c0, c1, ctl.writes() - w0);
         // Requests, writes and rewrites must hold in every steady scan, not just the best.
         if let Some(b) = &best {
             assert_eq!(
@@ -517,7 +729,8 @@ async fn child_scans(n: usize, s3: url::Url, ims: url::Url, mount: PathBuf, tagg
             best = Some(row);
         }
     }
-    let steady = best.unwrap();
+    let mut steady = best.unwrap();
+    mark(&mut steady);
     let objects = steady.objects;
 
     // Floor: the same requests with the same HTTP client crate, no processing.
@@ -579,6 +792,7 @@ async fn child_scans(n: usize, s3: url::Url, ims: url::Url, mount: PathBuf, tagg
     rows.push(floor_row);
 
     // One change: image N appears; then N + 1, then N + 2 (best of 3, as steady).
+    heap_phase();
     let mut best: Option<Row> = None;
     for k in 0..3 {
         client
@@ -590,14 +804,14 @@ async fn child_scans(n: usize, s3: url::Url, ims: url::Url, mount: PathBuf, tagg
             &format!("s3://{BUCKET}/{}/rootfs", fixtures::image_id(n + k)),
             &fixtures::rootfs_etag(n + k),
         ));
-        fs.start_recording();
+        ctl.start_recording();
         let c0 = counts(client.clone(), ims.clone()).await;
-        let w0 = fs.writes() as u64;
+        let w0 = ctl.writes();
         let r = agent.scan(Mode::Apply).await;
         let c1 = counts(client.clone(), ims.clone()).await;
         assert!(r.converged, "one change: {:?}", r.problems());
-        let mut row = scan("one change", r, c0, c1, fs.writes() as u64 - w0);
-        let log = fs.take();
+        let mut row = scan("one change", r, c0, c1, ctl.writes() - w0);
+        let log = ctl.take();
         // The new backstore is core/<hba>/<name>; its LUN is the one lun_K it mkdirs.
         let lun_dirs: Vec<String> = log
             .iter()
@@ -636,7 +850,10 @@ async fn child_scans(n: usize, s3: url::Url, ims: url::Url, mount: PathBuf, tagg
             best = Some(row);
         }
     }
-    rows.extend(best);
+    rows.extend(best.map(|mut b| {
+        mark(&mut b);
+        b
+    }));
 
     let hwm = vm_hwm_kib();
     for mut r in rows {

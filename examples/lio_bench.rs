@@ -1,5 +1,9 @@
 //! Benchmark of the configfs backend on a real kernel: create and then remove N
-//! backstores + LUNs through `lio::apply`, serially and in parallel.
+//! backstores + LUNs through `lio::apply`, serially and in parallel; in between, what
+//! a scan costs the kernel side at that size: the first save of saveconfig.json (a
+//! whole dump), a whole observation (a fresh backend), a steady scan's observation
+//! (the backend that observed before) and one change (one more image created,
+//! mapped, read back and saved: the patched file).
 //!
 //! Run in the test VM with `tests/vm/run-bench [N] [PARALLELISM...]`, or on a host
 //! with LIO loaded: `SBPS_LIO_CONFIGFS=/sys/kernel/config/target lio_bench 500 1 8`.
@@ -8,7 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sbps_marshal::lio::{self, BackstoreRef, ConfigfsSettings, ConfigfsTarget, Op, Target};
+use sbps_marshal::lio::{
+    self, Actual, BackstoreRef, ConfigfsSettings, ConfigfsTarget, Op, OpResult, Target,
+};
 
 const IQN: &str = "iqn.2023-06.csm.iscsi:bench";
 
@@ -29,8 +35,9 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("sbps-bench-").tempdir()?;
     let images = work.path().join("images");
     std::fs::create_dir(&images)?;
-    let mut paths = Vec::with_capacity(n);
-    for i in 0..n {
+    // One more than N: the image of the one change.
+    let mut paths = Vec::with_capacity(n + 1);
+    for i in 0..=n {
         let p = images.join(format!("img{i:05}.squashfs"));
         std::fs::File::create(&p)?.set_len(4096)?;
         paths.push(p);
@@ -45,61 +52,83 @@ fn main() -> anyhow::Result<()> {
             _ => {}
         }
     }
-    let t = ConfigfsTarget::real(ConfigfsSettings {
+    let settings = ConfigfsSettings {
         root: root.clone(),
         iqn: IQN.into(),
         tag: 1,
         mount_root: images.clone(),
         lock_dir: Some(work.path().to_path_buf()),
         lock_timeout: sbps_marshal::lio::lock::DEFAULT_TIMEOUT,
-    });
+    };
+    let save = work.path().join("saveconfig.json");
     println!("lio_bench: {n} backstores + LUNs, kernel {}", kernel());
     println!(
         "{:>11} {:>12} {:>12} {:>12} {:>12} {:>10}",
         "parallelism", "create SOs", "map LUNs", "unmap LUNs", "delete SOs", "observe"
     );
     for &par in &pars {
-        let creates: Vec<Op> = (0..n)
-            .map(|i| Op::CreateBackstore {
-                at: at(i),
-                path: paths[i].clone(),
-                size: 4096,
-                serial: format!("{:031x}", 0xb0000 + i),
-            })
-            .collect();
-        let maps: Vec<Op> = (0..n)
-            .map(|i| Op::MapLun {
-                lun: i as u64 + 1,
-                at: at(i),
-                alias: format!("a{i}"),
-            })
-            .collect();
-        let unmaps: Vec<Op> = (0..n)
+        // A fresh backend per round, as a fresh agent process: nothing remembered.
+        let t = ConfigfsTarget::real(settings.clone());
+        let _ = std::fs::remove_file(&save);
+        let creates: Vec<Op> = (0..n).map(|i| create(i, &paths)).collect();
+        let maps: Vec<Op> = (0..n).map(map).collect();
+        let unmaps: Vec<Op> = (0..=n)
             .map(|i| Op::UnmapLun {
                 lun: i as u64 + 1,
                 serial: None,
             })
             .collect();
-        let deletes: Vec<Op> = (0..n).map(|i| Op::DeleteBackstore { at: at(i) }).collect();
-        let _guard = t.lock()?;
-        let c = timed(&t, &creates, par)?;
-        let m = timed(&t, &maps, par)?;
+        let deletes: Vec<Op> = (0..=n).map(|i| Op::DeleteBackstore { at: at(i) }).collect();
+        let guard = t.lock()?;
+        // Cold apply: observe the empty target, create and map N, read back, save.
+        let before = t.observe()?;
+        let (c, mut made) = timed(&t, &creates, par)?;
+        let (m, mapped) = timed(&t, &maps, par)?;
+        made.extend(mapped);
+        let (after, cold_save) = persist(&t, before, &made, &save)?;
+        let size = std::fs::metadata(&save)?.len();
+        anyhow::ensure!(
+            after.backstores.len() >= n,
+            "observed {} backstores after applying",
+            after.backstores.len()
+        );
+        // A whole observation: a backend that remembers nothing (a restarted agent); it
+        // takes the locks itself, so ours are let go meanwhile.
+        drop(guard);
         let o0 = Instant::now();
-        let seen = t.observe()?;
+        let seen = ConfigfsTarget::real(settings.clone()).observe()?;
         let o = o0.elapsed();
+        let guard = t.lock()?;
         anyhow::ensure!(
             seen.backstores.len() >= n,
             "observed {} backstores",
             seen.backstores.len()
         );
-        let u = timed(&t, &unmaps, par)?;
-        let d = timed(&t, &deletes, par)?;
+        // A steady scan's kernel side: the observation (best of 3); nothing to save.
+        let mut steady = Duration::MAX;
+        let mut actual = after;
+        for _ in 0..3 {
+            let s0 = Instant::now();
+            actual = t.observe()?;
+            steady = steady.min(s0.elapsed());
+        }
+        anyhow::ensure!(
+            actual == seen,
+            "the steady observation differs from a whole one"
+        );
+        // One change: image N created and mapped, read back, saveconfig.json patched.
+        let one = [create(n, &paths), map(n)];
+        let (a1, applied) = timed(&t, &one, par)?;
+        let (_, one_save) = persist(&t, actual, &applied, &save)?;
+        let u = timed(&t, &unmaps, par)?.0;
+        let d = timed(&t, &deletes, par)?.0;
+        drop(guard);
         println!(
             "{par:>11} {:>12} {:>12} {:>12} {:>12} {:>10}",
             fmt(c, n),
             fmt(m, n),
-            fmt(u, n),
-            fmt(d, n),
+            fmt(u, n + 1),
+            fmt(d, n + 1),
             format!("{:.2}s", o.as_secs_f64())
         );
         println!(
@@ -107,6 +136,27 @@ fn main() -> anyhow::Result<()> {
             "",
             (c + m).as_secs_f64(),
             (u + d).as_secs_f64()
+        );
+        println!(
+            "{:>11} cold: read back {:.2}s, first save (whole dump, {} bytes) {:.2}s",
+            "",
+            cold_save.0.as_secs_f64(),
+            size,
+            cold_save.1.as_secs_f64()
+        );
+        println!(
+            "{:>11} steady observe {:.1} ms (whole observe {:.1} ms)",
+            "",
+            ms(steady),
+            ms(o)
+        );
+        println!(
+            "{:>11} one change: apply {:.1} ms, read back {:.1} ms, save (patched) {:.1} ms, total {:.1} ms",
+            "",
+            ms(a1),
+            ms(one_save.0),
+            ms(one_save.1),
+            ms(steady + a1 + one_save.0 + one_save.1)
         );
     }
     let _ = std::fs::remove_dir(root.join(format!("iscsi/{IQN}/tpgt_1")));
@@ -118,14 +168,51 @@ fn at(i: usize) -> BackstoreRef {
     BackstoreRef::fileio(i as u32, &format!("bench{i:05}"))
 }
 
-fn timed(t: &dyn Target, ops: &[Op], par: usize) -> anyhow::Result<Duration> {
+fn create(i: usize, paths: &[PathBuf]) -> Op {
+    Op::CreateBackstore {
+        at: at(i),
+        path: paths[i].clone(),
+        size: 4096,
+        serial: format!("{:031x}", 0xb0000 + i),
+    }
+}
+
+fn map(i: usize) -> Op {
+    Op::MapLun {
+        lun: i as u64 + 1,
+        at: at(i),
+        alias: format!("a{i}"),
+    }
+}
+
+fn timed(t: &dyn Target, ops: &[Op], par: usize) -> anyhow::Result<(Duration, Vec<OpResult>)> {
     let t0 = Instant::now();
     let res = lio::apply(t, ops, par);
     let el = t0.elapsed();
     if let Some(r) = res.iter().find(|r| r.result.is_err()) {
         anyhow::bail!("{}: {:?}", r.op, r.result);
     }
-    Ok(el)
+    Ok((el, res))
+}
+
+/// What a scan does after applying: read back what the ops made, then write
+/// saveconfig.json. Returns the state and the two durations.
+fn persist(
+    t: &dyn Target,
+    before: Actual,
+    applied: &[OpResult],
+    save: &Path,
+) -> anyhow::Result<(Actual, (Duration, Duration))> {
+    let t0 = Instant::now();
+    let after = t.observe_after(before, applied)?;
+    let r = t0.elapsed();
+    let t1 = Instant::now();
+    anyhow::ensure!(t.save_config(save)?, "saveconfig.json not written");
+    Ok((after, (r, t1.elapsed())))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 fn fmt(d: Duration, n: usize) -> String {

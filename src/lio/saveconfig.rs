@@ -296,7 +296,18 @@ pub(crate) fn dump_objects<F: Fs + ?Sized>(
     fs: &F,
     root: &Path,
 ) -> Result<Vec<DumpedObject>, LioError> {
-    let mut sos = Vec::new();
+    dump_objects_as(fs, root, |o| o)
+}
+
+/// [`dump_objects`], each object handed to `each` as soon as it is dumped: a caller
+/// that keeps only its text holds one object's JSON tree at a time, not 5,000 (the
+/// trees of a whole dump were the agent's peak memory).
+pub(crate) fn dump_objects_as<F: Fs + ?Sized, T>(
+    fs: &F,
+    root: &Path,
+    mut each: impl FnMut(DumpedObject) -> T,
+) -> Result<Vec<T>, LioError> {
+    let mut found = Vec::new();
     let core = root.join("core");
     for h in fs.read_dir(&core).map_err(io("list", &core))? {
         let Some((plugin, hba)) = attr::parse_hba_dir(&h.name) else {
@@ -310,18 +321,19 @@ pub(crate) fn dump_objects<F: Fs + ?Sized>(
             let at = BackstoreRef {
                 plugin: plugin.clone(),
                 hba,
-                name: s.name.clone(),
+                name: s.name,
             };
-            let value = dump_so(fs, &hd.join(&s.name), &at)?;
-            sos.push(DumpedObject {
-                at,
-                ino: s.ino,
-                value,
-            });
+            found.push((at, s.ino, h.name.clone()));
         }
     }
-    sos.sort_by(|a, b| a.at.cmp(&b.at));
-    Ok(sos)
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+        .into_iter()
+        .map(|(at, ino, hba_dir)| {
+            let value = dump_so(fs, &core.join(hba_dir).join(&at.name), &at)?;
+            Ok(each(DumpedObject { at, ino, value }))
+        })
+        .collect()
 }
 
 /// The iSCSI targets; the LUNs of TPG `tag` of target `iqn` are `given` instead of read

@@ -197,24 +197,20 @@ fn dump_objects<F: Fs + ?Sized>(
 ) -> Result<Vec<(ObjectPiece, Text)>, LioError> {
     let observed: rustc_hash::FxHashMap<&BackstoreRef, (u64, &Backstore)> =
         seen.listed().map(|(ino, b)| (&b.at, (ino, b))).collect();
-    let objects = saveconfig::dump_objects(fs, at.root)?;
-    Ok(objects
-        .into_iter()
-        .map(|o| {
-            let value = observed
-                .get(&o.at)
-                .filter(|(ino, _)| *ino == o.ino)
-                .map(|(_, b)| (*b).clone());
-            let text = Text::New(fragment(&o.value, OBJECT_PAD));
-            let piece = ObjectPiece {
-                at: o.at,
-                ino: o.ino,
-                value,
-                range: 0..0,
-            };
-            (piece, text)
-        })
-        .collect())
+    saveconfig::dump_objects_as(fs, at.root, |o| {
+        let value = observed
+            .get(&o.at)
+            .filter(|(ino, _)| *ino == o.ino)
+            .map(|(_, b)| (*b).clone());
+        let text = Text::New(fragment(&o.value, OBJECT_PAD));
+        let piece = ObjectPiece {
+            at: o.at,
+            ino: o.ino,
+            value,
+            range: 0..0,
+        };
+        (piece, text)
+    })
 }
 
 /// The managed TPG's LUNs of the last observation, each copied from the old text when
