@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const IQN: &str = "iqn.2023-06.csm.iscsi:ncn-w001";
+use crate::support::{self, IQN};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -20,13 +20,7 @@ struct Env {
 impl Env {
     fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path();
-        // A configfs-shaped tree with the provisioned target, TPG disabled.
-        let tpg = p.join(format!("configfs/iscsi/{IQN}/tpgt_1"));
-        std::fs::create_dir_all(tpg.join("lun")).unwrap();
-        std::fs::create_dir_all(p.join("configfs/core")).unwrap();
-        std::fs::write(tpg.join("enable"), "0\n").unwrap();
-        std::fs::create_dir_all(p.join("mnt")).unwrap();
+        support::scratch_node(dir.path(), &[], &[]);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -40,33 +34,14 @@ impl Env {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sbps-marshal"));
-        c.env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .args(["--config", "/dev/null"])
-            .args(args);
-        let d = |rel: &str| self.path(rel).display().to_string();
-        for (k, v) in [
-            ("CONFIGFS_ROOT", d("configfs")),
-            ("S3_PROTO", "http".into()),
-            ("S3_HOST", "127.0.0.1:9".into()),
-            ("S3_CREDENTIAL_FILE", d("creds")),
-            ("API_GATEWAY", "http://127.0.0.1:9".into()),
-            ("SPIRE_AGENT_PATH", "/bin/false".into()),
-            ("NODE_LABEL", String::new()),
-            ("NODE_NAME", "ncn-w001".into()),
-            ("STATE_DIR", d("state")),
-            ("LOCK_FILE", d("run/sbps-marshal.lock")),
-            ("RTSLIB_LOCK_DIR", d("run")),
-            ("LIO_SAVE_FILE", d("saveconfig.json")),
-            ("SQUASHFS_S3FS_MOUNT", d("mnt")),
-            ("TARGET_SERVICE", String::new()),
-            ("METRICS_LISTEN", format!("127.0.0.1:{}", self.port)),
-            ("SCAN_FREQUENCY", "3600".into()),
-        ] {
-            c.env(format!("SBPS_MARSHAL_{k}"), v);
-        }
-        c
+        support::agent(
+            self.dir.path(),
+            args,
+            &[
+                ("METRICS_LISTEN", format!("127.0.0.1:{}", self.port)),
+                ("SCAN_FREQUENCY", "3600".into()),
+            ],
+        )
     }
 }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const IQN: &str = "iqn.2023-06.csm.iscsi:ncn-w001";
+use crate::support;
 
 type Entry = BTreeMap<String, String>;
 
@@ -67,14 +67,7 @@ struct Env {
 impl Env {
     fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path();
-        let tpg = p.join(format!("configfs/iscsi/{IQN}/tpgt_1"));
-        std::fs::create_dir_all(tpg.join("lun/lun_7")).unwrap();
-        std::fs::create_dir_all(p.join("configfs/core")).unwrap();
-        std::fs::write(tpg.join("enable"), "0\n").unwrap();
-        for d in ["mnt", "journal", "state", "run"] {
-            std::fs::create_dir_all(p.join(d)).unwrap();
-        }
+        support::scratch_node(dir.path(), &["lun_7"], &["journal", "state", "run"]);
         Env { dir }
     }
 
@@ -121,36 +114,16 @@ impl Env {
         let journal_stream = stream
             .map(String::from)
             .unwrap_or_else(|| format!("{}:{}", meta.dev(), meta.ino()));
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sbps-marshal"));
-        c.env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("JOURNAL_STREAM", journal_stream)
-            .args(["--config", "/dev/null"])
-            .args(args)
+        let d = |rel: &str| self.path(rel).display().to_string();
+        // Labelled gating with an unreadable kubeconfig: the label is unknown (a warning).
+        let overrides = [
+            ("NODE_LABEL", "iscsi=sbps".to_string()),
+            ("KUBECONFIG", d("no-kubeconfig")),
+        ];
+        let mut c = support::agent(self.dir.path(), args, &overrides);
+        c.env("JOURNAL_STREAM", journal_stream)
             .stdout(Stdio::null())
             .stderr(stderr);
-        let d = |rel: &str| self.path(rel).display().to_string();
-        for (k, v) in [
-            ("CONFIGFS_ROOT", d("configfs")),
-            ("S3_PROTO", "http".into()),
-            ("S3_HOST", "127.0.0.1:9".into()),
-            ("S3_CREDENTIAL_FILE", d("creds")),
-            ("API_GATEWAY", "http://127.0.0.1:9".into()),
-            ("SPIRE_AGENT_PATH", "/bin/false".into()),
-            // Labelled gating with an unreadable kubeconfig: the label is unknown (a warning).
-            ("NODE_LABEL", "iscsi=sbps".into()),
-            ("KUBECONFIG", d("no-kubeconfig")),
-            ("NODE_NAME", "ncn-w001".into()),
-            ("STATE_DIR", d("state")),
-            ("LOCK_FILE", d("run/sbps-marshal.lock")),
-            ("RTSLIB_LOCK_DIR", d("run")),
-            ("LIO_SAVE_FILE", d("saveconfig.json")),
-            ("SQUASHFS_S3FS_MOUNT", d("mnt")),
-            ("TARGET_SERVICE", String::new()),
-            ("METRICS_LISTEN", String::new()),
-        ] {
-            c.env(format!("SBPS_MARSHAL_{k}"), v);
-        }
         for (k, v) in env {
             c.env(k, v);
         }

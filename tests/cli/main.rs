@@ -7,4 +7,5 @@ mod config;
 mod daemon;
 mod journal;
 mod monitoring;
+mod support;
 mod usage;

@@ -11,7 +11,7 @@ use std::process::Command;
 use sbps_marshal::config::{Layers, Settings};
 use sbps_marshal::telemetry::metrics::Metrics;
 
-const IQN: &str = "iqn.2023-06.csm.iscsi:ncn-w001";
+use crate::support::IQN;
 
 fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -332,38 +332,15 @@ fn the_textfile_is_valid_prometheus_text_replaced_atomically() {
 fn the_agent_writes_the_textfile_after_a_scan() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    let tpg = p.join(format!("configfs/iscsi/{IQN}/tpgt_1"));
-    std::fs::create_dir_all(tpg.join("lun")).unwrap();
-    std::fs::create_dir_all(p.join("configfs/core")).unwrap();
-    std::fs::write(tpg.join("enable"), "0\n").unwrap();
-    std::fs::create_dir_all(p.join("mnt")).unwrap();
-    std::fs::create_dir_all(p.join("state")).unwrap();
+    crate::support::scratch_node(p, &[], &["state"]);
     let file = p.join("sbps_marshal.prom");
     let d = |rel: &str| p.join(rel).display().to_string();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sbps-marshal"));
-    c.env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .args(["--config", "/dev/null", "scan", "--once"]);
-    for (k, v) in [
-        ("CONFIGFS_ROOT", d("configfs")),
-        ("S3_PROTO", "http".into()),
-        ("S3_HOST", "127.0.0.1:9".into()),
-        ("S3_CREDENTIAL_FILE", d("creds")),
-        ("API_GATEWAY", "http://127.0.0.1:9".into()),
-        ("SPIRE_AGENT_PATH", "/bin/false".into()),
-        ("NODE_LABEL", String::new()),
-        ("NODE_NAME", "ncn-w001".into()),
-        ("STATE_DIR", d("state")),
+    let overrides = [
         ("LOCK_FILE", d("lock")),
         ("RTSLIB_LOCK_DIR", d("state")),
-        ("LIO_SAVE_FILE", d("saveconfig.json")),
-        ("SQUASHFS_S3FS_MOUNT", d("mnt")),
-        ("TARGET_SERVICE", String::new()),
-        ("METRICS_LISTEN", String::new()),
         ("METRICS_TEXTFILE", file.display().to_string()),
-    ] {
-        c.env(format!("SBPS_MARSHAL_{k}"), v);
-    }
+    ];
+    let mut c = crate::support::agent(p, &["scan", "--once"], &overrides);
     let out = c.output().unwrap();
     assert_eq!(
         out.status.code(),
