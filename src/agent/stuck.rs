@@ -11,10 +11,8 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use super::{Agent, Job, JobDone, Mode};
-use crate::desired::Desired;
-use crate::inventory::gather::GatherStats;
 use crate::report::progress::Progress;
-use crate::report::{Failure, FailureKind, ScanReport, Timings};
+use crate::report::{Failure, FailureKind, ScanReport};
 
 /// How often a scan waiting for its job looks at the job's deadlines.
 const CHECK_EVERY: Duration = Duration::from_millis(200);
@@ -96,19 +94,7 @@ fn still_stuck(progress: &Progress) -> String {
 /// The report of a scan that did nothing: the same shape as every other.
 fn nothing_done(now: u64, failure: Failure) -> ScanReport {
     ScanReport {
-        started: now,
-        desired: Desired::default(),
-        actual: None,
-        plan: None,
-        outcomes: Vec::new(),
         failure: Some(failure),
-        labelled: None,
-        label_error: None,
-        stats: GatherStats::default(),
-        timings: Timings::default(),
-        converged: false,
-        saveconfig_written: false,
-        ledger_written: false,
-        numbers_frozen: None,
+        ..ScanReport::empty(now)
     }
 }

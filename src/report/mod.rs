@@ -122,6 +122,27 @@ pub struct ScanReport {
 }
 
 impl ScanReport {
+    /// The report of a scan started at `started` that has seen and done nothing yet:
+    /// what an early return fills in.
+    pub fn empty(started: u64) -> ScanReport {
+        ScanReport {
+            started,
+            desired: Desired::default(),
+            actual: None,
+            plan: None,
+            outcomes: Vec::new(),
+            failure: None,
+            labelled: None,
+            label_error: None,
+            stats: GatherStats::default(),
+            timings: Timings::default(),
+            converged: false,
+            saveconfig_written: false,
+            ledger_written: false,
+            numbers_frozen: None,
+        }
+    }
+
     /// Why this scan did not converge, one line each. Empty exactly when it converged:
     /// every source answered, no image was unknown, every operation succeeded, the
     /// target exists, and no removal waits for an operator (deletion brake).

@@ -380,17 +380,11 @@ fn a_textfile_not_ending_in_prom_is_refused() {
 /// tell a busy LUN from a denied write and a stuck kernel from an unwritable ledger.
 #[test]
 fn failures_are_counted_by_their_kind() {
-    use sbps_marshal::desired::Desired;
-    use sbps_marshal::inventory::gather::GatherStats;
     use sbps_marshal::lio::Op;
-    use sbps_marshal::report::{FailureKind, OpOutcome, ScanReport, Timings};
+    use sbps_marshal::report::{FailureKind, OpOutcome, ScanReport};
 
     let m = Metrics::new(&settings(&[]));
     let report = ScanReport {
-        started: 1,
-        desired: Desired::default(),
-        actual: None,
-        plan: None,
         outcomes: vec![
             OpOutcome {
                 op: Op::EnableTpg,
@@ -407,13 +401,7 @@ fn failures_are_counted_by_their_kind() {
         ],
         failure: Some(FailureKind::Persistence.because("cannot write the ledger")),
         labelled: Some(true),
-        label_error: None,
-        stats: GatherStats::default(),
-        timings: Timings::default(),
-        converged: false,
-        saveconfig_written: false,
-        ledger_written: false,
-        numbers_frozen: None,
+        ..ScanReport::empty(1)
     };
     m.record_scan(&report);
     let text = m.render();
