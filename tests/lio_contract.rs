@@ -10,7 +10,7 @@ mod support;
 use std::path::PathBuf;
 
 use sbps_marshal::ledger::Ledger;
-use sbps_marshal::lio::fs::{Fs, Kind};
+use sbps_marshal::lio::fs::{FileKind, Fs};
 use sbps_marshal::lio::{self, attr, saveconfig, Actual, BackstoreRef, LioError, Op, Target};
 use sbps_marshal::plan::plan;
 use sbps_testkit::{FaultMode, Faulty, Recorder};
@@ -802,7 +802,7 @@ fn kernel_semantics() {
         fs.read_dir(&lun.join("lun_3"))
             .unwrap()
             .iter()
-            .filter(|e| e.kind == Kind::Symlink)
+            .filter(|e| e.kind == FileKind::Symlink)
             .count(),
         1
     );

@@ -20,7 +20,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use sbps_marshal::lio::fs::{Entry, Fs, Kind, Meta};
+use sbps_marshal::lio::fs::{Entry, FileKind, Fs, Meta};
 use sbps_testkit::{FakeConfigfs, Recorder};
 
 const MKDIR: u8 = 0;
@@ -114,19 +114,19 @@ fn recv(s: &mut UnixStream, buf: &mut Vec<u8>) -> io::Result<()> {
     s.read_exact(buf)
 }
 
-fn kind_byte(k: Kind) -> u8 {
+fn kind_byte(k: FileKind) -> u8 {
     match k {
-        Kind::Dir => 0,
-        Kind::File => 1,
-        Kind::Symlink => 2,
+        FileKind::Dir => 0,
+        FileKind::File => 1,
+        FileKind::Symlink => 2,
     }
 }
 
-fn byte_kind(b: u8) -> Kind {
+fn byte_kind(b: u8) -> FileKind {
     match b {
-        0 => Kind::Dir,
-        1 => Kind::File,
-        _ => Kind::Symlink,
+        0 => FileKind::Dir,
+        1 => FileKind::File,
+        _ => FileKind::Symlink,
     }
 }
 

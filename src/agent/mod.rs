@@ -305,39 +305,7 @@ impl Agent {
                 report.ledger_written |= self.record_convergence(now, changed).await;
                 self.maybe_restart_target_once().await;
             }
-            crate::report::log::log(&report);
-            self.metrics.record_scan(&report);
-            let st = Status::build(&report, &self.ledger, &self.settings);
-            if let Ok(mut slot) = self.status.write() {
-                *slot = Some(st);
-            }
-            if let Some(m) = &mut self.mirror {
-                let status = NodeStatus {
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                    scan_frequency: self.settings.scan_frequency.as_secs(),
-                    labelled: report.labelled,
-                    tpg_enabled: report
-                        .actual
-                        .as_ref()
-                        .and_then(|a| a.tpg.as_ref())
-                        .map(|t| t.enabled),
-                    converged: report.converged,
-                    last_converged: self.last_converged,
-                    started: self.started_at,
-                    content_changed: report
-                        .plan
-                        .iter()
-                        .flat_map(|p| &p.warnings)
-                        .filter_map(|w| match w {
-                            plan::Warning::ContentChanged { serial, now, .. } => {
-                                Some((serial.clone(), now.clone()))
-                            }
-                            _ => None,
-                        })
-                        .collect(),
-                };
-                m.after_scan(&self.ledger, status).await;
-            }
+            self.publish(&report).await;
             tracing::info!("END SCAN");
         }
         self.progress.idle();
@@ -381,6 +349,46 @@ impl Agent {
             Err(e) => tracing::warn!(unit, "cannot tell whether it is active: {e}"),
         }
         Ok(())
+    }
+
+    /// Hands a scan's report to everything that shows it: the log lines, the metrics,
+    /// the status document, and this node's status in the Kubernetes API. The scan
+    /// decides and acts; this only says what it did (as kube-runtime's runner, not the
+    /// reconciler, logs and counts).
+    async fn publish(&mut self, report: &ScanReport) {
+        crate::report::log::log(report);
+        self.metrics.record_scan(report);
+        let st = Status::build(report, &self.ledger, &self.settings);
+        if let Ok(mut slot) = self.status.write() {
+            *slot = Some(st);
+        }
+        if let Some(m) = &mut self.mirror {
+            let status = NodeStatus {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                scan_frequency: self.settings.scan_frequency.as_secs(),
+                labelled: report.labelled,
+                tpg_enabled: report
+                    .actual
+                    .as_ref()
+                    .and_then(|a| a.tpg.as_ref())
+                    .map(|t| t.enabled),
+                converged: report.converged,
+                last_converged: self.last_converged,
+                started: self.started_at,
+                content_changed: report
+                    .plan
+                    .iter()
+                    .flat_map(|p| &p.warnings)
+                    .filter_map(|w| match w {
+                        plan::Warning::ContentChanged { serial, now, .. } => {
+                            Some((serial.clone(), now.clone()))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            };
+            m.after_scan(&self.ledger, status).await;
+        }
     }
 
     /// The deadlines of this agent's LIO jobs. With the targetcli backend every LIO step

@@ -20,7 +20,7 @@ use std::time::Duration;
 use rustc_hash::FxHashMap;
 
 use super::attr;
-use super::fs::{Fs, Kind, RealFs};
+use super::fs::{FileKind, Fs, RealFs};
 use super::lock::{LockGuard, Locker};
 use super::model::{Actual, Backstore, BackstoreRef, Lun, Op, Tpg};
 use super::seen::Seen;
@@ -182,7 +182,7 @@ impl<F: Fs> ConfigfsTarget<F> {
             .read_dir(&core)
             .map_err(|e| LioError::from_io("list backstores", &core, e))?;
         let mut listed: Vec<(BackstoreRef, u64)> = Vec::new();
-        for h in hbas.iter().filter(|e| e.kind == Kind::Dir) {
+        for h in hbas.iter().filter(|e| e.kind == FileKind::Dir) {
             let Some((plugin, hba)) = attr::parse_hba_dir(&h.name) else {
                 continue; // core/alua
             };
@@ -193,7 +193,7 @@ impl<F: Fs> ConfigfsTarget<F> {
                 Err(e) => return Err(LioError::from_io("list HBA", &dir, e)),
             };
             actual.hbas.insert((plugin.clone(), hba));
-            for so in sos.into_iter().filter(|e| e.kind == Kind::Dir) {
+            for so in sos.into_iter().filter(|e| e.kind == FileKind::Dir) {
                 let at = BackstoreRef {
                     plugin: plugin.clone(),
                     hba,
@@ -275,7 +275,7 @@ impl<F: Fs> ConfigfsTarget<F> {
             .fs
             .read_dir(&lun_root)
             .map_err(|e| LioError::from_io("list LUNs", &lun_root, e))?;
-        for e in entries.iter().filter(|e| e.kind == Kind::Dir) {
+        for e in entries.iter().filter(|e| e.kind == FileKind::Dir) {
             let Some(index) = attr::parse_lun_dir(&e.name) else {
                 continue;
             };
@@ -290,7 +290,7 @@ impl<F: Fs> ConfigfsTarget<F> {
                 alias: None,
                 backstore: None,
             };
-            let link = inner.iter().find(|e| e.kind == Kind::Symlink);
+            let link = inner.iter().find(|e| e.kind == FileKind::Symlink);
             if link.is_none() {
                 seen.forget_lun(index);
             }
@@ -376,7 +376,7 @@ impl<F: Fs> ConfigfsTarget<F> {
                         .fs
                         .read_dir(&path)
                         .map_err(|e| LioError::from_io("list LUN", &path, e))?;
-                    let link = inner.iter().find(|e| e.kind == Kind::Symlink);
+                    let link = inner.iter().find(|e| e.kind == FileKind::Symlink);
                     match (dir, link) {
                         (Some(d), Some(l)) if &l.name == alias => {
                             seen.saw_lun(*lun, d.ino, l.ino, alias, Some(at))
@@ -504,7 +504,7 @@ impl<F: Fs> ConfigfsTarget<F> {
                     .fs
                     .read_dir(&dir)
                     .map_err(|e| LioError::from_io("list LUN", &dir, e))?;
-                if inner.iter().any(|e| e.kind == Kind::Symlink) {
+                if inner.iter().any(|e| e.kind == FileKind::Symlink) {
                     return Err(LioError::Exists {
                         what: "map LUN (already linked)",
                         path: dir,
@@ -532,7 +532,7 @@ impl<F: Fs> ConfigfsTarget<F> {
             .fs
             .read_dir(&dir)
             .map_err(|e| LioError::from_io("list LUN", &dir, e))?;
-        for link in inner.iter().filter(|e| e.kind == Kind::Symlink) {
+        for link in inner.iter().filter(|e| e.kind == FileKind::Symlink) {
             let p = dir.join(&link.name);
             if let Some(want) = serial {
                 // The plan was made from an earlier observation: never unmap a LUN

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// What a directory entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum FileKind {
     Dir,
     File,
     Symlink,
@@ -21,7 +21,7 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub name: String,
-    pub kind: Kind,
+    pub kind: FileKind,
     /// The inode number `readdir` reports (`d_ino`); 0 when unknown. configfs keeps the
     /// inodes of directories and links for as long as they exist and numbers each new
     /// one afresh: an entry seen again with its number is the same object, not one
@@ -34,7 +34,7 @@ pub struct Entry {
 /// attribute files that are readable *and* writable, as rtslib does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
-    pub kind: Kind,
+    pub kind: FileKind,
     pub mode: u32,
 }
 
@@ -104,13 +104,13 @@ forward_fs!(impl<T: Fs + ?Sized> Fs for &T);
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RealFs;
 
-fn kind_of(ft: fs::FileType) -> Kind {
+fn kind_of(ft: fs::FileType) -> FileKind {
     if ft.is_symlink() {
-        Kind::Symlink
+        FileKind::Symlink
     } else if ft.is_dir() {
-        Kind::Dir
+        FileKind::Dir
     } else {
-        Kind::File
+        FileKind::File
     }
 }
 

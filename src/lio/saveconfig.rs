@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use super::attr;
-use super::fs::{Entry, Fs, Kind};
+use super::fs::{Entry, FileKind, Fs};
 use super::model::{Actual, Backstore, BackstoreRef, Lun, Tpg};
 use super::LioError;
 
@@ -76,7 +76,7 @@ fn rw_files<F: Fs + ?Sized>(
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(m),
         Err(e) => return Err(LioError::from_io("list", dir, e)),
     };
-    for e in entries.iter().filter(|e| e.kind == Kind::File) {
+    for e in entries.iter().filter(|e| e.kind == FileKind::File) {
         let p = dir.join(&e.name);
         let meta = fs.metadata(&p).map_err(io("stat", &p))?;
         if meta.mode & 0o600 != 0o600 {
@@ -99,7 +99,7 @@ fn dump_alua<F: Fs + ?Sized>(fs: &F, so: &Path) -> Result<Vec<Value>, LioError> 
     let Ok(groups) = fs.read_dir(&dir) else {
         return Ok(out);
     };
-    for g in groups.iter().filter(|e| e.kind == Kind::Dir) {
+    for g in groups.iter().filter(|e| e.kind == FileKind::Dir) {
         let gd = dir.join(&g.name);
         let mut m = Map::new();
         m.insert("name".into(), Value::from(g.name.clone()));
@@ -174,7 +174,7 @@ pub(crate) fn dump_lun<F: Fs + ?Sized>(
     };
     let ld = lun_root.join(&e.name);
     let inner = fs.read_dir(&ld).map_err(io("list", &ld))?;
-    let Some(link) = inner.iter().find(|e| e.kind == Kind::Symlink) else {
+    let Some(link) = inner.iter().find(|e| e.kind == FileKind::Symlink) else {
         return Ok(None); // an empty lun_N cannot be restored
     };
     let target = fs
@@ -264,7 +264,7 @@ fn dump_tpg<F: Fs + ?Sized>(
     let mut acls = Vec::new();
     let ad = dir.join("acls");
     for e in fs.read_dir(&ad).unwrap_or_default() {
-        if e.kind == Kind::Dir {
+        if e.kind == FileKind::Dir {
             acls.push(json!({
                 "node_wwn": e.name,
                 "attributes": rw_files(fs, &ad.join(&e.name).join("attrib"), true)?,
@@ -315,7 +315,7 @@ pub(crate) fn dump_objects_as<F: Fs + ?Sized, T>(
         };
         let hd = core.join(&h.name);
         for s in fs.read_dir(&hd).map_err(io("list", &hd))? {
-            if s.kind != Kind::Dir {
+            if s.kind != FileKind::Dir {
                 continue;
             }
             let at = BackstoreRef {
@@ -348,7 +348,7 @@ pub(crate) fn dump_targets<F: Fs + ?Sized>(
     if let Ok(iqns) = fs.read_dir(&iscsi) {
         for t in iqns
             .iter()
-            .filter(|e| e.kind == Kind::Dir && e.name != "discovery_auth")
+            .filter(|e| e.kind == FileKind::Dir && e.name != "discovery_auth")
         {
             let td = iscsi.join(&t.name);
             let mut tpgs = Vec::new();

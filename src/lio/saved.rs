@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::fs::{Entry, Fs, Kind};
+use super::fs::{Entry, FileKind, Fs};
 use super::model::{Backstore, BackstoreRef, Lun};
 use super::saveconfig::{self, DumpedLun};
 use super::seen::Seen;
@@ -244,7 +244,7 @@ fn patch_luns<F: Fs + ?Sized>(
         }
         let e = Entry {
             name: format!("lun_{}", l.index),
-            kind: Kind::Dir,
+            kind: FileKind::Dir,
             ino: l.dir,
         };
         if let Some((d, v)) = saveconfig::dump_lun(fs, &lun_root, &e)? {

@@ -281,13 +281,6 @@ fn output_within(cmd: &mut Command, timeout: Duration) -> io::Result<Option<Outp
     }
 }
 
-/// The targetcli binary the environment asks for (`TARGETCLI_BIN`, as the original).
-pub fn default_bin() -> PathBuf {
-    std::env::var_os("TARGETCLI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new("targetcli").to_path_buf())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

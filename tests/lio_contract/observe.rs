@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use sbps_marshal::lio::fs::{Entry, Fs, Kind};
+use sbps_marshal::lio::fs::{Entry, FileKind, Fs};
 use sbps_marshal::lio::{BackstoreRef, Target};
 
 use crate::support::*;
@@ -38,7 +38,7 @@ fn inodes_name_objects_not_names() {
     let dir = entry(fs, &rig.tpg().join("lun"), "lun_40");
     assert_eq!(
         (so.kind, link.kind, dir.kind),
-        (Kind::Dir, Kind::Symlink, Kind::Dir)
+        (FileKind::Dir, FileKind::Symlink, FileKind::Dir)
     );
     assert!(so.ino != 0 && link.ino != 0 && dir.ino != 0);
     assert_eq!(entry(fs, &hba, &at.name).ino, so.ino, "listed again");

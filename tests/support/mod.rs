@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use sbps_marshal::desired::{Desired, Kind as PKind, Projection};
 use sbps_marshal::identity::Identity;
-use sbps_marshal::lio::fs::{Fs, Kind, RealFs};
+use sbps_marshal::lio::fs::{FileKind, Fs, RealFs};
 use sbps_marshal::lio::{attr, Actual, ConfigfsSettings, ConfigfsTarget};
 use sbps_marshal::plan::Policy;
 use sbps_testkit::FakeConfigfs;
@@ -119,7 +119,7 @@ impl Rig {
         let iscsi = self.p("iscsi");
         if let Ok(iqns) = fs.read_dir(&iscsi) {
             for t in iqns.iter().filter(|e| {
-                e.kind == Kind::Dir
+                e.kind == FileKind::Dir
                     && (e.name == IQN || e.name.starts_with("iqn.2023-06.csm.iscsi:testhost"))
             }) {
                 let td = iscsi.join(&t.name);
@@ -132,7 +132,7 @@ impl Rig {
                     for l in fs.read_dir(&gd.join("lun")).unwrap_or_default() {
                         let ld = gd.join("lun").join(&l.name);
                         for e in fs.read_dir(&ld).unwrap_or_default() {
-                            if e.kind == Kind::Symlink {
+                            if e.kind == FileKind::Symlink {
                                 ignore_missing(fs.unlink(&ld.join(&e.name)));
                             }
                         }
@@ -153,7 +153,7 @@ impl Rig {
             }
             let hd = core.join(&h.name);
             for so in fs.read_dir(&hd).unwrap_or_default() {
-                if so.kind != Kind::Dir {
+                if so.kind != FileKind::Dir {
                     continue; // hba_info, hba_mode
                 }
                 let sd = hd.join(&so.name);
@@ -168,7 +168,7 @@ impl Rig {
             }
             if fs
                 .read_dir(&hd)
-                .map(|v| v.iter().all(|e| e.kind != Kind::Dir))
+                .map(|v| v.iter().all(|e| e.kind != FileKind::Dir))
                 .unwrap_or(false)
             {
                 ignore_missing(fs.rmdir(&hd));

@@ -32,7 +32,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
 use sbps_marshal::lio::attr;
-use sbps_marshal::lio::fs::{Entry, Fs, Kind, Meta};
+use sbps_marshal::lio::fs::{Entry, FileKind, Fs, Meta};
 
 type Key = Vec<String>;
 
@@ -69,7 +69,7 @@ struct State {
     nodes: FxHashMap<Key, Node>,
     /// What each directory lists (kind and inode by name): a readdir without a walk of
     /// the tree, as cheap as the kernel's.
-    kids: FxHashMap<Key, BTreeMap<String, (Kind, u64)>>,
+    kids: FxHashMap<Key, BTreeMap<String, (FileKind, u64)>>,
     devs: BTreeMap<Key, Dev>,
     hba_count: u32,
     /// The last inode number handed out (configfs: `get_next_ino()` for directories and
@@ -236,9 +236,9 @@ impl State {
     fn put(&mut self, key: Key, node: Node) {
         if let Some((name, parent)) = key.split_last() {
             let listed = match &node {
-                Node::Dir { ino, .. } => (Kind::Dir, *ino),
-                Node::File { .. } => (Kind::File, 0),
-                Node::Link { ino, .. } => (Kind::Symlink, *ino),
+                Node::Dir { ino, .. } => (FileKind::Dir, *ino),
+                Node::File { .. } => (FileKind::File, 0),
+                Node::Link { ino, .. } => (FileKind::Symlink, *ino),
             };
             let siblings = match self.kids.get_mut(parent) {
                 Some(v) => v,
@@ -284,7 +284,10 @@ impl State {
     }
 
     /// The entries of directory `key`, in name order.
-    fn children<'a>(&'a self, key: &Key) -> impl Iterator<Item = (&'a String, (Kind, u64))> + 'a {
+    fn children<'a>(
+        &'a self,
+        key: &Key,
+    ) -> impl Iterator<Item = (&'a String, (FileKind, u64))> + 'a {
         self.kids
             .get(key)
             .into_iter()
@@ -299,7 +302,7 @@ impl State {
             for (name, (kind, _)) in self.children(&dir) {
                 let mut child = dir.clone();
                 child.push(name.clone());
-                if kind == Kind::Dir {
+                if kind == FileKind::Dir {
                     todo.push(child.clone());
                 }
                 out.push(child);
@@ -893,7 +896,7 @@ impl Fs for FakeConfigfs {
                 ino,
             })
             .collect();
-        for e in v.iter_mut().filter(|e| e.kind == Kind::File) {
+        for e in v.iter_mut().filter(|e| e.kind == FileKind::File) {
             e.ino = st.next_ino();
         }
         Ok(v)
@@ -904,15 +907,15 @@ impl Fs for FakeConfigfs {
         let st = self.state()?;
         match st.nodes.get(&key) {
             Some(Node::Dir { .. }) => Ok(Meta {
-                kind: Kind::Dir,
+                kind: FileKind::Dir,
                 mode: 0o755,
             }),
             Some(Node::File { mode, .. }) => Ok(Meta {
-                kind: Kind::File,
+                kind: FileKind::File,
                 mode: *mode,
             }),
             Some(Node::Link { .. }) => Ok(Meta {
-                kind: Kind::Symlink,
+                kind: FileKind::Symlink,
                 mode: 0o777,
             }),
             None => Err(err(libc::ENOENT)),
