@@ -21,6 +21,7 @@ use rustc_hash::FxHashMap;
 
 use super::attr;
 use super::fs::{FileKind, Fs, RealFs};
+use super::layout::{self, Layout};
 use super::lock::{LockGuard, Locker};
 use super::model::{Actual, Backstore, BackstoreRef, Lun, Op, Tpg};
 use super::seen::Seen;
@@ -64,6 +65,8 @@ impl ConfigfsSettings {
 pub struct ConfigfsTarget<F: Fs = RealFs> {
     fs: F,
     s: ConfigfsSettings,
+    /// Where the objects are (from `s`).
+    layout: Layout,
     locker: Locker,
     seen: Mutex<Seen>,
     /// saveconfig.json as last written (see [`super::saved`]).
@@ -84,9 +87,11 @@ impl ConfigfsTarget<RealFs> {
 impl<F: Fs> ConfigfsTarget<F> {
     pub fn new(fs: F, s: ConfigfsSettings) -> Self {
         let locker = Locker::new(s.lock_dir.clone(), s.lock_timeout);
+        let layout = Layout::new(&s.root, &s.iqn, s.tag);
         ConfigfsTarget {
             fs,
             s,
+            layout,
             locker,
             seen: Mutex::default(),
             saved: Mutex::default(),
@@ -113,36 +118,27 @@ impl<F: Fs> ConfigfsTarget<F> {
             self.observe_locked()?;
         }
         let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
-        let layout = super::saved::Layout {
-            root: &self.s.root,
-            iqn: &self.s.iqn,
-            tag: self.s.tag,
-        };
         let seen = self.seen();
-        let (written, doc) = super::saved::save(&self.fs, &layout, &seen, saved.take(), path)?;
+        let (written, doc) = super::saved::save(&self.fs, &self.layout, &seen, saved.take(), path)?;
         *saved = doc;
         Ok(written)
     }
 
     fn core(&self) -> PathBuf {
-        self.s.root.join("core")
+        self.layout.core()
     }
     fn hba_dir(&self, plugin: &str, hba: u32) -> PathBuf {
-        self.core().join(format!("{plugin}_{hba}"))
+        self.layout.hba_dir(plugin, hba)
     }
     fn so_dir(&self, at: &BackstoreRef) -> PathBuf {
-        self.core().join(at.hba_dir()).join(&at.name)
+        self.layout.so_dir(at)
     }
     /// `iscsi/<iqn>/tpgt_<tag>`.
     pub fn tpg_dir(&self) -> PathBuf {
-        self.s
-            .root
-            .join("iscsi")
-            .join(&self.s.iqn)
-            .join(format!("tpgt_{}", self.s.tag))
+        self.layout.tpg_dir().to_path_buf()
     }
     fn lun_dir(&self, lun: u64) -> PathBuf {
-        self.tpg_dir().join("lun").join(format!("lun_{lun}"))
+        self.layout.lun_dir(lun)
     }
 
     fn write(&self, what: &'static str, path: &Path, value: &str) -> Result<(), LioError> {
@@ -269,7 +265,7 @@ impl<F: Fs> ConfigfsTarget<F> {
             }
             Err(e) => return Err(LioError::from_io("read TPG enable", &tpg, e)),
         };
-        let lun_root = tpg.join("lun");
+        let lun_root = self.layout.luns_dir();
         let mut luns = std::collections::BTreeMap::new();
         let entries = self
             .fs
@@ -361,7 +357,7 @@ impl<F: Fs> ConfigfsTarget<F> {
                 }
                 Op::DeleteBackstore { at } => seen.forget_backstore(at),
                 Op::MapLun { lun, at, alias } => {
-                    let lun_root = self.tpg_dir().join("lun");
+                    let lun_root = self.layout.luns_dir();
                     if lun_dirs.is_none() {
                         let v = self
                             .fs
@@ -369,7 +365,7 @@ impl<F: Fs> ConfigfsTarget<F> {
                             .map_err(|e| LioError::from_io("list LUNs", &lun_root, e))?;
                         lun_dirs = Some(v);
                     }
-                    let name = format!("lun_{lun}");
+                    let name = layout::lun_dir_name(*lun);
                     let dir = lun_dirs.iter().flatten().find(|e| e.name == name);
                     let path = lun_root.join(&name);
                     let inner = self

@@ -8,6 +8,7 @@
 pub mod attr;
 pub mod configfs;
 pub mod fs;
+pub mod layout;
 pub mod lock;
 pub mod saveconfig;
 pub mod saved;

@@ -22,6 +22,7 @@ use serde_json::{json, Map, Value};
 
 use super::attr;
 use super::fs::{Entry, FileKind, Fs};
+use super::layout;
 use super::model::{Actual, Backstore, BackstoreRef, Lun, Tpg};
 use super::LioError;
 
@@ -308,7 +309,7 @@ pub(crate) fn dump_objects_as<F: Fs + ?Sized, T>(
     mut each: impl FnMut(DumpedObject) -> T,
 ) -> Result<Vec<T>, LioError> {
     let mut found = Vec::new();
-    let core = root.join("core");
+    let core = layout::core_dir(root);
     for h in fs.read_dir(&core).map_err(io("list", &core))? {
         let Some((plugin, hba)) = attr::parse_hba_dir(&h.name) else {
             continue;
@@ -344,7 +345,7 @@ pub(crate) fn dump_targets<F: Fs + ?Sized>(
     mut managed: Option<(&str, u32, Value)>,
 ) -> Result<Vec<Value>, LioError> {
     let mut targets = Vec::new();
-    let iscsi = root.join("iscsi");
+    let iscsi = layout::iscsi_dir(root);
     if let Ok(iqns) = fs.read_dir(&iscsi) {
         for t in iqns
             .iter()

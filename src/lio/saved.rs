@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::fs::{Entry, FileKind, Fs};
+use super::layout::{self, Layout};
 use super::model::{Backstore, BackstoreRef, Lun};
 use super::saveconfig::{self, DumpedLun};
 use super::seen::Seen;
@@ -70,30 +71,11 @@ enum Text {
     New(String),
 }
 
-/// Where the pieces are in a configfs tree.
-pub struct Layout<'a> {
-    pub root: &'a Path,
-    pub iqn: &'a str,
-    pub tag: u32,
-}
-
-impl Layout<'_> {
-    fn so_dir(&self, at: &BackstoreRef) -> PathBuf {
-        self.root.join("core").join(at.hba_dir()).join(&at.name)
-    }
-    fn tpg_dir(&self) -> PathBuf {
-        self.root
-            .join("iscsi")
-            .join(self.iqn)
-            .join(format!("tpgt_{}", self.tag))
-    }
-}
-
 /// Writes `path` for the state `seen` last observed (only if its text changes),
 /// patching `prior` where it can. Returns whether it wrote, and what it now holds.
 pub fn save<F: Fs + ?Sized>(
     fs: &F,
-    at: &Layout<'_>,
+    at: &Layout,
     seen: &Seen,
     prior: Option<Document>,
     path: &Path,
@@ -105,8 +87,8 @@ pub fn save<F: Fs + ?Sized>(
                 .as_deref()
                 .is_some_and(|b| b.len() == d.len && d.hasher.hash_one(b) == d.hash)
     });
-    let managed = Some((at.iqn, at.tag, Value::String(MARKER.into())));
-    let rest = saveconfig::dump_targets(fs, at.root, managed)?;
+    let managed = Some((at.iqn(), at.tag(), Value::String(MARKER.into())));
+    let rest = saveconfig::dump_targets(fs, at.root(), managed)?;
     let skeleton = saveconfig::to_text(&saveconfig::document(Vec::new(), rest));
     let spliced = Skeleton::of(&skeleton);
     let (objects, luns) = match (prior, &spliced) {
@@ -128,7 +110,7 @@ pub fn save<F: Fs + ?Sized>(
         tracing::debug!(
             "saveconfig.json dumped whole: the managed TPG's LUNs have no single place"
         );
-        let doc = saveconfig::to_text(&saveconfig::dump(fs, at.root)?);
+        let doc = saveconfig::to_text(&saveconfig::dump(fs, at.root())?);
         let written = saveconfig::write_text(path, &doc, old.as_deref(), saveconfig::MAX_BACKUPS)?;
         return Ok((written, None));
     };
@@ -157,7 +139,7 @@ pub fn save<F: Fs + ?Sized>(
 /// observation vouches for it, dumped from the kernel otherwise.
 fn patch_objects<F: Fs + ?Sized>(
     fs: &F,
-    at: &Layout<'_>,
+    at: &Layout,
     seen: &Seen,
     prior: Vec<ObjectPiece>,
 ) -> Result<Vec<(ObjectPiece, Text)>, LioError> {
@@ -192,12 +174,12 @@ fn patch_objects<F: Fs + ?Sized>(
 /// it when it saw that very object.
 fn dump_objects<F: Fs + ?Sized>(
     fs: &F,
-    at: &Layout<'_>,
+    at: &Layout,
     seen: &Seen,
 ) -> Result<Vec<(ObjectPiece, Text)>, LioError> {
     let observed: rustc_hash::FxHashMap<&BackstoreRef, (u64, &Backstore)> =
         seen.listed().map(|(ino, b)| (&b.at, (ino, b))).collect();
-    saveconfig::dump_objects_as(fs, at.root, |o| {
+    saveconfig::dump_objects_as(fs, at.root(), |o| {
         let value = observed
             .get(&o.at)
             .filter(|(ino, _)| *ino == o.ino)
@@ -217,14 +199,14 @@ fn dump_objects<F: Fs + ?Sized>(
 /// its directory and link are those dumped then, read from the kernel otherwise.
 fn patch_luns<F: Fs + ?Sized>(
     fs: &F,
-    at: &Layout<'_>,
+    at: &Layout,
     seen: &Seen,
     prior: Vec<LunPiece>,
     pad: usize,
 ) -> Result<Vec<(LunPiece, Text)>, LioError> {
     let mut links: Vec<_> = seen.links().collect();
     links.sort_by_key(|l| l.index);
-    let lun_root = at.tpg_dir().join("lun");
+    let lun_root = at.luns_dir();
     let mut prior = prior.into_iter().peekable();
     let mut out = Vec::with_capacity(links.len());
     for l in links {
@@ -243,7 +225,7 @@ fn patch_luns<F: Fs + ?Sized>(
             continue;
         }
         let e = Entry {
-            name: format!("lun_{}", l.index),
+            name: layout::lun_dir_name(l.index),
             kind: FileKind::Dir,
             ino: l.dir,
         };
@@ -257,14 +239,14 @@ fn patch_luns<F: Fs + ?Sized>(
 /// The managed TPG's LUNs dumped from the kernel.
 fn dump_luns<F: Fs + ?Sized>(
     fs: &F,
-    at: &Layout<'_>,
+    at: &Layout,
     pad: usize,
 ) -> Result<Vec<(LunPiece, Text)>, LioError> {
     let dir = at.tpg_dir();
-    if !fs.exists(&dir) {
+    if !fs.exists(dir) {
         return Ok(Vec::new());
     }
-    Ok(saveconfig::dump_luns(fs, &dir)?
+    Ok(saveconfig::dump_luns(fs, dir)?
         .into_iter()
         .map(|(d, v)| (lun_piece(d), Text::New(fragment(&v, pad))))
         .collect())

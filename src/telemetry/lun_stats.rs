@@ -14,8 +14,8 @@
 //! The series go through prometheus-client's encoder (a [`Collector`]), so a label
 //! value is escaped like any other.
 
+use crate::lio::layout::{Layout, LUN_PORT_STATISTICS};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -92,18 +92,18 @@ pub struct LunRow {
     pub in_cmds: u64,
 }
 
-/// The collector: the TPG's LUN directory and each LUN's rate window.
+/// The collector: where the TPG's LUNs are and each LUN's rate window.
 #[derive(Debug)]
 pub struct LunStats {
-    tpg_dir: PathBuf,
+    layout: Layout,
     epoch: Instant,
     windows: Mutex<BTreeMap<(u64, String), RateWindow>>,
 }
 
 impl LunStats {
-    pub fn new(tpg_dir: PathBuf) -> LunStats {
+    pub fn new(layout: Layout) -> LunStats {
         LunStats {
-            tpg_dir,
+            layout,
             epoch: Instant::now(),
             windows: Mutex::new(BTreeMap::new()),
         }
@@ -112,7 +112,7 @@ impl LunStats {
     /// Every LUN of the TPG, by number; a LUN whose statistics cannot be read shows 0.
     pub fn read(&self) -> Vec<LunRow> {
         let mut out = Vec::new();
-        let Ok(dir) = std::fs::read_dir(self.tpg_dir.join("lun")) else {
+        let Ok(dir) = std::fs::read_dir(self.layout.luns_dir()) else {
             return out;
         };
         for e in dir.flatten() {
@@ -124,7 +124,7 @@ impl LunStats {
                 continue;
             };
             let stat = |f: &str| -> u64 {
-                std::fs::read_to_string(e.path().join("statistics/scsi_tgt_port").join(f))
+                std::fs::read_to_string(e.path().join(LUN_PORT_STATISTICS).join(f))
                     .ok()
                     .and_then(|s| s.trim().parse().ok())
                     .unwrap_or(0)

@@ -18,6 +18,7 @@ use prometheus_client::registry::Registry;
 use super::lun_stats::LunStats;
 use crate::config::Settings;
 use crate::desired::{Kind, Outcome};
+use crate::lio::layout::Layout;
 use crate::plan::{HoldReason, Warning};
 use crate::report::ScanReport;
 
@@ -120,12 +121,11 @@ impl Metrics {
             "Always 1; the labels name the agent's version and git revision",
             build_info,
         );
-        registry.register_collector(Box::new(LunStats::new(
-            s.configfs_root
-                .join("iscsi")
-                .join(&s.target_iqn)
-                .join(format!("tpgt_{}", s.tpg_tag)),
-        )));
+        registry.register_collector(Box::new(LunStats::new(Layout::new(
+            &s.configfs_root,
+            &s.target_iqn,
+            s.tpg_tag,
+        ))));
         reg(
             &mut registry,
             &mut families,
