@@ -14,6 +14,8 @@
 //! The series go through prometheus-client's encoder (a [`Collector`]), so a label
 //! value is escaped like any other.
 
+use crate::lio::attr;
+use crate::lio::fs::{FileKind, Fs, RealFs};
 use crate::lio::layout::{Layout, LUN_PORT_STATISTICS};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -110,32 +112,30 @@ impl LunStats {
     }
 
     /// Every LUN of the TPG, by number; a LUN whose statistics cannot be read shows 0.
+    /// Read through [`Fs`] like every other configfs read, at the paths of [`Layout`].
     pub fn read(&self) -> Vec<LunRow> {
-        let mut out = Vec::new();
-        let Ok(dir) = std::fs::read_dir(self.layout.luns_dir()) else {
-            return out;
+        let fs = RealFs;
+        let luns = self.layout.luns_dir();
+        let Ok(entries) = fs.read_dir(&luns) else {
+            return Vec::new();
         };
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(lun) = name
-                .strip_prefix("lun_")
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
+        let mut out = Vec::new();
+        for e in entries {
+            let Some(lun) = attr::parse_lun_dir(&e.name) else {
                 continue;
             };
+            let dir = luns.join(&e.name);
             let stat = |f: &str| -> u64 {
-                std::fs::read_to_string(e.path().join(LUN_PORT_STATISTICS).join(f))
+                fs.read(&dir.join(LUN_PORT_STATISTICS).join(f))
                     .ok()
                     .and_then(|s| s.trim().parse().ok())
                     .unwrap_or(0)
             };
-            let backstore = std::fs::read_dir(e.path())
+            let backstore = fs
+                .read_dir(&dir)
                 .ok()
-                .and_then(|d| {
-                    d.flatten()
-                        .find(|x| x.file_type().is_ok_and(|t| t.is_symlink()))
-                        .and_then(|x| std::fs::read_link(x.path()).ok())
-                })
+                .and_then(|d| d.into_iter().find(|x| x.kind == FileKind::Symlink))
+                .and_then(|x| fs.readlink(&dir.join(&x.name)).ok())
                 .and_then(|t| t.file_name().map(|f| f.to_string_lossy().into_owned()))
                 .unwrap_or_default();
             out.push(LunRow {
