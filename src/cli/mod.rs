@@ -113,8 +113,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Print the packaged config.toml (every key, commented, at its default).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "markdown")]
         default_file: bool,
+        /// Print the README's table of settings (every key, its default and meaning).
+        #[arg(long)]
+        markdown: bool,
     },
 }
 
@@ -172,9 +175,16 @@ pub fn main(cli: Cli) -> ExitCode {
         }
     };
     let command = cli.command.unwrap_or(Command::Run);
-    if let Command::Config { json, default_file } = command {
+    if let Command::Config {
+        json,
+        default_file,
+        markdown,
+    } = command
+    {
         if default_file {
             out_raw!("{}", crate::config::default_file());
+        } else if markdown {
+            out_raw!("{}", crate::config::markdown_table());
         } else {
             print_config(&layers, json);
         }
