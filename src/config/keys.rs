@@ -164,7 +164,7 @@ settings! {
     /// Never empty once parsed: [`Settings::from_layers`] derives it from the node name.
     target_iqn: String = "TARGET_IQN", "", OptText, "iSCSI target IQN; empty = iqn.2023-06.csm.iscsi:<node name>.", "hard-coded in the original";
     tpg_tag: u32 = "TPG_TAG", "1", Count, "Target portal group tag.", "new";
-    lio_backend: Backend = "LIO_BACKEND", "configfs", OneOf(&["configfs", "targetcli"]), "How LIO is changed: direct configfs writes, or targetcli as the original.", "new; the original always used targetcli";
+    lio_backend: Backend = "LIO_BACKEND", "configfs", OneOf(&["configfs", "targetcli"]), "How LIO is changed: direct configfs writes, or targetcli as the original. With targetcli, an image whose path targetcli's command line would misread (anything but ASCII letters, digits and `_+/.<>()~@:-]`) is skipped (`unsafe-path`).", "new; the original always used targetcli";
     configfs_root: PathBuf = "CONFIGFS_ROOT", "/sys/kernel/config/target", AbsPath, "LIO configfs root.", "new";
     tls_verify: bool = "TLS_VERIFY", "true", Bool, "Verify TLS certificates of S3, IMS and Kubernetes.", "new; the original never verified";
     ca_bundle: Option<PathBuf> = "CA_BUNDLE", "", OptAbsPath, "Extra PEM CA bundle trusted besides the system roots (for Kubernetes, besides the kubeconfig's CA).", "new";
@@ -173,12 +173,12 @@ settings! {
     removal_grace: Duration = "REMOVAL_GRACE", "600", SecondsOrZero, "Seconds an image must be known absent before its LUN is removed.", "new; the original removed at once";
     lun_quarantine: Duration = "LUN_QUARANTINE", "604800", SecondsOrZero, "Seconds a freed LUN number stays unused.", "new; the original reused numbers at once";
     adoption_quarantine_above: u64 = "ADOPTION_QUARANTINE_ABOVE", "256", CountOrZero, "Adopting a target without a ledger (the original's, a corrupt ledger, a rebuilt worker): how many numbers above the highest LUN seen are quarantined for LUN_QUARANTINE besides the free ones below it, since the original may have freed them a moment ago; 0 = only those below.", "new; the original reused numbers at once";
-    deletion_brake_ratio: f64 = "DELETION_BRAKE_RATIO", "0.5", Ratio, "A scan removing more than this share of projections removes nothing and alerts.", "new";
-    deletion_brake_min: usize = "DELETION_BRAKE_MIN", "2", CountOrZero, "Removals up to this count never engage the brake.", "new";
+    deletion_brake_ratio: f64 = "DELETION_BRAKE_RATIO", "0.5", Ratio, "A scan removing more than this share of the projections of one kind (PE and rootfs are judged apart) removes nothing of that kind and alerts.", "new";
+    deletion_brake_min: usize = "DELETION_BRAKE_MIN", "2", CountOrZero, "Removals of one kind up to this count never engage the brake.", "new";
     /// `None`: no HTTP endpoint.
     metrics_listen: Option<String> = "METRICS_LISTEN", "127.0.0.1:9180", ListenAddr, "Listen address of /metrics, /healthz, /status; empty = off.", "new";
     /// `None`: not written. A `.prom` file ([`Settings::from_layers`]).
-    metrics_textfile: Option<PathBuf> = "METRICS_TEXTFILE", "", OptAbsPath, "node-exporter textfile (a .prom file in its textfile collector directory), rewritten atomically after every scan; empty = off.", "new";
+    metrics_textfile: Option<PathBuf> = "METRICS_TEXTFILE", "", OptAbsPath, "node-exporter textfile (a .prom file in its textfile collector directory), rewritten atomically after every scan; empty = off. A name not ending in `.prom` is refused (node-exporter would never read it).", "new";
     manifest_concurrency: usize = "MANIFEST_CONCURRENCY", "16", Count, "Manifests fetched at once.", "new";
     gather_timeout: Duration = "GATHER_TIMEOUT", "300", Seconds, "Seconds the whole inventory (S3 listing, token, IMS, manifests, mount, node label) may take; past it the scan changes nothing and the next period runs.", "new";
     mount_timeout: Duration = "MOUNT_TIMEOUT", "30", Seconds, "Seconds one stat of the s3fs mount may take; past it the image is unknown (a hung mount never stalls the scan).", "new";

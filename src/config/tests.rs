@@ -182,6 +182,27 @@ fn packaged_default_file_lists_every_key_and_parses() {
     assert_eq!(l.get("SCAN_FREQUENCY").1, &Origin::File(f.clone()));
 }
 
+/// The README's table of settings is `config --markdown`, so it says what the table
+/// says: its rows are the lines starting with `|` from its header on.
+#[test]
+fn the_readme_table_of_settings_is_the_table() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .unwrap_or_default();
+    let table = markdown_table();
+    let header = table.lines().next().unwrap_or_default();
+    let in_readme: String = readme
+        .lines()
+        .skip_while(|l| *l != header)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        in_readme, table,
+        "README.md's table of settings is stale: replace it with `sbps-marshal config --markdown`"
+    );
+    assert_eq!(table.lines().count(), KEYS.len() + 2);
+}
+
 #[test]
 fn urls_with_credentials_are_redacted() {
     let l = Layers::load(

@@ -63,6 +63,27 @@ fn prints_every_key_with_its_source() {
     );
 }
 
+/// `config --markdown` prints the README's table of settings, one row per key.
+#[test]
+fn markdown_is_the_table_of_settings() {
+    let out = bin().args(["config", "--markdown"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text, sbps_marshal::config::markdown_table());
+    for k in sbps_marshal::config::KEYS {
+        let row = format!("| `{}` |", k.name);
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with(&row)).count(),
+            1,
+            "{row}:\n{text}"
+        );
+    }
+}
+
 #[test]
 fn original_debug_and_quiet_flags_are_accepted() {
     for f in ["-d", "--debug", "-q", "--quiet"] {
@@ -91,6 +112,7 @@ fn a_reader_that_goes_away_is_no_panic() {
         &["config"][..],
         &["config", "--json"],
         &["config", "--default-file"],
+        &["config", "--markdown"],
     ] {
         let out = bin()
             .args(args)
