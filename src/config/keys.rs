@@ -16,7 +16,7 @@ use super::{ConfigError, SpireProvider};
 use crate::paths::Backend;
 
 /// How a key's value is checked. The check is lexical and the same for every key of a
-/// kind ([`Parser::checked`]); the field's type then turns the text into its value
+/// kind (`Parser::checked`); the field's type then turns the text into its value
 /// ([`super::FromSetting`]), which is where ranges are enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueKind {
@@ -142,7 +142,7 @@ settings! {
     ims_uri: String = "IMS_URI", "apis/ims/v3/images", Text, "IMS images path, joined to API_GATEWAY.", "";
     ims_tagging: bool = "IMS_TAGGING", "true", Bool, "Project only IMS images tagged sbps-project=true (records without metadata are projected).", "accepts true/false/1/0/yes/no in any case; the original read anything but exactly \"true\" as false";
     ims_timeout: Duration = "IMS_TIMEOUT", "10", Seconds, "IMS request timeout, seconds.", "";
-    s3_host: String = "S3_HOST", "rgw-vip.nmn", Text, "S3 endpoint host[:port].", "";
+    s3_host: String = "S3_HOST", "rgw-vip.nmn", Text, "S3 endpoint `host[:port]`.", "";
     s3_proto: String = "S3_PROTO", "https", Proto, "S3 endpoint scheme.", "TLS is verified by default (the original never verified)";
     s3_credential_file: PathBuf = "S3_CREDENTIAL_FILE", "/root/.ims.s3fs", AbsPath, "s3fs passwd file with ACCESS_KEY:SECRET.", "";
     s3_bucket: String = "S3_BUCKET", "boot-images", Text, "Bucket holding the images.", "";
@@ -154,7 +154,7 @@ settings! {
     targetcli_bin: PathBuf = "TARGETCLI_BIN", "/usr/bin/targetcli", AbsPath, "targetcli, used by the targetcli backend.", "";
     kubeconfig: PathBuf = "KUBECONFIG", "/etc/kubernetes/admin.conf", AbsPath, "kubeconfig of the Kubernetes API (node labels, the ledger's ConfigMaps); when the file does not exist, the pod's service account is used.", "hard-coded in the original";
     remote_ledger: bool = "REMOTE_LEDGER", "true", Bool, "Keep the ledger (LUN numbers, quarantines) in the Kubernetes API too, one ConfigMap per node, so a rebuilt worker gets every number back and new images take the fleet's numbers; false = the local file only.", "new: the original kept no LUN numbers";
-    ledger_namespace: String = "LEDGER_NAMESPACE", "services", Text, "Kubernetes namespace of the ledger ConfigMaps (sbps-marshal-ledger-<node>).", "new";
+    ledger_namespace: String = "LEDGER_NAMESPACE", "services", Text, "Kubernetes namespace of the ledger ConfigMaps (`sbps-marshal-ledger-<node>`).", "new";
     xname_file: PathBuf = "XNAME_FILE", "/etc/cray/xname", AbsPath, "File holding this node's xname (accepted SPIFFE ID).", "hard-coded in the original";
     state_dir: PathBuf = "STATE_DIR", "/var/lib/sbps-marshal", AbsPath, "Directory of the ledger (LUN numbers, quarantine, absences).", "hard-coded in the original";
     /// Never empty once parsed: [`Settings::from_layers`] fills in the host's name.
@@ -162,7 +162,7 @@ settings! {
     /// `None`: not gated by a label.
     node_label: Option<(String, String)> = "NODE_LABEL", "iscsi=sbps", Label, "Label that enables the target on this node; empty = no label gating (the target is always enabled).", "hard-coded in the original";
     /// Never empty once parsed: [`Settings::from_layers`] derives it from the node name.
-    target_iqn: String = "TARGET_IQN", "", OptText, "iSCSI target IQN; empty = iqn.2023-06.csm.iscsi:<node name>.", "hard-coded in the original";
+    target_iqn: String = "TARGET_IQN", "", OptText, "iSCSI target IQN; empty = `iqn.2023-06.csm.iscsi:<node name>`.", "hard-coded in the original";
     tpg_tag: u32 = "TPG_TAG", "1", Count, "Target portal group tag.", "new";
     lio_backend: Backend = "LIO_BACKEND", "configfs", OneOf(&["configfs", "targetcli"]), "How LIO is changed: direct configfs writes, or targetcli as the original. With targetcli, an image whose path targetcli's command line would misread (anything but ASCII letters, digits and `_+/.<>()~@:-]`) is skipped (`unsafe-path`).", "new; the original always used targetcli";
     configfs_root: PathBuf = "CONFIGFS_ROOT", "/sys/kernel/config/target", AbsPath, "LIO configfs root.", "new";

@@ -7,7 +7,7 @@
 //! the layer it came from, so `sbps-marshal config` can say, and so a bad value is
 //! reported with its key, value, origin and what was expected.
 //!
-//! Each setting is declared once, in [`keys`]' table; the rest is made from it:
+//! Each setting is declared once, in the table of `keys.rs`; the rest is made from it:
 //! - `keys`: the table, giving [`KEYS`] and the typed [`Settings`];
 //! - `layers`: defaults ← file ← environment ← flags, as text with its origin;
 //! - `parse`: text to typed values ([`FromSetting`]), and the cross-field rules;

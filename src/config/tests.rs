@@ -65,6 +65,62 @@ fn defaults_are_the_originals() {
     assert_eq!(s.node_label, Some(("iscsi".into(), "sbps".into())));
 }
 
+/// The rules after the table's parse, and the refusals a field's type makes, word
+/// for word (operators and their scripts read them).
+#[test]
+fn the_rules_after_the_table_and_the_types_refusals() {
+    let s = settings(&[("SBPS_MARSHAL_NODE_NAME", "w7")]).unwrap();
+    assert_eq!(
+        (s.node_name.as_str(), s.target_iqn.as_str()),
+        ("w7", "iqn.2023-06.csm.iscsi:w7")
+    );
+    let s = settings(&[("SBPS_MARSHAL_TARGET_IQN", "iqn.x:y")]).unwrap();
+    assert_eq!(
+        (s.node_name.as_str(), s.target_iqn.as_str()),
+        ("ncn-w001", "iqn.x:y")
+    );
+    let refusal = |k: &str, v: &str| settings(&[(k, v)]).unwrap_err().to_string();
+    assert_eq!(
+        refusal("SBPS_MARSHAL_METRICS_TEXTFILE", "/x/y.txt"),
+        "invalid SBPS_MARSHAL_METRICS_TEXTFILE=\"/x/y.txt\" (from env SBPS_MARSHAL_METRICS_TEXTFILE): \
+         expected an absolute path of a file ending in .prom (node-exporter reads only those), or empty"
+    );
+    assert_eq!(
+        refusal("SBPS_MARSHAL_TPG_TAG", "4294967296"),
+        "invalid SBPS_MARSHAL_TPG_TAG=\"4294967296\" (from env SBPS_MARSHAL_TPG_TAG): \
+         expected a TPG tag below 2^32"
+    );
+    assert_eq!(
+        refusal("SBPS_MARSHAL_TPG_TAG", "0"),
+        "invalid SBPS_MARSHAL_TPG_TAG=\"0\" (from env SBPS_MARSHAL_TPG_TAG): \
+         expected a whole number greater than 0"
+    );
+    assert_eq!(
+        refusal("SBPS_MARSHAL_LIO_BACKEND", "rtslib"),
+        "invalid SBPS_MARSHAL_LIO_BACKEND=\"rtslib\" (from env SBPS_MARSHAL_LIO_BACKEND): \
+         expected one of configfs, targetcli"
+    );
+    let s = settings(&[
+        ("SBPS_MARSHAL_TPG_TAG", "4294967295"),
+        ("SBPS_MARSHAL_METRICS_TEXTFILE", "/x/y.prom"),
+        ("SBPS_MARSHAL_METRICS_LISTEN", ""),
+        ("SBPS_MARSHAL_TARGET_SERVICE", " "),
+        ("SBPS_MARSHAL_NODE_LABEL", ""),
+        ("SBPS_MARSHAL_LIO_BACKEND", "targetcli"),
+        ("SBPS_MARSHAL_REMOVAL_GRACE", "0"),
+    ])
+    .unwrap();
+    assert_eq!(s.tpg_tag, u32::MAX);
+    assert_eq!(s.metrics_textfile, Some(PathBuf::from("/x/y.prom")));
+    assert_eq!(
+        (s.metrics_listen, s.target_service, s.node_label),
+        (None, None, None)
+    );
+    assert_eq!(s.lio_backend, crate::paths::Backend::Targetcli);
+    assert_eq!(s.removal_grace, Duration::ZERO);
+    assert_eq!(s.ca_bundle, None);
+}
+
 #[test]
 fn env_overrides_and_bools() {
     for (v, want) in [("TRUE", true), ("no", false), ("0", false), ("Yes", true)] {
