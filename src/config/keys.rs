@@ -75,6 +75,7 @@ pub struct Key {
     pub name: &'static str,
     /// The built-in value, as text in the key's own syntax (empty = off or derived).
     pub default: &'static str,
+    /// How its value is checked (and so written in a TOML file).
     pub kind: ValueKind,
     /// What it means, one sentence or two (also the `Settings` field's doc comment).
     pub help: &'static str,

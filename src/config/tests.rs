@@ -121,6 +121,27 @@ fn the_rules_after_the_table_and_the_types_refusals() {
     assert_eq!(s.ca_bundle, None);
 }
 
+/// A `OneOf` key's words are checked before its type parses them: every word must
+/// parse, or a listed value would be refused (only `workload-api` may be, by a build
+/// without the `spiffe` feature).
+#[test]
+fn every_word_of_a_one_of_key_parses() {
+    for k in KEYS {
+        let ValueKind::OneOf(words) = k.kind else {
+            continue;
+        };
+        for w in words {
+            let var = format!("{ENV_PREFIX}{}", k.name);
+            match settings(&[(var.as_str(), w)]) {
+                Ok(_) => {}
+                Err(ConfigError::NotBuilt { .. })
+                    if !crate::inventory::spire::WORKLOAD_API_BUILT => {}
+                Err(e) => panic!("{}={w}: {e}", k.name),
+            }
+        }
+    }
+}
+
 #[test]
 fn env_overrides_and_bools() {
     for (v, want) in [("TRUE", true), ("no", false), ("0", false), ("Yes", true)] {
