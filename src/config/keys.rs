@@ -83,7 +83,10 @@ pub struct Key {
     pub compat: &'static str,
 }
 
-/// Declares every setting once. A row reads
+/// Declares every setting once. It exists because each setting used to be spelled
+/// three times (a `KEYS` row, a `Settings` field, a line of the parse) with nothing
+/// holding them together: a key could be listed and never parsed, or parsed under
+/// another kind than the one its documentation gave. A row reads
 ///
 /// ```text
 /// /// (optional extra doc lines for the field)

@@ -187,7 +187,7 @@ impl Parser<'_> {
 
     /// The trimmed value, if its text is of the kind; numbers, ratios and booleans
     /// are left to their types.
-    pub(super) fn checked(&self, name: &str, kind: ValueKind) -> Result<&str, ConfigError> {
+    fn checked(&self, name: &str, kind: ValueKind) -> Result<&str, ConfigError> {
         let v = self.l.get(name).0.trim();
         let ok = match kind {
             ValueKind::Text => !v.is_empty(),
