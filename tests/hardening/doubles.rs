@@ -25,10 +25,15 @@ pub const JWT_SECRET: &str =
 
 /// The IMS double answering `body` as it is (status 200, JSON content type): the
 /// corpus hands it records, broken JSON and pages of every size.
-pub fn ims_router(body: String) -> Router {
+pub fn ims_double(body: String) -> Arc<Ims> {
     let ims = Ims::default();
     ims.set_answer(Answer::raw("application/json", body));
-    Arc::new(ims).router()
+    Arc::new(ims)
+}
+
+/// [`ims_double`]'s routes, for a test that need not change it while served.
+pub fn ims_router(body: String) -> Router {
+    ims_double(body).router()
 }
 
 /// An s3fs-style credential file (0600).
