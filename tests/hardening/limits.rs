@@ -10,8 +10,7 @@ use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
 use sbps_testkit::s3::{Fault, On};
 use serde_json::json;
 
-use crate::doubles::*;
-use crate::support::Served;
+use crate::support::*;
 
 /// A TCP server that accepts and holds every connection without a byte of answer.
 async fn black_hole() -> (url::Url, tokio::task::JoinHandle<()>) {
@@ -191,7 +190,7 @@ async fn a_gather_past_its_deadline_changes_nothing() {
     use sbps_marshal::lio::Target;
     use std::os::unix::fs::PermissionsExt;
 
-    let rig = crate::lio_support::Rig::new();
+    let rig = crate::support::Rig::new();
     rig.image("PE/a.squashfs", 100);
     let s3 = Served::start(S3::memory([Object::new("PE/a.squashfs", "e", 100)]).router()).await;
     let ims_double = ims_double("[]".into());
@@ -212,7 +211,7 @@ async fn a_gather_past_its_deadline_changes_nothing() {
             "LIO_SAVE_FILE",
             dir.path().join("saveconfig.json").display().to_string(),
         ),
-        ("TARGET_IQN", crate::lio_support::IQN.into()),
+        ("TARGET_IQN", crate::support::IQN.into()),
         ("NODE_LABEL", String::new()),
         ("TARGET_SERVICE", String::new()),
     ]);

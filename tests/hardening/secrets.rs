@@ -14,10 +14,7 @@ use sbps_marshal::inventory::s3::read_credentials;
 use sbps_marshal::report::status::Status;
 use sbps_testkit::ims::Ims;
 
-use crate::capture::Capture;
-use crate::doubles::*;
-use crate::lio_support::{Rig, IQN};
-use crate::support::Served;
+use crate::support::*;
 
 fn assert_clean(what: &str, text: &str) {
     for s in [S3_SECRET, JWT_SECRET, "SIGNATURE-hardening-b41d"] {
