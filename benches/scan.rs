@@ -8,12 +8,9 @@
 //! child process of this binary; the S3 and IMS doubles and the mount tree live in
 //! the parent. The first child holds the fake kernel in process (its calls cost what
 //! a function call costs: the timings); the second calls the fake kernel served by
-//! the parent over a Unix socket (`support/remote_fs.rs`), so that child's peak RSS
+//! the parent over a Unix socket (`sbps_testkit::remote_fs`), so that child's peak RSS
 //! and heap are the agent's own. Under `cargo test` (no `--bench`) it runs one
 //! N = 20 round of each as a smoke test.
-
-#[path = "support/remote_fs.rs"]
-mod remote_fs;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{self, BufRead};
@@ -26,7 +23,6 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
-use remote_fs::{Kernel, RemoteFs};
 use sbps_marshal::agent::service::NoServices;
 use sbps_marshal::agent::{wiring, Agent, Mode};
 use sbps_marshal::config::{Layers, Settings};
@@ -38,6 +34,7 @@ use sbps_marshal::lio::{ConfigfsSettings, ConfigfsTarget, Target};
 use sbps_marshal::report::ScanReport;
 use sbps_testkit::fixtures::{self, Fixture};
 use sbps_testkit::ims::Ims;
+use sbps_testkit::remote_fs::{self, Kernel, RemoteFs};
 use sbps_testkit::s3::{Bucket, BUCKET, S3};
 use sbps_testkit::serve::spawn;
 use sbps_testkit::{FakeConfigfs, Recorder};

@@ -17,8 +17,8 @@ use sbps_marshal::lio::fs::{Entry, Fs, Meta};
 use sbps_marshal::lio::{ConfigfsSettings, ConfigfsTarget, Op, Target};
 use sbps_marshal::report::FailureKind;
 
-use crate::lio::DynFs;
 use crate::scans::{world_opts, Options};
+use crate::support::DynFs;
 
 fn secs(n: u64) -> String {
     n.to_string()

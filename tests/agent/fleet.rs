@@ -17,8 +17,8 @@ use sbps_marshal::lio::{Op, Target};
 use sbps_marshal::report::status::explain;
 use sbps_marshal::report::ScanReport;
 
-use crate::lio::Rig;
 use crate::scans::{world_with, Tokens, World, BUCKET};
+use crate::support::Rig;
 use sbps_testkit::kube_api::{write_kubeconfig, ClientAuth, KubeApi, User};
 
 const NEW_PE: &str = "PE/CPE-new.x86_64-25.09.squashfs";
@@ -113,7 +113,7 @@ async fn worker(w: &World, api: &Api, name: &str, remote: bool) -> Worker {
             "LIO_SAVE_FILE",
             state.path().join("saveconfig.json").display().to_string(),
         ),
-        ("TARGET_IQN", crate::lio::IQN.to_string()),
+        ("TARGET_IQN", crate::support::IQN.to_string()),
         ("TARGET_SERVICE", String::new()),
         ("REMOVAL_GRACE", "0".to_string()),
         ("KUBECONFIG", api.kubeconfig.display().to_string()),

@@ -2,13 +2,8 @@
 //! that follows the IMS schema, the mount as a directory, and the fake configfs
 //! (which the contract suite holds to the kernel's behaviour).
 
-#[path = "../support/mod.rs"]
-mod lio;
-#[path = "../sources/support.rs"]
-mod s3support;
-
 mod deadlines;
-mod scans;
-
 mod failures;
 mod fleet;
+mod scans;
+mod support;

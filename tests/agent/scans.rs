@@ -13,8 +13,8 @@ use sbps_marshal::lio::{Op, Target};
 use sbps_marshal::report::status::{explain, Status};
 use serde_json::{json, Value};
 
-use crate::lio::Rig;
-use crate::s3support::{credential_file, Moto, Served};
+use crate::support::Rig;
+use crate::support::{credential_file, Moto, Served};
 use sbps_testkit::ims::Ims;
 
 pub const BUCKET: &str = "boot-images";
@@ -154,7 +154,7 @@ pub(crate) async fn world_opts(opts: Options) -> World {
             "LIO_SAVE_FILE",
             state.path().join("saveconfig.json").display().to_string(),
         ),
-        ("TARGET_IQN", crate::lio::IQN.to_string()),
+        ("TARGET_IQN", crate::support::IQN.to_string()),
         ("NODE_LABEL", String::new()),
         ("TARGET_SERVICE", String::new()),
         ("REMOVAL_GRACE", "0".to_string()),

@@ -1,4 +1,4 @@
-"""A targetcli stand-in for the targetcli backend's contract test (tests/lio_targetcli.rs).
+"""A targetcli stand-in for the targetcli backend's contract test (tests/lio/targetcli.rs).
 
 targetcli joins its arguments into one command line and parses it with configshell-fb's
 pyparsing grammar (ConfigShell.__init__ in configshell/shell.py). This stand-in parses each

@@ -18,9 +18,7 @@ use sbps_marshal::lio::{self, attr, Target};
 use sbps_marshal::plan::{plan, Policy};
 use serde_json::{json, Value};
 
-use crate::doubles::*;
-use crate::lio_support::{Rig, NOW};
-use crate::support::Served;
+use crate::support::*;
 
 fn manifest(rootfs: &[(&str, Value)]) -> Vec<u8> {
     let arts: Vec<Value> = rootfs

@@ -18,7 +18,7 @@ use sbps_marshal::lio::{saveconfig, Actual, ConfigfsTarget, LioError, LockGuard,
 use sbps_marshal::plan::{self, Policy};
 use sbps_testkit::{FaultMode, Faulty};
 
-use crate::lio_support::{desired, DynFs, Rig, NOW};
+use crate::support::{desired, DynFs, Rig, NOW};
 
 /// A tiny deterministic generator (xorshift64*), so a failing seed replays.
 pub struct Rng(u64);

@@ -27,9 +27,7 @@ use sbps_marshal::ledger::{self, Loaded};
 use sbps_marshal::lio::{saveconfig, Actual, Target};
 
 use crate::crash::{assert_no_litter, assert_whole, lun_map, Rng};
-use crate::doubles::{cred_file, ims_router, Object, S3};
-use crate::lio_support::{Rig, IQN, NOW};
-use crate::support::Served;
+use crate::support::{cred_file, ims_router, Object, Rig, Served, IQN, NOW, S3};
 
 /// Kills that must land mid-apply (half of them with the kernel half-way).
 const KILLS: usize = 20;

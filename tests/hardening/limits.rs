@@ -1,20 +1,16 @@
 //! Resource limits: servers that accept and never answer, answers above the
 //! caps; the gather stays within its time bounds and the next one still works.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::Request;
-use axum::Router;
 use sbps_marshal::http::TlsOptions;
 use sbps_marshal::inventory::ims::{ImsConfig, ImsSource};
 use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
+use sbps_testkit::s3::{Fault, On};
 use serde_json::json;
-use tower::ServiceExt;
 
-use crate::doubles::*;
-use crate::support::Served;
+use crate::support::*;
 
 /// A TCP server that accepts and holds every connection without a byte of answer.
 async fn black_hole() -> (url::Url, tokio::task::JoinHandle<()>) {
@@ -31,19 +27,8 @@ async fn black_hole() -> (url::Url, tokio::task::JoinHandle<()>) {
     (url, task)
 }
 
-/// `inner`, but every request hangs while `stall` is set.
-fn stallable(inner: Router, stall: Arc<AtomicBool>) -> Router {
-    Router::new().fallback(move |req: Request| {
-        let inner = inner.clone();
-        let stall = stall.clone();
-        async move {
-            if stall.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-            }
-            inner.oneshot(req).await.unwrap()
-        }
-    })
-}
+/// How long a stalled server holds each request: past any deadline of these tests.
+const STALL: Duration = Duration::from_secs(3600);
 
 fn scene() -> (Vec<Object>, String) {
     let manifest = json!({"version": "1.0", "artifacts": [{"type": ROOTFS_ARTIFACT_TYPE,
@@ -92,8 +77,8 @@ async fn stalled_servers_are_bounded_and_the_next_gather_works() {
 
     // Listing fine, manifest GETs stall: that image is unknown, the rest judged.
     let (objects, ims_body) = scene();
-    let mut s3 = S3::memory(objects);
-    s3.stall_get = true;
+    let s3 = S3::memory(objects);
+    s3.script.always(On::Get, Fault::stall());
     let s3s = Served::start(s3.router()).await;
     let ims = Served::start(ims_router(ims_body.clone())).await;
     let src = sources(
@@ -112,15 +97,20 @@ async fn stalled_servers_are_bounded_and_the_next_gather_works() {
 
     // One set of sources: a stalled scan, then the servers recover.
     let (objects, ims_body) = scene();
-    let stall = Arc::new(AtomicBool::new(true));
-    let s3s = Served::start(stallable(S3::memory(objects).router(), stall.clone())).await;
-    let ims = Served::start(stallable(ims_router(ims_body), stall.clone())).await;
+    let s3 = S3::memory(objects);
+    let s3_script = s3.script.clone();
+    s3_script.always(On::Any, Fault::stall());
+    let s3s = Served::start(s3.router()).await;
+    let ims_double = ims_double(ims_body);
+    ims_double.set_delay(STALL);
+    let ims = Served::start(ims_double.clone().router()).await;
     let src = sources(s3s.url(), ims.url(), creds, TlsOptions::default(), timeout);
     let t = Instant::now();
     let g = src.gather(&set).await;
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
     assert!(g.inventory.s3.is_err() && g.inventory.ims.is_err());
-    stall.store(false, Ordering::SeqCst);
+    s3_script.clear();
+    ims_double.set_delay(Duration::ZERO);
     let g = src.gather(&set).await;
     assert_eq!(g.inventory.s3.as_ref().unwrap().len(), 3);
     assert_eq!(g.inventory.ims.as_ref().unwrap().len(), 1);
@@ -200,11 +190,11 @@ async fn a_gather_past_its_deadline_changes_nothing() {
     use sbps_marshal::lio::Target;
     use std::os::unix::fs::PermissionsExt;
 
-    let rig = crate::lio_support::Rig::new();
+    let rig = crate::support::Rig::new();
     rig.image("PE/a.squashfs", 100);
     let s3 = Served::start(S3::memory([Object::new("PE/a.squashfs", "e", 100)]).router()).await;
-    let stall = Arc::new(AtomicBool::new(false));
-    let ims = Served::start(stallable(ims_router("[]".into()), stall.clone())).await;
+    let ims_double = ims_double("[]".into());
+    let ims = Served::start(ims_double.clone().router()).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let creds = cred_file(dir.path(), "ACCESS:secret\n");
@@ -221,7 +211,7 @@ async fn a_gather_past_its_deadline_changes_nothing() {
             "LIO_SAVE_FILE",
             dir.path().join("saveconfig.json").display().to_string(),
         ),
-        ("TARGET_IQN", crate::lio_support::IQN.into()),
+        ("TARGET_IQN", crate::support::IQN.into()),
         ("NODE_LABEL", String::new()),
         ("TARGET_SERVICE", String::new()),
     ]);
@@ -239,7 +229,7 @@ async fn a_gather_past_its_deadline_changes_nothing() {
     assert!(r.converged, "{:?}", r.problems());
     let before = rig.target().observe().unwrap();
 
-    stall.store(true, Ordering::SeqCst);
+    ims_double.set_delay(STALL);
     let t0 = Instant::now();
     let r = agent.scan(Mode::Apply).await;
     let took = t0.elapsed();
@@ -255,7 +245,7 @@ async fn a_gather_past_its_deadline_changes_nothing() {
     assert!(r.outcomes.is_empty(), "{:?}", r.outcomes);
     assert_eq!(rig.target().observe().unwrap(), before, "nothing changed");
 
-    stall.store(false, Ordering::SeqCst);
+    ims_double.set_delay(Duration::ZERO);
     let r = agent.scan(Mode::Apply).await;
     assert!(r.converged, "{:?}", r.problems());
     assert_eq!(rig.target().observe().unwrap(), before);

@@ -6,41 +6,20 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
-use axum::Router;
+use axum::http::StatusCode;
 use sbps_marshal::agent::service::NoServices;
 use sbps_marshal::agent::{Agent, Mode};
 use sbps_marshal::http::TlsOptions;
 use sbps_marshal::inventory::s3::read_credentials;
 use sbps_marshal::report::status::Status;
+use sbps_testkit::ims::Ims;
 
-use crate::capture::Capture;
-use crate::doubles::*;
-use crate::lio_support::{Rig, IQN};
-use crate::support::Served;
+use crate::support::*;
 
 fn assert_clean(what: &str, text: &str) {
     for s in [S3_SECRET, JWT_SECRET, "SIGNATURE-hardening-b41d"] {
         assert!(!text.contains(s), "{what} leaks a secret ({s}):\n{text}");
     }
-}
-
-/// An IMS that answers 401 and echoes the Authorization header, as a careless
-/// gateway might.
-fn echoing_ims() -> Router {
-    Router::new().fallback(|h: HeaderMap| async move {
-        let auth = h
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        (
-            StatusCode::UNAUTHORIZED,
-            format!("{{\"detail\": \"token rejected: {auth}\"}}"),
-        )
-            .into_response()
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +94,11 @@ async fn no_secret_in_logs_errors_status_or_files() {
     }
     // A broken credential file and an IMS that echoes the token, through a scan.
     cred_file(dir.path(), &format!("{ACCESS}:{S3_SECRET}:oops"));
-    let bad_ims = Served::start(echoing_ims()).await;
+    // An IMS that answers 401 and echoes the Authorization header, as a careless
+    // gateway might.
+    let echoing = Arc::new(Ims::default());
+    echoing.echo_token(StatusCode::UNAUTHORIZED);
+    let bad_ims = Served::start(echoing.router()).await;
     let mut ims_url = bad_ims.url();
     ims_url.set_username("admin").unwrap();
     ims_url

@@ -15,8 +15,7 @@ use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 use url::Url;
 
-use crate::capture::Capture;
-use crate::doubles::*;
+use crate::support::*;
 
 struct TlsListener {
     tcp: TcpListener,

@@ -5,13 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
 use sbps_marshal::inventory::ims::{join_url, ImsConfig, ImsSource};
 use sbps_marshal::inventory::Tagging;
 use serde_json::json;
 
-use sbps_testkit::ims::Ims;
+use sbps_testkit::ims::{Answer, Ims};
 
 use crate::support::Served;
 
@@ -51,7 +49,7 @@ async fn parses_quirky_records_and_sends_the_bearer() {
     let srv = Served::start(double.clone().router()).await;
     let ims = source(&srv.url(), Duration::from_secs(5));
     let l = ims.list("tok.en.x").await.unwrap();
-    assert_eq!(double.hits(), 1);
+    assert_eq!(double.seen(), [Some("Bearer tok.en.x".to_string())]);
     assert_eq!(l.records.len(), 5);
     assert_eq!(l.skipped.len(), 2);
     assert_eq!(l.skipped[0].index, 5);
@@ -83,40 +81,29 @@ async fn parses_quirky_records_and_sends_the_bearer() {
 
 #[tokio::test]
 async fn whole_answer_failures_are_errors() {
-    let app = Router::new()
-        .route(
-            "/a/apis/ims/v3/images",
-            get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
-        )
-        .route(
-            "/b/apis/ims/v3/images",
-            get(|| async { axum::Json(json!({"images": []})) }),
-        )
-        .route(
-            "/c/apis/ims/v3/images",
-            get(|| async {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                axum::Json(json!([]))
-            }),
-        )
-        .route("/d/apis/ims/v3/images", get(|| async { "[{\"id\": " }));
-    let srv = Served::start(app).await;
-    let at = |p: &str| -> url::Url { format!("{}{p}/", srv.url()).parse().unwrap() };
-    let join = |p: &str| {
-        let mut cfg = ImsConfig::new(at(p).join("apis/ims/v3/images").unwrap());
-        cfg.timeout = Duration::from_millis(300);
-        ImsSource::new(cfg).unwrap()
-    };
-    let e = join("a").list("t").await.unwrap_err().to_string();
+    let double = Arc::new(Ims::default());
+    let srv = Served::start(double.clone().router()).await;
+    let mut cfg = ImsConfig::new(srv.url().join("apis/ims/v3/images").unwrap());
+    cfg.timeout = Duration::from_millis(300);
+    let ims = ImsSource::new(cfg).unwrap();
+
+    double.set_answer(Answer::text(StatusCode::INTERNAL_SERVER_ERROR, "boom"));
+    let e = ims.list("t").await.unwrap_err().to_string();
     assert!(e.contains("HTTP 500") && e.contains("boom"), "{e}");
-    let e = join("b").list("t").await.unwrap_err().to_string();
+    double.respond(StatusCode::OK, &json!({"images": []}));
+    let e = ims.list("t").await.unwrap_err().to_string();
     assert!(e.contains("not an array"), "{e}");
+    double.set(&[]);
+    double.set_delay(Duration::from_secs(5));
     let t = std::time::Instant::now();
-    let e = join("c").list("t").await.unwrap_err().to_string();
+    let e = ims.list("t").await.unwrap_err().to_string();
     assert!(e.contains("timed out"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(2));
-    let e = join("d").list("t").await.unwrap_err().to_string();
+    double.set_delay(Duration::ZERO);
+    double.set_answer(Answer::raw("application/json", "[{\"id\": "));
+    let e = ims.list("t").await.unwrap_err().to_string();
     assert!(e.contains("not JSON"), "{e}");
+    assert_eq!(double.hits(), 4, "one request each, none retried");
     // A closed port: unknown, not empty.
     let closed: url::Url = format!("http://127.0.0.1:{}", crate::support::free_port())
         .parse()

@@ -14,7 +14,7 @@ use sbps_marshal::k8s::{
     MemoryConfigMaps, StoredConfigMap,
 };
 
-use crate::capture::Capture;
+use crate::support::Capture;
 use sbps_testkit::kube_api::{file, write_kubeconfig, ClientAuth, KubeApi, User};
 
 const NS: &str = "services";

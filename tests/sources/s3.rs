@@ -1,17 +1,14 @@
-//! The S3 source against a real moto server, and against doubles for the faults
-//! moto cannot produce (5xx, slowness, signature rejection).
+//! The S3 source against a real moto server, and against the test kit's S3 double
+//! for the faults moto cannot produce (5xx, slowness, signature rejection).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::Query;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use sbps_marshal::inventory::retry::RetryPolicy;
 use sbps_marshal::inventory::s3::{S3Config, S3Error, S3Source};
+use sbps_testkit::s3::{Fault, Object, On, Script, S3};
 
-use crate::support::{credential_file, Counter, Moto, Served};
+use crate::support::{credential_file, Moto, Served, ACCESS, SECRET};
 
 fn config(endpoint: url::Url, dir: &std::path::Path) -> S3Config {
     let mut c = S3Config::new(endpoint, "boot-images", credential_file(dir));
@@ -86,55 +83,32 @@ async fn missing_bucket_is_an_error_not_empty() {
     assert!(e.to_string().contains("404"), "{e}");
 }
 
-const EMPTY_LISTING: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>boot-images</Name><KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>
-<Contents><Key>a</Key><ETag>&quot;abc&quot;</ETag><Size>3</Size></Contents></ListBucketResult>"#;
+/// The test kit's S3 double holding one object, checking signatures against the
+/// credential file's keys; its script and request log for the test.
+fn double() -> (S3, Arc<Script>) {
+    let s3 = S3::memory([Object::new("a", "abc", 3)]).signed_by(ACCESS, SECRET);
+    let script = s3.script.clone();
+    (s3, script)
+}
 
 #[tokio::test]
 async fn retries_a_5xx_then_succeeds() {
-    let hits = Counter::default();
-    let h = hits.clone();
-    let app = Router::new().route(
-        "/boot-images/",
-        get(move || {
-            let n = h.hit();
-            async move {
-                if n == 1 {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "<Error><Code>SlowDown</Code></Error>",
-                    )
-                        .into_response()
-                } else {
-                    EMPTY_LISTING.into_response()
-                }
-            }
-        }),
-    );
-    let srv = Served::start(app).await;
+    let (double, script) = double();
+    script.once(On::List, Fault::slow_down());
+    let srv = Served::start(double.router()).await;
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3Source::new(config(srv.url(), dir.path())).unwrap();
     let list = s3.list_all().await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].etag, "abc");
-    assert_eq!(hits.get(), 2);
+    assert_eq!(script.requests(), 2);
 }
 
 #[tokio::test]
 async fn retries_a_timeout_then_gives_up() {
-    let hits = Counter::default();
-    let h = hits.clone();
-    let app = Router::new().route(
-        "/boot-images/",
-        get(move || {
-            h.hit();
-            async move {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                EMPTY_LISTING
-            }
-        }),
-    );
-    let srv = Served::start(app).await;
+    let (double, script) = double();
+    script.always(On::List, Fault::Delay(Duration::from_secs(5)));
+    let srv = Served::start(double.router()).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(srv.url(), dir.path());
     cfg.timeout = Duration::from_millis(200);
@@ -143,28 +117,16 @@ async fn retries_a_timeout_then_gives_up() {
     let t = Instant::now();
     let e = s3.list_all().await.unwrap_err();
     assert!(e.to_string().contains("timed out"), "{e}");
-    assert_eq!(hits.get(), 2, "one retry");
+    assert_eq!(script.requests(), 2, "one retry");
     assert!(t.elapsed() < Duration::from_secs(3));
 }
 
 #[tokio::test]
 async fn signature_rejection_is_reported_and_not_retried() {
-    let hits = Counter::default();
-    let h = hits.clone();
-    let app = Router::new().route(
-        "/boot-images/",
-        get(move |q: Query<std::collections::HashMap<String, String>>| {
-            h.hit();
-            assert!(q.contains_key("X-Amz-Signature"), "request is SigV4-presigned");
-            async move {
-                (
-                    StatusCode::FORBIDDEN,
-                    "<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error>",
-                )
-            }
-        }),
-    );
-    let srv = Served::start(app).await;
+    // The double checks SigV4 against another secret than the credential file's.
+    let double = S3::memory([Object::new("a", "abc", 3)]).signed_by(ACCESS, "another-secret");
+    let script = double.script.clone();
+    let srv = Served::start(double.router()).await;
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3Source::new(config(srv.url(), dir.path())).unwrap();
     let e = s3.list_all().await.unwrap_err().to_string();
@@ -176,8 +138,13 @@ async fn signature_rejection_is_reported_and_not_retried() {
         !e.contains("X-Amz-Signature"),
         "no presigned query in errors: {e}"
     );
-    assert!(!e.contains(crate::support::SECRET));
-    assert_eq!(hits.get(), 1);
+    assert!(!e.contains(SECRET));
+    let seen = script.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].has_param("X-Amz-Signature"),
+        "request is SigV4-presigned"
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! The SPIRE token provider every build has: the spire-agent CLI, run as the original
 //! ran it, against a stand-in script. The Workload API client (cargo feature `spiffe`)
-//! is tested against a gRPC double in `tests/spiffe.rs`.
+//! is tested against the test kit's gRPC double in `spiffe.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

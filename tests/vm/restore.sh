@@ -1,6 +1,6 @@
 #!/bin/sh
 # Guest script (run by vm/harness --host-root, chrooted into the host's /): the
-# rtslib restore compatibility test (tests/lio_restore.rs) against the kernel's
+# rtslib restore compatibility test (tests/lio/restore.rs) against the kernel's
 # configfs, with the host's targetctl. Backing files go to /tmp (the chroot's
 # tmpfs overlay, writable, and the same root targetctl resolves paths in).
 # Prints the test runner's output and exits with its status.

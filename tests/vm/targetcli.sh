@@ -1,6 +1,6 @@
 #!/bin/sh
 # Guest script (run by vm/harness --host-root, chrooted into the host's /): the
-# targetcli backend's contract (tests/lio_targetcli.rs), the stand-in tests and the
+# targetcli backend's contract (tests/lio/targetcli.rs), the stand-in tests and the
 # one that needs the real targetcli-fb and the kernel's configfs. Backing files go
 # to /tmp (the chroot's tmpfs overlay, writable, and where targetcli resolves paths).
 # Prints the test runner's output and exits with its status.

@@ -8,8 +8,12 @@
 //! * `/{id}` answers the record of that id, or 404 problem+json.
 //!
 //! [`Ims`] holds its answer in memory (tests and benchmarks change it while it is
-//! served); the testbed reads it from files the VM suites edit.
+//! served), can queue one-off answers for the next requests ([`Ims::then`]), echo the
+//! caller's token as a careless gateway would ([`Ims::echo_token`]), and logs the
+//! `Authorization` header of every list request ([`Ims::seen`]); the testbed reads its
+//! answer from files the VM suites edit.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -59,6 +63,15 @@ impl Answer {
         }
     }
 
+    /// `status` with a plain-text body (a proxy's or a crashed server's).
+    pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Answer {
+        Answer {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+
     /// 200 with `body` as it is.
     pub fn raw(content_type: &'static str, body: impl Into<Bytes>) -> Answer {
         Answer {
@@ -90,17 +103,25 @@ pub trait Source: Send + Sync + 'static {
     fn wait(&self) -> Duration {
         Duration::ZERO
     }
-    /// Called for every list request (a counter).
-    fn hit(&self) {}
+    /// Called for every list request with its `Authorization` header (a counter, a log).
+    fn hit(&self, _authorization: Option<&str>) {}
+    /// A one-off answer for this list request (which sent `authorization`), before any check.
+    fn next(&self, _authorization: Option<&str>) -> Option<Answer> {
+        None
+    }
 }
 
-/// The answer in memory, changeable while served; counts the requests and can delay them.
+/// The answer in memory, changeable while served; counts and logs the requests, can
+/// delay them, answer a queue of one-off answers first, or echo the caller's token.
 #[derive(Debug)]
 pub struct Ims {
     answer: RwLock<Answer>,
     token: Option<String>,
     delay: Mutex<Duration>,
     hits: AtomicU64,
+    queued: Mutex<VecDeque<Answer>>,
+    echo: Mutex<Option<StatusCode>>,
+    seen: Mutex<Vec<Option<String>>>,
 }
 
 impl Default for Ims {
@@ -117,6 +138,9 @@ impl Ims {
             token: None,
             delay: Mutex::new(Duration::ZERO),
             hits: AtomicU64::new(0),
+            queued: Mutex::default(),
+            echo: Mutex::default(),
+            seen: Mutex::default(),
         }
     }
 
@@ -149,6 +173,27 @@ impl Ims {
         *self.delay.lock().unwrap_or_else(|e| e.into_inner()) = d;
     }
 
+    /// The next list request (after those queued before) gets `answer`, whatever
+    /// its token; later ones the steady answer again.
+    pub fn then(&self, answer: Answer) {
+        self.queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(answer);
+    }
+
+    /// From now on every list request gets `status` with a `detail` that echoes its
+    /// `Authorization` header, as a careless gateway might (the agent must not log it).
+    pub fn echo_token(&self, status: StatusCode) {
+        *self.echo.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+    }
+
+    /// The `Authorization` header of every list request so far, in order (the first
+    /// 10,000: a benchmark's double answers many more, and needs no log).
+    pub fn seen(&self) -> Vec<Option<String>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// List requests answered so far (authenticated or not).
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
@@ -173,8 +218,26 @@ impl Source for Ims {
     fn wait(&self) -> Duration {
         *self.delay.lock().unwrap_or_else(|e| e.into_inner())
     }
-    fn hit(&self) {
+    fn hit(&self, authorization: Option<&str>) {
         self.hits.fetch_add(1, Ordering::Relaxed);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() < 10_000 {
+            seen.push(authorization.map(str::to_string));
+        }
+    }
+    fn next(&self, authorization: Option<&str>) -> Option<Answer> {
+        let echo = *self.echo.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(status) = echo {
+            let auth = authorization.unwrap_or_default();
+            return Some(Answer::json(
+                status,
+                &json!({"detail": format!("token rejected: {auth}")}),
+            ));
+        }
+        self.queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
     }
 }
 
@@ -203,7 +266,13 @@ fn refused<S: Source>(s: &S, headers: &HeaderMap) -> Option<Response> {
 }
 
 async fn list<S: Source>(State(s): State<Arc<S>>, headers: HeaderMap) -> Response {
-    s.hit();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    s.hit(authorization);
+    if let Some(a) = s.next(authorization) {
+        return a.into_response();
+    }
     if let Some(r) = refused(&*s, &headers) {
         return r;
     }

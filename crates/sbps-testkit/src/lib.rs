@@ -10,6 +10,13 @@
 //! * [`fixtures`]: a fleet of IMS images and PE objects shaped as CSM's;
 //! * [`serve`]: a double on the loopback, stopped on drop;
 //! * [`kube_api`]: the Kubernetes API double (HTTPS, authentication, Nodes, ConfigMaps);
+//! * `spiffe` (cargo feature `spiffe`): the SPIFFE Workload API double (gRPC on a
+//!   Unix socket), and [`tokens`], JWT-SVID-shaped tokens;
+//! * [`moto`]: a real S3 server (moto) and an s3fs mount of it, for what a double
+//!   cannot stand in for;
+//! * [`rig`]: a LIO target on the fake configfs or the kernel's, set up and torn down;
+//! * [`remote_fs`]: the fake configfs served to another process over a Unix socket;
+//! * [`capture`]: every tracing event of a test binary, for the leak checks;
 //! * the `testbed` binary: those doubles in one process for the VM suites.
 //!
 //! It depends on sbps-marshal and is only ever a dev-dependency of it, so nothing here
@@ -18,14 +25,21 @@
 //! `cargo test --lib` the kit links the normal build of sbps-marshal, whose types are
 //! not those of the crate under test. What needs the fake is an integration test.
 
+pub mod capture;
 pub mod configfs;
 pub mod faults;
 pub mod fixtures;
 pub mod ims;
 pub mod kube_api;
+pub mod moto;
+pub mod remote_fs;
 pub mod restore;
+pub mod rig;
 pub mod s3;
 pub mod serve;
+#[cfg(feature = "spiffe")]
+pub mod spiffe;
+pub mod tokens;
 
 pub use configfs::FakeConfigfs;
 pub use faults::{FaultMode, Faulty, Recorder};

@@ -9,15 +9,22 @@
 //! * `GET /<bucket>/<key>`: the body with its `ETag`;
 //! * errors as S3 writes them (`<Error><Code>..`): 404 `NoSuchBucket` / `NoSuchKey`,
 //!   400 `InvalidArgument` for a bad continuation token, 501 `NotImplemented` for
-//!   anything but ListObjectsV2. Signatures are not checked.
+//!   anything but ListObjectsV2; with [`S3::signed_by`], SigV4 presigned URLs are
+//!   checked and S3's 403s answered (see [`sigv4`]); otherwise signatures are not
+//!   checked.
 //!
-//! Faults: [`S3::stall_get`] (GetObject never answers), [`S3::list_padding`] (a huge
-//! listing page), and whatever status a [`Store::fault`] injects.
+//! Faults: the [`Script`] (errors or delays for the next requests or every one, and
+//! the log of the requests received), [`S3::list_padding`] (a huge listing page), and
+//! whatever status a [`Store::fault`] injects (the testbed's fault files).
+
+mod script;
+pub mod sigv4;
+
+pub use script::{Fault, On, Script, Seen};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use axum::extract::Request;
 use axum::http::{header, Method, StatusCode};
@@ -204,8 +211,10 @@ impl Store for Bucket {
 pub struct S3 {
     pub bucket: String,
     pub store: Arc<dyn Store>,
-    /// GetObject never answers (a stalled server).
-    pub stall_get: bool,
+    /// Faults to come and the requests seen: keep a clone to script it while served.
+    pub script: Arc<Script>,
+    /// The keys SigV4 signatures are checked with; `None`: not checked.
+    pub keys: Option<sigv4::Keys>,
     /// Every listing page carries this many bytes of padding (a huge page).
     pub list_padding: usize,
 }
@@ -216,9 +225,19 @@ impl S3 {
         S3 {
             bucket: BUCKET.into(),
             store,
-            stall_get: false,
+            script: Arc::default(),
+            keys: None,
             list_padding: 0,
         }
+    }
+
+    /// Checks every request's SigV4 presigned signature against these keys.
+    pub fn signed_by(mut self, access: &str, secret: &str) -> S3 {
+        self.keys = Some(sigv4::Keys {
+            access: access.into(),
+            secret: secret.into(),
+        });
+        self
     }
 
     /// The double over an in-memory [`Bucket`] of `objects`.
@@ -237,6 +256,17 @@ impl S3 {
 
     async fn answer(&self, req: Request) -> Response {
         let path = req.uri().path();
+        self.script.record(Seen {
+            method: req.method().to_string(),
+            path: path.to_string(),
+            query: req.uri().query().map(str::to_string),
+        });
+        if let Some(keys) = &self.keys {
+            let (m, q) = (req.method().as_str(), req.uri().query());
+            if let Err(e) = sigv4::check(keys, m, path, q, req.headers()) {
+                return error(&e, path);
+            }
+        }
         let (bucket, key) = match path.trim_start_matches('/').split_once('/') {
             Some((b, k)) => (b, k),
             None => (path.trim_start_matches('/'), ""),
@@ -269,6 +299,11 @@ impl S3 {
                     .collect()
             })
             .unwrap_or_default();
+        match self.script.take(key.is_empty()) {
+            Some(Fault::Error(e)) => return error(&e, path),
+            Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+            None => {}
+        }
         if key.is_empty() {
             self.list(&bucket, &query)
         } else {
@@ -372,9 +407,6 @@ impl S3 {
         if let Some(e) = self.store.fault(Call::Get(key)) {
             return error(&e, &resource);
         }
-        if self.stall_get {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        }
         match self.store.get(key) {
             Ok(Some((body, etag))) => (
                 [
@@ -423,7 +455,7 @@ fn pct_encode(key: &[u8]) -> String {
 }
 
 /// The bytes of a percent-encoded path segment (a malformed escape stays as it is).
-fn pct_decode(s: &str) -> Vec<u8> {
+pub(crate) fn pct_decode(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -1,23 +1,22 @@
-//! Test rig for the LIO contract suite: the same tests run against the fake
-//! configfs (always) and the kernel's (when `SBPS_LIO_CONFIGFS` names its root).
+//! The LIO test rig: a target on the fake configfs (always) or on the kernel's (when
+//! `SBPS_LIO_CONFIGFS` names its root), so the same tests hold both to one contract.
+//! The LIO suites, the agent's scans and the hardening suite stand on it.
 //!
 //! Each [`Rig`] stands up its own target, TPG 1 and portal 127.0.0.1:3260, a fresh
 //! directory of backing files (the "mount root") and a lock directory, and tears
 //! all of it down again (also leftovers of an earlier, crashed run).
-
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::FakeConfigfs;
 use sbps_marshal::desired::{Desired, Kind as PKind, Projection};
 use sbps_marshal::identity::Identity;
 use sbps_marshal::lio::fs::{FileKind, Fs, RealFs};
 use sbps_marshal::lio::{attr, Actual, ConfigfsSettings, ConfigfsTarget};
 use sbps_marshal::plan::Policy;
-use sbps_testkit::FakeConfigfs;
 
 pub const IQN: &str = "iqn.2023-06.csm.iscsi:contract";
 pub const PORTAL: &str = "127.0.0.1:3260";
@@ -248,6 +247,13 @@ impl Rig {
         walk(self.images.path(), self.images.path(), &mut v);
         v.sort();
         v
+    }
+}
+
+/// [`Rig::new`]: a rig has no settings of its own; the environment picks the configfs.
+impl Default for Rig {
+    fn default() -> Rig {
+        Rig::new()
     }
 }
 

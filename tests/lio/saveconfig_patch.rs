@@ -4,15 +4,13 @@
 //! among them: a value written in place on an unchanged object (an attribute,
 //! `udev_path`), which no observation vouches for (see `sbps_marshal::lio::saved`).
 
-mod support;
-
 use std::path::Path;
 
 use proptest::prelude::*;
 use sbps_marshal::lio::fs::Fs;
 use sbps_marshal::lio::{saveconfig, Actual, BackstoreRef, ConfigfsTarget, Op, OpResult, Target};
 
-use support::*;
+use crate::support::*;
 
 const SLOTS: u64 = 6;
 

@@ -9,8 +9,6 @@
 //! real targetcli-fb against the kernel's configfs, and the stand-in's reading of each
 //! line is checked against what the real one did with it.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,7 +20,7 @@ use sbps_marshal::lio::{self, BackstoreRef, LioError, Op, OpResult, Target};
 use sbps_marshal::paths::targetcli_safe_path;
 use serde::Deserialize;
 
-use support::{Rig, IQN};
+use crate::support::{Rig, IQN};
 
 /// Keys targetcli reads back whole: every punctuation mark it reads in every release.
 const READ_WHOLE: &[&str] = &[
@@ -481,7 +479,7 @@ fn a_steady_scan_runs_saveconfig_once() {
             mount_root: mount.path().to_path_buf(),
             ..Default::default()
         },
-        now: support::NOW,
+        now: crate::support::NOW,
         mode: Mode::Apply,
         parallelism: 1,
         ledger_file: state.path().join("ledger.json"),

@@ -1,4 +1,6 @@
-//! The test kit's S3 and IMS doubles as this suite uses them, and sources wired to them.
+//! What the hardening suite stands on: the test kit's S3 and IMS doubles as this suite
+//! uses them and sources wired to them, the LIO rig, the log capture, and the doubles
+//! served on the loopback.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +17,11 @@ use sbps_marshal::inventory::spire::{StaticToken, Token};
 use sbps_testkit::ims::{Answer, Ims};
 use url::Url;
 
+pub use sbps_testkit::capture::Capture;
+pub use sbps_testkit::moto::free_port;
+pub use sbps_testkit::rig::{desired, DynFs, Rig, IQN, NOW};
 pub use sbps_testkit::s3::{Object, BUCKET, S3};
+pub use sbps_testkit::serve::Served;
 
 /// Recognisable secrets: no log line or error may ever carry them.
 pub const ACCESS: &str = "AKIDHARDENING";
@@ -25,10 +31,15 @@ pub const JWT_SECRET: &str =
 
 /// The IMS double answering `body` as it is (status 200, JSON content type): the
 /// corpus hands it records, broken JSON and pages of every size.
-pub fn ims_router(body: String) -> Router {
+pub fn ims_double(body: String) -> Arc<Ims> {
     let ims = Ims::default();
     ims.set_answer(Answer::raw("application/json", body));
-    Arc::new(ims).router()
+    Arc::new(ims)
+}
+
+/// [`ims_double`]'s routes, for a test that need not change it while served.
+pub fn ims_router(body: String) -> Router {
+    ims_double(body).router()
 }
 
 /// An s3fs-style credential file (0600).

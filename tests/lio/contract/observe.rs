@@ -7,8 +7,8 @@ use std::path::Path;
 use sbps_marshal::lio::fs::{Entry, FileKind, Fs};
 use sbps_marshal::lio::{BackstoreRef, Target};
 
+use super::{create_op, map_op};
 use crate::support::*;
-use crate::{create_op, map_op};
 
 fn entry(fs: &dyn Fs, dir: &Path, name: &str) -> Entry {
     fs.read_dir(dir)

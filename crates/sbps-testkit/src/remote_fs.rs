@@ -11,8 +11,6 @@
 //! each a u32 length and bytes. Answer: 0 and the payload, or 1, the errno (i32,
 //! -1 for none) and the message.
 
-#![allow(dead_code)]
-
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -20,8 +18,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::{FakeConfigfs, Recorder};
 use sbps_marshal::lio::fs::{Entry, FileKind, Fs, Meta};
-use sbps_testkit::{FakeConfigfs, Recorder};
 
 const MKDIR: u8 = 0;
 const RMDIR: u8 = 1;

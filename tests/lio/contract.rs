@@ -3,9 +3,7 @@
 //! tests/vm/run-contract). The same assertions hold for both: the fake must behave
 //! exactly as the kernel does.
 
-#[path = "lio_contract/observe.rs"]
 mod observe;
-mod support;
 
 use std::path::PathBuf;
 
@@ -15,9 +13,9 @@ use sbps_marshal::lio::{self, attr, saveconfig, Actual, BackstoreRef, LioError, 
 use sbps_marshal::plan::plan;
 use sbps_testkit::{FaultMode, Faulty, Recorder};
 
-use support::*;
+use crate::support::*;
 
-fn create_op(at: &BackstoreRef, path: PathBuf, size: u64, serial: &str) -> Op {
+pub(crate) fn create_op(at: &BackstoreRef, path: PathBuf, size: u64, serial: &str) -> Op {
     Op::CreateBackstore {
         at: at.clone(),
         path,
@@ -26,7 +24,7 @@ fn create_op(at: &BackstoreRef, path: PathBuf, size: u64, serial: &str) -> Op {
     }
 }
 
-fn map_op(lun: u64, at: &BackstoreRef, alias: &str) -> Op {
+pub(crate) fn map_op(lun: u64, at: &BackstoreRef, alias: &str) -> Op {
     Op::MapLun {
         lun,
         at: at.clone(),
@@ -494,7 +492,7 @@ fn saveconfig_round_trip() {
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     let sample: serde_json::Value =
-        serde_json::from_str(include_str!("data/saveconfig-with-targetcli-lun.json")).unwrap();
+        serde_json::from_str(include_str!("../data/saveconfig-with-targetcli-lun.json")).unwrap();
     let so = &doc["storage_objects"][0];
     let sso = &sample["storage_objects"][0];
     assert_eq!(keys_of(so), keys_of(sso));
@@ -627,7 +625,7 @@ fn failed_step_rolls_back() {
 #[test]
 fn adopts_a_targetcli_built_target() {
     let rig = Rig::new();
-    let text = include_str!("data/saveconfig-with-targetcli-lun.json")
+    let text = include_str!("../data/saveconfig-with-targetcli-lun.json")
         .replace(
             "/files/",
             &format!("{}/files/", rig.images.path().display()),

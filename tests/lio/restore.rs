@@ -7,8 +7,6 @@
 //! which needs the kernel's configfs (`SBPS_LIO_CONFIGFS`) and root. It CLEARS THE
 //! WHOLE LIO CONFIGURATION: run it only in the test VM (tests/vm/run-restore).
 
-mod support;
-
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -17,7 +15,7 @@ use sbps_marshal::ledger::Ledger;
 use sbps_marshal::lio::{self, saveconfig, Actual, BackstoreRef, Op, Target};
 use sbps_marshal::plan::{alias_for, plan};
 
-use support::*;
+use crate::support::*;
 
 /// The rtslib command-line tool under test.
 struct Tool {

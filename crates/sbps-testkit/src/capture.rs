@@ -1,5 +1,6 @@
 //! Captures every tracing event of the test binary (debug level and up, all
-//! threads) into one buffer while at least one [`Capture`] is alive.
+//! threads) into one buffer while at least one [`Capture`] is alive: what the leak
+//! checks (no secret in any log line) and the warning checks read.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
