@@ -1,5 +1,7 @@
 //! The agent: one scan is gather → desired → observe → plan → apply → persist →
-//! report; `run` repeats it every SCAN_FREQUENCY, on SIGHUP, until SIGTERM.
+//! report. The reconciler ([`Agent::reconcile`]) decides and acts and returns the
+//! report; the runner ([`run`]) shows it (log, metrics, status) and repeats the scan
+//! every SCAN_FREQUENCY, on SIGHUP, until SIGTERM.
 //!
 //! Level-triggered: every scan starts from what the kernel holds, so a crash, a
 //! half-applied plan or an administrator's change is simply the next scan's input.
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::clock::unix_now;
 use crate::config::Settings;
 use crate::desired::{self, Desired};
-use crate::fleet::{FleetView, NodeStatus};
+use crate::fleet::FleetView;
 use crate::inventory::gather::{GatherStats, Gathered, Sources};
 use crate::ledger::remote::LedgerMirror;
 use crate::ledger::{Ledger, Loaded};
@@ -37,6 +39,24 @@ use watched::Watched;
 pub enum Mode {
     Apply,
     DryRun,
+}
+
+/// What a reconcile pass hands its runner.
+enum Reconciled {
+    /// The pass ran (or failed along the way): its report is to be shown.
+    Ran(ScanReport),
+    /// An LIO job an earlier pass left behind still runs, so this pass looked at
+    /// nothing and did nothing. Its report says why, but is not shown as a scan: the
+    /// metrics, the status document and the node's status keep the last pass that ran.
+    Waiting(ScanReport),
+}
+
+impl Reconciled {
+    fn into_report(self) -> ScanReport {
+        match self {
+            Reconciled::Ran(r) | Reconciled::Waiting(r) => r,
+        }
+    }
 }
 
 /// The long-lived agent state.
@@ -139,16 +159,26 @@ impl Agent {
         &self.ledger
     }
 
-    /// One scan. Never panics and never returns early without a report: every
-    /// failure is in the report, and a failure before planning changes nothing.
-    pub async fn scan(&mut self, mode: Mode) -> ScanReport {
+    /// The reconciler: one pass of gather → desired → observe → plan → apply →
+    /// persist, returned as a report and shown nowhere. The dry-run commands (`plan`,
+    /// `status`, `explain`) print the report themselves; an applying scan is shown by
+    /// its runner, [`Agent::scan_and_publish`] (the daemon's step and `scan --once`),
+    /// so what a scan does and how it is reported can be read and tested apart.
+    /// Never panics and never returns early without a report: every failure is in the
+    /// report, and a failure before planning changes nothing.
+    pub async fn reconcile(&mut self, mode: Mode) -> ScanReport {
+        let report = self.pass(mode).await.into_report();
+        self.progress.idle();
+        report
+    }
+
+    /// [`Agent::reconcile`], telling its runner whether the pass ran. The scan's
+    /// progress is left for the runner to clear once the report is shown.
+    async fn pass(&mut self, mode: Mode) -> Reconciled {
         let t0 = Instant::now();
-        if mode == Mode::Apply {
-            tracing::info!("START SCAN");
-        }
         let now = unix_now();
-        if let Some(report) = self.wait_for_pending(mode, now).await {
-            return report;
+        if let Some(report) = self.wait_for_pending(now).await {
+            return Reconciled::Waiting(report);
         }
         let dset = wiring::desired_settings(&self.settings);
         let mut timings = Timings::default();
@@ -305,11 +335,8 @@ impl Agent {
                 report.ledger_written |= self.record_convergence(now, changed).await;
                 self.maybe_restart_target_once().await;
             }
-            self.publish(&report).await;
-            tracing::info!("END SCAN");
         }
-        self.progress.idle();
-        report
+        Reconciled::Ran(report)
     }
 
     /// Starts the target unit when the node is labelled and it is not active (the
@@ -349,46 +376,6 @@ impl Agent {
             Err(e) => tracing::warn!(unit, "cannot tell whether it is active: {e}"),
         }
         Ok(())
-    }
-
-    /// Hands a scan's report to everything that shows it: the log lines, the metrics,
-    /// the status document, and this node's status in the Kubernetes API. The scan
-    /// decides and acts; this only says what it did (as kube-runtime's runner, not the
-    /// reconciler, logs and counts).
-    async fn publish(&mut self, report: &ScanReport) {
-        crate::report::log::log(report);
-        self.metrics.record_scan(report);
-        let st = Status::build(report, &self.ledger, &self.settings);
-        if let Ok(mut slot) = self.status.write() {
-            *slot = Some(st);
-        }
-        if let Some(m) = &mut self.mirror {
-            let status = NodeStatus {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                scan_frequency: self.settings.scan_frequency.as_secs(),
-                labelled: report.labelled,
-                tpg_enabled: report
-                    .actual
-                    .as_ref()
-                    .and_then(|a| a.tpg.as_ref())
-                    .map(|t| t.enabled),
-                converged: report.converged,
-                last_converged: self.last_converged,
-                started: self.started_at,
-                content_changed: report
-                    .plan
-                    .iter()
-                    .flat_map(|p| &p.warnings)
-                    .filter_map(|w| match w {
-                        plan::Warning::ContentChanged { serial, now, .. } => {
-                            Some((serial.clone(), now.clone()))
-                        }
-                        _ => None,
-                    })
-                    .collect(),
-            };
-            m.after_scan(&self.ledger, status).await;
-        }
     }
 
     /// The deadlines of this agent's LIO jobs. With the targetcli backend every LIO step
