@@ -4,14 +4,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use super::Command;
+use super::WorldCommand as Command;
 use crate::agent::lock::InstanceLock;
 use crate::agent::service::{NoServices, ServiceManager, Systemctl};
 use crate::agent::{run, Agent, Mode};
 use crate::config::Settings;
 use crate::report::status::{explain, Status};
 
-/// Runs one subcommand (everything but `config`).
+/// Runs one subcommand that talks to the world.
 pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> {
     match command {
         Command::Run => {
@@ -104,7 +104,6 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
         Command::Fleet { json } => super::fleet::run(&settings, json).await,
-        Command::Config { .. } => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -63,8 +63,29 @@ pub struct Global {
     pub set: Vec<String>,
 }
 
+/// The subcommands. `config` only prints the settings layers; every other one works
+/// on the node with settings that passed validation (`commands::dispatch`), so it is
+/// kept apart and the dispatch has no `config` case to ignore.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    // Listed first: `--help` shows them before `config`.
+    #[command(flatten)]
+    World(WorldCommand),
+    /// Print the effective settings, each with where it came from.
+    Config {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+        /// Print the packaged config.toml (every key, commented, at its default).
+        #[arg(long)]
+        default_file: bool,
+    },
+}
+
+/// The subcommands that talk to the world: the daemon, one scan, and the read-only
+/// views of the inventory, LIO and the fleet.
+#[derive(Debug, Subcommand)]
+pub enum WorldCommand {
     /// Run the agent: a scan every SCAN_FREQUENCY seconds (the default).
     ///
     /// SIGHUP scans at once; SIGTERM and SIGINT let the running operation finish,
@@ -106,15 +127,6 @@ pub enum Command {
         /// As JSON.
         #[arg(long)]
         json: bool,
-    },
-    /// Print the effective settings, each with where it came from.
-    Config {
-        /// As JSON.
-        #[arg(long)]
-        json: bool,
-        /// Print the packaged config.toml (every key, commented, at its default).
-        #[arg(long)]
-        default_file: bool,
     },
 }
 
@@ -171,16 +183,18 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let command = cli.command.unwrap_or(Command::Run);
-    if let Command::Config { json, default_file } = command {
-        if default_file {
-            out_raw!("{}", crate::config::default_file());
-        } else {
-            print_config(&layers, json);
+    let command = match cli.command.unwrap_or(Command::World(WorldCommand::Run)) {
+        Command::Config { json, default_file } => {
+            if default_file {
+                out_raw!("{}", crate::config::default_file());
+            } else {
+                print_config(&layers, json);
+            }
+            return ExitCode::SUCCESS;
         }
-        return ExitCode::SUCCESS;
-    }
-    if matches!(command, Command::Run | Command::Scan { .. }) {
+        Command::World(command) => command,
+    };
+    if matches!(command, WorldCommand::Run | WorldCommand::Scan { .. }) {
         tracing::info!(
             version = crate::telemetry::VERSION,
             revision = crate::telemetry::REVISION,
