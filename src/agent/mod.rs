@@ -1,14 +1,17 @@
 //! The agent: one scan is gather → desired → observe → plan → apply → persist →
 //! report. The reconciler ([`Agent::reconcile`]) decides and acts and returns the
-//! report; the runner ([`run`]) shows it (log, metrics, status) and repeats the scan
+//! report; the runner (`run.rs`: [`Agent::scan_and_publish`] and the daemon's loop)
+//! shows it (log, metrics, status) and repeats the scan
 //! every SCAN_FREQUENCY, on SIGHUP, until SIGTERM.
 //!
 //! Level-triggered: every scan starts from what the kernel holds, so a crash, a
 //! half-applied plan or an administrator's change is simply the next scan's input.
 
-pub mod lock;
-pub mod mirror;
-pub mod run;
+#![warn(unreachable_pub)]
+
+pub(crate) mod lock;
+pub(crate) mod mirror;
+pub(crate) mod run;
 pub mod service;
 mod stuck;
 mod watched;
@@ -69,7 +72,7 @@ pub struct Agent {
     pub metrics: Arc<Metrics>,
     pub status: Arc<RwLock<Option<Status>>>,
     /// Set on SIGTERM: ops not yet started are skipped.
-    pub stop: Arc<AtomicBool>,
+    pub(crate) stop: Arc<AtomicBool>,
     restarted_target: bool,
     /// Operator override for the deletion brake, for the next scan only.
     pub release_brake: bool,
@@ -92,7 +95,10 @@ pub struct Agent {
 
 impl Agent {
     /// Builds the agent from settings with the real adapters.
-    pub fn new(settings: Settings, service: Box<dyn ServiceManager>) -> anyhow::Result<Agent> {
+    pub(crate) fn new(
+        settings: Settings,
+        service: Box<dyn ServiceManager>,
+    ) -> anyhow::Result<Agent> {
         let sources = wiring::sources(&settings)?;
         let target = wiring::target(&settings);
         let mirror = wiring::mirror(&settings);
@@ -486,7 +492,7 @@ pub struct Job {
     /// Where the ledger is written ahead besides the local file (the Kubernetes API),
     /// and the runtime that talks to it.
     pub remote: Option<(Arc<dyn LedgerMirror>, tokio::runtime::Handle)>,
-    /// Where the job is, each step with its deadline (see [`crate::report::progress`]).
+    /// Where the job is, each step with its deadline (see `report::progress`).
     pub progress: Arc<Progress>,
     pub deadlines: Deadlines,
 }
@@ -495,9 +501,9 @@ pub struct Job {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
     /// The wait for rtslib's lock files (LOCK_TIMEOUT; the wait gives up by itself).
-    pub lock: std::time::Duration,
+    pub(crate) lock: std::time::Duration,
     /// Reading configfs, one operation, the ledger, saveconfig.json (LIO_TIMEOUT).
-    pub lio: std::time::Duration,
+    pub(crate) lio: std::time::Duration,
 }
 
 impl Default for Deadlines {
@@ -513,24 +519,24 @@ impl Default for Deadlines {
 #[derive(Default)]
 pub struct JobDone {
     pub actual: Option<Actual>,
-    pub plan: Option<Plan>,
+    pub(crate) plan: Option<Plan>,
     pub outcomes: Vec<OpOutcome>,
     pub failure: Option<Failure>,
     /// The ledger now in force (written ahead), when the job got that far.
     pub ledger: Option<Ledger>,
-    pub observe: Duration,
-    pub plan_time: Duration,
-    pub apply: Duration,
-    pub persist: Duration,
+    pub(crate) observe: Duration,
+    pub(crate) plan_time: Duration,
+    pub(crate) apply: Duration,
+    pub(crate) persist: Duration,
     pub saveconfig_written: bool,
     pub ledger_written: bool,
     /// The state saveconfig.json now mirrors, when the job checked or wrote it.
     pub saved_state: Option<Actual>,
     /// The generation written ahead to the Kubernetes API.
-    pub remote_written: Option<u64>,
+    pub(crate) remote_written: Option<u64>,
     /// The write ahead to the Kubernetes API failed: the plan was made again with
     /// numbers frozen, for this reason.
-    pub numbers_frozen: Option<String>,
+    pub(crate) numbers_frozen: Option<String>,
 }
 
 impl JobDone {

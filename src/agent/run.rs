@@ -29,7 +29,7 @@ use crate::report::status::Status;
 use crate::report::ScanReport;
 
 /// Runs until SIGTERM/SIGINT.
-pub async fn run(mut agent: Agent) -> Result<()> {
+pub(crate) async fn run(mut agent: Agent) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;

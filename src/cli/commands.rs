@@ -12,7 +12,7 @@ use crate::config::Settings;
 use crate::report::status::{explain, Status};
 
 /// Runs one subcommand that talks to the world.
-pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> {
+pub(crate) async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> {
     match command {
         Command::Run => {
             let _lock = single_instance(&settings)?;
