@@ -422,3 +422,31 @@ async fn a_scan_judges_the_inventory_once() {
         assert_eq!(sbps_marshal::desired::evaluations() - before, 1, "{mode:?}");
     }
 }
+
+/// The reconciler decides and acts but shows nothing; its runner's step, what the daemon
+/// and `scan --once` take, shows every scan (log, metrics, status document).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_shows_nothing_and_its_runner_shows_each_scan() {
+    let mut w = world().await;
+    let r = w.agent.reconcile(Mode::Apply).await;
+    assert!(r.converged, "{:?}", r.problems());
+    assert_eq!(r.desired.projections.len(), 2);
+    assert!(w.agent.status.read().unwrap().is_none());
+    let metrics = w.agent.metrics.render();
+    assert!(!metrics.contains("iscsi_pe_lun_cnt 1"), "{metrics}");
+    assert!(
+        metrics.contains("sbps_marshal_last_scan_timestamp_seconds 0"),
+        "{metrics}"
+    );
+
+    let r = w.agent.scan_and_publish().await;
+    assert!(r.converged, "{:?}", r.problems());
+    let status = w.agent.status.read().unwrap().clone();
+    assert_eq!(status.map(|s| s.projections.len()), Some(2));
+    let metrics = w.agent.metrics.render();
+    assert!(metrics.contains("iscsi_pe_lun_cnt 1"), "{metrics}");
+    assert!(
+        !metrics.contains("sbps_marshal_last_scan_timestamp_seconds 0"),
+        "{metrics}"
+    );
+}
