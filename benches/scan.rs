@@ -1,4 +1,4 @@
-//! Whole-scan benchmark: `Agent::scan(Mode::Apply)` over loopback doubles and the
+//! Whole-scan benchmark: `Agent::scan_and_publish` over loopback doubles and the
 //! fake configfs, for N images, in three states: cold (nothing projected), steady
 //! (nothing to do, best of 3), one change (one new tagged image among N; best of 3
 //! successive new images).
@@ -24,7 +24,7 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
 use sbps_marshal::agent::service::NoServices;
-use sbps_marshal::agent::{wiring, Agent, Mode};
+use sbps_marshal::agent::{wiring, Agent};
 use sbps_marshal::config::{Layers, Settings};
 use sbps_marshal::identity::{self, Identity};
 use sbps_marshal::inventory::gather::Sources;
@@ -333,7 +333,7 @@ fn main() {
         }
         return;
     }
-    println!("scan benchmark: Agent::scan(Mode::Apply), in-memory S3 double + IMS double on 127.0.0.1, sparse-file mount, fake configfs; one child process per N");
+    println!("scan benchmark: Agent::scan_and_publish, in-memory S3 double + IMS double on 127.0.0.1, sparse-file mount, fake configfs; one child process per N");
     // SBPS_SCAN_BENCH_N=5000 (comma-separated) runs only those sizes: a quicker round
     // while profiling; the targets are checked only on the full run.
     let only: Option<Vec<usize>> = std::env::var("SBPS_SCAN_BENCH_N")
@@ -699,7 +699,7 @@ async fn child_scans(
     heap_phase();
     let c0 = counts(client.clone(), ims.clone()).await;
     let w0 = ctl.writes();
-    let r = agent.scan(Mode::Apply).await;
+    let r = agent.scan_and_publish().await;
     assert!(r.converged, "cold: {:?}", r.problems());
     assert_eq!(r.desired.projections.len(), tagged + PES);
     let c1 = counts(client.clone(), ims.clone()).await;
@@ -712,7 +712,7 @@ async fn child_scans(
     for _ in 0..3 {
         let c0 = counts(client.clone(), ims.clone()).await;
         let w0 = ctl.writes();
-        let r = agent.scan(Mode::Apply).await;
+        let r = agent.scan_and_publish().await;
         let c1 = counts(client.clone(), ims.clone()).await;
         let row = scan("steady", r, c0, c1, ctl.writes() - w0);
         // Requests, writes and rewrites must hold in every steady scan, not just the best.
@@ -804,7 +804,7 @@ async fn child_scans(
         ctl.start_recording();
         let c0 = counts(client.clone(), ims.clone()).await;
         let w0 = ctl.writes();
-        let r = agent.scan(Mode::Apply).await;
+        let r = agent.scan_and_publish().await;
         let c1 = counts(client.clone(), ims.clone()).await;
         assert!(r.converged, "one change: {:?}", r.problems());
         let mut row = scan("one change", r, c0, c1, ctl.writes() - w0);

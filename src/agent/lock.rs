@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// Why the lock could not be had.
 #[derive(Debug, thiserror::Error)]
-pub enum LockError {
+pub(crate) enum LockError {
     #[error("another sbps-marshal is running (PID {pid}, lock {path})")]
     Held { pid: String, path: PathBuf },
     #[error("cannot open lock file {path}: {source}")]
@@ -27,13 +27,13 @@ pub enum LockError {
 
 /// The held lock; released when dropped (or when the process dies).
 #[derive(Debug)]
-pub struct InstanceLock {
+pub(crate) struct InstanceLock {
     _file: File,
 }
 
 impl InstanceLock {
     /// Takes the lock at `path` or says who holds it.
-    pub fn acquire(path: &Path) -> Result<InstanceLock, LockError> {
+    pub(crate) fn acquire(path: &Path) -> Result<InstanceLock, LockError> {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }

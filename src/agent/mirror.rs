@@ -23,7 +23,7 @@ use crate::ledger::remote::{LedgerMirror, MirrorError};
 use crate::ledger::Ledger;
 
 /// The agent's side of the mirror.
-pub struct Mirror {
+pub(crate) struct Mirror {
     remote: Arc<dyn LedgerMirror>,
     node: String,
     /// The API's document has been read since the agent started.
@@ -36,18 +36,18 @@ pub struct Mirror {
 
 /// What a scan plans with.
 #[derive(Debug, Default)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// Why LUN numbers are frozen this scan, if they are.
-    pub frozen: Option<String>,
+    pub(crate) frozen: Option<String>,
     /// The other nodes' ledgers, when this scan may number a new image.
-    pub fleet: FleetView,
+    pub(crate) fleet: FleetView,
     /// Requests made, for the report.
-    pub requests: usize,
+    pub(crate) requests: usize,
 }
 
 /// How the ledger came back at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Restored {
+pub(crate) enum Restored {
     /// The API's copy replaced the local one (none, or an older one).
     FromApi { generation: u64, luns: usize },
     /// The local ledger is current; the API's copy is older or the same.
@@ -57,7 +57,7 @@ pub enum Restored {
 }
 
 impl Mirror {
-    pub fn new(remote: Arc<dyn LedgerMirror>, node: &str) -> Mirror {
+    pub(crate) fn new(remote: Arc<dyn LedgerMirror>, node: &str) -> Mirror {
         Mirror {
             remote,
             node: node.to_string(),
@@ -68,18 +68,18 @@ impl Mirror {
     }
 
     /// The API's document has been read since the agent started.
-    pub fn has_read(&self) -> bool {
+    pub(crate) fn has_read(&self) -> bool {
         self.read
     }
 
     /// The handle the blocking part of a scan writes ahead through.
-    pub fn remote(&self) -> Arc<dyn LedgerMirror> {
+    pub(crate) fn remote(&self) -> Arc<dyn LedgerMirror> {
         Arc::clone(&self.remote)
     }
 
     /// Reads, restores and catches up as needed before a plan; never fails: what it
     /// cannot do freezes numbers, with the reason.
-    pub async fn prepare(
+    pub(crate) async fn prepare(
         &mut self,
         ledger: &mut Ledger,
         local_missing: bool,
@@ -174,13 +174,13 @@ impl Mirror {
     }
 
     /// Records that the blocking part of the scan wrote `generation` ahead.
-    pub fn written(&mut self, generation: u64) {
+    pub(crate) fn written(&mut self, generation: u64) {
         self.remote_generation = Some(generation);
     }
 
     /// After a scan: the status is written when one of its states changed. A failure
     /// is logged and tried again after the next scan.
-    pub async fn after_scan(&mut self, ledger: &Ledger, status: NodeStatus) -> usize {
+    pub(crate) async fn after_scan(&mut self, ledger: &Ledger, status: NodeStatus) -> usize {
         let same = self.last_status.as_ref().is_some_and(|s| {
             NodeStatus {
                 last_converged: status.last_converged,

@@ -1,12 +1,17 @@
 //! The agent: one scan is gather → desired → observe → plan → apply → persist →
-//! report; `run` repeats it every SCAN_FREQUENCY, on SIGHUP, until SIGTERM.
+//! report. The reconciler ([`Agent::reconcile`]) decides and acts and returns the
+//! report; the runner (`run.rs`: [`Agent::scan_and_publish`] and the daemon's loop)
+//! shows it (log, metrics, status) and repeats the scan
+//! every SCAN_FREQUENCY, on SIGHUP, until SIGTERM.
 //!
 //! Level-triggered: every scan starts from what the kernel holds, so a crash, a
 //! half-applied plan or an administrator's change is simply the next scan's input.
 
-pub mod lock;
-pub mod mirror;
-pub mod run;
+#![warn(unreachable_pub)]
+
+pub(crate) mod lock;
+pub(crate) mod mirror;
+pub(crate) mod run;
 pub mod service;
 mod stuck;
 mod watched;
@@ -19,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::clock::unix_now;
 use crate::config::Settings;
 use crate::desired::{self, Desired};
-use crate::fleet::{FleetView, NodeStatus};
+use crate::fleet::FleetView;
 use crate::inventory::gather::{GatherStats, Gathered, Sources};
 use crate::ledger::remote::LedgerMirror;
 use crate::ledger::{Ledger, Loaded};
@@ -39,6 +44,24 @@ pub enum Mode {
     DryRun,
 }
 
+/// What a reconcile pass hands its runner.
+enum Reconciled {
+    /// The pass ran (or failed along the way): its report is to be shown.
+    Ran(ScanReport),
+    /// An LIO job an earlier pass left behind still runs, so this pass looked at
+    /// nothing and did nothing. Its report says why, but is not shown as a scan: the
+    /// metrics, the status document and the node's status keep the last pass that ran.
+    Waiting(ScanReport),
+}
+
+impl Reconciled {
+    fn into_report(self) -> ScanReport {
+        match self {
+            Reconciled::Ran(r) | Reconciled::Waiting(r) => r,
+        }
+    }
+}
+
 /// The long-lived agent state.
 pub struct Agent {
     pub settings: Settings,
@@ -49,7 +72,7 @@ pub struct Agent {
     pub metrics: Arc<Metrics>,
     pub status: Arc<RwLock<Option<Status>>>,
     /// Set on SIGTERM: ops not yet started are skipped.
-    pub stop: Arc<AtomicBool>,
+    pub(crate) stop: Arc<AtomicBool>,
     restarted_target: bool,
     /// Operator override for the deletion brake, for the next scan only.
     pub release_brake: bool,
@@ -72,7 +95,10 @@ pub struct Agent {
 
 impl Agent {
     /// Builds the agent from settings with the real adapters.
-    pub fn new(settings: Settings, service: Box<dyn ServiceManager>) -> anyhow::Result<Agent> {
+    pub(crate) fn new(
+        settings: Settings,
+        service: Box<dyn ServiceManager>,
+    ) -> anyhow::Result<Agent> {
         let sources = wiring::sources(&settings)?;
         let target = wiring::target(&settings);
         let mirror = wiring::mirror(&settings);
@@ -139,16 +165,26 @@ impl Agent {
         &self.ledger
     }
 
-    /// One scan. Never panics and never returns early without a report: every
-    /// failure is in the report, and a failure before planning changes nothing.
-    pub async fn scan(&mut self, mode: Mode) -> ScanReport {
+    /// The reconciler: one pass of gather → desired → observe → plan → apply →
+    /// persist, returned as a report and shown nowhere. The dry-run commands (`plan`,
+    /// `status`, `explain`) print the report themselves; an applying scan is shown by
+    /// its runner, [`Agent::scan_and_publish`] (the daemon's step and `scan --once`),
+    /// so what a scan does and how it is reported can be read and tested apart.
+    /// Never panics and never returns early without a report: every failure is in the
+    /// report, and a failure before planning changes nothing.
+    pub async fn reconcile(&mut self, mode: Mode) -> ScanReport {
+        let report = self.pass(mode).await.into_report();
+        self.progress.idle();
+        report
+    }
+
+    /// [`Agent::reconcile`], telling its runner whether the pass ran. The scan's
+    /// progress is left for the runner to clear once the report is shown.
+    async fn pass(&mut self, mode: Mode) -> Reconciled {
         let t0 = Instant::now();
-        if mode == Mode::Apply {
-            tracing::info!("START SCAN");
-        }
         let now = unix_now();
-        if let Some(report) = self.wait_for_pending(mode, now).await {
-            return report;
+        if let Some(report) = self.wait_for_pending(now).await {
+            return Reconciled::Waiting(report);
         }
         let dset = wiring::desired_settings(&self.settings);
         let mut timings = Timings::default();
@@ -305,11 +341,8 @@ impl Agent {
                 report.ledger_written |= self.record_convergence(now, changed).await;
                 self.maybe_restart_target_once().await;
             }
-            self.publish(&report).await;
-            tracing::info!("END SCAN");
         }
-        self.progress.idle();
-        report
+        Reconciled::Ran(report)
     }
 
     /// Starts the target unit when the node is labelled and it is not active (the
@@ -349,46 +382,6 @@ impl Agent {
             Err(e) => tracing::warn!(unit, "cannot tell whether it is active: {e}"),
         }
         Ok(())
-    }
-
-    /// Hands a scan's report to everything that shows it: the log lines, the metrics,
-    /// the status document, and this node's status in the Kubernetes API. The scan
-    /// decides and acts; this only says what it did (as kube-runtime's runner, not the
-    /// reconciler, logs and counts).
-    async fn publish(&mut self, report: &ScanReport) {
-        crate::report::log::log(report);
-        self.metrics.record_scan(report);
-        let st = Status::build(report, &self.ledger, &self.settings);
-        if let Ok(mut slot) = self.status.write() {
-            *slot = Some(st);
-        }
-        if let Some(m) = &mut self.mirror {
-            let status = NodeStatus {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                scan_frequency: self.settings.scan_frequency.as_secs(),
-                labelled: report.labelled,
-                tpg_enabled: report
-                    .actual
-                    .as_ref()
-                    .and_then(|a| a.tpg.as_ref())
-                    .map(|t| t.enabled),
-                converged: report.converged,
-                last_converged: self.last_converged,
-                started: self.started_at,
-                content_changed: report
-                    .plan
-                    .iter()
-                    .flat_map(|p| &p.warnings)
-                    .filter_map(|w| match w {
-                        plan::Warning::ContentChanged { serial, now, .. } => {
-                            Some((serial.clone(), now.clone()))
-                        }
-                        _ => None,
-                    })
-                    .collect(),
-            };
-            m.after_scan(&self.ledger, status).await;
-        }
     }
 
     /// The deadlines of this agent's LIO jobs. With the targetcli backend every LIO step
@@ -499,7 +492,7 @@ pub struct Job {
     /// Where the ledger is written ahead besides the local file (the Kubernetes API),
     /// and the runtime that talks to it.
     pub remote: Option<(Arc<dyn LedgerMirror>, tokio::runtime::Handle)>,
-    /// Where the job is, each step with its deadline (see [`crate::report::progress`]).
+    /// Where the job is, each step with its deadline (see `report::progress`).
     pub progress: Arc<Progress>,
     pub deadlines: Deadlines,
 }
@@ -508,9 +501,9 @@ pub struct Job {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
     /// The wait for rtslib's lock files (LOCK_TIMEOUT; the wait gives up by itself).
-    pub lock: std::time::Duration,
+    pub(crate) lock: std::time::Duration,
     /// Reading configfs, one operation, the ledger, saveconfig.json (LIO_TIMEOUT).
-    pub lio: std::time::Duration,
+    pub(crate) lio: std::time::Duration,
 }
 
 impl Default for Deadlines {
@@ -526,24 +519,24 @@ impl Default for Deadlines {
 #[derive(Default)]
 pub struct JobDone {
     pub actual: Option<Actual>,
-    pub plan: Option<Plan>,
+    pub(crate) plan: Option<Plan>,
     pub outcomes: Vec<OpOutcome>,
     pub failure: Option<Failure>,
     /// The ledger now in force (written ahead), when the job got that far.
     pub ledger: Option<Ledger>,
-    pub observe: Duration,
-    pub plan_time: Duration,
-    pub apply: Duration,
-    pub persist: Duration,
+    pub(crate) observe: Duration,
+    pub(crate) plan_time: Duration,
+    pub(crate) apply: Duration,
+    pub(crate) persist: Duration,
     pub saveconfig_written: bool,
     pub ledger_written: bool,
     /// The state saveconfig.json now mirrors, when the job checked or wrote it.
     pub saved_state: Option<Actual>,
     /// The generation written ahead to the Kubernetes API.
-    pub remote_written: Option<u64>,
+    pub(crate) remote_written: Option<u64>,
     /// The write ahead to the Kubernetes API failed: the plan was made again with
     /// numbers frozen, for this reason.
-    pub numbers_frozen: Option<String>,
+    pub(crate) numbers_frozen: Option<String>,
 }
 
 impl JobDone {

@@ -1,6 +1,13 @@
-//! `sbps-marshal run`: the daemon. A scan every SCAN_FREQUENCY seconds, at once on
+//! The runner: `sbps-marshal run`, the daemon, and its step, [`Agent::scan_and_publish`],
+//! which `scan --once` takes too. A scan every SCAN_FREQUENCY seconds, at once on
 //! SIGHUP; SIGTERM/SIGINT let the running operation finish, skip the rest, persist
 //! and exit 0. Scans never overlap. systemd hears READY, STATUS and WATCHDOG.
+//!
+//! The reconciler ([`Agent::reconcile`]) only decides and acts; the runner brackets
+//! each pass with `START SCAN` … `END SCAN` (runbooks and the journal tests grep
+//! them) and hands its report to the log lines, the metrics, the status document
+//! and this node's status in the Kubernetes API, as kube-runtime's controller keeps
+//! the reconciler apart from the runner that logs and counts.
 //!
 //! The watchdog is pinged from the loop's progress, not from a timer alone: at the end
 //! of every scan, and on the timer only while no step is past its deadline (between
@@ -14,11 +21,15 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{Agent, Mode};
+use super::{Agent, Mode, Reconciled};
+use crate::fleet::NodeStatus;
+use crate::plan;
 use crate::report::progress::Progress;
+use crate::report::status::Status;
+use crate::report::ScanReport;
 
 /// Runs until SIGTERM/SIGINT.
-pub async fn run(mut agent: Agent) -> Result<()> {
+pub(crate) async fn run(mut agent: Agent) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -54,7 +65,7 @@ pub async fn run(mut agent: Agent) -> Result<()> {
         let stop = agent.stop.clone();
         let mut rescan = false;
         let report = {
-            let scan = agent.scan(Mode::Apply);
+            let scan = agent.scan_and_publish();
             tokio::pin!(scan);
             loop {
                 tokio::select! {
@@ -99,6 +110,66 @@ pub async fn run(mut agent: Agent) -> Result<()> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopped");
     Ok(())
+}
+
+impl Agent {
+    /// The runner's step: one applying scan, shown. What the daemon's loop runs every
+    /// period and `scan --once` runs once, so a test that calls it drives exactly the
+    /// daemon's path. A pass that could not run (an LIO job an earlier one left behind
+    /// still runs) is bracketed in the log but not published: the metrics and the
+    /// status keep the last pass that ran.
+    pub async fn scan_and_publish(&mut self) -> ScanReport {
+        tracing::info!("START SCAN");
+        let report = match self.pass(Mode::Apply).await {
+            Reconciled::Ran(report) => {
+                self.publish(&report).await;
+                report
+            }
+            Reconciled::Waiting(report) => report,
+        };
+        tracing::info!("END SCAN");
+        self.progress.idle();
+        report
+    }
+
+    /// Hands a scan's report to everything that shows it: the log lines, the metrics,
+    /// the status document, and this node's status in the Kubernetes API. The
+    /// reconciler decided and acted; this only says what it did.
+    async fn publish(&mut self, report: &ScanReport) {
+        crate::report::log::log(report);
+        self.metrics.record_scan(report);
+        let st = Status::build(report, &self.ledger, &self.settings);
+        if let Ok(mut slot) = self.status.write() {
+            *slot = Some(st);
+        }
+        if let Some(m) = &mut self.mirror {
+            let status = NodeStatus {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                scan_frequency: self.settings.scan_frequency.as_secs(),
+                labelled: report.labelled,
+                tpg_enabled: report
+                    .actual
+                    .as_ref()
+                    .and_then(|a| a.tpg.as_ref())
+                    .map(|t| t.enabled),
+                converged: report.converged,
+                last_converged: self.last_converged,
+                started: self.started_at,
+                content_changed: report
+                    .plan
+                    .iter()
+                    .flat_map(|p| &p.warnings)
+                    .filter_map(|w| match w {
+                        plan::Warning::ContentChanged { serial, now, .. } => {
+                            Some((serial.clone(), now.clone()))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            };
+            m.after_scan(&self.ledger, status).await;
+        }
+    }
 }
 
 /// Pings systemd's watchdog while the agent makes progress.

@@ -48,15 +48,12 @@ impl Agent {
 
     /// Takes back a job an earlier scan left behind when it has returned; while it still
     /// runs, the report of a scan that does nothing else.
-    pub(super) async fn wait_for_pending(&mut self, mode: Mode, now: u64) -> Option<ScanReport> {
+    pub(super) async fn wait_for_pending(&mut self, now: u64) -> Option<ScanReport> {
         let pending = self.pending.take()?;
         if !pending.job.is_finished() {
             let why = stuck_failure(&still_stuck(&self.progress));
             tracing::error!("{why}");
             self.pending = Some(pending);
-            if mode == Mode::Apply {
-                tracing::info!("END SCAN");
-            }
             return Some(nothing_done(now, why));
         }
         match pending.job.await {

@@ -9,10 +9,10 @@ use crate::report::progress::Progress;
 
 /// A backend whose every operation is tracked in a [`Progress`] with a deadline, so an
 /// operation the kernel never answers is named.
-pub struct Watched<'a> {
-    pub target: &'a dyn Target,
-    pub progress: &'a Progress,
-    pub deadline: Duration,
+pub(crate) struct Watched<'a> {
+    pub(crate) target: &'a dyn Target,
+    pub(crate) progress: &'a Progress,
+    pub(crate) deadline: Duration,
 }
 
 impl Target for Watched<'_> {

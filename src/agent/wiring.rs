@@ -22,7 +22,7 @@ use crate::lio::Target;
 use crate::paths::Backend;
 
 /// The TLS options every client uses.
-pub fn tls(s: &Settings) -> TlsOptions {
+pub(crate) fn tls(s: &Settings) -> TlsOptions {
     TlsOptions {
         ca_bundle: s.ca_bundle.clone(),
         insecure: !s.tls_verify,
@@ -95,12 +95,12 @@ pub fn sources_config(s: &Settings) -> Result<SourcesConfig> {
 }
 
 /// Builds the sources.
-pub fn sources(s: &Settings) -> Result<Sources> {
+pub(crate) fn sources(s: &Settings) -> Result<Sources> {
     Sources::new(sources_config(s)?).context("setting up the inventory sources")
 }
 
 /// Builds the LIO backend LIO_BACKEND names.
-pub fn target(s: &Settings) -> Arc<dyn Target> {
+pub(crate) fn target(s: &Settings) -> Arc<dyn Target> {
     match s.lio_backend {
         Backend::Targetcli => Arc::new(TargetcliTarget::new(TargetcliSettings {
             bin: s.targetcli_bin.clone(),
@@ -145,7 +145,11 @@ pub fn desired_settings(s: &Settings) -> crate::desired::Settings {
 }
 
 /// What `plan()` needs, from the settings, the label state and the operator's override.
-pub fn policy(s: &Settings, labelled: Option<bool>, brake_released: bool) -> crate::plan::Policy {
+pub(crate) fn policy(
+    s: &Settings,
+    labelled: Option<bool>,
+    brake_released: bool,
+) -> crate::plan::Policy {
     crate::plan::Policy {
         mount_root: s.mount.clone(),
         grace_secs: s.removal_grace.as_secs(),

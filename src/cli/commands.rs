@@ -4,15 +4,15 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use super::Command;
+use super::WorldCommand as Command;
 use crate::agent::lock::InstanceLock;
 use crate::agent::service::{NoServices, ServiceManager, Systemctl};
 use crate::agent::{run, Agent, Mode};
 use crate::config::Settings;
 use crate::report::status::{explain, Status};
 
-/// Runs one subcommand (everything but `config`).
-pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> {
+/// Runs one subcommand that talks to the world.
+pub(crate) async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> {
     match command {
         Command::Run => {
             let _lock = single_instance(&settings)?;
@@ -31,7 +31,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
             check_state_dir(&settings)?;
             let mut agent = Agent::new(settings, services())?;
             agent.release_brake = release_brake;
-            let report = agent.scan(Mode::Apply).await;
+            let report = agent.scan_and_publish().await;
             if report.converged {
                 out!(
                     "converged: {} projections",
@@ -47,7 +47,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
         }
         Command::Plan { json } => {
             let mut agent = Agent::new(settings, services())?;
-            let report = agent.scan(Mode::DryRun).await;
+            let report = agent.reconcile(Mode::DryRun).await;
             let plan = report.plan.as_ref().with_context(|| {
                 report
                     .failure
@@ -81,7 +81,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
         }
         Command::Status { json } => {
             let mut agent = Agent::new(settings, services())?;
-            let report = agent.scan(Mode::DryRun).await;
+            let report = agent.reconcile(Mode::DryRun).await;
             let st = Status::build(&report, agent.ledger(), &agent.settings);
             if json {
                 out!("{}", serde_json::to_string_pretty(&st)?);
@@ -92,7 +92,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
         }
         Command::Explain { query } => {
             let mut agent = Agent::new(settings, services())?;
-            let report = agent.scan(Mode::DryRun).await;
+            let report = agent.reconcile(Mode::DryRun).await;
             let found = explain(&report, agent.ledger(), &query);
             if found.is_empty() {
                 out!("nothing in the inventory or in LIO matches {query:?}");
@@ -104,7 +104,6 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
         Command::Fleet { json } => super::fleet::run(&settings, json).await,
-        Command::Config { .. } => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -22,7 +22,7 @@ use crate::ledger::remote::LedgerMirror;
 /// Periods without a converged scan before an agent is flagged.
 const PERIODS: u64 = 3;
 
-pub async fn run(settings: &Settings, json: bool) -> Result<ExitCode> {
+pub(crate) async fn run(settings: &Settings, json: bool) -> Result<ExitCode> {
     let connector = Arc::new(KubeConnector::new(wiring::kube(settings)));
     let store = KubeConfigMaps::new(connector.clone(), &settings.ledger_namespace);
     let mirror = ConfigMapMirror::new(Arc::new(store), &settings.node_name);

@@ -2,6 +2,8 @@
 //! `explain`, `config`. Parsing and the settings layers live here; each
 //! subcommand's work lives in the module it names.
 
+#![warn(unreachable_pub)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -23,7 +25,7 @@ mod commands;
 mod fleet;
 
 /// Exit status for bad settings or usage.
-pub const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 
 /// sbps-marshal: projects squashfs boot images over iSCSI (Linux LIO).
 #[derive(Debug, Parser)]
@@ -40,31 +42,55 @@ ok, 1 failure (or a scan that did not converge), 2 bad settings or usage."
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub global: Global,
+    pub(crate) global: Global,
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub(crate) command: Option<Command>,
 }
 
 /// Options every subcommand takes.
 #[derive(Debug, Clone, Args)]
-pub struct Global {
+pub(crate) struct Global {
     /// Debug logging (as the original's -d).
     #[arg(short, long, global = true, conflicts_with = "quiet")]
-    pub debug: bool,
+    pub(crate) debug: bool,
     /// Only warnings and errors (as the original's -q).
     #[arg(short, long, global = true)]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
     /// TOML settings file (default /etc/sbps-marshal/config.toml when it exists).
     #[arg(long, global = true, env = "SBPS_MARSHAL_CONFIG", value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Override a setting: KEY=VALUE (e.g. --set SCAN_FREQUENCY=60). Repeatable; beats
     /// the environment and the file.
     #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
+    pub(crate) set: Vec<String>,
 }
 
+/// The subcommands. `config` only prints the settings layers; every other one works
+/// on the node with settings that passed validation (`commands::dispatch`), so it is
+/// kept apart and the dispatch has no `config` case to ignore.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
+    // Listed first: `--help` shows them before `config`.
+    #[command(flatten)]
+    World(WorldCommand),
+    /// Print the effective settings, each with where it came from.
+    Config {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+        /// Print the packaged config.toml (every key, commented, at its default).
+        #[arg(long, conflicts_with = "markdown")]
+        default_file: bool,
+        /// Print the README's table of settings (every key, its default and meaning).
+        #[arg(long)]
+        markdown: bool,
+    },
+}
+
+/// The subcommands that talk to the world: the daemon, one scan, and the read-only
+/// views of the inventory, LIO and the fleet.
+#[derive(Debug, Subcommand)]
+pub(crate) enum WorldCommand {
     /// Run the agent: a scan every SCAN_FREQUENCY seconds (the default).
     ///
     /// SIGHUP scans at once; SIGTERM and SIGINT let the running operation finish,
@@ -107,22 +133,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the effective settings, each with where it came from.
-    Config {
-        /// As JSON.
-        #[arg(long)]
-        json: bool,
-        /// Print the packaged config.toml (every key, commented, at its default).
-        #[arg(long, conflicts_with = "markdown")]
-        default_file: bool,
-        /// Print the README's table of settings (every key, its default and meaning).
-        #[arg(long)]
-        markdown: bool,
-    },
 }
 
 /// Loads and validates the settings from every layer.
-pub fn load_settings(g: &Global) -> Result<(Layers, Settings), ConfigError> {
+pub(crate) fn load_settings(g: &Global) -> Result<(Layers, Settings), ConfigError> {
     let layers = Layers::load(g.config.as_deref(), std::env::vars(), &g.set)?;
     let host = hostname();
     let settings = Settings::from_layers(&layers, &host)?;
@@ -130,7 +144,7 @@ pub fn load_settings(g: &Global) -> Result<(Layers, Settings), ConfigError> {
 }
 
 /// This host's short name, as the original's `socket.gethostname()`.
-pub fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()
@@ -174,23 +188,24 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let command = cli.command.unwrap_or(Command::Run);
-    if let Command::Config {
-        json,
-        default_file,
-        markdown,
-    } = command
-    {
-        if default_file {
-            out_raw!("{}", crate::config::default_file());
-        } else if markdown {
-            out_raw!("{}", crate::config::markdown_table());
-        } else {
-            print_config(&layers, json);
+    let command = match cli.command.unwrap_or(Command::World(WorldCommand::Run)) {
+        Command::Config {
+            json,
+            default_file,
+            markdown,
+        } => {
+            if default_file {
+                out_raw!("{}", crate::config::default_file());
+            } else if markdown {
+                out_raw!("{}", crate::config::markdown_table());
+            } else {
+                print_config(&layers, json);
+            }
+            return ExitCode::SUCCESS;
         }
-        return ExitCode::SUCCESS;
-    }
-    if matches!(command, Command::Run | Command::Scan { .. }) {
+        Command::World(command) => command,
+    };
+    if matches!(command, WorldCommand::Run | WorldCommand::Scan { .. }) {
         tracing::info!(
             version = crate::telemetry::VERSION,
             revision = crate::telemetry::REVISION,

@@ -43,13 +43,13 @@ use super::tls::{self, Trust};
 use crate::http::TlsOptions;
 
 /// The largest answer read from the API (a list of every node's ledger ConfigMap).
-pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
 /// How long a built client is reused before it is built again from the files.
-pub const CLIENT_MAX_AGE: Duration = Duration::from_secs(60);
+pub(crate) const CLIENT_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// Where a pod finds its service account.
-pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+pub(crate) const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// The in-cluster service account: the API server's address (from the environment
 /// Kubernetes gives every pod) and the directory holding `token`, `ca.crt`.
@@ -62,7 +62,7 @@ pub struct InCluster {
 
 impl InCluster {
     /// The service account of the pod this process runs in, if it runs in one.
-    pub fn from_env() -> Option<InCluster> {
+    pub(crate) fn from_env() -> Option<InCluster> {
         let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
         let port = std::env::var("KUBERNETES_SERVICE_PORT").ok()?;
         if host.is_empty() || port.is_empty() {
@@ -110,14 +110,14 @@ impl KubeSettings {
 
 /// Where the credentials come from (see the module documentation for the rule).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CredentialSource {
+pub(crate) enum CredentialSource {
     Kubeconfig(PathBuf),
     InCluster(InCluster),
 }
 
 /// Picks the credential source. `kubeconfig_exists` is `Err` when the file's
 /// existence could not be checked (that is not "absent").
-pub fn credential_source(
+pub(crate) fn credential_source(
     s: &KubeSettings,
     kubeconfig_exists: Result<bool, String>,
 ) -> Result<CredentialSource, KubeError> {
@@ -159,14 +159,10 @@ impl KubeConnector {
         }
     }
 
-    pub fn settings(&self) -> &KubeSettings {
-        &self.settings
-    }
-
     /// Runs one request: builds (or reuses) the client, bounds the whole of it by the
     /// timeout, and sorts any failure into a [`KubeError`] about `op` (naming the
     /// server when it did not answer).
-    pub async fn run<T, F, Fut>(&self, op: Op, request: F) -> Result<T, KubeError>
+    pub(crate) async fn run<T, F, Fut>(&self, op: Op, request: F) -> Result<T, KubeError>
     where
         F: FnOnce(kube::Client) -> Fut,
         Fut: Future<Output = Result<T, kube::Error>>,
@@ -193,7 +189,7 @@ impl KubeConnector {
 
     /// A client and the server it talks to: the cached one while younger than
     /// [`CLIENT_MAX_AGE`], else a new one.
-    pub async fn client(&self) -> Result<(kube::Client, String), KubeError> {
+    pub(crate) async fn client(&self) -> Result<(kube::Client, String), KubeError> {
         let now = Instant::now();
         if let Some(c) = self.lock().as_ref() {
             if now.duration_since(c.built) < CLIENT_MAX_AGE {
@@ -287,7 +283,7 @@ fn from_service_account(ic: &InCluster) -> Result<kube::Config, KubeError> {
 }
 
 /// The DER certificates of a PEM file; an error when it holds none.
-pub fn read_certs(path: &Path) -> Result<Vec<Vec<u8>>, KubeError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<Vec<u8>>, KubeError> {
     let pem = std::fs::read(path)
         .map_err(|e| KubeError::Setup(format!("CA file {}: {e}", path.display())))?;
     let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&pem)

@@ -23,10 +23,10 @@ use super::error::{KubeError, Op, CONFIGMAP_DATA_LIMIT};
 pub struct StoredConfigMap {
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
+    pub(crate) annotations: BTreeMap<String, String>,
     pub data: BTreeMap<String, String>,
     /// `binaryData`, decoded (the API carries it base64-encoded).
-    pub binary_data: BTreeMap<String, Vec<u8>>,
+    pub(crate) binary_data: BTreeMap<String, Vec<u8>>,
     /// The version read, which a replace must name; `None` for one not created yet.
     pub resource_version: Option<String>,
 }

@@ -3,7 +3,7 @@
 //! kube-rs reports every failure as one `kube::Error`; callers here need to tell
 //! apart "the object is not there" (a fact) from "the API could not say" (unknown),
 //! an optimistic-concurrency conflict (re-read and retry) from a missing RBAC grant
-//! (an operator must act). [`classify`] draws those lines once, from the API's
+//! (an operator must act). `classify` draws those lines once, from the API's
 //! `Status` object and the transport error, so no caller parses messages itself.
 
 use std::fmt;
@@ -19,17 +19,17 @@ pub const CONFIGMAP_DATA_LIMIT: usize = 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Op {
     /// The RBAC verb: `get`, `list`, `create`, `update`.
-    pub verb: &'static str,
+    pub(crate) verb: &'static str,
     /// The resource: `nodes`, `configmaps`.
-    pub resource: &'static str,
+    pub(crate) resource: &'static str,
     /// `None` for cluster-scoped resources (nodes).
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     /// The object's name, when the request names one.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
 }
 
 impl Op {
-    pub fn new(verb: &'static str, resource: &'static str) -> Op {
+    pub(crate) fn new(verb: &'static str, resource: &'static str) -> Op {
         Op {
             verb,
             resource,
@@ -38,12 +38,12 @@ impl Op {
         }
     }
 
-    pub fn in_namespace(mut self, ns: &str) -> Op {
+    pub(crate) fn in_namespace(mut self, ns: &str) -> Op {
         self.namespace = Some(ns.to_string());
         self
     }
 
-    pub fn named(mut self, name: &str) -> Op {
+    pub(crate) fn named(mut self, name: &str) -> Op {
         self.name = Some(name.to_string());
         self
     }
@@ -120,7 +120,7 @@ impl KubeError {
     }
 
     /// A timeout of the whole request.
-    pub fn timed_out(op: Op, after: std::time::Duration) -> KubeError {
+    pub(crate) fn timed_out(op: Op, after: std::time::Duration) -> KubeError {
         KubeError::Unavailable {
             op,
             detail: format!("no answer within {} s (timed out)", after.as_secs_f64()),
@@ -129,7 +129,7 @@ impl KubeError {
 }
 
 /// Sorts a kube-rs error into a [`KubeError`].
-pub fn classify(op: Op, e: kube::Error) -> KubeError {
+pub(crate) fn classify(op: Op, e: kube::Error) -> KubeError {
     match e {
         kube::Error::Api(status) => from_status(op, &status),
         kube::Error::SerdeError(e) => KubeError::Unexpected {
@@ -177,7 +177,7 @@ fn is_auth_error(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Sorts an API `Status` (kube-rs makes one, with reason "Failed to parse error
 /// data", for an error body that is not a `Status`; that one is never NotFound).
-pub fn from_status(op: Op, s: &Status) -> KubeError {
+pub(crate) fn from_status(op: Op, s: &Status) -> KubeError {
     let message = if s.message.is_empty() {
         format!("HTTP {} {}", s.code, s.reason)
     } else {

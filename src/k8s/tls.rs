@@ -14,7 +14,7 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// What the client trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trust {
+pub(crate) enum Trust {
     /// Any certificate (verification explicitly off).
     Any,
     /// Exactly these roots (DER): the cluster's CA plus `CA_BUNDLE`.
@@ -25,7 +25,11 @@ pub enum Trust {
 
 /// The trust rule: verification off wins; the cluster's CA (when the kubeconfig or
 /// service account names one) is trusted with the bundle; else the system roots are.
-pub fn trust(insecure: bool, cluster_ca: Option<Vec<Vec<u8>>>, bundle: Vec<Vec<u8>>) -> Trust {
+pub(crate) fn trust(
+    insecure: bool,
+    cluster_ca: Option<Vec<Vec<u8>>>,
+    bundle: Vec<Vec<u8>>,
+) -> Trust {
     match (insecure, cluster_ca) {
         (true, _) => Trust::Any,
         (false, Some(mut ca)) if !ca.is_empty() => {
@@ -37,12 +41,12 @@ pub fn trust(insecure: bool, cluster_ca: Option<Vec<Vec<u8>>>, bundle: Vec<Vec<u
 }
 
 /// The crypto provider every TLS client of the agent uses (the one reqwest uses too).
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(aws_lc_rs::default_provider())
 }
 
 /// Makes [`provider`] the process default, for code (kube-rs) that asks for the default.
-pub fn ensure_provider() {
+pub(crate) fn ensure_provider() {
     if CryptoProvider::get_default().is_none() {
         // Losing the race to another installer is fine: the same provider is installed.
         let _ = aws_lc_rs::default_provider().install_default();
@@ -50,7 +54,7 @@ pub fn ensure_provider() {
 }
 
 /// The verifier for a [`Trust`].
-pub fn verifier(t: Trust) -> Result<Arc<dyn ServerCertVerifier>, String> {
+pub(crate) fn verifier(t: Trust) -> Result<Arc<dyn ServerCertVerifier>, String> {
     let p = provider();
     let ders = |v: Vec<Vec<u8>>| v.into_iter().map(CertificateDer::from);
     match t {

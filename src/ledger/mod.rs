@@ -5,6 +5,8 @@
 //! corrupt file is renamed aside and reported, never silently replaced. The values and
 //! their rules are [`sbps_core::ledger`]'s; the copy in the API is [`remote`]'s.
 
+#![warn(unreachable_pub)]
+
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};

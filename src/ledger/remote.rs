@@ -20,23 +20,23 @@ use crate::fleet::{NodeDoc, NodeStatus};
 use crate::ledger::Ledger;
 
 /// `app.kubernetes.io/name` of every document, for listing the fleet.
-pub const APP_LABEL: (&str, &str) = ("app.kubernetes.io/name", "sbps-marshal");
+pub(crate) const APP_LABEL: (&str, &str) = ("app.kubernetes.io/name", "sbps-marshal");
 /// `app.kubernetes.io/component` of a ledger document.
-pub const COMPONENT_LABEL: (&str, &str) = ("app.kubernetes.io/component", "ledger");
+pub(crate) const COMPONENT_LABEL: (&str, &str) = ("app.kubernetes.io/component", "ledger");
 /// The node a document belongs to (an annotation: node names may be longer than a
 /// label value may be).
-pub const NODE_ANNOTATION: &str = "sbps-marshal/node";
+pub(crate) const NODE_ANNOTATION: &str = "sbps-marshal/node";
 /// The ledger's generation, for people reading the object.
-pub const GENERATION_ANNOTATION: &str = "sbps-marshal/generation";
+pub(crate) const GENERATION_ANNOTATION: &str = "sbps-marshal/generation";
 /// `binaryData` key of the gzipped ledger JSON.
-pub const LEDGER_KEY: &str = "ledger.json.gz";
+pub(crate) const LEDGER_KEY: &str = "ledger.json.gz";
 /// `data` key of the agent's status JSON.
-pub const STATUS_KEY: &str = "status.json";
+pub(crate) const STATUS_KEY: &str = "status.json";
 /// The API server refuses a ConfigMap whose data and binaryData exceed 1 MiB.
 pub const MAX_BYTES: usize = 1024 * 1024;
 
 /// The label selector that lists every node's document.
-pub fn selector() -> String {
+pub(crate) fn selector() -> String {
     format!(
         "{}={},{}={}",
         APP_LABEL.0, APP_LABEL.1, COMPONENT_LABEL.0, COMPONENT_LABEL.1
@@ -65,10 +65,10 @@ pub fn configmap_name(node: &str) -> String {
 /// A node's document as the API stores it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Document {
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
-    pub data: BTreeMap<String, String>,
-    pub binary_data: BTreeMap<String, Vec<u8>>,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) annotations: BTreeMap<String, String>,
+    pub(crate) data: BTreeMap<String, String>,
+    pub(crate) binary_data: BTreeMap<String, Vec<u8>>,
 }
 
 impl Document {
@@ -175,7 +175,7 @@ pub fn decode(name: &str, doc: &Document) -> Result<NodeDoc, CodecError> {
     })
 }
 
-pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Why the API's copy could not be used.
 #[derive(Debug, Clone, thiserror::Error)]

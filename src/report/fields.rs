@@ -8,19 +8,19 @@ use crate::lio::model::Op;
 
 /// What a log event about one operation carries besides its message.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct OpFields<'a> {
+pub(crate) struct OpFields<'a> {
     /// The operation, as the `op` label of `sbps_marshal_operations_total`.
-    pub op: &'static str,
-    pub lun: Option<u64>,
+    pub(crate) op: &'static str,
+    pub(crate) lun: Option<u64>,
     /// The unit serial (the initiator's WWID is derived from it).
-    pub serial: Option<&'a str>,
-    pub backstore: Option<&'a str>,
+    pub(crate) serial: Option<&'a str>,
+    pub(crate) backstore: Option<&'a str>,
     /// The IMS image id, for a rootfs image that is desired.
-    pub image_id: Option<&'a str>,
+    pub(crate) image_id: Option<&'a str>,
 }
 
 /// The operation's name, the same word as in `plan --json` and the metrics.
-pub fn op_name(op: &Op) -> &'static str {
+pub(crate) fn op_name(op: &Op) -> &'static str {
     match op {
         Op::DisableTpg => "disable-tpg",
         Op::UnmapLun { .. } => "unmap-lun",
@@ -35,7 +35,7 @@ pub fn op_name(op: &Op) -> &'static str {
 /// The fields of `op`. The serial and image id of an operation that names only a
 /// backstore are looked up among the desired projections (a removed image is no
 /// longer desired, so its removal carries the serial only when the op has it).
-pub fn op_fields<'a>(op: &'a Op, desired: &'a Desired) -> OpFields<'a> {
+pub(crate) fn op_fields<'a>(op: &'a Op, desired: &'a Desired) -> OpFields<'a> {
     let by_serial = |serial: &str| desired.projections.get(serial);
     let by_name = |name: &str| {
         desired

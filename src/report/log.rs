@@ -5,7 +5,7 @@ use super::ScanReport;
 use crate::desired::Outcome;
 
 /// Logs what the scan did.
-pub fn log(r: &ScanReport) {
+pub(crate) fn log(r: &ScanReport) {
     if let Some(e) = &r.label_error {
         tracing::warn!("node label unknown, target portal group left as it is: {e}");
     }

@@ -1,15 +1,17 @@
 //! What a scan saw and did, and every shape it takes for an operator: the log lines
-//! ([`log`]), the status document (`sbps-marshal status`, `/status`, [`status`]), the
-//! fields each operation logs ([`fields`]) and where a running scan is ([`progress`]).
+//! (`log`), the status document (`sbps-marshal status`, `/status`, [`status`]), the
+//! fields each operation logs (`fields`) and where a running scan is (`progress`).
 //!
 //! The reconciler (`agent`) returns a [`ScanReport`]; the runner hands it to the log,
 //! the metrics (`telemetry`) and the status. This module sits below both, so neither
 //! imports the other, as kube-runtime's controller keeps the reconciler apart from the
 //! runner that logs, counts and retries.
 
-pub mod fields;
-pub mod log;
-pub mod progress;
+#![warn(unreachable_pub)]
+
+pub(crate) mod fields;
+pub(crate) mod log;
+pub(crate) mod progress;
 pub mod status;
 
 use std::time::Duration;

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 /// One step: what it is, since when, and how long it may take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    pub what: String,
+    pub(crate) what: String,
     /// When it began, or last made progress (an operation of the phase finished).
-    pub since: Instant,
-    pub deadline: Duration,
+    pub(crate) since: Instant,
+    pub(crate) deadline: Duration,
 }
 
 impl Step {
@@ -40,8 +40,8 @@ impl Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stuck {
     pub what: String,
-    pub elapsed: Duration,
-    pub deadline: Duration,
+    pub(crate) elapsed: Duration,
+    pub(crate) deadline: Duration,
 }
 
 impl fmt::Display for Stuck {
@@ -72,7 +72,7 @@ struct Inner {
 /// Added to the deadline of a step that enforces its own (the inventory, systemctl, the
 /// lock wait): such a step ends with an error at its deadline, and is stuck only if even
 /// that did not happen.
-pub const ENFORCED_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const ENFORCED_GRACE: Duration = Duration::from_secs(5);
 
 /// The agent's progress, shared by the scan, its blocking job, the daemon loop (which
 /// pings the watchdog) and `/healthz`.
@@ -96,29 +96,29 @@ impl Progress {
     }
 
     /// The scan enters `what`, which may take `deadline`.
-    pub fn enter(&self, what: impl Into<String>, deadline: Duration) {
+    pub(crate) fn enter(&self, what: impl Into<String>, deadline: Duration) {
         self.lock().scan = Some(step(what.into(), deadline));
     }
 
     /// The scan is between steps or over (its LIO job, if it left one running, is not).
-    pub fn idle(&self) {
+    pub(crate) fn idle(&self) {
         self.lock().scan = None;
     }
 
     /// The LIO job enters `what`, which may take `deadline`.
-    pub fn job_enter(&self, what: impl Into<String>, deadline: Duration) {
+    pub(crate) fn job_enter(&self, what: impl Into<String>, deadline: Duration) {
         self.lock().job = Some(step(what.into(), deadline));
     }
 
     /// The LIO job returned (also a job the scan had given up waiting for).
-    pub fn job_done(&self) {
+    pub(crate) fn job_done(&self) {
         let mut g = self.lock();
         g.job = None;
         g.ops.clear();
     }
 
     /// An LIO operation starts; it is done when the returned ticket is dropped.
-    pub fn begin(&self, what: String, deadline: Duration) -> Ticket<'_> {
+    pub(crate) fn begin(&self, what: String, deadline: Duration) -> Ticket<'_> {
         let mut g = self.lock();
         let id = g.next_ticket;
         g.next_ticket += 1;
@@ -142,7 +142,7 @@ impl Progress {
     }
 
     /// [`Progress::stuck`] at `now`.
-    pub fn stuck_at(&self, now: Instant) -> Option<Stuck> {
+    pub(crate) fn stuck_at(&self, now: Instant) -> Option<Stuck> {
         let g = self.lock();
         if let Some(oldest) = g.ops.iter().map(|(_, s)| s).min_by_key(|s| s.since) {
             return oldest.overdue(now);
@@ -156,7 +156,7 @@ impl Progress {
 
 /// A running LIO operation; dropping it marks the operation done and the phase as
 /// progressing.
-pub struct Ticket<'a> {
+pub(crate) struct Ticket<'a> {
     progress: &'a Progress,
     id: u64,
 }

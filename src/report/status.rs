@@ -15,27 +15,27 @@ use crate::plan::{HoldReason, Warning};
 /// One exported image.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectionRow {
-    pub kind: Kind,
-    pub image_id: Option<String>,
+    pub(crate) kind: Kind,
+    pub(crate) image_id: Option<String>,
     /// Image name, or the PE file name.
-    pub name: String,
-    pub object_key: String,
+    pub(crate) name: String,
+    pub(crate) object_key: String,
     pub lun: Option<u64>,
-    pub backstore: String,
-    pub serial: String,
-    pub wwid: String,
-    pub size: u64,
+    pub(crate) backstore: String,
+    pub(crate) serial: String,
+    pub(crate) wwid: String,
+    pub(crate) size: u64,
     /// When the agent first saw it exported (seconds since the epoch).
-    pub since: Option<u64>,
+    pub(crate) since: Option<u64>,
 }
 
 /// A projection that stays although it is no longer (or not known to be) wanted.
 #[derive(Debug, Clone, Serialize)]
-pub struct HeldRow {
-    pub backstore: String,
-    pub serial: Option<String>,
-    pub luns: Vec<u64>,
-    pub reason: String,
+pub(crate) struct HeldRow {
+    pub(crate) backstore: String,
+    pub(crate) serial: Option<String>,
+    pub(crate) luns: Vec<u64>,
+    pub(crate) reason: String,
 }
 
 /// A freed LUN number that is not given to a new image before `until` (rule 4).
@@ -45,22 +45,22 @@ pub struct QuarantineRow {
     /// The image that held it, when known (not for numbers quarantined at adoption or
     /// for an empty `lun_N` nothing explains).
     pub serial: Option<String>,
-    pub until: u64,
+    pub(crate) until: u64,
 }
 
 /// The gate (rule 7). The TPG is enabled by a scan that leaves nothing unknown
 /// outside the LUN map; what holds it back is in `warnings` and `problems`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Gate {
-    pub labelled: Option<bool>,
+    pub(crate) labelled: Option<bool>,
     pub tpg_enabled: Option<bool>,
 }
 
 /// The whole document.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
-    pub scanned_at: u64,
-    pub target_iqn: String,
+    pub(crate) scanned_at: u64,
+    pub(crate) target_iqn: String,
     pub converged: bool,
     pub problems: Vec<String>,
     /// What stopped the scan before it finished with LIO, if something did
@@ -69,14 +69,14 @@ pub struct Status {
     pub failure: Option<super::FailureKind>,
     pub gate: Gate,
     pub projections: Vec<ProjectionRow>,
-    pub held: Vec<HeldRow>,
-    pub unmanaged: Vec<String>,
+    pub(crate) held: Vec<HeldRow>,
+    pub(crate) unmanaged: Vec<String>,
     /// LUN numbers in quarantine, by number.
     pub quarantined: Vec<QuarantineRow>,
-    pub warnings: Vec<String>,
-    pub brake: bool,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) brake: bool,
     /// Candidates not projected, with the rule.
-    pub not_projected: Vec<Verdict>,
+    pub(crate) not_projected: Vec<Verdict>,
 }
 
 impl Status {

@@ -25,7 +25,7 @@ struct Endpoints {
 }
 
 /// Serves the endpoints until the listener fails.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     status: Arc<RwLock<Option<Status>>>,

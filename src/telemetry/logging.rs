@@ -18,11 +18,11 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// The syslog identifier of every journal entry (`journalctl -t sbps-marshal`).
-pub const SYSLOG_IDENTIFIER: &str = "sbps-marshal";
+pub(crate) const SYSLOG_IDENTIFIER: &str = "sbps-marshal";
 
 /// Where the log lines went, chosen once at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
+pub(crate) enum Output {
     /// journald's native protocol: priorities and structured fields.
     Journal,
     /// stderr is the journal stream but the native socket cannot be reached (a
@@ -37,7 +37,7 @@ static OUTPUT: OnceLock<Output> = OnceLock::new();
 
 /// Sets up logging: info by default, debug with `-d`, warnings only with `-q`;
 /// `RUST_LOG` overrides. Returns where the lines go.
-pub fn init_logging(debug: bool, quiet: bool) -> Output {
+pub(crate) fn init_logging(debug: bool, quiet: bool) -> Output {
     let level = if debug {
         "debug"
     } else if quiet {
@@ -101,14 +101,14 @@ pub fn init_logging(debug: bool, quiet: bool) -> Output {
 }
 
 /// Where the log goes, once [`init_logging`] ran.
-pub fn output() -> Option<Output> {
+pub(crate) fn output() -> Option<Output> {
     OUTPUT.get().copied()
 }
 
 /// Reports the error that ends the process, exactly once: through the journal
 /// (priority 3) when logging goes there, else as one `sbps-marshal: …` line on
 /// stderr (not also through the log, which writes to the same stderr).
-pub fn fatal(message: &str) {
+pub(crate) fn fatal(message: &str) {
     match output() {
         Some(Output::Journal | Output::JournalStream) => tracing::error!("{message}"),
         Some(Output::Stderr) | None => eprintln!("sbps-marshal: {message}"),
@@ -117,7 +117,7 @@ pub fn fatal(message: &str) {
 
 /// The mapping `journalctl -p` filters on: error 3, warning 4, info 6, debug 7
 /// (tracing-journald's default would put info at 5, "notice").
-pub fn priority(level: &Level) -> u8 {
+pub(crate) fn priority(level: &Level) -> u8 {
     match *level {
         Level::ERROR => 3,
         Level::WARN => 4,
@@ -159,7 +159,7 @@ fn stderr_is_journal() -> bool {
 }
 
 /// `JOURNAL_STREAM` (`"<device>:<inode>"`, decimal) names this device and inode.
-pub fn stream_matches(journal_stream: &str, dev: u64, ino: u64) -> bool {
+pub(crate) fn stream_matches(journal_stream: &str, dev: u64, ino: u64) -> bool {
     let Some((d, i)) = journal_stream.trim().split_once(':') else {
         return false;
     };

@@ -28,10 +28,10 @@ use prometheus_client::metrics::MetricType;
 
 /// Reads closer together than this keep the previous rate, so two scrapers a few
 /// seconds apart do not turn the rate into noise over a tiny window.
-pub const MIN_WINDOW_SECS: f64 = 10.0;
+pub(crate) const MIN_WINDOW_SECS: f64 = 10.0;
 
 /// The families the collector encodes (all gauges), with their help.
-pub const FAMILIES: [(&str, &str); 3] = [
+pub(crate) const FAMILIES: [(&str, &str); 3] = [
     (
         "iscsi_read_mbytes",
         "Megabytes read through the LUN (configfs scsi_tgt_port/read_mbytes; never decreases while the LUN exists)",
@@ -48,25 +48,25 @@ pub const FAMILIES: [(&str, &str); 3] = [
 
 /// One read of a LUN's `in_cmds` counter.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Seconds on a monotonic clock.
-    pub at: f64,
-    pub cmds: u64,
+    pub(crate) at: f64,
+    pub(crate) cmds: u64,
 }
 
 /// The rate state of one LUN: the read the next rate is measured from, and the
 /// last rate measured.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct RateWindow {
-    pub base: Option<Sample>,
-    pub rate: Option<f64>,
+pub(crate) struct RateWindow {
+    pub(crate) base: Option<Sample>,
+    pub(crate) rate: Option<f64>,
 }
 
 impl RateWindow {
     /// The window after a new read. A read at least `min_window` after the base
     /// measures a new rate and becomes the base; a counter that went down (the LUN
     /// was re-created) has no rate until the next read.
-    pub fn advance(self, now: Sample, min_window: f64) -> RateWindow {
+    pub(crate) fn advance(self, now: Sample, min_window: f64) -> RateWindow {
         let Some(base) = self.base else {
             return RateWindow {
                 base: Some(now),
@@ -87,23 +87,23 @@ impl RateWindow {
 
 /// One LUN of the TPG as configfs shows it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct LunRow {
-    pub lun: u64,
-    pub backstore: String,
-    pub read_mbytes: u64,
-    pub in_cmds: u64,
+pub(crate) struct LunRow {
+    pub(crate) lun: u64,
+    pub(crate) backstore: String,
+    pub(crate) read_mbytes: u64,
+    pub(crate) in_cmds: u64,
 }
 
 /// The collector: where the TPG's LUNs are and each LUN's rate window.
 #[derive(Debug)]
-pub struct LunStats {
+pub(crate) struct LunStats {
     layout: Layout,
     epoch: Instant,
     windows: Mutex<BTreeMap<(u64, String), RateWindow>>,
 }
 
 impl LunStats {
-    pub fn new(layout: Layout) -> LunStats {
+    pub(crate) fn new(layout: Layout) -> LunStats {
         LunStats {
             layout,
             epoch: Instant::now(),
@@ -113,7 +113,7 @@ impl LunStats {
 
     /// Every LUN of the TPG, by number; a LUN whose statistics cannot be read shows 0.
     /// Read through [`Fs`] like every other configfs read, at the paths of [`Layout`].
-    pub fn read(&self) -> Vec<LunRow> {
+    pub(crate) fn read(&self) -> Vec<LunRow> {
         let fs = RealFs;
         let luns = self.layout.luns_dir();
         let Ok(entries) = fs.read_dir(&luns) else {

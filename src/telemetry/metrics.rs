@@ -1,7 +1,7 @@
 //! The Prometheus registry. Names CSM dashboards already use are kept:
 //! `iscsi_rootfs_lun_cnt`, `iscsi_pe_lun_cnt`, and per-LUN `iscsi_read_mbytes`,
 //! `iscsi_in_cmds` and `iscsi_read_rate` read from configfs statistics at encoding
-//! time (what the separate CSM exporter read, see [`super::lun_stats`]). Everything
+//! time (what the separate CSM exporter read, see `telemetry::lun_stats`). Everything
 //! else is `sbps_marshal_*`. The same registry is served on `/metrics` (OpenMetrics)
 //! and written to the node-exporter textfile (Prometheus text 0.0.4).
 
@@ -467,7 +467,7 @@ impl Metrics {
 
     /// The Prometheus text format (0.0.4) node-exporter's textfile collector reads,
     /// with the per-LUN statistics read now.
-    pub fn render_prometheus_text(&self) -> String {
+    pub(crate) fn render_prometheus_text(&self) -> String {
         let mut out = String::new();
         if prometheus_text::encode(&mut out, &self.registry).is_err() {
             return String::new();

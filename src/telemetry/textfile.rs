@@ -8,6 +8,6 @@ use std::io;
 use std::path::Path;
 
 /// Replaces `path` with `text`, readable by node-exporter (0644).
-pub fn write(path: &Path, text: &str) -> io::Result<()> {
+pub(crate) fn write(path: &Path, text: &str) -> io::Result<()> {
     crate::atomic_file::write_mode(path, text.as_bytes(), 0o644)
 }

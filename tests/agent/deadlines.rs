@@ -12,7 +12,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use sbps_marshal::agent::service::Systemctl;
-use sbps_marshal::agent::Mode;
 use sbps_marshal::lio::fs::{Entry, Fs, Meta};
 use sbps_marshal::lio::{ConfigfsSettings, ConfigfsTarget, Op, Target};
 use sbps_marshal::report::FailureKind;
@@ -50,7 +49,7 @@ async fn a_systemctl_that_never_returns_fails_the_scan_naming_the_step() {
     let before = w.target.observe().unwrap();
 
     let t = Instant::now();
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
     assert!(!r.converged);
     let failure = r.failure.clone().map(|f| f.message).unwrap_or_default();
@@ -106,7 +105,7 @@ async fn a_held_targetcli_lock_fails_the_scan_naming_the_holder() {
     let before = look.observe().unwrap();
 
     let t = Instant::now();
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
     assert!(!r.converged && r.outcomes.is_empty());
     let failure = r.failure.clone().map(|f| f.message).unwrap_or_default();
@@ -124,7 +123,7 @@ async fn a_held_targetcli_lock_fails_the_scan_naming_the_holder() {
 
     // The administrator quits targetcli: the next scan goes through.
     drop(admin);
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(r.converged, "{:?}", r.problems());
 }
 
@@ -211,7 +210,7 @@ async fn a_hung_configfs_write_is_reported_stuck_and_no_other_job_runs() {
 
     // The cold scan creates both images, then the write enabling the TPG never returns.
     let t = Instant::now();
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
     assert!(!r.converged);
     let failure = r.failure.clone().map(|f| f.message).unwrap_or_default();
@@ -230,7 +229,7 @@ async fn a_hung_configfs_write_is_reported_stuck_and_no_other_job_runs() {
 
     // The next scan runs no other job while that one is out: it reports the step at once.
     let t = Instant::now();
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     let failure = r.failure.clone().map(|f| f.message).unwrap_or_default();
     assert!(failure.contains("stuck in enable TPG"), "{failure}");
@@ -252,7 +251,7 @@ async fn a_hung_configfs_write_is_reported_stuck_and_no_other_job_runs() {
         "the late job did not return"
     );
     assert_eq!(w.agent.progress.stuck(), None);
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(r.converged, "{:?}", r.problems());
     assert!(r.outcomes.is_empty(), "{:?}", r.outcomes);
     assert!(w.target.observe().unwrap().tpg.is_some_and(|t| t.enabled));

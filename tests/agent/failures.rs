@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use sbps_marshal::agent::Mode;
 use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
 use sbps_marshal::lio::Op;
 use sbps_marshal::report::ScanReport;
@@ -19,7 +18,7 @@ use crate::scans::{record, world_with, World, BUCKET};
 /// A world whose first scan converged: img1 and a PE exported, img2 untagged.
 async fn served(extra: &[(&str, String)]) -> World {
     let mut w = world_with(extra).await;
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(r.converged, "{:?}", r.problems());
     w
 }
@@ -28,7 +27,7 @@ async fn served(extra: &[(&str, String)]) -> World {
 /// and the metrics and the status document agree.
 async fn not_converged(w: &mut World, says: &str) -> ScanReport {
     let before = w.target.observe().unwrap();
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     let problems = r.problems().join("\n");
     assert!(!r.converged, "converged despite the fault");
     assert!(problems.contains(says), "{says:?} not in:\n{problems}");
@@ -41,7 +40,7 @@ async fn not_converged(w: &mut World, says: &str) -> ScanReport {
 }
 
 async fn converges(w: &mut World) {
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(r.converged, "{:?}", r.problems());
     assert!(w
         .agent
@@ -219,7 +218,7 @@ async fn kubernetes_down() {
         ("KUBECONFIG", "/nonexistent/admin.conf".into()),
     ])
     .await;
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(!r.converged);
     assert!(
         r.problems()
@@ -263,7 +262,7 @@ async fn hostile_keys_are_skips_and_the_scan_converges() {
     let mut w = served(&[]).await;
     w.moto().put(BUCKET, "PE/a,b.squashfs", vec![1u8; 10]).await;
     w.moto().put(BUCKET, "PE/dir/", Vec::<u8>::new()).await;
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(r.converged, "{:?}", r.problems());
     assert!(w
         .agent
@@ -290,7 +289,7 @@ async fn first_enable_waits_for_unknown_images() {
         StatusCode::OK,
         json!([record("img1", Some("true")), record("img3", Some("true"))]),
     );
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(!r.converged);
     assert!(
         !r.outcomes.iter().any(|o| o.op == Op::EnableTpg),
@@ -310,7 +309,7 @@ async fn first_enable_waits_for_unknown_images() {
     let p = w.rig.images.path().join("img3/rootfs");
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(&p, &body).unwrap();
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(r.converged, "{:?}", r.problems());
     assert_eq!(r.outcomes.last().map(|o| &o.op), Some(&Op::EnableTpg));
 
@@ -318,7 +317,7 @@ async fn first_enable_waits_for_unknown_images() {
     std::fs::rename(&p, p.with_extension("away")).unwrap();
     let tpg_dir = w.rig.tpg();
     w.rig.fs.write(&tpg_dir.join("enable"), "0").unwrap();
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(!r.converged);
     assert!(
         r.outcomes.iter().any(|o| o.op == Op::EnableTpg),

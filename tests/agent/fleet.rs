@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use sbps_marshal::agent::service::NoServices;
-use sbps_marshal::agent::{wiring, Agent, Mode};
+use sbps_marshal::agent::{wiring, Agent};
 use sbps_marshal::config::{Layers, Settings};
 use sbps_marshal::fleet::{survey, Flag, SurveyPolicy};
 use sbps_marshal::inventory::gather::Sources;
@@ -63,7 +63,7 @@ struct Worker {
 
 impl Worker {
     async fn scan(&mut self) -> ScanReport {
-        self.agent.scan(Mode::Apply).await
+        self.agent.scan_and_publish().await
     }
 
     /// Serial → LUN number, as the kernel exports them.

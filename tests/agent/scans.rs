@@ -228,7 +228,7 @@ async fn scans_converge_adopt_and_hold() {
     assert_eq!(pe_id.name, "de4cc04e7dacfb9");
 
     // Cold scan: two projections on LUNs 1 and 2 (never 0), TPG enabled last.
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(r.converged, "{:?}", r.problems());
     assert_eq!(r.desired.projections.len(), 2);
     assert_eq!(r.outcomes.last().map(|o| &o.op), Some(&Op::EnableTpg));
@@ -258,14 +258,14 @@ async fn scans_converge_adopt_and_hold() {
     );
 
     // Steady scan: nothing to do, no file rewritten.
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(r.converged && r.outcomes.is_empty(), "{:?}", r.outcomes);
     assert!(!r.saveconfig_written && !r.ledger_written);
     assert_eq!(on_disk().last_converged, converged_at);
     // saveconfig.json is still checked: a lost file comes back at the next scan, and
     // a change made behind the agent's back (an admin's targetcli) reaches it too.
     std::fs::remove_file(w.state.path().join("saveconfig.json")).unwrap();
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(r.saveconfig_written && r.outcomes.is_empty());
     let tpg = w.rig.tpg();
     w.rig
@@ -273,7 +273,7 @@ async fn scans_converge_adopt_and_hold() {
         .write(&tpg.join("attrib/login_timeout"), "20")
         .unwrap();
     w.rig.fs.mkdir(&tpg.join("lun/lun_9")).unwrap();
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(
         r.saveconfig_written,
         "an empty lun_9 appeared and was cleaned: the file follows"
@@ -281,7 +281,7 @@ async fn scans_converge_adopt_and_hold() {
     // Nothing explains it (another tool was unmapping it): its number is quarantined.
     let q9 = &w.agent.ledger().quarantine[&9];
     assert!(q9.serial.is_none() && !q9.same_serial_may_return);
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(!r.saveconfig_written && r.outcomes.is_empty());
     let metrics = w.agent.metrics.render();
     assert!(metrics.contains("iscsi_pe_lun_cnt 1"), "{metrics}");
@@ -305,7 +305,7 @@ async fn scans_converge_adopt_and_hold() {
     w.ims
         .respond(StatusCode::SERVICE_UNAVAILABLE, &json!({"title": "down"}));
     let before = w.target.observe().unwrap();
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(r.outcomes.is_empty(), "{:?}", r.outcomes);
     assert_eq!(w.target.observe().unwrap(), before);
     assert!(r
@@ -335,7 +335,7 @@ async fn scans_converge_adopt_and_hold() {
         .find(|l| serial_at(w.target.as_ref(), *l).as_deref() == Some(rootfs_id.serial.as_str()))
         .unwrap();
     let before = w.target.observe().unwrap();
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(!r.converged);
     assert!(r.outcomes.is_empty(), "{:?}", r.outcomes);
     assert_eq!(w.target.observe().unwrap(), before);
@@ -356,7 +356,7 @@ async fn scans_converge_adopt_and_hold() {
     // The operator confirms the answer (`scan --once --release-brake`): with grace 0
     // the image goes at once, its LUN number quarantined.
     w.agent.release_brake = true;
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(r.converged, "{:?}", r.problems());
     assert!(w
         .agent
@@ -395,7 +395,7 @@ async fn scans_converge_adopt_and_hold() {
 
     // It comes back: same content, same key, so it gets its old number back.
     w.ims.set(&[record("img1", Some("true"))]);
-    let r = w.agent.scan(Mode::Apply).await;
+    let r = w.agent.scan_and_publish().await;
     assert!(r.converged, "{:?}", r.problems());
     assert_eq!(
         serial_at(w.target.as_ref(), lun_of_rootfs).as_deref(),
@@ -412,10 +412,41 @@ async fn a_scan_judges_the_inventory_once() {
     let mut w = world().await;
     for mode in [Mode::Apply, Mode::Apply, Mode::DryRun] {
         let before = sbps_marshal::desired::evaluations();
-        let r = w.agent.scan(mode).await;
+        let r = match mode {
+            Mode::Apply => w.agent.scan_and_publish().await,
+            Mode::DryRun => w.agent.reconcile(mode).await,
+        };
         assert!(r.converged, "{mode:?}: {:?}", r.problems());
         assert_eq!(r.desired.projections.len(), 2);
         assert_eq!(r.stats.mount_checked, 2, "{mode:?}");
         assert_eq!(sbps_marshal::desired::evaluations() - before, 1, "{mode:?}");
     }
+}
+
+/// The reconciler decides and acts but shows nothing; its runner's step, what the daemon
+/// and `scan --once` take, shows every scan (log, metrics, status document).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_shows_nothing_and_its_runner_shows_each_scan() {
+    let mut w = world().await;
+    let r = w.agent.reconcile(Mode::Apply).await;
+    assert!(r.converged, "{:?}", r.problems());
+    assert_eq!(r.desired.projections.len(), 2);
+    assert!(w.agent.status.read().unwrap().is_none());
+    let metrics = w.agent.metrics.render();
+    assert!(!metrics.contains("iscsi_pe_lun_cnt 1"), "{metrics}");
+    assert!(
+        metrics.contains("sbps_marshal_last_scan_timestamp_seconds 0"),
+        "{metrics}"
+    );
+
+    let r = w.agent.scan_and_publish().await;
+    assert!(r.converged, "{:?}", r.problems());
+    let status = w.agent.status.read().unwrap().clone();
+    assert_eq!(status.map(|s| s.projections.len()), Some(2));
+    let metrics = w.agent.metrics.render();
+    assert!(metrics.contains("iscsi_pe_lun_cnt 1"), "{metrics}");
+    assert!(
+        !metrics.contains("sbps_marshal_last_scan_timestamp_seconds 0"),
+        "{metrics}"
+    );
 }

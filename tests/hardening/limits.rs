@@ -186,7 +186,7 @@ async fn answers_above_the_caps_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gather_past_its_deadline_changes_nothing() {
     use sbps_marshal::agent::service::NoServices;
-    use sbps_marshal::agent::{Agent, Mode};
+    use sbps_marshal::agent::Agent;
     use sbps_marshal::lio::Target;
     use std::os::unix::fs::PermissionsExt;
 
@@ -225,13 +225,13 @@ async fn a_gather_past_its_deadline_changes_nothing() {
     );
     let mut agent =
         Agent::with_parts(settings, src, Arc::new(rig.target()), Box::new(NoServices)).unwrap();
-    let r = agent.scan(Mode::Apply).await;
+    let r = agent.scan_and_publish().await;
     assert!(r.converged, "{:?}", r.problems());
     let before = rig.target().observe().unwrap();
 
     ims_double.set_delay(STALL);
     let t0 = Instant::now();
-    let r = agent.scan(Mode::Apply).await;
+    let r = agent.scan_and_publish().await;
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(20), "the scan took {took:?}");
     assert!(!r.converged);
@@ -246,7 +246,7 @@ async fn a_gather_past_its_deadline_changes_nothing() {
     assert_eq!(rig.target().observe().unwrap(), before, "nothing changed");
 
     ims_double.set_delay(Duration::ZERO);
-    let r = agent.scan(Mode::Apply).await;
+    let r = agent.scan_and_publish().await;
     assert!(r.converged, "{:?}", r.problems());
     assert_eq!(rig.target().observe().unwrap(), before);
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use sbps_marshal::agent::service::NoServices;
-use sbps_marshal::agent::{Agent, Mode};
+use sbps_marshal::agent::Agent;
 use sbps_marshal::http::TlsOptions;
 use sbps_marshal::inventory::s3::read_credentials;
 use sbps_marshal::report::status::Status;
@@ -63,7 +63,7 @@ async fn no_secret_in_logs_errors_status_or_files() {
         Box::new(NoServices),
     )
     .unwrap();
-    let report = agent.scan(Mode::Apply).await;
+    let report = agent.scan_and_publish().await;
     assert!(report.converged, "{:?}", report.problems());
     assert_eq!(report.desired.projections.len(), 1);
     let status = Status::build(&report, agent.ledger(), &settings);
@@ -118,7 +118,7 @@ async fn no_secret_in_logs_errors_status_or_files() {
         Box::new(NoServices),
     )
     .unwrap();
-    let report = agent.scan(Mode::Apply).await;
+    let report = agent.scan_and_publish().await;
     let s3_err = report
         .desired
         .uncertainty

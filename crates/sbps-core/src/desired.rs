@@ -21,10 +21,10 @@ use crate::inventory::{
 use crate::ledger::Ledger;
 use crate::paths;
 
-pub use crate::paths::{kernel_safe_path, lexically_inside, Backend, MAX_KERNEL_PATH};
+pub use crate::paths::{kernel_safe_path, lexically_inside, Backend};
 
 /// Prefix of programming-environment objects in the bucket.
-pub const PE_PREFIX: &str = "PE/";
+pub(crate) const PE_PREFIX: &str = "PE/";
 
 /// The settings `desired` depends on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

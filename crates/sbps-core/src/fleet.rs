@@ -50,12 +50,12 @@ impl FleetView {
     }
 
     /// True when no other node has a ledger.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_serial.is_empty() && self.busy.is_empty()
     }
 
     /// The number most other nodes gave `serial` (the lowest among equals), if any.
-    pub fn hint(&self, serial: &str) -> Option<u64> {
+    pub(crate) fn hint(&self, serial: &str) -> Option<u64> {
         let numbers = self.by_serial.get(serial)?;
         // max_by_key keeps the last maximum; iterate from the top so that is the lowest.
         numbers
@@ -66,7 +66,7 @@ impl FleetView {
     }
 
     /// True when another node holds `n` (for an image or in quarantine).
-    pub fn busy(&self, n: u64) -> bool {
+    pub(crate) fn busy(&self, n: u64) -> bool {
         self.busy.contains(&n)
     }
 }
@@ -106,23 +106,23 @@ pub struct NodeDoc {
 
 /// One node's copy of an image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Copy {
-    pub lun: u64,
-    pub etag: Option<String>,
-    pub size: Option<u64>,
-    pub since: u64,
+pub(crate) struct Copy {
+    pub(crate) lun: u64,
+    pub(crate) etag: Option<String>,
+    pub(crate) size: Option<u64>,
+    pub(crate) since: u64,
 }
 
 /// One image across the fleet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRow {
-    pub serial: String,
-    pub name: String,
-    pub kind: Option<Kind>,
-    pub key: Option<String>,
-    pub image_id: Option<String>,
+    pub(crate) serial: String,
+    pub(crate) name: String,
+    pub(crate) kind: Option<Kind>,
+    pub(crate) key: Option<String>,
+    pub(crate) image_id: Option<String>,
     /// Node → its copy.
-    pub nodes: BTreeMap<String, Copy>,
+    pub(crate) nodes: BTreeMap<String, Copy>,
 }
 
 /// Something in the fleet that an operator should look at.
@@ -231,7 +231,7 @@ impl fmt::Display for Flag {
 /// The fleet, image by image, and its flags.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Survey {
-    pub nodes: Vec<String>,
+    pub(crate) nodes: Vec<String>,
     pub images: Vec<ImageRow>,
     pub flags: Vec<Flag>,
 }

@@ -16,13 +16,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha224};
 
 /// Length of the backstore name (the SCSI INQUIRY product field holds 15 characters).
-pub const NAME_LEN: usize = 15;
+pub(crate) const NAME_LEN: usize = 15;
 /// Length of the VPD unit serial the original agent wrote.
-pub const SERIAL_LEN: usize = 31;
+pub(crate) const SERIAL_LEN: usize = 31;
 /// Hex digits of the serial the kernel folds into the NAA-6 designator.
-pub const WWID_SERIAL_DIGITS: usize = 25;
+pub(crate) const WWID_SERIAL_DIGITS: usize = 25;
 /// Prefix of every WWID an LIO target produces: SCSI name type 3, NAA 6, IEEE company id 001405.
-pub const WWID_PREFIX: &str = "36001405";
+pub(crate) const WWID_PREFIX: &str = "36001405";
 
 /// The key of a programming-environment object: `s3://<bucket>/<object key>`.
 ///
@@ -81,7 +81,7 @@ pub fn wwid_of_serial(serial: &str) -> String {
 
 /// True when `s` looks like a name this agent (or the original) would have derived:
 /// 15 lowercase hex characters.
-pub fn is_derived_name(s: &str) -> bool {
+pub(crate) fn is_derived_name(s: &str) -> bool {
     s.len() == NAME_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 

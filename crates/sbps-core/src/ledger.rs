@@ -85,7 +85,7 @@ pub struct Ledger {
 pub struct Shared<T>(Arc<T>);
 
 impl<T> Shared<T> {
-    pub fn new(value: T) -> Shared<T> {
+    pub(crate) fn new(value: T) -> Shared<T> {
         Shared(Arc::new(value))
     }
 

@@ -8,6 +8,8 @@
 //! property-tested and the compiler keeps I/O out: this crate depends on no runtime,
 //! no HTTP client and no clock.
 
+#![warn(unreachable_pub)]
+
 pub mod desired;
 pub mod fleet;
 pub mod identity;

@@ -14,7 +14,7 @@ use std::path::{Component, Path};
 use serde::{Deserialize, Serialize};
 
 /// Longest backing path the kernel accepts in `fd_dev_name=` (FD_MAX_DEV_NAME = 256, with NUL).
-pub const MAX_KERNEL_PATH: usize = 255;
+pub(crate) const MAX_KERNEL_PATH: usize = 255;
 
 /// The LIO backend a backing path is handed to (`LIO_BACKEND`): each reads the path its
 /// own way, so each refuses a different set of paths.
@@ -30,7 +30,7 @@ pub enum Backend {
 
 impl Backend {
     /// The `LIO_BACKEND` value that names it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Backend::Configfs => "configfs",
             Backend::Targetcli => "targetcli",

@@ -22,8 +22,10 @@
 //!    that).
 //!
 //! The rooms: this file walks the projections and the kernel's objects and builds the
-//! plan; [`policy`] holds the operator's settings and the removal rules (rule 5);
-//! [`allocate`] the LUN numbers (rule 4): allocation, quarantine, adoption.
+//! plan; `policy.rs` holds the operator's settings and the removal rules (rule 5,
+//! [`Policy`], [`brake_engages`]); `allocate.rs` the LUN numbers (rule 4):
+//! allocation, quarantine, adoption ([`adoption_quarantine`]). Both rooms are private:
+//! what other crates use of them is re-exported here.
 
 use std::cell::OnceCell;
 use std::cmp::Ordering;
@@ -39,8 +41,8 @@ use crate::identity;
 use crate::ledger::{Ledger, LunRecord, Quarantine};
 use crate::lio::{Actual, Backstore, BackstoreRef, Op, Tpg};
 
-pub mod allocate;
-pub mod policy;
+pub(crate) mod allocate;
+pub(crate) mod policy;
 
 pub use allocate::{adoption_quarantine, MAX_ADOPTION_QUARANTINE, MAX_LUN};
 use policy::PerKind;
@@ -100,7 +102,7 @@ pub struct Held {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiting {
     pub serial: String,
-    pub name: String,
+    pub(crate) name: String,
     pub reason: String,
 }
 
@@ -166,21 +168,6 @@ pub struct Plan {
     pub brake: bool,
     /// The ledger to persist (before applying: quarantines are written ahead).
     pub ledger: Ledger,
-}
-
-impl Plan {
-    /// Ops that remove an exported LUN.
-    pub fn removals(&self) -> impl Iterator<Item = &Op> {
-        self.ops.iter().filter(|o| {
-            matches!(
-                o,
-                Op::UnmapLun {
-                    serial: Some(_),
-                    ..
-                }
-            )
-        })
-    }
 }
 
 /// Computes the plan for a node alone (no other node's ledger is known).
