@@ -19,6 +19,16 @@ use sbps_marshal::lio::{
 const IQN: &str = "iqn.2023-06.csm.iscsi:bench";
 
 fn main() -> anyhow::Result<()> {
+    // Where a save's time goes (`SBPS_BENCH_LOG` to choose other targets).
+    let filter = std::env::var("SBPS_BENCH_LOG").unwrap_or_else(|_| {
+        "sbps_marshal::lio::saved=debug,sbps_marshal::lio::savefile=debug".into()
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stdout)
+        .with_target(false)
+        .without_time()
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(500);
     let pars: Vec<usize> = if args.len() > 1 {

@@ -97,6 +97,7 @@ pub fn save<F: Fs + ?Sized>(
     let prior = prior.filter(|d| d.path == path && len == Some(d.len as u64));
     let hasher = prior.as_ref().map(|d| d.hasher.clone()).unwrap_or_default();
     let expect = prior.as_ref().map(|d| (d.len, d.hash));
+    let t0 = std::time::Instant::now();
     let managed = Some((at.iqn(), at.tag(), Value::String(MARKER.into())));
     let rest = saveconfig::dump_targets(fs, at.root(), managed)?;
     let skeleton = saveconfig::to_text(&saveconfig::document(Vec::new(), rest));
@@ -109,6 +110,7 @@ pub fn save<F: Fs + ?Sized>(
         (None, Some(k)) => (dump_objects(fs, at, seen)?, dump_luns(fs, at, k.lun_pad)?),
         (_, None) => (Vec::new(), Vec::new()),
     };
+    let dumped = t0.elapsed();
     let laid = spliced.as_ref().and_then(|k| k.layout(&objects, &luns));
     let Some((segments, object_ranges, lun_ranges)) = laid else {
         // The LUN list has no single place in the rest (a TPG gone, or something in LIO
@@ -123,6 +125,21 @@ pub fn save<F: Fs + ?Sized>(
     };
     let written = savefile::write(path, &segments, expect, &hasher, saveconfig::MAX_BACKUPS)?;
     drop(segments);
+    let copied = objects
+        .iter()
+        .filter(|(_, t)| matches!(t, Text::Old(_)))
+        .count()
+        + luns
+            .iter()
+            .filter(|(_, t)| matches!(t, Text::Old(_)))
+            .count();
+    tracing::debug!(
+        dump_ms = dumped.as_secs_f64() * 1e3,
+        total_ms = t0.elapsed().as_secs_f64() * 1e3,
+        copied,
+        dumped = objects.len() + luns.len() - copied,
+        "saveconfig.json patched"
+    );
     let Some(written) = written else {
         if expect.is_none() {
             return Err(LioError::Saveconfig {

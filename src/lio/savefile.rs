@@ -72,6 +72,8 @@ pub(crate) fn write(
     };
     let had_old = old.is_some();
     let mut outcome = None;
+    let t0 = std::time::Instant::now();
+    let mut pass = std::time::Duration::ZERO;
     let written = crate::atomic_file::write_with(path, 0o600, |tmp| {
         let mut out = Out::new(tmp, state);
         let mut src = Source::new(old, state, backup);
@@ -86,6 +88,7 @@ pub(crate) fn write(
         }
         let (len, digest) = out.finish()?;
         let (old_len, old_digest, gz) = src.finish()?;
+        pass = t0.elapsed();
         if expect.is_some_and(|e| e != (old_len, old_digest)) {
             return Ok(None);
         }
@@ -108,6 +111,13 @@ pub(crate) fn write(
     if written.is_some() {
         tracing::info!(path = %path.display(), "saveconfig.json written");
     }
+    // What the pass over both files and the rest (backup, fsync, rename) took.
+    tracing::debug!(
+        pass_ms = pass.as_secs_f64() * 1e3,
+        total_ms = t0.elapsed().as_secs_f64() * 1e3,
+        backup,
+        "saveconfig.json pass"
+    );
     Ok(outcome)
 }
 
