@@ -19,6 +19,17 @@ use sbps_marshal::lio::{
 const IQN: &str = "iqn.2023-06.csm.iscsi:bench";
 
 fn main() -> anyhow::Result<()> {
+    // Where a save's time goes (`SBPS_BENCH_LOG` to choose other targets).
+    let filter = std::env::var("SBPS_BENCH_LOG").unwrap_or_else(|_| {
+        "sbps_marshal::lio::saved=debug,sbps_marshal::lio::savefile=debug".into()
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stdout)
+        .with_target(false)
+        .with_ansi(false)
+        .without_time()
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(500);
     let pars: Vec<usize> = if args.len() > 1 {
@@ -70,6 +81,9 @@ fn main() -> anyhow::Result<()> {
         // A fresh backend per round, as a fresh agent process: nothing remembered.
         let t = ConfigfsTarget::real(settings.clone());
         let _ = std::fs::remove_file(&save);
+        // Nor backups: a round's first file would be the newest backup's very text, and
+        // a save then compares them instead of backing up, as no agent's save does.
+        let _ = std::fs::remove_dir_all(work.path().join("backup"));
         let creates: Vec<Op> = (0..n).map(|i| create(i, &paths)).collect();
         let maps: Vec<Op> = (0..n).map(map).collect();
         let unmaps: Vec<Op> = (0..=n)

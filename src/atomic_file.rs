@@ -17,6 +17,17 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// [`write()`] with the file's permission bits: a file other local readers need
 /// (node-exporter's textfile collector) is written 0644.
 pub fn write_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_with(path, mode, |f| f.write_all(bytes).map(Some)).map(drop)
+}
+
+/// [`write_mode()`] of what `fill` writes into the temp file (opened for reading too),
+/// so a file of megabytes need not be held whole in memory. `fill` returns `None` to
+/// keep the old file: the temp file is removed and nothing renamed.
+pub fn write_with<T>(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut fs::File) -> io::Result<Option<T>>,
+) -> io::Result<Option<T>> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -26,21 +37,25 @@ pub fn write_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let tmp = PathBuf::from(tmp);
     let result = (|| {
         let mut f = fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .mode(mode)
             .open(&tmp)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
+        let Some(out) = fill(&mut f)? else {
+            return Ok(None);
+        };
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
+        fs::File::open(dir)?.sync_all()?;
+        Ok(Some(out))
     })();
-    match result {
-        Ok(()) => remove_stale_temps(dir, path),
-        Err(_) => {
+    match &result {
+        Ok(Some(_)) => remove_stale_temps(dir, path),
+        _ => {
             let _ = fs::remove_file(&tmp);
         }
     }

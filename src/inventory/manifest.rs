@@ -2,7 +2,8 @@
 //!
 //! A system with thousands of images would otherwise GET thousands of manifests
 //! every scan. A manifest is immutable in practice (IMS registers it with its ETag),
-//! so a parsed manifest is kept in memory under (manifest path, the IMS record's
+//! so a parsed manifest (what `desired` reads of it: its rootfs artifacts) is kept
+//! in memory under (manifest path, the IMS record's
 //! link etag, the manifest object's ETag in this scan's listing): an unchanged image
 //! costs no request on later scans, and a manifest rewritten in place is refetched
 //! because its listing ETag changes. Parsed results are cached, an unparsable
@@ -18,7 +19,7 @@ use serde_json::Value;
 
 use super::ims::{parse_link, type_name};
 use super::s3::{S3Error, S3Source};
-use super::{parse_s3_url, Artifact, Manifest, S3Object};
+use super::{parse_s3_url, Artifact, Manifest, S3Object, ROOTFS_ARTIFACT_TYPE};
 
 /// IMS refuses manifests of 1 MiB or more (`MAX_IMAGE_MANIFEST_SIZE_BYTES`).
 pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
@@ -211,6 +212,16 @@ impl ManifestFetcher {
     }
 }
 
+/// What `desired` reads of a manifest: its rootfs artifacts (how many there are, and the
+/// link of the one). The others (kernel, initrd, boot parameters: most of a manifest)
+/// are dropped before it is cached, so the cache of thousands of images holds only
+/// what decides a projection.
+fn kept(mut m: Manifest) -> Manifest {
+    m.artifacts.retain(|a| a.kind == ROOTFS_ARTIFACT_TYPE);
+    m.artifacts.shrink_to_fit();
+    m
+}
+
 async fn fetch_one(s3: &S3Source, key: &str) -> Result<Manifest, FetchError> {
     let body = s3
         .get_object(key, MAX_MANIFEST_BYTES)
@@ -219,13 +230,14 @@ async fn fetch_one(s3: &S3Source, key: &str) -> Result<Manifest, FetchError> {
             S3Error::NotFound { .. } => FetchError::Download("not found (HTTP 404)".into()),
             other => FetchError::Download(other.to_string()),
         })?;
-    parse_manifest(&body).map_err(|e| FetchError::Parse(format!("unparsable manifest: {e}")))
+    parse_manifest(&body)
+        .map(kept)
+        .map_err(|e| FetchError::Parse(format!("unparsable manifest: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::ROOTFS_ARTIFACT_TYPE;
     use serde_json::json;
 
     #[test]
@@ -253,6 +265,21 @@ mod tests {
             m.artifacts[4].link.as_ref().unwrap().etag.as_deref(),
             Some("42")
         );
+    }
+
+    #[test]
+    fn only_rootfs_artifacts_are_cached() {
+        let m = json!({"artifacts": [
+            {"link": {"path": "s3://b/x/rootfs", "etag": "e"}, "type": ROOTFS_ARTIFACT_TYPE},
+            {"link": {"path": "s3://b/x/kernel"}, "type": "application/vnd.cray.image.kernel"},
+            {"link": null, "type": ROOTFS_ARTIFACT_TYPE},
+        ]});
+        let m = kept(parse_manifest(m.to_string().as_bytes()).unwrap());
+        // Both rootfs artifacts stay: `desired` counts them (several: unknown).
+        assert_eq!(m.artifacts.len(), 2);
+        assert!(m.artifacts.iter().all(|a| a.kind == ROOTFS_ARTIFACT_TYPE));
+        assert_eq!(m.artifacts[1].link, None);
+        assert!(kept(Manifest::default()).artifacts.is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod layout;
 pub mod lock;
 pub mod saveconfig;
 pub mod saved;
+pub(crate) mod savefile;
 pub mod seen;
 pub mod targetcli;
 

@@ -481,20 +481,42 @@ pub fn backups(path: &Path) -> Vec<PathBuf> {
 }
 
 fn backup(path: &Path, old: &[u8], max: usize) -> std::io::Result<()> {
-    let dir = backup_dir(path);
-    fs::create_dir_all(&dir)?;
-    let existing = backups(path);
-    if let Some(newest) = existing.last() {
-        if same_content(newest, old)? {
-            return Ok(());
-        }
+    if newest_backup_holds_bytes(path, old)? {
+        return Ok(());
     }
-    let name = format!("saveconfig-{}-json.gz", local_timestamp());
     // Backups are read by people and `targetcli restoreconfig`, any level of gzip: the
     // fastest keeps a save of thousands of objects cheap.
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(old)?;
-    crate::atomic_file::write(&dir.join(name), &enc.finish()?)?;
+    store_backup(path, &enc.finish()?, max)
+}
+
+/// Whether the newest backup holds exactly `old` (targetcli then makes none).
+fn newest_backup_holds_bytes(path: &Path, old: &[u8]) -> std::io::Result<bool> {
+    match backups(path).last() {
+        Some(newest) => same_content(newest, old),
+        None => Ok(false),
+    }
+}
+
+/// Whether the newest backup holds exactly the `len` bytes of the file at `path`: the
+/// size in its gzip trailer tells most differences before either is read.
+pub(crate) fn newest_backup_holds(path: &Path, len: u64) -> std::io::Result<bool> {
+    let Some(newest) = backups(path).last().cloned() else {
+        return Ok(false);
+    };
+    if gzip_size(&newest)? != Some(len & 0xffff_ffff) {
+        return Ok(false);
+    }
+    same_content(&newest, &fs::read(path)?)
+}
+
+/// Writes the gzipped previous file `gz` as the newest backup, keeping the newest `max`.
+pub(crate) fn store_backup(path: &Path, gz: &[u8], max: usize) -> std::io::Result<()> {
+    let dir = backup_dir(path);
+    fs::create_dir_all(&dir)?;
+    let name = format!("saveconfig-{}-json.gz", local_timestamp());
+    crate::atomic_file::write(&dir.join(name), gz)?;
     let all = backups(path);
     for p in all.iter().take(all.len().saturating_sub(max)) {
         fs::remove_file(p)?;
@@ -502,21 +524,25 @@ fn backup(path: &Path, old: &[u8], max: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Whether the gzip file `gz` holds exactly `text`. The size the gzip trailer records
-/// (modulo 2^32) tells most differences without decompressing megabytes.
-fn same_content(gz: &Path, text: &[u8]) -> std::io::Result<bool> {
+/// The uncompressed size (modulo 2^32) a gzip file's trailer records.
+fn gzip_size(gz: &Path) -> std::io::Result<Option<u64>> {
     use std::io::{Seek, SeekFrom};
     let mut f = fs::File::open(gz)?;
     let mut isize = [0u8; 4];
     if f.seek(SeekFrom::End(-4)).is_err() || f.read_exact(&mut isize).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(u64::from(u32::from_le_bytes(isize))))
+}
+
+/// Whether the gzip file `gz` holds exactly `text`. The size the gzip trailer records
+/// (modulo 2^32) tells most differences without decompressing megabytes.
+fn same_content(gz: &Path, text: &[u8]) -> std::io::Result<bool> {
+    if gzip_size(gz)? != Some(text.len() as u64 & 0xffff_ffff) {
         return Ok(false);
     }
-    if u64::from(u32::from_le_bytes(isize)) != (text.len() as u64 & 0xffff_ffff) {
-        return Ok(false);
-    }
-    f.seek(SeekFrom::Start(0))?;
     let mut content = Vec::with_capacity(text.len());
-    Ok(flate2::read::GzDecoder::new(f)
+    Ok(flate2::read::GzDecoder::new(fs::File::open(gz)?)
         .read_to_end(&mut content)
         .is_ok()
         && content == text)

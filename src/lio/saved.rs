@@ -3,12 +3,14 @@
 //!
 //! What was last written is remembered as an index into the file: where each storage
 //! object and each LUN of the managed TPG lies in it, with what the observation then
-//! said of it (the backstore's inode and model; the LUN's directory and link inodes). The next save re-reads the file, and if it is still exactly the text
-//! written (length and hash; otherwise someone else wrote it, e.g. targetcli's own
-//! save after an administrator's change, and everything is dumped again), it copies
-//! each object and LUN the observation vouches for (see [`super::seen`]: the same object,
-//! as observed then) and dumps the others from the kernel: the new, the replaced, the
-//! changed, each with all its attributes. The rest, the targets and TPGs with their
+//! said of it (the backstore's inode and model; the LUN's directory and link inodes).
+//! The next save copies from the file each object and LUN the observation vouches for
+//! (see [`super::seen`]: the same object, as observed then) and dumps the others from
+//! the kernel: the new, the replaced, the changed, each with all its attributes. The
+//! pieces go straight into the new file ([`super::savefile`]), which reads the old one
+//! once to its end: if it is not exactly the text written (length and digest;
+//! otherwise someone else wrote it, e.g. targetcli's own save after an administrator's
+//! change), nothing is written and everything is dumped again. The rest, the targets and TPGs with their
 //! attributes, parameters and portals, is small and is always dumped. The text is what
 //! [`saveconfig::dump`] would give byte for byte (the tests compare them after every
 //! kind of change).
@@ -19,7 +21,6 @@
 //! changes, when someone else rewrote the file, or at the first save of the process
 //! (which dumps everything); targetcli itself saves the file after such a change.
 
-use std::hash::BuildHasher;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,7 @@ use super::fs::{Entry, FileKind, Fs};
 use super::layout::{self, Layout};
 use super::model::{Backstore, BackstoreRef, Lun};
 use super::saveconfig::{self, DumpedLun};
+use super::savefile::{self, Segment};
 use super::seen::Seen;
 use super::LioError;
 
@@ -80,13 +82,22 @@ pub fn save<F: Fs + ?Sized>(
     prior: Option<Document>,
     path: &Path,
 ) -> Result<(bool, Option<Document>), LioError> {
-    let old = saveconfig::read_file(path)?;
-    let prior = prior.filter(|d| {
-        d.path == path
-            && old
-                .as_deref()
-                .is_some_and(|b| b.len() == d.len && d.hasher.hash_one(b) == d.hash)
-    });
+    let len = match std::fs::metadata(path) {
+        Ok(m) => Some(m.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(LioError::Saveconfig {
+                path: path.to_path_buf(),
+                detail: format!("cannot read: {e}"),
+            })
+        }
+    };
+    // Its length first: a file of another length is not the one written (the digest,
+    // taken as the file is read, tells the rest).
+    let prior = prior.filter(|d| d.path == path && len == Some(d.len as u64));
+    let hasher = prior.as_ref().map(|d| d.hasher.clone()).unwrap_or_default();
+    let expect = prior.as_ref().map(|d| (d.len, d.hash));
+    let t0 = std::time::Instant::now();
     let managed = Some((at.iqn(), at.tag(), Value::String(MARKER.into())));
     let rest = saveconfig::dump_targets(fs, at.root(), managed)?;
     let skeleton = saveconfig::to_text(&saveconfig::document(Vec::new(), rest));
@@ -99,23 +110,47 @@ pub fn save<F: Fs + ?Sized>(
         (None, Some(k)) => (dump_objects(fs, at, seen)?, dump_luns(fs, at, k.lun_pad)?),
         (_, None) => (Vec::new(), Vec::new()),
     };
-    let old_text = old
-        .as_deref()
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .unwrap_or_default();
-    let assembled = spliced.and_then(|k| k.assemble(old_text, &objects, &luns));
-    let Some((text, object_ranges, lun_ranges)) = assembled else {
+    let dumped = t0.elapsed();
+    let laid = spliced.as_ref().and_then(|k| k.layout(&objects, &luns));
+    let Some((segments, object_ranges, lun_ranges)) = laid else {
         // The LUN list has no single place in the rest (a TPG gone, or something in LIO
         // carries the marker): the whole document, nothing remembered.
         tracing::debug!(
             "saveconfig.json dumped whole: the managed TPG's LUNs have no single place"
         );
         let doc = saveconfig::to_text(&saveconfig::dump(fs, at.root())?);
-        let written = saveconfig::write_text(path, &doc, old.as_deref(), saveconfig::MAX_BACKUPS)?;
-        return Ok((written, None));
+        let segments = [Segment::Text(&doc)];
+        let written = savefile::write(path, &segments, None, &hasher, saveconfig::MAX_BACKUPS)?;
+        return Ok((written.is_some_and(|w| w.changed), None));
     };
-    let written = saveconfig::write_text(path, &text, old.as_deref(), saveconfig::MAX_BACKUPS)?;
-    let hasher = std::collections::hash_map::RandomState::new();
+    let written = savefile::write(path, &segments, expect, &hasher, saveconfig::MAX_BACKUPS)?;
+    drop(segments);
+    let copied = objects
+        .iter()
+        .filter(|(_, t)| matches!(t, Text::Old(_)))
+        .count()
+        + luns
+            .iter()
+            .filter(|(_, t)| matches!(t, Text::Old(_)))
+            .count();
+    tracing::debug!(
+        dump_ms = dumped.as_secs_f64() * 1e3,
+        total_ms = t0.elapsed().as_secs_f64() * 1e3,
+        copied,
+        dumped = objects.len() + luns.len() - copied,
+        "saveconfig.json patched"
+    );
+    let Some(written) = written else {
+        if expect.is_none() {
+            return Err(LioError::Saveconfig {
+                path: path.to_path_buf(),
+                detail: "vanished while written".into(),
+            });
+        }
+        // Someone else wrote the file since: everything dumped again.
+        tracing::debug!("saveconfig.json is not the text last written: dumped whole");
+        return save(fs, at, seen, None, path);
+    };
     let place = |((mut p, _), range): ((ObjectPiece, Text), Range<usize>)| {
         p.range = range;
         p
@@ -126,13 +161,13 @@ pub fn save<F: Fs + ?Sized>(
     };
     let doc = Document {
         path: path.to_path_buf(),
-        len: text.len(),
-        hash: hasher.hash_one(text.as_bytes()),
+        len: written.len,
+        hash: written.digest,
         hasher,
         objects: objects.into_iter().zip(object_ranges).map(place).collect(),
         luns: luns.into_iter().zip(lun_ranges).map(place_lun).collect(),
     };
-    Ok((written, Some(doc)))
+    Ok((written.changed, Some(doc)))
 }
 
 /// The storage objects of the last observation, each copied from the old text when the
@@ -311,65 +346,73 @@ impl<'a> Skeleton<'a> {
         })
     }
 
-    /// The document with the pieces in place, and where each landed. `None` when an
-    /// old piece is not in `old` or there are LUNs but no place for them.
+    /// The document as segments, the pieces in place, and where each lands. `None`
+    /// when there are LUNs but no place for them.
     #[allow(clippy::type_complexity)]
-    fn assemble(
-        &self,
-        old: &str,
-        objects: &[(ObjectPiece, Text)],
-        luns: &[(LunPiece, Text)],
-    ) -> Option<(String, Vec<Range<usize>>, Vec<Range<usize>>)> {
+    fn layout<'t>(
+        &'t self,
+        objects: &'t [(ObjectPiece, Text)],
+        luns: &'t [(LunPiece, Text)],
+    ) -> Option<(Vec<Segment<'t>>, Vec<Range<usize>>, Vec<Range<usize>>)> {
         if self.luns.is_none() && !luns.is_empty() {
             return None;
         }
-        let size = |t: &Text| match t {
-            Text::Old(r) => r.len() + 2,
-            Text::New(s) => s.len() + 2,
-        };
-        let extra: usize = objects.iter().map(|(_, t)| size(t)).sum::<usize>()
-            + luns.iter().map(|(_, t)| size(t)).sum::<usize>();
-        let mut out = String::with_capacity(self.text.len() + extra);
-        out.push_str(&self.text[..self.objects.start]);
-        out.push_str("\"storage_objects\": ");
-        let texts = objects.iter().map(|(_, t)| t);
-        let object_ranges = list(&mut out, old, texts, OBJECT_PAD - 2)?;
+        let mut out = Laid::default();
+        out.text(&self.text[..self.objects.start]);
+        out.text("\"storage_objects\": ");
+        let object_ranges = out.list(objects.iter().map(|(_, t)| t), OBJECT_PAD - 2)?;
         let mut lun_ranges = Vec::new();
         let mut rest = self.objects.end;
         if let Some(m) = &self.luns {
-            out.push_str(&self.text[rest..m.start]);
-            let texts = luns.iter().map(|(_, t)| t);
-            lun_ranges = list(&mut out, old, texts, self.lun_pad - 2)?;
+            out.text(&self.text[rest..m.start]);
+            lun_ranges = out.list(luns.iter().map(|(_, t)| t), self.lun_pad - 2)?;
             rest = m.end;
         }
-        out.push_str(&self.text[rest..]);
-        Some((out, object_ranges, lun_ranges))
+        out.text(&self.text[rest..]);
+        Some((out.segments, object_ranges, lun_ranges))
     }
 }
 
-/// An array of the already indented `items` whose closing bracket is at `pad` spaces
-/// (serde_json's pretty form: `[]` when empty), and where each item landed.
-fn list<'a>(
-    out: &mut String,
-    old: &str,
-    items: impl Iterator<Item = &'a Text>,
-    pad: usize,
-) -> Option<Vec<Range<usize>>> {
-    let mut ranges = Vec::new();
-    out.push('[');
-    for t in items {
-        out.push_str(if ranges.is_empty() { "\n" } else { ",\n" });
-        let start = out.len();
-        match t {
-            Text::Old(r) => out.push_str(old.get(r.clone())?),
-            Text::New(s) => out.push_str(s),
+/// Segments laid one after the other, and where the text has got to.
+#[derive(Default)]
+struct Laid<'t> {
+    segments: Vec<Segment<'t>>,
+    len: usize,
+}
+
+impl<'t> Laid<'t> {
+    fn text(&mut self, t: &'t str) {
+        self.len += t.len();
+        self.segments.push(Segment::Text(t));
+    }
+
+    /// An array of the already indented `items` whose closing bracket is at `pad`
+    /// spaces (serde_json's pretty form: `[]` when empty), and where each item lands.
+    fn list(
+        &mut self,
+        items: impl Iterator<Item = &'t Text>,
+        pad: usize,
+    ) -> Option<Vec<Range<usize>>> {
+        const SPACES: &str = "                                ";
+        let mut ranges = Vec::new();
+        self.text("[");
+        for t in items {
+            self.text(if ranges.is_empty() { "\n" } else { ",\n" });
+            let start = self.len;
+            match t {
+                Text::Old(r) => {
+                    self.len += r.len();
+                    self.segments.push(Segment::Old(r.clone()));
+                }
+                Text::New(s) => self.text(s),
+            }
+            ranges.push(start..self.len);
         }
-        ranges.push(start..out.len());
+        if !ranges.is_empty() {
+            self.text("\n");
+            self.text(SPACES.get(..pad)?);
+        }
+        self.text("]");
+        Some(ranges)
     }
-    if !ranges.is_empty() {
-        out.push('\n');
-        out.extend(std::iter::repeat_n(' ', pad));
-    }
-    out.push(']');
-    Some(ranges)
 }
