@@ -7,7 +7,7 @@
 //! The next save copies from the file each object and LUN the observation vouches for
 //! (see [`super::seen`]: the same object, as observed then) and dumps the others from
 //! the kernel: the new, the replaced, the changed, each with all its attributes. The
-//! pieces go straight into the new file ([`super::savefile`]), which reads the old one
+//! pieces go straight into the new file (`lio::savefile`), which reads the old one
 //! once to its end: if it is not exactly the text written (length and digest;
 //! otherwise someone else wrote it, e.g. targetcli's own save after an administrator's
 //! change), nothing is written and everything is dumped again. The rest, the targets and TPGs with their
