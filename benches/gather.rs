@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sbps_marshal::desired::{self, Settings};
-use sbps_marshal::inventory::gather::{Sources, SourcesConfig};
-use sbps_marshal::inventory::ims::ImsConfig;
-use sbps_marshal::inventory::s3::S3Config;
+use sbps_marshal::inventory::gather::{Sources, SourcesSettings};
+use sbps_marshal::inventory::ims::ImsSettings;
+use sbps_marshal::inventory::s3::S3Settings;
 use sbps_marshal::inventory::spire::{StaticToken, Token};
 use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
 use sbps_testkit::ims::Ims;
@@ -61,15 +61,15 @@ async fn round(n: usize, verbose: bool) {
     let creds = dir.path().join("creds");
     std::fs::write(&creds, "AK:SK\n").unwrap();
     std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let mut cfg = SourcesConfig::new(
-        S3Config::new(s3_url, BUCKET, creds),
-        ImsConfig::new(ims_url.join("apis/ims/v3/images").unwrap()),
+    let mut cfg = SourcesSettings::new(
+        S3Settings::new(s3_url, BUCKET, creds),
+        ImsSettings::new(ims_url.join("apis/ims/v3/images").unwrap()),
     );
     cfg.node = None;
     let sources = Sources::with_tokens(cfg, Arc::new(StaticToken(Token::new("t".into())))).unwrap();
     let settings = Settings {
         bucket: BUCKET.into(),
-        mount_root: mount.path().into(),
+        mount: mount.path().into(),
         ims_tagging: true,
         backend: Default::default(),
     };

@@ -78,7 +78,7 @@ fn world(n: usize, offset: usize) -> (Desired, Actual) {
 
 fn bench(c: &mut Criterion) {
     let policy = Policy {
-        mount_root: PathBuf::from(MOUNT),
+        mount: PathBuf::from(MOUNT),
         grace_secs: 0,
         ..Policy::default()
     };

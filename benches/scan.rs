@@ -618,7 +618,7 @@ async fn child_scans(
             root: root.clone(),
             iqn: IQN.into(),
             tag: 1,
-            mount_root: mount.clone(),
+            mount: mount.clone(),
             lock_dir: Some(locks.path().to_path_buf()),
             lock_timeout: sbps_marshal::lio::lock::DEFAULT_TIMEOUT,
         },

@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
         root: root.clone(),
         iqn: IQN.into(),
         tag: 1,
-        mount_root: images.clone(),
+        mount: images.clone(),
         lock_dir: Some(work.path().to_path_buf()),
         lock_timeout: sbps_marshal::lio::lock::DEFAULT_TIMEOUT,
     };

@@ -10,11 +10,11 @@ use url::Url;
 
 use crate::config::{Settings, SpireProvider};
 use crate::http::TlsOptions;
-use crate::inventory::gather::{Sources, SourcesConfig};
-use crate::inventory::ims::ImsConfig;
-use crate::inventory::node::NodeConfig;
-use crate::inventory::s3::S3Config;
-use crate::inventory::spire::{SpireBackend, SpireConfig};
+use crate::inventory::gather::{Sources, SourcesSettings};
+use crate::inventory::ims::ImsSettings;
+use crate::inventory::node::NodeSettings;
+use crate::inventory::s3::S3Settings;
+use crate::inventory::spire::{SpireBackend, SpireSettings};
 use crate::k8s::{InCluster, KubeSettings};
 use crate::lio::configfs::{ConfigfsSettings, ConfigfsTarget};
 use crate::lio::targetcli::{TargetcliSettings, TargetcliTarget};
@@ -42,14 +42,14 @@ pub fn kube(s: &Settings) -> KubeSettings {
 }
 
 /// The sources configuration the settings describe.
-pub fn sources_config(s: &Settings) -> Result<SourcesConfig> {
+pub fn sources_config(s: &Settings) -> Result<SourcesSettings> {
     let endpoint = Url::parse(&s.s3_endpoint()).with_context(|| {
         format!(
             "S3 endpoint {:?} (S3_PROTO + S3_HOST) is not a URL",
             s.s3_endpoint()
         )
     })?;
-    let mut s3 = S3Config::new(endpoint, &s.s3_bucket, s.s3_credential_file.clone());
+    let mut s3 = S3Settings::new(endpoint, &s.s3_bucket, s.s3_credential_file.clone());
     s3.tls = tls(s);
     let ims_url =
         crate::inventory::ims::join_url(&s.api_gateway, &s.ims_uri).with_context(|| {
@@ -59,10 +59,10 @@ pub fn sources_config(s: &Settings) -> Result<SourcesConfig> {
                 s.ims_uri
             )
         })?;
-    let mut ims = ImsConfig::new(ims_url);
+    let mut ims = ImsSettings::new(ims_url);
     ims.timeout = s.ims_timeout;
     ims.tls = tls(s);
-    let spire = SpireConfig {
+    let spire = SpireSettings {
         backend: match s.spire_provider {
             #[cfg(feature = "spiffe")]
             SpireProvider::WorkloadApi => SpireBackend::Native,
@@ -78,19 +78,19 @@ pub fn sources_config(s: &Settings) -> Result<SourcesConfig> {
         socket: s.spire_agent_sock_path.clone(),
         audience: s.spire_jwt_audience.clone(),
         xname_file: s.xname_file.clone(),
-        ..SpireConfig::default()
+        ..SpireSettings::default()
     };
-    let node = s.node_label.as_ref().map(|label| NodeConfig {
+    let node = s.node_label.as_ref().map(|label| NodeSettings {
         api: kube(s),
         node_name: Some(s.node_name.clone()),
         label: label.clone(),
     });
-    Ok(SourcesConfig {
+    Ok(SourcesSettings {
         spire,
         node,
         manifest_concurrency: s.manifest_concurrency,
         mount_timeout: s.mount_timeout,
-        ..SourcesConfig::new(s3, ims)
+        ..SourcesSettings::new(s3, ims)
     })
 }
 
@@ -106,7 +106,7 @@ pub(crate) fn target(s: &Settings) -> Arc<dyn Target> {
             bin: s.targetcli_bin.clone(),
             iqn: s.target_iqn.clone(),
             tag: s.tpg_tag,
-            mount_root: s.mount.clone(),
+            mount: s.mount.clone(),
             tmp_dir: std::env::temp_dir(),
             timeout: s.command_timeout,
         })),
@@ -138,7 +138,7 @@ pub fn mirror(s: &Settings) -> Option<Arc<dyn crate::ledger::remote::LedgerMirro
 pub fn desired_settings(s: &Settings) -> crate::desired::Settings {
     crate::desired::Settings {
         bucket: s.s3_bucket.clone(),
-        mount_root: s.mount.clone(),
+        mount: s.mount.clone(),
         ims_tagging: s.ims_tagging,
         backend: s.lio_backend,
     }
@@ -151,7 +151,7 @@ pub(crate) fn policy(
     brake_released: bool,
 ) -> crate::plan::Policy {
     crate::plan::Policy {
-        mount_root: s.mount.clone(),
+        mount: s.mount.clone(),
         grace_secs: s.removal_grace.as_secs(),
         quarantine_secs: s.lun_quarantine.as_secs(),
         adoption_quarantine_above: s.adoption_quarantine_above,

@@ -18,37 +18,37 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::ims::{ImsConfig, ImsError, ImsSource};
+use super::ims::{ImsError, ImsSettings, ImsSource};
 use super::manifest::{ManifestFetcher, ManifestStats, Wanted, DEFAULT_CONCURRENCY};
 use super::mount::MountChecker;
-use super::node::{NodeConfig, NodeSource};
-use super::s3::{S3Config, S3Error, S3Source};
-use super::spire::{SpireConfig, SpireTokens, TokenProvider};
+use super::node::{NodeSettings, NodeSource};
+use super::s3::{S3Error, S3Settings, S3Source};
+use super::spire::{SpireSettings, SpireTokens, TokenProvider};
 use super::Inventory;
 use crate::desired::{self, Settings};
 use crate::http::error_chain;
 
 /// Everything needed to build the sources.
 #[derive(Debug, Clone)]
-pub struct SourcesConfig {
-    pub s3: S3Config,
-    pub ims: ImsConfig,
-    pub spire: SpireConfig,
+pub struct SourcesSettings {
+    pub s3: S3Settings,
+    pub ims: ImsSettings,
+    pub spire: SpireSettings,
     /// `None`: the node label is not checked (e.g. `scan --once` on a laptop).
-    pub node: Option<NodeConfig>,
+    pub node: Option<NodeSettings>,
     pub manifest_concurrency: usize,
     pub mount_concurrency: usize,
     /// Deadline of one stat of the mount (a hung s3fs never returns).
     pub mount_timeout: std::time::Duration,
 }
 
-impl SourcesConfig {
-    pub fn new(s3: S3Config, ims: ImsConfig) -> SourcesConfig {
-        SourcesConfig {
+impl SourcesSettings {
+    pub fn new(s3: S3Settings, ims: ImsSettings) -> SourcesSettings {
+        SourcesSettings {
             s3,
             ims,
-            spire: SpireConfig::default(),
-            node: Some(NodeConfig::default()),
+            spire: SpireSettings::default(),
+            node: Some(NodeSettings::default()),
             manifest_concurrency: DEFAULT_CONCURRENCY,
             mount_concurrency: super::mount::DEFAULT_CONCURRENCY,
             mount_timeout: super::mount::DEFAULT_STAT_TIMEOUT,
@@ -149,14 +149,14 @@ impl Gathered {
 
 impl Sources {
     /// Builds the sources, with the SPIRE token provider the config asks for.
-    pub fn new(cfg: SourcesConfig) -> Result<Sources, SetupError> {
+    pub fn new(cfg: SourcesSettings) -> Result<Sources, SetupError> {
         let tokens: Arc<dyn TokenProvider> = Arc::new(SpireTokens::new(cfg.spire.clone()));
         Sources::with_tokens(cfg, tokens)
     }
 
     /// Builds the sources with another token provider (tests, a fixed token).
     pub fn with_tokens(
-        cfg: SourcesConfig,
+        cfg: SourcesSettings,
         tokens: Arc<dyn TokenProvider>,
     ) -> Result<Sources, SetupError> {
         Ok(Sources {
@@ -241,7 +241,7 @@ impl Sources {
         stats.mount_checked = candidates.len();
         inventory.mount = self
             .mount
-            .check_keys(&settings.mount_root, candidates, super::mount::check)
+            .check_keys(&settings.mount, candidates, super::mount::check)
             .await;
         stats.mount_duration = t.elapsed();
         stats.total = start.elapsed();

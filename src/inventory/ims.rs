@@ -25,7 +25,7 @@ pub const DEFAULT_MAX_BODY: usize = 256 * 1024 * 1024;
 
 /// Settings of the IMS source.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImsConfig {
+pub struct ImsSettings {
     /// The images collection, e.g. `https://api-gw-service-nmn.local/apis/ims/v3/images`
     /// (see [`join_url`]).
     pub url: Url,
@@ -37,9 +37,9 @@ pub struct ImsConfig {
     pub retry: RetryPolicy,
 }
 
-impl ImsConfig {
-    pub fn new(url: Url) -> ImsConfig {
-        ImsConfig {
+impl ImsSettings {
+    pub fn new(url: Url) -> ImsSettings {
+        ImsSettings {
             url,
             timeout: Duration::from_secs(10),
             tls: TlsOptions::default(),
@@ -90,13 +90,13 @@ pub struct ImsListing {
 
 /// The IMS source. Counts the requests it makes.
 pub struct ImsSource {
-    cfg: ImsConfig,
+    cfg: ImsSettings,
     client: reqwest::Client,
     requests: AtomicU64,
 }
 
 impl ImsSource {
-    pub fn new(cfg: ImsConfig) -> Result<ImsSource, ImsError> {
+    pub fn new(cfg: ImsSettings) -> Result<ImsSource, ImsError> {
         let client = http::client("IMS", &cfg.tls, cfg.timeout)?;
         Ok(ImsSource {
             cfg,

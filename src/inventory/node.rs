@@ -30,7 +30,7 @@ pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// Settings of the node-label source.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeConfig {
+pub struct NodeSettings {
     /// How to reach the API (default kubeconfig `/etc/kubernetes/admin.conf`, as the original).
     pub api: KubeSettings,
     /// The node's name; `None` → this host's name.
@@ -39,9 +39,9 @@ pub struct NodeConfig {
     pub label: (String, String),
 }
 
-impl Default for NodeConfig {
+impl Default for NodeSettings {
     fn default() -> Self {
-        NodeConfig {
+        NodeSettings {
             api: KubeSettings::new("/etc/kubernetes/admin.conf"),
             node_name: None,
             label: ("iscsi".into(), "sbps".into()),
@@ -67,7 +67,7 @@ pub struct NodeSource {
 }
 
 impl NodeSource {
-    pub fn new(cfg: NodeConfig) -> NodeSource {
+    pub fn new(cfg: NodeSettings) -> NodeSource {
         NodeSource::with_connector(
             Arc::new(KubeConnector::new(cfg.api)),
             cfg.node_name,

@@ -30,7 +30,7 @@ const PRESIGN_FOR: Duration = Duration::from_secs(300);
 
 /// Settings of the S3 source.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3Config {
+pub struct S3Settings {
     /// `<S3_PROTO>://<S3_HOST>`, e.g. `https://rgw-vip.nmn`.
     pub endpoint: Url,
     pub bucket: String,
@@ -44,10 +44,10 @@ pub struct S3Config {
     pub retry: RetryPolicy,
 }
 
-impl S3Config {
+impl S3Settings {
     /// The original's defaults for a given endpoint and credential file.
-    pub fn new(endpoint: Url, bucket: &str, credential_file: PathBuf) -> S3Config {
-        S3Config {
+    pub fn new(endpoint: Url, bucket: &str, credential_file: PathBuf) -> S3Settings {
+        S3Settings {
             endpoint,
             bucket: bucket.to_string(),
             region: "us-east-1".into(),
@@ -176,14 +176,14 @@ fn warn_if_exposed(path: &Path) {
 
 /// The S3 source. Cheap to share; counts the requests it makes.
 pub struct S3Source {
-    cfg: S3Config,
+    cfg: S3Settings,
     bucket: Bucket,
     client: reqwest::Client,
     requests: AtomicU64,
 }
 
 impl S3Source {
-    pub fn new(cfg: S3Config) -> Result<S3Source, S3Error> {
+    pub fn new(cfg: S3Settings) -> Result<S3Source, S3Error> {
         let bucket = Bucket::new(
             cfg.endpoint.clone(),
             UrlStyle::Path,

@@ -110,7 +110,7 @@ pub enum SpireBackend {
 
 /// Settings of the SPIRE token provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpireConfig {
+pub struct SpireSettings {
     pub backend: SpireBackend,
     /// `SPIRE_AGENT_SOCK_PATH`.
     pub socket: PathBuf,
@@ -123,9 +123,9 @@ pub struct SpireConfig {
     pub refresh_before: Duration,
 }
 
-impl Default for SpireConfig {
+impl Default for SpireSettings {
     fn default() -> Self {
-        SpireConfig {
+        SpireSettings {
             backend: SpireBackend::Cli {
                 agent: "/opt/cray/cray-spire/sbps-marshal-spire-agent".into(),
             },
@@ -140,13 +140,13 @@ impl Default for SpireConfig {
 
 /// The SPIRE token provider with its cache.
 pub struct SpireTokens {
-    cfg: SpireConfig,
+    cfg: SpireSettings,
     cache: tokio::sync::Mutex<Option<Token>>,
     fetches: std::sync::atomic::AtomicU64,
 }
 
 impl SpireTokens {
-    pub fn new(cfg: SpireConfig) -> SpireTokens {
+    pub fn new(cfg: SpireSettings) -> SpireTokens {
         SpireTokens {
             cfg,
             cache: tokio::sync::Mutex::new(None),
@@ -253,7 +253,7 @@ pub fn select_svid(svids: &Svids, xname: Option<&str>) -> Result<String, SpireEr
         })
 }
 
-async fn fetch_cli(agent: &Path, cfg: &SpireConfig) -> Result<Svids, SpireError> {
+async fn fetch_cli(agent: &Path, cfg: &SpireSettings) -> Result<Svids, SpireError> {
     let mut cmd = tokio::process::Command::new(agent);
     cmd.args([
         "api",
@@ -351,12 +351,12 @@ pub mod proto {
 #[cfg(feature = "spiffe")]
 mod native {
     use super::proto::{JwtSvidRequest, JwtSvidResponse, FETCH_JWT_SVID, SECURITY_HEADER};
-    use super::{SpireConfig, SpireError, Svids};
+    use super::{SpireError, SpireSettings, Svids};
     use hyper_util::rt::TokioIo;
     use tonic::codegen::http::uri::PathAndQuery;
     use tonic::transport::{Endpoint, Uri};
 
-    pub async fn fetch(cfg: &SpireConfig) -> Result<Svids, SpireError> {
+    pub async fn fetch(cfg: &SpireSettings) -> Result<Svids, SpireError> {
         let socket = cfg.socket.clone();
         let rpc = |detail: String| SpireError::Rpc {
             socket: cfg.socket.clone(),

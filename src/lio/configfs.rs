@@ -38,7 +38,7 @@ pub struct ConfigfsSettings {
     /// The TPG tag (1).
     pub tag: u32,
     /// Backing files must lie (after symlinks) inside this directory.
-    pub mount_root: PathBuf,
+    pub mount: PathBuf,
     /// Where `targetcli.lock` and `rtslib_backstore.lock` live (`/var/run`);
     /// `None` takes no locks (a private fake in tests).
     pub lock_dir: Option<PathBuf>,
@@ -47,13 +47,13 @@ pub struct ConfigfsSettings {
 }
 
 impl ConfigfsSettings {
-    /// The production defaults for `iqn` and `mount_root`.
-    pub fn new(iqn: &str, mount_root: &Path) -> ConfigfsSettings {
+    /// The production defaults for `iqn` and `mount`.
+    pub fn new(iqn: &str, mount: &Path) -> ConfigfsSettings {
         ConfigfsSettings {
             root: PathBuf::from("/sys/kernel/config/target"),
             iqn: iqn.to_string(),
             tag: 1,
-            mount_root: mount_root.to_path_buf(),
+            mount: mount.to_path_buf(),
             lock_dir: Some(PathBuf::from("/var/run")),
             lock_timeout: super::lock::DEFAULT_TIMEOUT,
         }
@@ -463,7 +463,7 @@ impl<F: Fs> ConfigfsTarget<F> {
             )?;
             // Immediately before enable: LIO opens the file O_RDWR|O_CREAT, so a
             // wrong path would silently become a new empty file.
-            check_backing_file(path, size, &self.s.mount_root)?;
+            check_backing_file(path, size, &self.s.mount)?;
             self.write("enable backstore", &so.join("enable"), "1")
         };
         if let Err(e) = configure() {
@@ -579,21 +579,21 @@ impl<F: Fs> ConfigfsTarget<F> {
     }
 }
 
-/// Rule 6 of the design, checked right before `enable`: `path` is `<mount_root>/<key>`
+/// Rule 6 of the design, checked right before `enable`: `path` is `<mount>/<key>`
 /// and the key names, on the mount, a regular file of exactly `size` bytes, by the same
 /// check the inventory's mount answers come from ([`crate::inventory::mount::check`]):
 /// one name (no empty, `.` or `..` segment), inside the mount root, no symlink between
 /// the key and its file (that would be another key's file).
-pub fn check_backing_file(path: &Path, size: u64, mount_root: &Path) -> Result<(), LioError> {
+pub fn check_backing_file(path: &Path, size: u64, mount: &Path) -> Result<(), LioError> {
     use crate::inventory::MountEntry;
     let bad = |reason: String| LioError::BackingFile {
         path: path.to_path_buf(),
         reason,
     };
-    let key = paths::key_under(path, mount_root)
-        .ok_or_else(|| bad(format!("not under the mount root {}", mount_root.display())))?;
-    let root = std::fs::canonicalize(mount_root)
-        .map_err(|e| bad(format!("mount root {} unusable: {e}", mount_root.display())))?;
+    let key = paths::key_under(path, mount)
+        .ok_or_else(|| bad(format!("not under the mount root {}", mount.display())))?;
+    let root = std::fs::canonicalize(mount)
+        .map_err(|e| bad(format!("mount root {} unusable: {e}", mount.display())))?;
     match crate::inventory::mount::check(&root, key) {
         MountEntry::File { size: have } if have == size => Ok(()),
         MountEntry::File { size: have } => Err(bad(format!(

@@ -34,7 +34,7 @@ pub struct TargetcliSettings {
     pub bin: PathBuf,
     pub iqn: String,
     pub tag: u32,
-    pub mount_root: PathBuf,
+    pub mount: PathBuf,
     /// Where observe's temporary saveconfig dumps go.
     pub tmp_dir: PathBuf,
     /// How long one targetcli run may take before it is killed (COMMAND_TIMEOUT).
@@ -234,7 +234,7 @@ impl Target for TargetcliTarget {
         let command = self.command(op)?;
         if let Op::CreateBackstore { path, size, .. } = op {
             // targetcli also creates a missing file: check first, as the native backend does.
-            check_backing_file(path, *size, &self.s.mount_root)?;
+            check_backing_file(path, *size, &self.s.mount)?;
         }
         match command {
             Some(c) => self.run(&c).map(|_| ()),
@@ -314,7 +314,7 @@ mod tests {
             bin: stand_in(dir.path(), &fixture),
             iqn: "iqn.2023-06.csm.iscsi:testhost".into(),
             tag: 1,
-            mount_root: mount.clone(),
+            mount: mount.clone(),
             tmp_dir: dir.path().to_path_buf(),
             timeout: Duration::from_secs(60),
         });
@@ -397,7 +397,7 @@ mod tests {
             bin: script,
             iqn: "iqn.2023-06.csm.iscsi:testhost".into(),
             tag: 1,
-            mount_root: dir.path().to_path_buf(),
+            mount: dir.path().to_path_buf(),
             tmp_dir: dir.path().to_path_buf(),
             timeout: Duration::from_secs(1),
         });

@@ -350,7 +350,7 @@ async fn hostile_keys_and_records_are_skipped_with_reasons() {
         &rig.target().observe().unwrap(),
         &Ledger::new(),
         &Policy {
-            mount_root: mount.clone(),
+            mount: mount.clone(),
             ..rig.policy()
         },
         NOW,

@@ -115,7 +115,7 @@ fn targetcli() -> TargetcliTarget {
         bin: "/nonexistent/targetcli".into(),
         iqn: "iqn.2023-06.csm.iscsi:x1000c0s0b0n0".into(),
         tag: 1,
-        mount_root: "/var/lib/cps-local/boot-images".into(),
+        mount: "/var/lib/cps-local/boot-images".into(),
         tmp_dir: "/tmp".into(),
         timeout: std::time::Duration::from_secs(60),
     })

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sbps_marshal::http::TlsOptions;
-use sbps_marshal::inventory::ims::{ImsConfig, ImsSource};
+use sbps_marshal::inventory::ims::{ImsSettings, ImsSource};
 use sbps_marshal::inventory::ROOTFS_ARTIFACT_TYPE;
 use sbps_testkit::s3::{Fault, On};
 use serde_json::json;
@@ -126,7 +126,7 @@ async fn answers_above_the_caps_are_refused() {
     // IMS above its cap.
     let big = format!("[{}]", vec!["{\"id\": \"x\"}"; 2000].join(","));
     let ims = Served::start(ims_router(big)).await;
-    let mut cfg = ImsConfig::new(ims.url().join("apis/ims/v3/images").unwrap());
+    let mut cfg = ImsSettings::new(ims.url().join("apis/ims/v3/images").unwrap());
     cfg.max_body = 4096;
     let e = ImsSource::new(cfg)
         .unwrap()

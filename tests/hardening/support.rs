@@ -9,10 +9,10 @@ use std::time::Duration;
 use axum::Router;
 use sbps_marshal::desired::Settings;
 use sbps_marshal::http::TlsOptions;
-use sbps_marshal::inventory::gather::{Sources, SourcesConfig};
-use sbps_marshal::inventory::ims::ImsConfig;
+use sbps_marshal::inventory::gather::{Sources, SourcesSettings};
+use sbps_marshal::inventory::ims::ImsSettings;
 use sbps_marshal::inventory::retry::RetryPolicy;
-use sbps_marshal::inventory::s3::S3Config;
+use sbps_marshal::inventory::s3::S3Settings;
 use sbps_marshal::inventory::spire::{StaticToken, Token};
 use sbps_testkit::ims::{Answer, Ims};
 use url::Url;
@@ -53,16 +53,16 @@ pub fn cred_file(dir: &Path, text: &str) -> PathBuf {
 
 /// Sources against the two doubles, with a static token, no node label.
 pub fn sources(s3: Url, ims: Url, creds: PathBuf, tls: TlsOptions, timeout: Duration) -> Sources {
-    let mut s3c = S3Config::new(s3, BUCKET, creds);
+    let mut s3c = S3Settings::new(s3, BUCKET, creds);
     s3c.tls = tls.clone();
     s3c.timeout = timeout;
     s3c.retry = RetryPolicy::once();
-    let mut imsc = ImsConfig::new(ims.join("apis/ims/v3/images").unwrap());
+    let mut imsc = ImsSettings::new(ims.join("apis/ims/v3/images").unwrap());
     imsc.tls = tls;
     imsc.timeout = timeout;
-    let cfg = SourcesConfig {
+    let cfg = SourcesSettings {
         node: None,
-        ..SourcesConfig::new(s3c, imsc)
+        ..SourcesSettings::new(s3c, imsc)
     };
     Sources::with_tokens(cfg, Arc::new(StaticToken(Token::new(JWT_SECRET.into())))).unwrap()
 }
@@ -70,7 +70,7 @@ pub fn sources(s3: Url, ims: Url, creds: PathBuf, tls: TlsOptions, timeout: Dura
 pub fn settings(mount: &Path) -> Settings {
     Settings {
         bucket: BUCKET.into(),
-        mount_root: mount.to_path_buf(),
+        mount: mount.to_path_buf(),
         ims_tagging: true,
         backend: Default::default(),
     }

@@ -151,12 +151,12 @@ impl StandIn {
     }
 }
 
-fn backend(bin: &Path, mount_root: &Path) -> TargetcliTarget {
+fn backend(bin: &Path, mount: &Path) -> TargetcliTarget {
     TargetcliTarget::new(TargetcliSettings {
         bin: bin.to_path_buf(),
         iqn: IQN.into(),
         tag: 1,
-        mount_root: mount_root.to_path_buf(),
+        mount: mount.to_path_buf(),
         tmp_dir: std::env::temp_dir(),
         timeout: std::time::Duration::from_secs(60),
     })
@@ -476,7 +476,7 @@ fn a_steady_scan_runs_saveconfig_once() {
         desired: Arc::default(),
         ledger: sbps_marshal::ledger::Ledger::new(),
         policy: sbps_marshal::plan::Policy {
-            mount_root: mount.path().to_path_buf(),
+            mount: mount.path().to_path_buf(),
             ..Default::default()
         },
         now: crate::support::NOW,

@@ -15,7 +15,7 @@ use sbps_marshal::inventory::{
 fn settings() -> Settings {
     Settings {
         bucket: "boot-images".into(),
-        mount_root: PathBuf::from("/mnt/bi"),
+        mount: PathBuf::from("/mnt/bi"),
         ims_tagging: true,
         backend: Default::default(),
     }
@@ -533,7 +533,7 @@ mod one_file {
             let dir = tempfile::tempdir().unwrap();
             let root = dir.path().canonicalize().unwrap();
             make_tree(&root, &keys);
-            let s = Settings { mount_root: root.clone(), ..settings() };
+            let s = Settings { mount: root.clone(), ..settings() };
             let mut inv = Inventory {
                 s3: Ok(keys.iter().map(|k| obj(k, "e", 1)).collect()),
                 ims: Ok(vec![]),

@@ -126,7 +126,7 @@ proptest! {
             let managed_serials: BTreeSet<String> = actual
                 .backstores
                 .iter()
-                .filter(|b| b.dev.as_deref().is_some_and(|d| under_root(d, &pol.mount_root)))
+                .filter(|b| b.dev.as_deref().is_some_and(|d| under_root(d, &pol.mount)))
                 .filter_map(|b| b.serial.clone())
                 .collect();
             let serial_at: BTreeMap<u64, Option<String>> = actual
@@ -144,7 +144,7 @@ proptest! {
                     // Only owned objects are ever removed.
                     Op::DeleteBackstore { at } => {
                         let b = actual.backstores.iter().find(|b| &b.at == at).expect("deletes an existing backstore");
-                        prop_assert!(b.dev.as_deref().is_some_and(|d| under_root(d, &pol.mount_root)), "deleted unowned {at}");
+                        prop_assert!(b.dev.as_deref().is_some_and(|d| under_root(d, &pol.mount)), "deleted unowned {at}");
                         // Unknown images are never removed.
                         if let Some(serial) = &b.serial {
                             prop_assert!(!desired.uncertainty.serials.contains(serial) || desired.projections.contains_key(serial), "removed unknown {serial}");
@@ -201,7 +201,7 @@ proptest! {
                     break;
                 }
                 let mut involved: BTreeSet<String> = desired.projections.values().filter(|p| p.kind == kind).map(|p| p.identity.serial.clone()).collect();
-                involved.extend(actual.backstores.iter().filter(|b| b.enabled && b.dev.as_deref().is_some_and(|d| under_root(d, &pol.mount_root)) && kind_of(&b.at.name) == kind).filter_map(|b| b.serial.clone()));
+                involved.extend(actual.backstores.iter().filter(|b| b.enabled && b.dev.as_deref().is_some_and(|d| under_root(d, &pol.mount)) && kind_of(&b.at.name) == kind).filter_map(|b| b.serial.clone()));
                 let managed = involved.len();
                 prop_assert!(!brake_engages(removed, managed, &pol), "{removed} of {managed} {kind} removed past the brake");
             }
@@ -488,7 +488,7 @@ fn inventory(faults: &[Fault], empty: bool) -> sbps_marshal::inventory::Inventor
 fn judge(inv: &sbps_marshal::inventory::Inventory, ledger: &Ledger) -> Desired {
     let s = sbps_marshal::desired::Settings {
         bucket: "boot-images".into(),
-        mount_root: MOUNT.into(),
+        mount: MOUNT.into(),
         ims_tagging: true,
         backend: Default::default(),
     };

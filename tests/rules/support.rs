@@ -131,7 +131,7 @@ pub fn known_ledger() -> sbps_marshal::ledger::Ledger {
 
 pub fn policy() -> Policy {
     Policy {
-        mount_root: PathBuf::from(MOUNT),
+        mount: PathBuf::from(MOUNT),
         grace_secs: 600,
         quarantine_secs: 3600,
         adoption_quarantine_above: 256,

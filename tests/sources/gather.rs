@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sbps_marshal::desired::{self, Outcome, Reason, Settings};
-use sbps_marshal::inventory::gather::{Sources, SourcesConfig};
-use sbps_marshal::inventory::ims::ImsConfig;
-use sbps_marshal::inventory::s3::S3Config;
+use sbps_marshal::inventory::gather::{Sources, SourcesSettings};
+use sbps_marshal::inventory::ims::ImsSettings;
+use sbps_marshal::inventory::s3::S3Settings;
 use sbps_marshal::inventory::spire::{StaticToken, Token};
 use sbps_marshal::inventory::{MountEntry, ROOTFS_ARTIFACT_TYPE};
 use serde_json::json;
@@ -86,18 +86,18 @@ async fn gathers_everything_and_a_warm_scan_is_cheap() {
     let mnt = S3fsMount::mount(&moto, BUCKET);
 
     let dir = tempfile::tempdir().unwrap();
-    let mut s3 = S3Config::new(moto.endpoint.clone(), BUCKET, credential_file(dir.path()));
+    let mut s3 = S3Settings::new(moto.endpoint.clone(), BUCKET, credential_file(dir.path()));
     s3.timeout = Duration::from_secs(10);
-    let mut cfg = SourcesConfig::new(
+    let mut cfg = SourcesSettings::new(
         s3,
-        ImsConfig::new(ims.url().join("apis/ims/v3/images").unwrap()),
+        ImsSettings::new(ims.url().join("apis/ims/v3/images").unwrap()),
     );
     cfg.node = None;
     let sources =
         Sources::with_tokens(cfg, Arc::new(StaticToken(Token::new("the-token".into())))).unwrap();
     let settings = Settings {
         bucket: BUCKET.into(),
-        mount_root: mnt.mountpoint.clone(),
+        mount: mnt.mountpoint.clone(),
         ims_tagging: true,
         backend: Default::default(),
     };
@@ -177,11 +177,11 @@ async fn failing_sources_are_unknown_not_empty() {
     let closed: url::Url = format!("http://127.0.0.1:{}", crate::support::free_port())
         .parse()
         .unwrap();
-    let mut s3 = S3Config::new(closed.clone(), BUCKET, credential_file(dir.path()));
+    let mut s3 = S3Settings::new(closed.clone(), BUCKET, credential_file(dir.path()));
     s3.retry = sbps_marshal::inventory::retry::RetryPolicy::once();
-    let mut cfg = SourcesConfig::new(
+    let mut cfg = SourcesSettings::new(
         s3,
-        ImsConfig::new(closed.join("apis/ims/v3/images").unwrap()),
+        ImsSettings::new(closed.join("apis/ims/v3/images").unwrap()),
     );
     cfg.node = None;
     cfg.spire.backend = sbps_marshal::inventory::spire::SpireBackend::Cli {
@@ -190,7 +190,7 @@ async fn failing_sources_are_unknown_not_empty() {
     let sources = Sources::new(cfg).unwrap();
     let settings = Settings {
         bucket: BUCKET.into(),
-        mount_root: dir.path().into(),
+        mount: dir.path().into(),
         ims_tagging: true,
         backend: Default::default(),
     };

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use sbps_marshal::inventory::ims::{join_url, ImsConfig, ImsSource};
+use sbps_marshal::inventory::ims::{join_url, ImsSettings, ImsSource};
 use sbps_marshal::inventory::Tagging;
 use serde_json::json;
 
@@ -38,7 +38,7 @@ pub fn records() -> serde_json::Value {
 
 fn source(base: &url::Url, timeout: Duration) -> ImsSource {
     let url = join_url(base.as_str().trim_end_matches('/'), "apis/ims/v3/images").unwrap();
-    let mut cfg = ImsConfig::new(url);
+    let mut cfg = ImsSettings::new(url);
     cfg.timeout = timeout;
     ImsSource::new(cfg).unwrap()
 }
@@ -83,7 +83,7 @@ async fn parses_quirky_records_and_sends_the_bearer() {
 async fn whole_answer_failures_are_errors() {
     let double = Arc::new(Ims::default());
     let srv = Served::start(double.clone().router()).await;
-    let mut cfg = ImsConfig::new(srv.url().join("apis/ims/v3/images").unwrap());
+    let mut cfg = ImsSettings::new(srv.url().join("apis/ims/v3/images").unwrap());
     cfg.timeout = Duration::from_millis(300);
     let ims = ImsSource::new(cfg).unwrap();
 
@@ -118,7 +118,7 @@ async fn whole_answer_failures_are_errors() {
 async fn oversized_answer_is_refused() {
     let big = json!([{"id": "x", "name": "y".repeat(2_000)}]);
     let srv = Served::start(Arc::new(Ims::new(&big)).router()).await;
-    let mut cfg = ImsConfig::new(srv.url().join("apis/ims/v3/images").unwrap());
+    let mut cfg = ImsSettings::new(srv.url().join("apis/ims/v3/images").unwrap());
     cfg.max_body = 1_000;
     let e = ImsSource::new(cfg).unwrap().list("t").await.unwrap_err();
     assert!(e.to_string().contains("1000-byte limit"), "{e}");

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sbps_marshal::inventory::node::{NodeConfig, NodeSource};
+use sbps_marshal::inventory::node::{NodeSettings, NodeSource};
 use sbps_marshal::k8s::KubeSettings;
 
 use sbps_testkit::kube_api::{write_kubeconfig, ClientAuth, Fault, KubeApi, User};
@@ -24,7 +24,7 @@ fn admin_conf(api: &KubeApi, dir: &Path) -> PathBuf {
 }
 
 fn source(kubeconfig: &Path, node: &str) -> NodeSource {
-    NodeSource::new(NodeConfig {
+    NodeSource::new(NodeSettings {
         api: KubeSettings {
             timeout: Duration::from_secs(2),
             ..KubeSettings::new(kubeconfig)

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sbps_marshal::inventory::retry::RetryPolicy;
-use sbps_marshal::inventory::s3::{S3Config, S3Error, S3Source};
+use sbps_marshal::inventory::s3::{S3Error, S3Settings, S3Source};
 use sbps_testkit::s3::{Fault, Object, On, Script, S3};
 
 use crate::support::{credential_file, Moto, Served, ACCESS, SECRET};
 
-fn config(endpoint: url::Url, dir: &std::path::Path) -> S3Config {
-    let mut c = S3Config::new(endpoint, "boot-images", credential_file(dir));
+fn config(endpoint: url::Url, dir: &std::path::Path) -> S3Settings {
+    let mut c = S3Settings::new(endpoint, "boot-images", credential_file(dir));
     c.timeout = Duration::from_secs(5);
     c.retry = RetryPolicy {
         attempts: 3,

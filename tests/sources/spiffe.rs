@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sbps_marshal::inventory::spire::proto::{JwtSvidRequest, JwtSvidResponse};
 use sbps_marshal::inventory::spire::{
-    spiffe_id_for, SpireBackend, SpireConfig, SpireTokens, TokenProvider, SPIFFE_ID,
+    spiffe_id_for, SpireBackend, SpireSettings, SpireTokens, TokenProvider, SPIFFE_ID,
 };
 use sbps_testkit::spiffe::Served;
 use sbps_testkit::tokens::{jwt, token_exp};
@@ -16,8 +16,8 @@ use serde_json::json;
 use tonic::codegen::http;
 use tonic::{Request, Response, Status};
 
-fn native_config(socket: &Path, xname_file: &Path) -> SpireConfig {
-    SpireConfig {
+fn native_config(socket: &Path, xname_file: &Path) -> SpireSettings {
+    SpireSettings {
         backend: SpireBackend::Native,
         socket: socket.to_path_buf(),
         audience: "system-compute".into(),

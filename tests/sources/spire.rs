@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sbps_marshal::inventory::spire::{
-    spiffe_id_for, SpireBackend, SpireConfig, SpireTokens, TokenProvider,
+    spiffe_id_for, SpireBackend, SpireSettings, SpireTokens, TokenProvider,
 };
 use serde_json::json;
 
@@ -33,8 +33,8 @@ fn fake_agent(dir: &Path, stdout: &str, fail: bool) -> PathBuf {
     script
 }
 
-fn cli_config(agent: PathBuf, xname_file: &Path) -> SpireConfig {
-    SpireConfig {
+fn cli_config(agent: PathBuf, xname_file: &Path) -> SpireSettings {
+    SpireSettings {
         backend: SpireBackend::Cli { agent },
         socket: "/var/lib/spire/agent.sock".into(),
         audience: "system-compute".into(),

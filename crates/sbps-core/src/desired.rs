@@ -30,7 +30,7 @@ pub(crate) const PE_PREFIX: &str = "PE/";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
     pub bucket: String,
-    pub mount_root: PathBuf,
+    pub mount: PathBuf,
     pub ims_tagging: bool,
     /// The LIO backend the paths go to: a path it would misread is skipped here
     /// (`unsafe-path`), not planned to fail its create every scan.
@@ -849,7 +849,7 @@ impl Desired {
         waiting: &mut Vec<Waiting>,
     ) {
         let id = Identity::of_key(&c.key);
-        let path = s.mount_root.join(&c.object.key);
+        let path = s.mount.join(&c.object.key);
         let outcome = match path_outcome(&c.object.key, &path, s.backend) {
             Err(outcome) => outcome,
             Ok(()) => {

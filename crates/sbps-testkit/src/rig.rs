@@ -180,7 +180,7 @@ impl Rig {
             root: self.root.clone(),
             iqn: IQN.into(),
             tag: 1,
-            mount_root: self.images.path().to_path_buf(),
+            mount: self.images.path().to_path_buf(),
             lock_dir: Some(self.locks.path().to_path_buf()),
             lock_timeout: sbps_marshal::lio::lock::DEFAULT_TIMEOUT,
         }
@@ -225,7 +225,7 @@ impl Rig {
 
     pub fn policy(&self) -> Policy {
         Policy {
-            mount_root: self.images.path().to_path_buf(),
+            mount: self.images.path().to_path_buf(),
             grace_secs: 0,
             ..Policy::default()
         }

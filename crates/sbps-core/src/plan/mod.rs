@@ -677,7 +677,7 @@ impl<'a> Planner<'a> {
             return false;
         }
         match &b.dev {
-            Some(dev) => under_root(dev, &self.policy.mount_root),
+            Some(dev) => under_root(dev, &self.policy.mount),
             None => {
                 identity::is_derived_name(&b.at.name)
                     && (name_wanted || self.old.luns.values().any(|r| r.name == b.at.name))
@@ -797,7 +797,7 @@ impl<'a> Planner<'a> {
         let recorded = b.serial.as_deref().and_then(|s| self.old.luns.get(s)?.kind);
         recorded.unwrap_or_else(|| {
             let pe = b.dev.as_deref().is_some_and(|d| {
-                d.strip_prefix(&self.policy.mount_root)
+                d.strip_prefix(&self.policy.mount)
                     .is_ok_and(|rel| rel.starts_with(crate::desired::PE_PREFIX))
             });
             if pe {

@@ -6,7 +6,7 @@ use super::*;
 /// What the policy says; all durations in seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
-    pub mount_root: PathBuf,
+    pub mount: PathBuf,
     /// How long an image must be known absent before its LUN is removed.
     pub grace_secs: u64,
     /// How long a freed LUN number stays unused.
@@ -34,7 +34,7 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            mount_root: PathBuf::from("/var/lib/cps-local/boot-images"),
+            mount: PathBuf::from("/var/lib/cps-local/boot-images"),
             grace_secs: 600,
             quarantine_secs: 7 * 24 * 3600,
             adoption_quarantine_above: 256,
