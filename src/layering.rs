@@ -37,6 +37,31 @@ fn top_level_modules_form_no_cycle() {
 }
 
 #[test]
+fn the_inventory_asks_its_judge_and_imports_no_rule() {
+    // The gathering fetches what a decision needs through `inventory::gather::Judge`;
+    // naming the core's rules itself would make data flow inventory → desired → inventory.
+    let mut files = Vec::new();
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/inventory"),
+        &mut files,
+    );
+    assert!(
+        files.len() > 3,
+        "expected the inventory's sources, found {files:?}"
+    );
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read a source file");
+        for line in text.lines().map(|l| l.split("//").next().unwrap_or("")) {
+            assert!(
+                !line.contains("desired::") && !line.contains("plan::"),
+                "{} names the core's rules: {line}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
 fn a_cycle_is_found() {
     let mut g = Graph::new();
     g.entry("a".into()).or_default().insert("b".into());

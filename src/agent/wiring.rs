@@ -2,6 +2,7 @@
 //! the core's own settings (`desired::Settings`, `plan::Policy`). The one place that
 //! reads `config::Settings` on the core's behalf, so the core never sees a setting name.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,12 +10,14 @@ use anyhow::{Context, Result};
 use url::Url;
 
 use crate::config::{Settings, SpireProvider};
+use crate::desired;
 use crate::http::TlsOptions;
-use crate::inventory::gather::{Sources, SourcesSettings};
+use crate::inventory::gather::{Judge, Sources, SourcesSettings};
 use crate::inventory::ims::ImsSettings;
 use crate::inventory::node::NodeSettings;
 use crate::inventory::s3::S3Settings;
 use crate::inventory::spire::{SpireBackend, SpireSettings};
+use crate::inventory::{ImageRecord, Inventory};
 use crate::k8s::{InCluster, KubeSettings};
 use crate::lio::configfs::{ConfigfsSettings, ConfigfsTarget};
 use crate::lio::targetcli::{TargetcliSettings, TargetcliTarget};
@@ -160,6 +163,31 @@ pub(crate) fn policy(
         brake_released,
         labelled,
         numbers_frozen: None,
+    }
+}
+
+/// The core's `desired` answers what the gathering asks (which manifests to fetch,
+/// which keys to stat), so the inventory's adapters fetch only what a decision needs
+/// without depending on the rules that make it.
+impl Judge for desired::Settings {
+    type Judging = desired::Judging;
+
+    fn manifest_wanted<'a>(&self, record: &'a ImageRecord) -> Option<&'a str> {
+        desired::manifest_wanted(record, self)
+    }
+
+    fn begin(&self, inventory: &Inventory) -> (desired::Judging, Vec<String>) {
+        let judging = desired::judging(inventory, self);
+        let keys = judging.mount_keys();
+        (judging, keys)
+    }
+
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    fn mount(&self) -> &Path {
+        &self.mount
     }
 }
 

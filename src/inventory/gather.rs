@@ -6,13 +6,15 @@
 //!   node label ─┘
 //! ```
 //! The three first sources run concurrently. Manifests are fetched only for records
-//! that pass the checks needing no manifest ([`desired::manifest_wanted`]), and only
-//! when the listing is known (without it nothing can be judged anyway); the mount is
-//! checked only for keys `desired` will ask about: the inventory is judged once
-//! ([`desired::judging`]), and the scan finishes that judgement with the mount's answers
+//! the [`Judge`] wants them for (those that pass the checks needing no manifest), and
+//! only when the listing is known (without it nothing can be judged anyway); the mount
+//! is checked only for keys the judge will ask about: the inventory is judged once
+//! ([`Judge::begin`]), and the scan finishes that judgement with the mount's answers
 //! ([`Gathered::judging`]).
-//! Nothing here decides anything: errors are carried into the [`Inventory`].
+//! Nothing here decides anything: the judge is asked (the core's `desired`, through
+//! `agent::wiring`), and errors are carried into the [`Inventory`].
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,8 +26,7 @@ use super::mount::MountChecker;
 use super::node::{NodeSettings, NodeSource};
 use super::s3::{S3Error, S3Settings, S3Source};
 use super::spire::{SpireSettings, SpireTokens, TokenProvider};
-use super::Inventory;
-use crate::desired::{self, Settings};
+use super::{ImageRecord, Inventory};
 use crate::http::error_chain;
 
 /// Everything needed to build the sources.
@@ -98,8 +99,8 @@ pub struct GatherStats {
     pub manifests: ManifestStats,
     pub mount_checked: usize,
     pub mount_duration: Duration,
-    /// Judging the inventory up to the mount ([`desired::judging`]): part of `total`,
-    /// though it is `desired`'s work.
+    /// Judging the inventory up to the mount ([`Judge::begin`]): part of `total`,
+    /// though it is the judge's work.
     pub judging: Duration,
 }
 
@@ -122,22 +123,40 @@ impl GatherStats {
     }
 }
 
-/// The result of [`Sources::gather`].
+/// What the gathering asks of whoever judges the inventory, so that it fetches and
+/// stats only what a decision needs without deciding anything itself: which records'
+/// manifests are worth fetching, and (once the listing, the records and the manifests
+/// are in) the keys whose state on the mount the judgement waits for.
+pub trait Judge {
+    /// The judgement begun on the inventory, which the scan finishes with the mount's
+    /// answers.
+    type Judging;
+    /// The manifest path to fetch for `record`, if its judgement can need it.
+    fn manifest_wanted<'a>(&self, record: &'a ImageRecord) -> Option<&'a str>;
+    /// Judges `inventory` up to the mount: the judgement so far, and the keys to stat.
+    fn begin(&self, inventory: &Inventory) -> (Self::Judging, Vec<String>);
+    /// The bucket the judge expects the listing of (a mismatch is logged).
+    fn bucket(&self) -> &str;
+    /// The s3fs mount the keys are looked up under.
+    fn mount(&self) -> &Path;
+}
+
+/// The result of [`Sources::gather`]; `J` is the [`Judge`]'s judgement.
 #[derive(Debug, Clone)]
-pub struct Gathered {
+pub struct Gathered<J> {
     pub inventory: Inventory,
     /// `Some(Ok(labelled))`, `Some(Err(why unknown))`, or `None` when not checked.
     pub node_labelled: Option<Result<bool, String>>,
     pub stats: GatherStats,
-    /// `desired`'s judgement of `inventory` up to the mount (None when the gathering did
-    /// not finish): [`desired::Judging::finish`] with `inventory.mount` completes it.
-    pub judging: Option<desired::Judging>,
+    /// The judge's judgement of `inventory` up to the mount (None when the gathering
+    /// did not finish); the scan completes it with `inventory.mount`.
+    pub judging: Option<J>,
 }
 
-impl Gathered {
+impl<J> Gathered<J> {
     /// What a gathering that did not finish says: every source unknown, so the scan
     /// creates and removes nothing, and the TPG is neither enabled nor disabled.
-    pub fn unfinished(why: &str, stats: GatherStats) -> Gathered {
+    pub fn unfinished(why: &str, stats: GatherStats) -> Gathered<J> {
         Gathered {
             inventory: Inventory::unavailable(why),
             node_labelled: Some(Err(why.to_string())),
@@ -179,13 +198,13 @@ impl Sources {
 
     /// Gathers one scan's inventory. Never fails as a whole: each source's failure
     /// is in the inventory as an error.
-    pub async fn gather(&self, settings: &Settings) -> Gathered {
+    pub async fn gather<J: Judge>(&self, judge: &J) -> Gathered<J::Judging> {
         let start = Instant::now();
-        if settings.bucket != self.s3.bucket() {
+        if judge.bucket() != self.s3.bucket() {
             tracing::warn!(
                 listed = self.s3.bucket(),
-                judged = %settings.bucket,
-                "S3 source bucket differs from the bucket desired() judges against"
+                judged = judge.bucket(),
+                "S3 source bucket differs from the bucket the inventory is judged against"
             );
         }
         let mut stats = GatherStats::default();
@@ -215,7 +234,7 @@ impl Sources {
             let wanted: Vec<Wanted> = records
                 .iter()
                 .filter_map(|r| {
-                    desired::manifest_wanted(r, settings).map(|path| Wanted {
+                    judge.manifest_wanted(r).map(|path| Wanted {
                         path: path.to_string(),
                         ims_etag: r.link.as_ref().and_then(|l| l.etag.clone()),
                     })
@@ -234,14 +253,13 @@ impl Sources {
         }
 
         let t = Instant::now();
-        let judging = desired::judging(&inventory, settings);
-        let candidates = judging.mount_keys();
+        let (judging, candidates) = judge.begin(&inventory);
         stats.judging = t.elapsed();
         let t = Instant::now();
         stats.mount_checked = candidates.len();
         inventory.mount = self
             .mount
-            .check_keys(&settings.mount, candidates, super::mount::check)
+            .check_keys(judge.mount(), candidates, super::mount::check)
             .await;
         stats.mount_duration = t.elapsed();
         stats.total = start.elapsed();
