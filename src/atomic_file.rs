@@ -1,6 +1,8 @@
 //! Files replaced whole or not at all: the ledger, saveconfig.json, the metrics
 //! textfile. A crash leaves the old file or the new one, never a torn one.
 
+#![warn(unreachable_pub)]
+
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -10,20 +12,20 @@ use std::path::{Path, PathBuf};
 /// 0600, fsync, rename over `path`, fsync of the directory. A crash leaves either
 /// the old or the new file, never a torn one; the temp file such a crash leaves
 /// (`<file>.tmp-<pid>`) is removed by the next successful write.
-pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_mode(path, bytes, 0o600)
 }
 
 /// [`write()`] with the file's permission bits: a file other local readers need
 /// (node-exporter's textfile collector) is written 0644.
-pub fn write_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn write_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     write_with(path, mode, |f| f.write_all(bytes).map(Some)).map(drop)
 }
 
 /// [`write_mode()`] of what `fill` writes into the temp file (opened for reading too),
 /// so a file of megabytes need not be held whole in memory. `fill` returns `None` to
 /// keep the old file: the temp file is removed and nothing renamed.
-pub fn write_with<T>(
+pub(crate) fn write_with<T>(
     path: &Path,
     mode: u32,
     fill: impl FnOnce(&mut fs::File) -> io::Result<Option<T>>,

@@ -1,6 +1,8 @@
 //! The wall clock, read in one place: the core takes the time as a value, and the
 //! agent reads it here.
 
+#![warn(unreachable_pub)]
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds since the epoch.

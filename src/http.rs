@@ -7,6 +7,8 @@
 //! then we say so in the log), every request has a time bound, and no response body
 //! is read past a cap (a misbehaving server must not make the agent swallow gigabytes).
 
+#![warn(unreachable_pub)]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,7 +41,7 @@ pub enum ClientError {
 /// Builds a client: `timeout` bounds each whole request, connecting included.
 ///
 /// `what` names the server in the warning logged when verification is off.
-pub fn client(
+pub(crate) fn client(
     what: &str,
     tls: &TlsOptions,
     timeout: Duration,
@@ -123,14 +125,17 @@ pub enum BodyError {
 
 impl BodyError {
     /// A timeout while reading is worth a retry; an oversized body is not.
-    pub fn is_timeout(&self) -> bool {
+    pub(crate) fn is_timeout(&self) -> bool {
         matches!(self, BodyError::Read(s) if s.contains("timed out") || s.contains("timeout"))
     }
 }
 
 /// Reads a body chunk by chunk, failing as soon as it passes `cap` bytes. A declared
 /// `Content-Length` above the cap fails before a byte is read.
-pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Bytes, BodyError> {
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<Bytes, BodyError> {
     if resp.content_length().is_some_and(|n| n > cap as u64) {
         return Err(BodyError::TooLarge { cap });
     }
@@ -151,12 +156,12 @@ pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Byte
 /// A reqwest error on one line, without its URL (a presigned S3 URL carries a
 /// signature valid for minutes, a gateway URL may carry `user:password@`); callers
 /// name the redacted URL themselves.
-pub fn request_error(e: reqwest::Error) -> String {
+pub(crate) fn request_error(e: reqwest::Error) -> String {
     error_chain(&e.without_url())
 }
 
 /// An error with its sources, on one line (reqwest hides the useful part in `source()`).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {
@@ -172,7 +177,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// A URL for logs: no query string (presigned S3 URLs carry a signature there) and
 /// no `user:password@`.
-pub fn redact_url(u: &reqwest::Url) -> String {
+pub(crate) fn redact_url(u: &reqwest::Url) -> String {
     let mut u = u.clone();
     u.set_query(None);
     let _ = u.set_password(None);
@@ -181,13 +186,8 @@ pub fn redact_url(u: &reqwest::Url) -> String {
 }
 
 /// Whether an HTTP status is worth another try (server-side trouble, throttling).
-pub fn retryable_status(s: reqwest::StatusCode) -> bool {
+pub(crate) fn retryable_status(s: reqwest::StatusCode) -> bool {
     s.is_server_error() || s == reqwest::StatusCode::TOO_MANY_REQUESTS
-}
-
-/// Whether a transport error is worth another try (timeouts, refused/reset connections).
-pub fn retryable_transport(e: &reqwest::Error) -> bool {
-    e.is_timeout() || e.is_connect() || e.is_request() || e.is_body()
 }
 
 #[cfg(test)]

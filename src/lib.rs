@@ -5,7 +5,7 @@
 pub use sbps_core::{desired, fleet, identity, paths, plan};
 
 pub mod agent;
-pub mod atomic_file;
+mod atomic_file;
 pub mod cli;
 pub mod clock;
 pub mod config;

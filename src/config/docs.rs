@@ -6,7 +6,7 @@ use super::KEYS;
 
 /// The packaged `/etc/sbps-marshal/config.toml`: every key, commented out at its
 /// default, with what it means (`sbps-marshal config --default-file` prints it).
-pub fn default_file() -> String {
+pub(crate) fn default_file() -> String {
     let mut out = String::from(
         "# sbps-marshal settings. Every key is shown at its default, commented out.\n\
          # Precedence: --set KEY=VALUE > SBPS_MARSHAL_<KEY> environment > this file > default.\n",

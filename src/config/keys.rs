@@ -19,7 +19,7 @@ use crate::paths::Backend;
 /// kind (`Parser::checked`); the field's type then turns the text into its value
 /// ([`super::FromSetting`]), which is where ranges are enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ValueKind {
+pub(crate) enum ValueKind {
     /// Whole seconds, > 0.
     Seconds,
     /// Whole seconds, ≥ 0.
@@ -54,7 +54,7 @@ pub enum ValueKind {
 
 impl ValueKind {
     /// Written bare in a TOML file (numbers and booleans) rather than quoted.
-    pub fn is_bare_in_toml(self) -> bool {
+    pub(crate) fn is_bare_in_toml(self) -> bool {
         matches!(
             self,
             ValueKind::Seconds
@@ -70,17 +70,17 @@ impl ValueKind {
 /// One setting, as the table declares it.
 #[derive(Debug)]
 pub struct Key {
-    /// The bare name (`SCAN_FREQUENCY`); the environment adds [`super::ENV_PREFIX`],
+    /// The bare name (`SCAN_FREQUENCY`); the environment adds `SBPS_MARSHAL_`,
     /// the TOML file takes it in any case.
     pub name: &'static str,
     /// The built-in value, as text in the key's own syntax (empty = off or derived).
-    pub default: &'static str,
+    pub(crate) default: &'static str,
     /// How its value is checked (and so written in a TOML file).
-    pub kind: ValueKind,
+    pub(crate) kind: ValueKind,
     /// What it means, one sentence or two (also the `Settings` field's doc comment).
-    pub help: &'static str,
+    pub(crate) help: &'static str,
     /// How it differs from the original agent, if it does.
-    pub compat: &'static str,
+    pub(crate) compat: &'static str,
 }
 
 /// Declares every setting once. It exists because each setting used to be spelled

@@ -99,7 +99,7 @@ impl Layers {
     }
 
     /// The value and origin of `name`.
-    pub fn get(&self, name: &str) -> (&str, &Origin) {
+    pub(crate) fn get(&self, name: &str) -> (&str, &Origin) {
         match self.values.get(name) {
             Some((v, o)) => (v.as_str(), o),
             None => ("", &Origin::Default),
@@ -107,7 +107,7 @@ impl Layers {
     }
 
     /// Every key with its value (redacted where needed) and origin, for `config`.
-    pub fn describe(&self) -> Vec<(&'static str, String, &Origin)> {
+    pub(crate) fn describe(&self) -> Vec<(&'static str, String, &Origin)> {
         KEYS.iter()
             .map(|k| {
                 let (v, o) = self.get(k.name);

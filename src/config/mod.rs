@@ -10,8 +10,10 @@
 //! Each setting is declared once, in the table of `keys.rs`; the rest is made from it:
 //! - `keys`: the table, giving [`KEYS`] and the typed [`Settings`];
 //! - `layers`: defaults ← file ← environment ← flags, as text with its origin;
-//! - `parse`: text to typed values ([`FromSetting`]), and the cross-field rules;
+//! - `parse`: text to typed values (`FromSetting`), and the cross-field rules;
 //! - `docs`: the packaged config.toml and the README's table of settings.
+
+#![warn(unreachable_pub)]
 
 mod docs;
 mod keys;
@@ -25,15 +27,16 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use docs::{default_file, markdown_table};
-pub use keys::{Key, Settings, ValueKind, KEYS};
+pub(crate) use docs::default_file;
+pub use docs::markdown_table;
+pub(crate) use keys::ValueKind;
+pub use keys::{Key, Settings, KEYS};
 pub use layers::Layers;
-pub use parse::{expected, parse_bool, FromSetting};
 
 /// Environment variable prefix, as the original.
-pub const ENV_PREFIX: &str = "SBPS_MARSHAL_";
+pub(crate) const ENV_PREFIX: &str = "SBPS_MARSHAL_";
 /// The configuration file read when `--config` is not given and it exists.
-pub const DEFAULT_CONFIG_FILE: &str = "/etc/sbps-marshal/config.toml";
+pub(crate) const DEFAULT_CONFIG_FILE: &str = "/etc/sbps-marshal/config.toml";
 
 /// Where the SPIRE join token comes from (`SPIRE_PROVIDER`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -47,7 +50,7 @@ pub enum SpireProvider {
 
 impl SpireProvider {
     /// The `SPIRE_PROVIDER` value that names it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SpireProvider::Cli => "cli",
             SpireProvider::WorkloadApi => "workload-api",
@@ -121,7 +124,7 @@ pub enum ConfigError {
 }
 
 /// Looks a key up by its bare name (`SCAN_FREQUENCY`).
-pub fn key(name: &str) -> Option<&'static Key> {
+pub(crate) fn key(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
 }
 
@@ -141,7 +144,7 @@ fn redact(k: &Key, v: &str) -> String {
 }
 
 /// `v` as it may be shown for the key `name` (a URL's `user:password@` redacted).
-pub fn shown(name: &str, v: &str) -> String {
+pub(crate) fn shown(name: &str, v: &str) -> String {
     key(name).map_or_else(|| v.to_string(), |k| redact(k, v))
 }
 
@@ -153,7 +156,7 @@ impl Settings {
     }
 
     /// The S3 endpoint URL.
-    pub fn s3_endpoint(&self) -> String {
+    pub(crate) fn s3_endpoint(&self) -> String {
         format!("{}://{}", self.s3_proto, self.s3_host)
     }
 }

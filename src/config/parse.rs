@@ -12,7 +12,7 @@ use crate::paths::Backend;
 /// A field type of [`Settings`], parsed from a key's value. The value is trimmed and
 /// has passed its kind's lexical check; the error is what was expected, as the
 /// refusal says it (usually [`expected`] of the kind).
-pub trait FromSetting: Sized {
+pub(crate) trait FromSetting: Sized {
     fn from_setting(v: &str, kind: ValueKind) -> Result<Self, String>;
 }
 
@@ -220,7 +220,7 @@ impl Parser<'_> {
 }
 
 /// true/false/1/0/yes/no in any case (also on/off).
-pub fn parse_bool(v: &str) -> Option<bool> {
+pub(crate) fn parse_bool(v: &str) -> Option<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
         "false" | "0" | "no" | "off" => Some(false),
@@ -229,7 +229,7 @@ pub fn parse_bool(v: &str) -> Option<bool> {
 }
 
 /// What a value of `kind` must look like, as a refusal says it.
-pub fn expected(kind: ValueKind) -> String {
+pub(crate) fn expected(kind: ValueKind) -> String {
     match kind {
         ValueKind::Seconds => "a whole number of seconds greater than 0".into(),
         ValueKind::SecondsOrZero => "a whole number, 0 or more".into(),

@@ -10,7 +10,7 @@
 //! only when the listing is known (without it nothing can be judged anyway); the mount
 //! is checked only for keys the judge will ask about: the inventory is judged once
 //! ([`Judge::begin`]), and the scan finishes that judgement with the mount's answers
-//! ([`Gathered::judging`]).
+//! (`Gathered::judging`).
 //! Nothing here decides anything: the judge is asked (the core's `desired`, through
 //! `agent::wiring`), and errors are carried into the [`Inventory`].
 
@@ -91,9 +91,9 @@ pub struct GatherStats {
     /// Listing requests to S3 (pages, retries included).
     pub s3_list: SourceStats,
     /// Token fetch (requests = CLI runs or RPCs; 0 when the cached token was used).
-    pub token: SourceStats,
+    pub(crate) token: SourceStats,
     pub ims: SourceStats,
-    pub node: Option<SourceStats>,
+    pub(crate) node: Option<SourceStats>,
     /// Manifest GETs to S3 (retries included) and time.
     pub manifest_fetch: SourceStats,
     pub manifests: ManifestStats,
@@ -106,7 +106,7 @@ pub struct GatherStats {
 
 impl GatherStats {
     /// Each source's stats under the name logs and metrics use for it.
-    pub fn by_source(&self) -> Vec<(&'static str, &SourceStats)> {
+    pub(crate) fn by_source(&self) -> Vec<(&'static str, &SourceStats)> {
         let mut v = vec![
             ("s3", &self.s3_list),
             ("spire", &self.token),
@@ -115,11 +115,6 @@ impl GatherStats {
         ];
         v.extend(self.node.as_ref().map(|n| ("kubernetes", n)));
         v
-    }
-
-    /// Requests to the S3 server (listing and manifests).
-    pub fn s3_requests(&self) -> u64 {
-        self.s3_list.requests + self.manifest_fetch.requests
     }
 }
 
@@ -146,17 +141,17 @@ pub trait Judge {
 pub struct Gathered<J> {
     pub inventory: Inventory,
     /// `Some(Ok(labelled))`, `Some(Err(why unknown))`, or `None` when not checked.
-    pub node_labelled: Option<Result<bool, String>>,
+    pub(crate) node_labelled: Option<Result<bool, String>>,
     pub stats: GatherStats,
     /// The judge's judgement of `inventory` up to the mount (None when the gathering
     /// did not finish); the scan completes it with `inventory.mount`.
-    pub judging: Option<J>,
+    pub(crate) judging: Option<J>,
 }
 
 impl<J> Gathered<J> {
     /// What a gathering that did not finish says: every source unknown, so the scan
     /// creates and removes nothing, and the TPG is neither enabled nor disabled.
-    pub fn unfinished(why: &str, stats: GatherStats) -> Gathered<J> {
+    pub(crate) fn unfinished(why: &str, stats: GatherStats) -> Gathered<J> {
         Gathered {
             inventory: Inventory::unavailable(why),
             node_labelled: Some(Err(why.to_string())),
@@ -189,11 +184,6 @@ impl Sources {
                 timeout: cfg.mount_timeout,
             },
         })
-    }
-
-    /// Manifests held in the cache.
-    pub fn cached_manifests(&self) -> usize {
-        self.manifests.cached()
     }
 
     /// Gathers one scan's inventory. Never fails as a whole: each source's failure

@@ -21,20 +21,20 @@ use super::{ImageRecord, Link, Tagging};
 use crate::http::{self, BodyError, ClientError, TlsOptions};
 
 /// Default cap of the IMS answer. Real systems have a few thousand records (~1 KiB each).
-pub const DEFAULT_MAX_BODY: usize = 256 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_BODY: usize = 256 * 1024 * 1024;
 
 /// Settings of the IMS source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImsSettings {
     /// The images collection, e.g. `https://api-gw-service-nmn.local/apis/ims/v3/images`
     /// (see [`join_url`]).
-    pub url: Url,
+    pub(crate) url: Url,
     /// `IMS_TIMEOUT`: bound of the whole request, body included.
     pub timeout: Duration,
     pub tls: TlsOptions,
     pub max_body: usize,
     /// The original made one attempt; so does the default.
-    pub retry: RetryPolicy,
+    pub(crate) retry: RetryPolicy,
 }
 
 impl ImsSettings {
@@ -79,7 +79,7 @@ pub enum ImsError {
     Client(#[from] ClientError),
 }
 
-pub use sbps_core::inventory::SkippedRecord;
+pub(crate) use sbps_core::inventory::SkippedRecord;
 
 /// The readable records and the unreadable ones.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -106,7 +106,7 @@ impl ImsSource {
     }
 
     /// HTTP requests sent so far.
-    pub fn requests(&self) -> u64 {
+    pub(crate) fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
 
@@ -283,7 +283,7 @@ pub fn parse_record(v: &Value) -> Result<ImageRecord, String> {
 /// all-digit ETag as a number; should the text not match, `desired` reports an ETag
 /// mismatch, never a wrong projection); any other type → `None`. A `link` that is
 /// neither object nor null, or a non-string `path`, is a type error.
-pub fn parse_link(v: Option<&Value>) -> Result<Option<Link>, String> {
+pub(crate) fn parse_link(v: Option<&Value>) -> Result<Option<Link>, String> {
     let obj = match v {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Object(o)) => o,
@@ -319,7 +319,7 @@ pub fn parse_link(v: Option<&Value>) -> Result<Option<Link>, String> {
 /// are dropped, except under `sbps-project`, where they make the metadata `Invalid`
 /// (the image is then unknown, never untagged). All with a warning: IMS's own schema
 /// forbids them.
-pub fn parse_tagging(id: &str, v: Option<&Value>) -> Tagging {
+pub(crate) fn parse_tagging(id: &str, v: Option<&Value>) -> Tagging {
     let obj = match v {
         None => return Tagging::NoMetadata,
         Some(Value::Object(o)) => o,
@@ -370,7 +370,7 @@ pub fn parse_tagging(id: &str, v: Option<&Value>) -> Tagging {
 }
 
 /// JSON type name for messages.
-pub fn type_name(v: &Value) -> &'static str {
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "boolean",

@@ -22,15 +22,15 @@ use super::s3::{S3Error, S3Source};
 use super::{parse_s3_url, Artifact, Manifest, S3Object, ROOTFS_ARTIFACT_TYPE};
 
 /// IMS refuses manifests of 1 MiB or more (`MAX_IMAGE_MANIFEST_SIZE_BYTES`).
-pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
 /// Default number of manifest downloads in flight.
-pub const DEFAULT_CONCURRENCY: usize = 16;
+pub(crate) const DEFAULT_CONCURRENCY: usize = 16;
 
 /// Parses a manifest.
 ///
 /// Required: a JSON object whose `artifacts` is an array of objects. Per artifact,
 /// `type` must be a string (an artifact without one is dropped: it cannot be the
-/// rootfs) and `link` an object or null (see [`parse_link`] for `etag`). Structural
+/// rootfs) and `link` an object or null (see `parse_link` for `etag`). Structural
 /// type errors fail the whole manifest, which makes the image *unknown* rather than
 /// skipped: a corrupt manifest must not remove a projection. `version` other than
 /// IMS's `"1.0"` is accepted with a warning; IMS itself validates it at registration.
@@ -73,9 +73,9 @@ pub fn parse_manifest(body: &[u8]) -> Result<Manifest, String> {
 
 /// One manifest to fetch: its `s3://` path and the IMS record's link etag.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Wanted {
-    pub path: String,
-    pub ims_etag: Option<String>,
+pub(crate) struct Wanted {
+    pub(crate) path: String,
+    pub(crate) ims_etag: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -88,17 +88,17 @@ struct CacheKey {
 /// What one round of fetching did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ManifestStats {
-    pub wanted: usize,
+    pub(crate) wanted: usize,
     pub cache_hits: usize,
     /// Downloads attempted (not counting S3 retries).
-    pub fetched: usize,
+    pub(crate) fetched: usize,
     /// Manifests absent from the listing: reported without a request.
     pub not_listed: usize,
-    pub errors: usize,
+    pub(crate) errors: usize,
 }
 
 /// Fetches manifests through a cache that lives as long as the agent.
-pub struct ManifestFetcher {
+pub(crate) struct ManifestFetcher {
     concurrency: usize,
     cache: Mutex<HashMap<CacheKey, Result<Manifest, String>>>,
 }
@@ -110,22 +110,17 @@ enum FetchError {
 }
 
 impl ManifestFetcher {
-    pub fn new(concurrency: usize) -> ManifestFetcher {
+    pub(crate) fn new(concurrency: usize) -> ManifestFetcher {
         ManifestFetcher {
             concurrency: concurrency.max(1),
             cache: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Entries in the cache.
-    pub fn cached(&self) -> usize {
-        self.lock().len()
-    }
-
     /// Fetches every wanted manifest (deduplicated by path), using `listing` (this
     /// scan's bucket listing) to validate cache entries and to answer for manifests
     /// that are not in the bucket. Cache entries not wanted this scan are dropped.
-    pub async fn fetch_all(
+    pub(crate) async fn fetch_all(
         &self,
         s3: &S3Source,
         wanted: &[Wanted],

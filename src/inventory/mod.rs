@@ -2,6 +2,8 @@
 //! that fill an [`Inventory`], the plain values [`sbps_core::inventory`] defines and
 //! [`crate::desired`] decides from. [`gather::Sources::gather`] runs them all.
 
+#![warn(unreachable_pub)]
+
 pub mod gather;
 pub mod ims;
 pub mod manifest;

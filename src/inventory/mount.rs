@@ -38,10 +38,10 @@ use super::MountEntry;
 use crate::paths::{lexically_inside, one_name};
 
 /// Default number of `stat`s in flight.
-pub const DEFAULT_CONCURRENCY: usize = 16;
+pub(crate) const DEFAULT_CONCURRENCY: usize = 16;
 
 /// Default deadline of one `stat` (s3fs answers from its cache or after one HEAD).
-pub const DEFAULT_STAT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_STAT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Checks keys under one mount root.
 #[derive(Debug, Clone)]
@@ -130,7 +130,7 @@ impl MountChecker {
     }
 
     /// [`check_all_with`](Self::check_all_with), taking the keys.
-    pub async fn check_keys(
+    pub(crate) async fn check_keys(
         &self,
         root: &Path,
         keys: Vec<String>,

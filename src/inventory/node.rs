@@ -26,7 +26,7 @@ use thiserror::Error;
 use crate::k8s::{KubeConnector, KubeError, KubeSettings, Op};
 
 /// The label the kubelet sets to the host's name.
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+pub(crate) const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// Settings of the node-label source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +76,7 @@ impl NodeSource {
     }
 
     /// A source on a connector shared with other users of the API.
-    pub fn with_connector(
+    pub(crate) fn with_connector(
         connector: Arc<KubeConnector>,
         node_name: Option<String>,
         label: (String, String),
@@ -120,7 +120,7 @@ impl NodeSource {
 
     /// The names (their `kubernetes.io/hostname`, else the object name) of every Node
     /// carrying the label: the nodes that must each export every image (`fleet`).
-    pub async fn labelled_nodes(&self) -> Result<Vec<String>, KubeError> {
+    pub(crate) async fn labelled_nodes(&self) -> Result<Vec<String>, KubeError> {
         let (k, v) = &self.label;
         let nodes = self.select(&format!("{k}={v}")).await?;
         Ok(nodes
@@ -176,7 +176,7 @@ type Labels = BTreeMap<String, String>;
 
 /// `Some(labelled)` when any Node was selected (labelled when one carries the label),
 /// `None` for an empty selection.
-pub fn verdict(selected: &[Labels], (key, value): &(String, String)) -> Option<bool> {
+pub(crate) fn verdict(selected: &[Labels], (key, value): &(String, String)) -> Option<bool> {
     if selected.is_empty() {
         return None;
     }
@@ -185,7 +185,7 @@ pub fn verdict(selected: &[Labels], (key, value): &(String, String)) -> Option<b
 
 /// Whether `s` can be a label value (else a selector on it is refused by the API):
 /// at most 63 characters of `[A-Za-z0-9._-]`, beginning and ending alphanumeric.
-pub fn is_label_value(s: &str) -> bool {
+pub(crate) fn is_label_value(s: &str) -> bool {
     let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
     !s.is_empty()
         && s.len() <= 63
@@ -196,7 +196,7 @@ pub fn is_label_value(s: &str) -> bool {
 }
 
 /// This host's name, as `socket.gethostname()` gives it.
-pub fn local_hostname() -> Result<String, NodeError> {
+pub(crate) fn local_hostname() -> Result<String, NodeError> {
     let s = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map_err(|e| NodeError::Hostname(e.to_string()))?;
     let s = s.trim();

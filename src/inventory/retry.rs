@@ -1,5 +1,5 @@
 //! The one retry loop of the HTTP sources (S3, IMS): a bounded number of attempts,
-//! an exponential backoff capped at [`MAX_PAUSE`], and jitter.
+//! an exponential backoff capped at `MAX_PAUSE`, and jitter.
 //!
 //! Jitter, because every worker runs the same agent on the same period against the
 //! same S3 and API gateway: when those stumble, all agents fail in the same second,
@@ -7,7 +7,7 @@
 //! drawn in [ceiling/2, ceiling] ("equal jitter"): spread out, yet never shorter
 //! than half the backoff the policy asked for.
 //!
-//! The draw comes from [`Jitter`], a SplitMix64 generator: a few lines, no new
+//! The draw comes from `Jitter`, a SplitMix64 generator: a few lines, no new
 //! dependency, and seedable so the tests see exactly the pauses they check. It is
 //! not for secrets.
 //!
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The longest pause between two attempts, whatever the policy says.
-pub const MAX_PAUSE: Duration = Duration::from_secs(5);
+pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,13 +53,13 @@ impl RetryPolicy {
 
     /// The longest pause before attempt `n` (1-based, `n >= 2`): `backoff · 2^(n-2)`,
     /// at most [`MAX_PAUSE`].
-    pub fn ceiling(&self, n: u32) -> Duration {
+    pub(crate) fn ceiling(&self, n: u32) -> Duration {
         let factor = 1u32 << n.saturating_sub(2).min(16);
         self.backoff.saturating_mul(factor).min(MAX_PAUSE)
     }
 
     /// The pause before attempt `n`: drawn from `jitter` in `[ceiling/2, ceiling]`.
-    pub fn pause(&self, n: u32, jitter: &mut Jitter) -> Duration {
+    pub(crate) fn pause(&self, n: u32, jitter: &mut Jitter) -> Duration {
         let hi = self.ceiling(n);
         jitter.between(hi / 2, hi)
     }
@@ -67,19 +67,19 @@ impl RetryPolicy {
 
 /// A small pseudo-random source for backoff jitter (SplitMix64). Not cryptographic.
 #[derive(Debug, Clone)]
-pub struct Jitter {
+pub(crate) struct Jitter {
     state: u64,
 }
 
 impl Jitter {
     /// A fixed sequence: the same seed gives the same pauses.
-    pub fn seeded(seed: u64) -> Jitter {
+    pub(crate) fn seeded(seed: u64) -> Jitter {
         Jitter { state: seed }
     }
 
     /// Seeded from the clock, the process ID and a process-wide counter, so that
     /// two agents, or two requests of one agent, that failed together draw apart.
-    pub fn from_clock() -> Jitter {
+    pub(crate) fn from_clock() -> Jitter {
         static DRAWS: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -89,7 +89,7 @@ impl Jitter {
     }
 
     /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -98,7 +98,7 @@ impl Jitter {
     }
 
     /// A duration in `[lo, hi]` (`lo` when `hi <= lo`), to the nanosecond.
-    pub fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+    pub(crate) fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
         let span = hi
             .saturating_sub(lo)
             .as_nanos()
@@ -111,7 +111,7 @@ impl Jitter {
 /// error `retryable` refuses, or `policy.attempts` are spent, pausing with jittered
 /// backoff in between. Each retry is a warning naming `what`; the last error is
 /// returned as it came.
-pub async fn retry<T, E, Op, Fut>(
+pub(crate) async fn retry<T, E, Op, Fut>(
     policy: RetryPolicy,
     what: &str,
     retryable: impl Fn(&E) -> bool,
@@ -126,7 +126,7 @@ where
 }
 
 /// [`retry`] with a given jitter source (tests: a seeded one).
-pub async fn retry_with<T, E, Op, Fut>(
+pub(crate) async fn retry_with<T, E, Op, Fut>(
     policy: RetryPolicy,
     mut jitter: Jitter,
     what: &str,

@@ -32,10 +32,10 @@ const PRESIGN_FOR: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Settings {
     /// `<S3_PROTO>://<S3_HOST>`, e.g. `https://rgw-vip.nmn`.
-    pub endpoint: Url,
-    pub bucket: String,
+    pub(crate) endpoint: Url,
+    pub(crate) bucket: String,
     /// SigV4 region. Ceph RGW accepts the boto3 default, `us-east-1`.
-    pub region: String,
+    pub(crate) region: String,
     /// s3fs passwd format: one line `ACCESS_KEY_ID:SECRET`.
     pub credential_file: PathBuf,
     pub tls: TlsOptions,
@@ -200,7 +200,7 @@ impl S3Source {
         })
     }
 
-    pub fn bucket(&self) -> &str {
+    pub(crate) fn bucket(&self) -> &str {
         &self.cfg.bucket
     }
 

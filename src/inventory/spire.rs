@@ -39,7 +39,7 @@ pub fn spiffe_id_for(xname: &str) -> String {
 pub struct Token {
     jwt: String,
     /// The `exp` claim, if the payload had one.
-    pub expires: Option<SystemTime>,
+    pub(crate) expires: Option<SystemTime>,
 }
 
 impl Token {
@@ -82,7 +82,7 @@ pub enum SpireError {
 }
 
 /// Whether this build has the SPIFFE Workload API client (cargo feature `spiffe`).
-pub const WORKLOAD_API_BUILT: bool = cfg!(feature = "spiffe");
+pub(crate) const WORKLOAD_API_BUILT: bool = cfg!(feature = "spiffe");
 
 /// Anything that yields a bearer token. Implementations cache as they see fit.
 pub trait TokenProvider: Send + Sync {
@@ -206,7 +206,7 @@ fn fresh(t: &Token, now: SystemTime, margin: Duration) -> bool {
 }
 
 /// The `exp` claim of a JWT, read without verifying anything (we only pass it on).
-pub fn jwt_exp(jwt: &str) -> Option<SystemTime> {
+pub(crate) fn jwt_exp(jwt: &str) -> Option<SystemTime> {
     let payload = jwt.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
@@ -231,10 +231,10 @@ fn read_xname(path: &Path) -> Option<String> {
 }
 
 /// `(spiffe_id, svid)` pairs as offered by SPIRE.
-pub type Svids = Vec<(String, String)>;
+pub(crate) type Svids = Vec<(String, String)>;
 
 /// The first SVID that is the marshal's, with or without this node's xname.
-pub fn select_svid(svids: &Svids, xname: Option<&str>) -> Result<String, SpireError> {
+pub(crate) fn select_svid(svids: &Svids, xname: Option<&str>) -> Result<String, SpireError> {
     let with_xname = xname.map(spiffe_id_for);
     svids
         .iter()
@@ -290,7 +290,7 @@ async fn fetch_cli(agent: &Path, cfg: &SpireSettings) -> Result<Svids, SpireErro
 }
 
 /// `[{"svids":[{"spiffe_id":…,"svid":…,"hint":…}]},{"bundles":{…}}]`.
-pub fn parse_cli_output(stdout: &[u8]) -> Result<Svids, SpireError> {
+pub(crate) fn parse_cli_output(stdout: &[u8]) -> Result<Svids, SpireError> {
     let v: Value =
         serde_json::from_slice(stdout).map_err(|e| SpireError::Output(format!("not JSON: {e}")))?;
     let items = v
@@ -343,9 +343,9 @@ pub mod proto {
     }
 
     /// The service has no proto package, hence no dotted prefix.
-    pub const FETCH_JWT_SVID: &str = "/SpiffeWorkloadAPI/FetchJWTSVID";
+    pub(crate) const FETCH_JWT_SVID: &str = "/SpiffeWorkloadAPI/FetchJWTSVID";
     /// The metadata every Workload API call must carry.
-    pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+    pub(crate) const SECURITY_HEADER: &str = "workload.spiffe.io";
 }
 
 #[cfg(feature = "spiffe")]
@@ -356,7 +356,7 @@ mod native {
     use tonic::codegen::http::uri::PathAndQuery;
     use tonic::transport::{Endpoint, Uri};
 
-    pub async fn fetch(cfg: &SpireSettings) -> Result<Svids, SpireError> {
+    pub(crate) async fn fetch(cfg: &SpireSettings) -> Result<Svids, SpireError> {
         let socket = cfg.socket.clone();
         let rpc = |detail: String| SpireError::Rpc {
             socket: cfg.socket.clone(),

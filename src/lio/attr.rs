@@ -21,7 +21,7 @@ pub struct Info {
     /// `Mode: Buffered-WCE` (fd_buffered_io=1, targetcli's write_back).
     pub buffered: bool,
     /// `Async: 1`.
-    pub aio: bool,
+    pub(crate) aio: bool,
     /// `Status: ACTIVATED`: the kernel reports an export (a LUN link), not enable.
     pub exported: bool,
 }
@@ -155,7 +155,7 @@ pub fn attr_value(s: &str) -> serde_json::Value {
 }
 
 /// rtslib's saveconfig path segment of a plugin (`/backstores/<segment>/<name>`).
-pub fn backstore_segment(plugin: &str) -> &str {
+pub(crate) fn backstore_segment(plugin: &str) -> &str {
     match plugin {
         "iblock" => "block",
         "rd_mcp" => "ramdisk",
@@ -164,7 +164,7 @@ pub fn backstore_segment(plugin: &str) -> &str {
 }
 
 /// The plugin of a saveconfig `storage_object` path segment (inverse of [`backstore_segment`]).
-pub fn plugin_of_segment(segment: &str) -> &str {
+pub(crate) fn plugin_of_segment(segment: &str) -> &str {
     match segment {
         "block" => "iblock",
         "ramdisk" => "rd_mcp",

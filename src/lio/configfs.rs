@@ -6,7 +6,7 @@
 //!
 //! Observing lists only `core/`, each HBA and the TPG's `lun/` (a full-tree walk of
 //! configfs with 500 LUNs takes seconds), and reads a backstore's attributes only when
-//! the kernel cannot vouch that they are those read before (see [`super::seen`]).
+//! the kernel cannot vouch that they are those read before (see `lio::seen`).
 //! Every change takes the targetcli/rtslib lock files (see [`super::lock`]); hold
 //! [`Target::lock`] for a whole apply.
 //! Ops are safe to run in parallel: HBA directories are created idempotently and
@@ -48,7 +48,7 @@ pub struct ConfigfsSettings {
 
 impl ConfigfsSettings {
     /// The production defaults for `iqn` and `mount`.
-    pub fn new(iqn: &str, mount: &Path) -> ConfigfsSettings {
+    pub(crate) fn new(iqn: &str, mount: &Path) -> ConfigfsSettings {
         ConfigfsSettings {
             root: PathBuf::from("/sys/kernel/config/target"),
             iqn: iqn.to_string(),
@@ -112,7 +112,7 @@ impl<F: Fs> ConfigfsTarget<F> {
     /// targetcli's backups), only if the content changed. Returns whether it wrote.
     /// What the last observation vouches for is copied from the file last written, the
     /// rest dumped (see [`super::saved`]); after an operation it observes first.
-    pub fn save_config(&self, path: &Path) -> Result<bool, LioError> {
+    pub(crate) fn save_config(&self, path: &Path) -> Result<bool, LioError> {
         let _g = self.locker.acquire()?;
         if self.seen_after.load(Ordering::SeqCst) != self.ops.load(Ordering::SeqCst) {
             self.observe_locked()?;
@@ -134,7 +134,7 @@ impl<F: Fs> ConfigfsTarget<F> {
         self.layout.so_dir(at)
     }
     /// `iscsi/<iqn>/tpgt_<tag>`.
-    pub fn tpg_dir(&self) -> PathBuf {
+    pub(crate) fn tpg_dir(&self) -> PathBuf {
         self.layout.tpg_dir().to_path_buf()
     }
     fn lun_dir(&self, lun: u64) -> PathBuf {

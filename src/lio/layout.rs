@@ -15,7 +15,7 @@ use super::model::BackstoreRef;
 
 /// The configfs paths of one target portal group and the backstores it can map.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layout {
+pub(crate) struct Layout {
     root: PathBuf,
     iqn: String,
     tag: u32,
@@ -25,7 +25,7 @@ pub struct Layout {
 impl Layout {
     /// The layout under `root` (normally `/sys/kernel/config/target`) of the TPG
     /// `tag` of the target `iqn`.
-    pub fn new(root: &Path, iqn: &str, tag: u32) -> Layout {
+    pub(crate) fn new(root: &Path, iqn: &str, tag: u32) -> Layout {
         Layout {
             root: root.to_path_buf(),
             iqn: iqn.to_string(),
@@ -35,69 +35,69 @@ impl Layout {
     }
 
     /// The configfs root.
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
     /// The target's IQN.
-    pub fn iqn(&self) -> &str {
+    pub(crate) fn iqn(&self) -> &str {
         &self.iqn
     }
 
     /// The TPG's tag.
-    pub fn tag(&self) -> u32 {
+    pub(crate) fn tag(&self) -> u32 {
         self.tag
     }
 
     /// `<root>/core`: the HBAs and their backstores.
-    pub fn core(&self) -> PathBuf {
+    pub(crate) fn core(&self) -> PathBuf {
         core_dir(&self.root)
     }
 
     /// `<root>/core/<plugin>_<hba>`.
-    pub fn hba_dir(&self, plugin: &str, hba: u32) -> PathBuf {
+    pub(crate) fn hba_dir(&self, plugin: &str, hba: u32) -> PathBuf {
         self.core().join(format!("{plugin}_{hba}"))
     }
 
     /// `<root>/core/<plugin>_<hba>/<name>`.
-    pub fn so_dir(&self, at: &BackstoreRef) -> PathBuf {
+    pub(crate) fn so_dir(&self, at: &BackstoreRef) -> PathBuf {
         self.core().join(at.hba_dir()).join(&at.name)
     }
 
     /// `<root>/iscsi/<iqn>/tpgt_<tag>`.
-    pub fn tpg_dir(&self) -> &Path {
+    pub(crate) fn tpg_dir(&self) -> &Path {
         &self.tpg
     }
 
     /// `<tpg>/lun`: the LUNs of the TPG.
-    pub fn luns_dir(&self) -> PathBuf {
+    pub(crate) fn luns_dir(&self) -> PathBuf {
         self.tpg.join("lun")
     }
 
     /// `<tpg>/lun/lun_<n>`.
-    pub fn lun_dir(&self, lun: u64) -> PathBuf {
+    pub(crate) fn lun_dir(&self, lun: u64) -> PathBuf {
         self.luns_dir().join(lun_dir_name(lun))
     }
 }
 
 /// `<root>/core`.
-pub fn core_dir(root: &Path) -> PathBuf {
+pub(crate) fn core_dir(root: &Path) -> PathBuf {
     root.join("core")
 }
 
 /// `<root>/iscsi`: the iSCSI fabric's targets.
-pub fn iscsi_dir(root: &Path) -> PathBuf {
+pub(crate) fn iscsi_dir(root: &Path) -> PathBuf {
     root.join("iscsi")
 }
 
 /// The name of LUN `n`'s directory (`lun_<n>`; `attr::parse_lun_dir` reads it back).
-pub fn lun_dir_name(lun: u64) -> String {
+pub(crate) fn lun_dir_name(lun: u64) -> String {
     format!("lun_{lun}")
 }
 
 /// Where the kernel counts a LUN's traffic (`read_mbytes`, `in_cmds` …), below its
 /// directory.
-pub const LUN_PORT_STATISTICS: &str = "statistics/scsi_tgt_port";
+pub(crate) const LUN_PORT_STATISTICS: &str = "statistics/scsi_tgt_port";
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@
 //! that order (the order they nest in targetcli, so no deadlock).
 //!
 //! `flock` locks belong to an open file description: two opens in one process
-//! would block each other. [`Locker`] therefore hands out shared guards: while one
+//! would block each other. `Locker` therefore hands out shared guards: while one
 //! guard is alive, further `acquire`s (from parallel ops of one apply, or an
 //! `execute` inside a caller's whole-apply guard) share it instead of re-locking.
 //!
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use super::LioError;
 
 /// The lock files, in the order they are taken.
-pub const LOCK_FILES: [&str; 2] = ["targetcli.lock", "rtslib_backstore.lock"];
+pub(crate) const LOCK_FILES: [&str; 2] = ["targetcli.lock", "rtslib_backstore.lock"];
 
 #[derive(Debug)]
 struct HeldFiles {
@@ -39,17 +39,17 @@ pub struct LockGuard {
 
 impl LockGuard {
     /// A guard that holds nothing (backends without lock files).
-    pub fn none() -> LockGuard {
+    pub(crate) fn none() -> LockGuard {
         LockGuard { _held: None }
     }
 }
 
-/// How long [`Locker`]s wait for the lock files unless told otherwise (LOCK_TIMEOUT).
+/// How long `Locker`s wait for the lock files unless told otherwise (LOCK_TIMEOUT).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Hands out [`LockGuard`]s for one lock directory.
 #[derive(Debug)]
-pub struct Locker {
+pub(crate) struct Locker {
     dir: Option<PathBuf>,
     timeout: Duration,
     current: Mutex<Weak<HeldFiles>>,
@@ -58,7 +58,7 @@ pub struct Locker {
 impl Locker {
     /// `None`: no locking (tests on a private fake). Waits at most `timeout` for the
     /// lock files.
-    pub fn new(dir: Option<PathBuf>, timeout: Duration) -> Locker {
+    pub(crate) fn new(dir: Option<PathBuf>, timeout: Duration) -> Locker {
         Locker {
             dir,
             timeout,
@@ -68,7 +68,7 @@ impl Locker {
 
     /// Takes (or shares) the locks, waiting up to the timeout while another process
     /// holds them.
-    pub fn acquire(&self) -> Result<LockGuard, LioError> {
+    pub(crate) fn acquire(&self) -> Result<LockGuard, LioError> {
         let Some(dir) = &self.dir else {
             return Ok(LockGuard::none());
         };

@@ -5,15 +5,17 @@
 //! independent ops in parallel, and never lets one failure stop the others, except
 //! that the TPG is not enabled when anything before it failed.
 
+#![warn(unreachable_pub)]
+
 pub mod attr;
 pub mod configfs;
 pub mod fs;
-pub mod layout;
+pub(crate) mod layout;
 pub mod lock;
 pub mod saveconfig;
-pub mod saved;
+pub(crate) mod saved;
 pub(crate) mod savefile;
-pub mod seen;
+pub(crate) mod seen;
 pub mod targetcli;
 
 use std::io;
@@ -21,9 +23,10 @@ use std::path::{Path, PathBuf};
 
 pub use configfs::{ConfigfsSettings, ConfigfsTarget};
 pub use lock::LockGuard;
-pub use model::{Actual, Backstore, BackstoreRef, Lun, Op, Phase, Tpg};
+pub(crate) use model::Phase;
+pub use model::{Actual, Backstore, BackstoreRef, Lun, Op, Tpg};
 /// The model of LIO's objects and the operations on them: pure, in [`sbps_core::lio`].
-pub use sbps_core::lio as model;
+pub(crate) use sbps_core::lio as model;
 
 /// Errors of the LIO backends, each naming what it was doing and where. Kernel
 /// errnos that mean something specific for LIO get their own variant, so callers
@@ -201,7 +204,7 @@ pub fn apply(target: &dyn Target, ops: &[Op], parallelism: usize) -> Vec<OpResul
 
 /// [`apply`], stopping early when `stop` is set (SIGTERM): ops already running
 /// finish, ops not yet started are reported as skipped.
-pub fn apply_until(
+pub(crate) fn apply_until(
     target: &dyn Target,
     ops: &[Op],
     parallelism: usize,

@@ -6,7 +6,7 @@
 //! `save_to_file`: sorted keys, indent 2, ASCII escapes, trailing newline, mode
 //! 0600, temp + fsync + rename + directory fsync; before replacing the file, the
 //! previous one is gzipped into `backup/saveconfig-YYYYmmdd-HH:MM:SS-json.gz`
-//! when it differs from the newest backup, keeping the newest [`MAX_BACKUPS`], as
+//! when it differs from the newest backup, keeping the newest `MAX_BACKUPS`, as
 //! targetcli does. Nothing is written when the content did not change, so a
 //! steady scan touches no file.
 //!
@@ -27,7 +27,7 @@ use super::model::{Actual, Backstore, BackstoreRef, Lun, Tpg};
 use super::LioError;
 
 /// targetcli's default `max_backup_files`.
-pub const MAX_BACKUPS: usize = 10;
+pub(crate) const MAX_BACKUPS: usize = 10;
 
 /// rtslib's `alua_types` / `alua_statuses`: the kernel shows names, the file stores indexes.
 const ALUA_TYPES: [&str; 4] = ["None", "Implicit", "Explicit", "Implicit and Explicit"];
@@ -216,9 +216,9 @@ pub(crate) fn dump_lun<F: Fs + ?Sized>(
 /// A LUN as [`dump_lun`] read it, with the inodes of its directory and link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DumpedLun {
-    pub dir: u64,
-    pub link: u64,
-    pub lun: Lun,
+    pub(crate) dir: u64,
+    pub(crate) link: u64,
+    pub(crate) lun: Lun,
 }
 
 /// A TPG's LUNs in the order rtslib dumps them (by number).
@@ -286,10 +286,10 @@ fn dump_tpg<F: Fs + ?Sized>(
 
 /// One storage object of [`dump_objects`].
 pub(crate) struct DumpedObject {
-    pub at: BackstoreRef,
+    pub(crate) at: BackstoreRef,
     /// The inode of its directory.
-    pub ino: u64,
-    pub value: Value,
+    pub(crate) ino: u64,
+    pub(crate) value: Value,
 }
 
 /// Every storage object under `core/`, in rtslib's order (by plugin, HBA, name).
@@ -464,7 +464,7 @@ fn backup_dir(path: &Path) -> PathBuf {
 }
 
 /// Existing backups, oldest first (their names sort by time).
-pub fn backups(path: &Path) -> Vec<PathBuf> {
+pub(crate) fn backups(path: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(backup_dir(path))
         .into_iter()
         .flatten()
@@ -580,7 +580,7 @@ pub struct SavedObject {
     pub size: Option<u64>,
     pub wwn: Option<String>,
     pub write_back: bool,
-    pub aio: bool,
+    pub(crate) aio: bool,
     pub attributes: BTreeMap<String, Value>,
 }
 
@@ -599,7 +599,7 @@ pub struct SavedTpg {
     pub tag: u32,
     pub enable: bool,
     pub attributes: BTreeMap<String, Value>,
-    pub parameters: BTreeMap<String, String>,
+    pub(crate) parameters: BTreeMap<String, String>,
     pub luns: Vec<SavedLun>,
     pub portals: Vec<(String, u16)>,
 }

@@ -41,7 +41,7 @@ const MARKER: &str = "\u{1}sbps-marshal: the managed TPG's LUNs\u{1}";
 
 /// What the file last written holds, and where.
 #[derive(Debug)]
-pub struct Document {
+pub(crate) struct Document {
     path: PathBuf,
     len: usize,
     hash: u64,
@@ -75,7 +75,7 @@ enum Text {
 
 /// Writes `path` for the state `seen` last observed (only if its text changes),
 /// patching `prior` where it can. Returns whether it wrote, and what it now holds.
-pub fn save<F: Fs + ?Sized>(
+pub(crate) fn save<F: Fs + ?Sized>(
     fs: &F,
     at: &Layout,
     seen: &Seen,

@@ -29,10 +29,10 @@ pub(crate) enum Segment<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Written {
     /// Whether it was replaced (false: it already held exactly this text).
-    pub changed: bool,
-    pub len: usize,
+    pub(crate) changed: bool,
+    pub(crate) len: usize,
     /// See [`Digest`].
-    pub digest: u64,
+    pub(crate) digest: u64,
 }
 
 /// Writes the `segments` to `path` (temp file, fsync, rename), only if that changes

@@ -43,7 +43,7 @@ struct SeenLun {
 
 /// The memory of a [`super::ConfigfsTarget`]'s observations.
 #[derive(Debug, Default)]
-pub struct Seen {
+pub(crate) struct Seen {
     backstores: FxHashMap<BackstoreRef, SeenBackstore>,
     luns: FxHashMap<u64, SeenLun>,
     epoch: u64,
@@ -51,19 +51,19 @@ pub struct Seen {
 
 impl Seen {
     /// Starts an observation: what it does not list again is forgotten at [`Seen::end`].
-    pub fn begin(&mut self) {
+    pub(crate) fn begin(&mut self) {
         self.epoch += 1;
     }
 
     /// Forgets the backstores this observation did not list.
-    pub fn end(&mut self) {
+    pub(crate) fn end(&mut self) {
         let epoch = self.epoch;
         self.backstores.retain(|_, s| s.epoch == epoch);
     }
 
     /// The target of LUN `index`'s link `alias` when the same directory holds the same
     /// link as when it was read (`Some(None)`: it linked nothing the model knows).
-    pub fn lun(
+    pub(crate) fn lun(
         &self,
         index: u64,
         dir: u64,
@@ -76,7 +76,7 @@ impl Seen {
     }
 
     /// Remembers what LUN `index`'s link was read to be.
-    pub fn saw_lun(
+    pub(crate) fn saw_lun(
         &mut self,
         index: u64,
         dir: u64,
@@ -96,18 +96,23 @@ impl Seen {
     }
 
     /// Forgets LUN `index`'s link (its directory holds none).
-    pub fn forget_lun(&mut self, index: u64) {
+    pub(crate) fn forget_lun(&mut self, index: u64) {
         self.luns.remove(&index);
     }
 
     /// Forgets the LUNs not in `listed`.
-    pub fn keep_luns(&mut self, listed: impl Fn(u64) -> bool) {
+    pub(crate) fn keep_luns(&mut self, listed: impl Fn(u64) -> bool) {
         self.luns.retain(|i, _| listed(*i));
     }
 
     /// The backstore at `at` as last read, when the kernel vouches it is unchanged: the
     /// same enabled object (`ino`), exported through the same links (`links`, sorted).
-    pub fn backstore(&mut self, at: &BackstoreRef, ino: u64, links: &[u64]) -> Option<Backstore> {
+    pub(crate) fn backstore(
+        &mut self,
+        at: &BackstoreRef,
+        ino: u64,
+        links: &[u64],
+    ) -> Option<Backstore> {
         let epoch = self.epoch;
         let s = self.backstores.get_mut(at)?;
         let vouched = ino != 0
@@ -124,12 +129,12 @@ impl Seen {
     }
 
     /// Forgets the backstore at `at` (removed).
-    pub fn forget_backstore(&mut self, at: &BackstoreRef) {
+    pub(crate) fn forget_backstore(&mut self, at: &BackstoreRef) {
         self.backstores.remove(at);
     }
 
     /// Remembers what the backstore at `value.at` was read to be.
-    pub fn saw_backstore(&mut self, ino: u64, links: &[u64], value: &Backstore) {
+    pub(crate) fn saw_backstore(&mut self, ino: u64, links: &[u64], value: &Backstore) {
         let s = SeenBackstore {
             ino,
             links: links.to_vec(),
@@ -142,23 +147,23 @@ impl Seen {
 
 /// A LUN's link as the last observation saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeenLink<'a> {
-    pub index: u64,
-    pub dir: u64,
-    pub link: u64,
-    pub alias: &'a str,
-    pub backstore: &'a BackstoreRef,
+pub(crate) struct SeenLink<'a> {
+    pub(crate) index: u64,
+    pub(crate) dir: u64,
+    pub(crate) link: u64,
+    pub(crate) alias: &'a str,
+    pub(crate) backstore: &'a BackstoreRef,
 }
 
 impl Seen {
     /// Every backstore the last observation listed, with its inode: after
     /// [`Seen::end`], exactly the backstores of the [`super::Actual`] it returned.
-    pub fn listed(&self) -> impl Iterator<Item = (u64, &Backstore)> {
+    pub(crate) fn listed(&self) -> impl Iterator<Item = (u64, &Backstore)> {
         self.backstores.values().map(|s| (s.ino, &s.value))
     }
 
     /// Every LUN link of the last observation that names a backstore.
-    pub fn links(&self) -> impl Iterator<Item = SeenLink<'_>> {
+    pub(crate) fn links(&self) -> impl Iterator<Item = SeenLink<'_>> {
         self.luns.iter().filter_map(|(index, s)| {
             Some(SeenLink {
                 index: *index,

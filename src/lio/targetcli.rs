@@ -100,11 +100,6 @@ impl TargetcliTarget {
         Ok(stdout)
     }
 
-    /// `targetcli saveconfig` (to the default file, with targetcli's backups).
-    pub fn saveconfig(&self) -> Result<(), LioError> {
-        self.run("saveconfig").map(|_| ())
-    }
-
     fn tpg(&self) -> String {
         format!("/iscsi/{}/tpg{}", self.s.iqn, self.s.tag)
     }
