@@ -284,30 +284,30 @@ fn dump_tpg<F: Fs + ?Sized>(
     }))
 }
 
-/// One storage object of [`dump_objects`].
-pub(crate) struct DumpedObject {
+/// Every storage object under `core/`, in rtslib's order (by plugin, HBA, name).
+pub(crate) fn dump_objects<F: Fs + ?Sized>(fs: &F, root: &Path) -> Result<Vec<Value>, LioError> {
+    find_objects(fs, root)?
+        .iter()
+        .map(|o| dump_so(fs, &o.dir, &o.at))
+        .collect()
+}
+
+/// A storage object of [`find_objects`], not dumped yet.
+pub(crate) struct FoundObject {
     pub(crate) at: BackstoreRef,
     /// The inode of its directory.
     pub(crate) ino: u64,
-    pub(crate) value: Value,
+    /// Its directory, as listed (the HBA's directory name is not rebuilt from its number).
+    pub(crate) dir: PathBuf,
 }
 
-/// Every storage object under `core/`, in rtslib's order (by plugin, HBA, name).
-pub(crate) fn dump_objects<F: Fs + ?Sized>(
+/// The storage objects under `core/` in [`dump_objects`]' order, without their
+/// attributes: a caller that dumps each when it writes it holds one object's text at a
+/// time, not 5,000 (the pieces of a whole dump were the agent's peak memory).
+pub(crate) fn find_objects<F: Fs + ?Sized>(
     fs: &F,
     root: &Path,
-) -> Result<Vec<DumpedObject>, LioError> {
-    dump_objects_as(fs, root, |o| o)
-}
-
-/// [`dump_objects`], each object handed to `each` as soon as it is dumped: a caller
-/// that keeps only its text holds one object's JSON tree at a time, not 5,000 (the
-/// trees of a whole dump were the agent's peak memory).
-pub(crate) fn dump_objects_as<F: Fs + ?Sized, T>(
-    fs: &F,
-    root: &Path,
-    mut each: impl FnMut(DumpedObject) -> T,
-) -> Result<Vec<T>, LioError> {
+) -> Result<Vec<FoundObject>, LioError> {
     let mut found = Vec::new();
     let core = layout::core_dir(root);
     for h in fs.read_dir(&core).map_err(io("list", &core))? {
@@ -319,22 +319,21 @@ pub(crate) fn dump_objects_as<F: Fs + ?Sized, T>(
             if s.kind != FileKind::Dir {
                 continue;
             }
+            let dir = hd.join(&s.name);
             let at = BackstoreRef {
                 plugin: plugin.clone(),
                 hba,
                 name: s.name,
             };
-            found.push((at, s.ino, h.name.clone()));
+            found.push(FoundObject {
+                at,
+                ino: s.ino,
+                dir,
+            });
         }
     }
-    found.sort_by(|a, b| a.0.cmp(&b.0));
-    found
-        .into_iter()
-        .map(|(at, ino, hba_dir)| {
-            let value = dump_so(fs, &core.join(hba_dir).join(&at.name), &at)?;
-            Ok(each(DumpedObject { at, ino, value }))
-        })
-        .collect()
+    found.sort_by(|a, b| a.at.cmp(&b.at));
+    Ok(found)
 }
 
 /// The iSCSI targets; the LUNs of TPG `tag` of target `iqn` are `given` instead of read
@@ -389,10 +388,7 @@ pub(crate) fn document(objects: Vec<Value>, targets: Vec<Value>) -> Value {
 pub fn dump<F: Fs + ?Sized>(fs: &F, root: &Path) -> Result<Value, LioError> {
     let objects = dump_objects(fs, root)?;
     let targets = dump_targets(fs, root, None)?;
-    Ok(document(
-        objects.into_iter().map(|o| o.value).collect(),
-        targets,
-    ))
+    Ok(document(objects, targets))
 }
 
 /// Python's `json.dumps(sort_keys=True, indent=2)` + newline: serde_json's maps are

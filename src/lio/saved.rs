@@ -67,10 +67,12 @@ struct LunPiece {
     range: Range<usize>,
 }
 
-/// A piece of the new text: from the old file, or dumped now.
+/// A piece of the new text: from the old file, dumped now, or dumped from this
+/// directory when it is written (a whole dump's objects: never all held at once).
 enum Text {
     Old(Range<usize>),
     New(String),
+    Later(PathBuf),
 }
 
 /// Writes `path` for the state `seen` last observed (only if its text changes),
@@ -123,7 +125,23 @@ pub(crate) fn save<F: Fs + ?Sized>(
         let written = savefile::write(path, &segments, None, &hasher, saveconfig::MAX_BACKUPS)?;
         return Ok((written.is_some_and(|w| w.changed), None));
     };
-    let written = savefile::write(path, &segments, expect, &hasher, saveconfig::MAX_BACKUPS)?;
+    let make = |i: usize| match objects.get(i) {
+        Some((p, Text::Later(dir))) => {
+            Ok(fragment(&saveconfig::dump_so(fs, dir, &p.at)?, OBJECT_PAD))
+        }
+        _ => Err(LioError::Saveconfig {
+            path: path.to_path_buf(),
+            detail: format!("no storage object {i} to dump"),
+        }),
+    };
+    let written = savefile::write_made(
+        path,
+        &segments,
+        make,
+        expect,
+        &hasher,
+        saveconfig::MAX_BACKUPS,
+    )?;
     drop(segments);
     let copied = objects
         .iter()
@@ -140,7 +158,7 @@ pub(crate) fn save<F: Fs + ?Sized>(
         dumped = objects.len() + luns.len() - copied,
         "saveconfig.json patched"
     );
-    let Some(written) = written else {
+    let Some((written, starts)) = written else {
         if expect.is_none() {
             return Err(LioError::Saveconfig {
                 path: path.to_path_buf(),
@@ -151,12 +169,13 @@ pub(crate) fn save<F: Fs + ?Sized>(
         tracing::debug!("saveconfig.json is not the text last written: dumped whole");
         return save(fs, at, seen, None, path);
     };
+    let bytes = |r: Range<usize>| starts[r.start]..starts[r.end];
     let place = |((mut p, _), range): ((ObjectPiece, Text), Range<usize>)| {
-        p.range = range;
+        p.range = bytes(range);
         p
     };
     let place_lun = |((mut p, _), range): ((LunPiece, Text), Range<usize>)| {
-        p.range = range;
+        p.range = bytes(range);
         p
     };
     let doc = Document {
@@ -205,8 +224,8 @@ fn patch_objects<F: Fs + ?Sized>(
     Ok(out)
 }
 
-/// Every storage object dumped from the kernel, with what the last observation said of
-/// it when it saw that very object.
+/// Every storage object, to be dumped from the kernel as it is written, with what the
+/// last observation said of it when it saw that very object.
 fn dump_objects<F: Fs + ?Sized>(
     fs: &F,
     at: &Layout,
@@ -214,20 +233,23 @@ fn dump_objects<F: Fs + ?Sized>(
 ) -> Result<Vec<(ObjectPiece, Text)>, LioError> {
     let observed: rustc_hash::FxHashMap<&BackstoreRef, (u64, &Backstore)> =
         seen.listed().map(|(ino, b)| (&b.at, (ino, b))).collect();
-    saveconfig::dump_objects_as(fs, at.root(), |o| {
-        let value = observed
-            .get(&o.at)
-            .filter(|(ino, _)| *ino == o.ino)
-            .map(|(_, b)| (*b).clone());
-        let text = Text::New(fragment(&o.value, OBJECT_PAD));
-        let piece = ObjectPiece {
-            at: o.at,
-            ino: o.ino,
-            value,
-            range: 0..0,
-        };
-        (piece, text)
-    })
+    let found = saveconfig::find_objects(fs, at.root())?;
+    Ok(found
+        .into_iter()
+        .map(|o| {
+            let value = observed
+                .get(&o.at)
+                .filter(|(ino, _)| *ino == o.ino)
+                .map(|(_, b)| (*b).clone());
+            let piece = ObjectPiece {
+                at: o.at,
+                ino: o.ino,
+                value,
+                range: 0..0,
+            };
+            (piece, Text::Later(o.dir))
+        })
+        .collect())
 }
 
 /// The managed TPG's LUNs of the last observation, each copied from the old text when
@@ -346,8 +368,8 @@ impl<'a> Skeleton<'a> {
         })
     }
 
-    /// The document as segments, the pieces in place, and where each lands. `None`
-    /// when there are LUNs but no place for them.
+    /// The document as segments, the pieces in place, and the segments each spans.
+    /// `None` when there are LUNs but no place for them.
     #[allow(clippy::type_complexity)]
     fn layout<'t>(
         &'t self,
@@ -373,21 +395,21 @@ impl<'a> Skeleton<'a> {
     }
 }
 
-/// Segments laid one after the other, and where the text has got to.
+/// Segments laid one after the other.
 #[derive(Default)]
 struct Laid<'t> {
     segments: Vec<Segment<'t>>,
-    len: usize,
 }
 
 impl<'t> Laid<'t> {
     fn text(&mut self, t: &'t str) {
-        self.len += t.len();
         self.segments.push(Segment::Text(t));
     }
 
     /// An array of the already indented `items` whose closing bracket is at `pad`
-    /// spaces (serde_json's pretty form: `[]` when empty), and where each item lands.
+    /// spaces (serde_json's pretty form: `[]` when empty), and the segments each item
+    /// spans (a made piece's length is known only once it is written). An item to dump
+    /// later is [`Segment::Made`] of its position in `items`.
     fn list(
         &mut self,
         items: impl Iterator<Item = &'t Text>,
@@ -396,17 +418,15 @@ impl<'t> Laid<'t> {
         const SPACES: &str = "                                ";
         let mut ranges = Vec::new();
         self.text("[");
-        for t in items {
+        for (i, t) in items.enumerate() {
             self.text(if ranges.is_empty() { "\n" } else { ",\n" });
-            let start = self.len;
-            match t {
-                Text::Old(r) => {
-                    self.len += r.len();
-                    self.segments.push(Segment::Old(r.clone()));
-                }
-                Text::New(s) => self.text(s),
-            }
-            ranges.push(start..self.len);
+            let start = self.segments.len();
+            self.segments.push(match t {
+                Text::Old(r) => Segment::Old(r.clone()),
+                Text::New(s) => Segment::Text(s),
+                Text::Later(_) => Segment::Made(i),
+            });
+            ranges.push(start..self.segments.len());
         }
         if !ranges.is_empty() {
             self.text("\n");

@@ -19,10 +19,13 @@ use std::path::Path;
 use super::saveconfig;
 use super::LioError;
 
-/// A piece of the new text: given, or a byte range of the file it replaces.
+/// A piece of the new text: given, a byte range of the file it replaces, or made by the
+/// caller when its turn comes (a storage object dumped from the kernel: a whole dump's
+/// pieces are then never all held at once).
 pub(crate) enum Segment<'a> {
     Text(&'a str),
     Old(Range<usize>),
+    Made(usize),
 }
 
 /// What the file holds after [`write`].
@@ -47,6 +50,27 @@ pub(crate) fn write(
     state: &RandomState,
     max_backups: usize,
 ) -> Result<Option<Written>, LioError> {
+    let none = |_| {
+        Err(LioError::Saveconfig {
+            path: path.to_path_buf(),
+            detail: "a made segment without a maker".into(),
+        })
+    };
+    Ok(write_made(path, segments, none, expect, state, max_backups)?.map(|(w, _)| w))
+}
+
+/// [`write`] with [`Segment::Made`] pieces: `make(i)` gives the text of `Made(i)` as it is
+/// written; its error stops the write (nothing replaced) and is the answer. Also returns
+/// where each segment starts in the new text, then its length (`segments.len() + 1`
+/// offsets), since the made pieces' lengths are known only then.
+pub(crate) fn write_made(
+    path: &Path,
+    segments: &[Segment<'_>],
+    mut make: impl FnMut(usize) -> Result<String, LioError>,
+    expect: Option<(usize, u64)>,
+    state: &RandomState,
+    max_backups: usize,
+) -> Result<Option<(Written, Vec<usize>)>, LioError> {
     let serr = |detail: String| LioError::Saveconfig {
         path: path.to_path_buf(),
         detail,
@@ -72,20 +96,31 @@ pub(crate) fn write(
     };
     let had_old = old.is_some();
     let mut outcome = None;
+    let mut failed = None;
+    let mut starts = Vec::with_capacity(segments.len() + 1);
     let t0 = std::time::Instant::now();
     let mut pass = std::time::Duration::ZERO;
     let written = crate::atomic_file::write_with(path, 0o600, |tmp| {
         let mut out = Out::new(tmp, state);
         let mut src = Source::new(old, state, backup);
         for s in segments {
+            starts.push(out.offset());
             let copied = match s {
                 Segment::Text(t) => out.put(t.as_bytes()).map(|()| true)?,
                 Segment::Old(r) => src.copy(r.clone(), &mut out)?,
+                Segment::Made(i) => match make(*i) {
+                    Ok(t) => out.put(t.as_bytes()).map(|()| true)?,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                },
             };
             if !copied {
                 return Ok(None);
             }
         }
+        starts.push(out.offset());
         let (len, digest) = out.finish()?;
         let (old_len, old_digest, gz) = src.finish()?;
         pass = t0.elapsed();
@@ -108,6 +143,9 @@ pub(crate) fn write(
         Ok(Some(()))
     })
     .map_err(|e| serr(format!("cannot write: {e}")))?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     if written.is_some() {
         tracing::info!(path = %path.display(), "saveconfig.json written");
     }
@@ -118,7 +156,7 @@ pub(crate) fn write(
         backup,
         "saveconfig.json pass"
     );
-    Ok(outcome)
+    Ok(outcome.map(|w| (w, starts)))
 }
 
 /// Whether `tmp` (just written) holds exactly the bytes of the file at `path`.
@@ -196,6 +234,11 @@ impl<'a> Out<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Where the next byte goes in the new text.
+    fn offset(&self) -> usize {
+        self.len + self.buf.len()
     }
 
     fn block(&mut self) -> io::Result<()> {
