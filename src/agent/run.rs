@@ -147,11 +147,7 @@ impl Agent {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 scan_frequency: self.settings.scan_frequency.as_secs(),
                 labelled: report.labelled,
-                tpg_enabled: report
-                    .actual
-                    .as_ref()
-                    .and_then(|a| a.tpg.as_ref())
-                    .map(|t| t.enabled),
+                tpg_enabled: report.tpg_enabled(),
                 converged: report.converged,
                 last_converged: self.last_converged,
                 started: self.started_at,

@@ -145,6 +145,15 @@ impl ScanReport {
         }
     }
 
+    /// Whether the target portal group was enabled when the scan last read it (`None`:
+    /// LIO was not read, or there is no target).
+    pub fn tpg_enabled(&self) -> Option<bool> {
+        self.actual
+            .as_ref()
+            .and_then(|a| a.tpg.as_ref())
+            .map(|t| t.enabled)
+    }
+
     /// Why this scan did not converge, one line each. Empty exactly when it converged:
     /// every source answered, no image was unknown, every operation succeeded, the
     /// target exists, and no removal waits for an operator (deletion brake).

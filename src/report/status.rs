@@ -120,11 +120,7 @@ impl Status {
             failure: r.failure.as_ref().map(|f| f.kind),
             gate: Gate {
                 labelled: r.labelled,
-                tpg_enabled: r
-                    .actual
-                    .as_ref()
-                    .and_then(|a| a.tpg.as_ref())
-                    .map(|t| t.enabled),
+                tpg_enabled: r.tpg_enabled(),
             },
             projections,
             held: plan
