@@ -9,6 +9,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod fingerprint;
 pub(crate) mod lock;
 pub(crate) mod mirror;
 pub(crate) mod run;
@@ -34,6 +35,7 @@ use crate::report::progress::Progress;
 use crate::report::status::Status;
 use crate::report::{Failure, FailureKind, OpOutcome, ScanReport, Timings};
 use crate::telemetry::metrics::Metrics;
+use fingerprint::Fingerprint;
 use service::ServiceManager;
 use watched::Watched;
 
@@ -77,7 +79,7 @@ pub struct Agent {
     /// Operator override for the deletion brake, for the next scan only.
     pub release_brake: bool,
     /// What saveconfig.json was last written from (see [`Job::saved_state`]).
-    saved_state: Option<Actual>,
+    saved_state: Option<Fingerprint>,
     /// The ledger kept in the Kubernetes API (None: REMOTE_LEDGER off).
     mirror: Option<mirror::Mirror>,
     /// No local ledger was found at start (new disk, rebuild, corrupt file).
@@ -230,6 +232,12 @@ impl Agent {
         // Shared with the blocking job, not copied: thousands of projections.
         let desired = Arc::new(judged);
         timings.desired = t.elapsed() + gathered.stats.judging;
+        // Judged: what the sources said (the bucket listing, every IMS record) is not
+        // held while LIO is observed, changed and saved, a scan's busiest moment.
+        let Gathered {
+            inventory, stats, ..
+        } = gathered;
+        drop(inventory);
 
         // A systemctl that does not return in time may be a target.service restore
         // still running: LIO is not touched this scan.
@@ -321,7 +329,7 @@ impl Agent {
             failure: done.failure,
             labelled,
             label_error,
-            stats: gathered.stats,
+            stats,
             timings,
             converged: false,
             saveconfig_written: done.saveconfig_written,
@@ -486,7 +494,7 @@ pub struct Job {
     /// process. When nothing was applied and the kernel still shows exactly that, the
     /// file is known to be current and the full configfs dump is skipped: the most
     /// expensive part of a steady scan at thousands of LUNs.
-    pub saved_state: Option<Actual>,
+    pub saved_state: Option<Fingerprint>,
     /// The other nodes' numbers, for new images.
     pub fleet: FleetView,
     /// Where the ledger is written ahead besides the local file (the Kubernetes API),
@@ -531,7 +539,7 @@ pub struct JobDone {
     pub saveconfig_written: bool,
     pub ledger_written: bool,
     /// The state saveconfig.json now mirrors, when the job checked or wrote it.
-    pub saved_state: Option<Actual>,
+    pub saved_state: Option<Fingerprint>,
     /// The generation written ahead to the Kubernetes API.
     pub(crate) remote_written: Option<u64>,
     /// The write ahead to the Kubernetes API failed: the plan was made again with
@@ -677,9 +685,10 @@ impl Job {
             }
         }
         // saveconfig.json mirrors the kernel; it is rewritten only when that changed.
+        let now_state = done.actual.as_ref().and_then(Fingerprint::of);
         let unchanged = done.outcomes.is_empty()
-            && done.actual.is_some()
-            && done.actual == self.saved_state
+            && now_state.is_some()
+            && now_state == self.saved_state
             && self.save_file.exists();
         if unchanged {
             done.saved_state = self.saved_state;
@@ -688,7 +697,7 @@ impl Job {
             match self.target.save_config(&self.save_file) {
                 Ok(w) => {
                     done.saveconfig_written = w;
-                    done.saved_state = done.actual.clone();
+                    done.saved_state = now_state;
                 }
                 Err(e) => {
                     let msg = format!("cannot write {}: {e}", self.save_file.display());

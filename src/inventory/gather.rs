@@ -225,8 +225,8 @@ impl Sources {
                 .iter()
                 .filter_map(|r| {
                     judge.manifest_wanted(r).map(|path| Wanted {
-                        path: path.to_string(),
-                        ims_etag: r.link.as_ref().and_then(|l| l.etag.clone()),
+                        path,
+                        ims_etag: r.link.as_ref().and_then(|l| l.etag.as_deref()),
                     })
                 })
                 .collect();

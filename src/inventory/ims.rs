@@ -8,7 +8,6 @@
 //! are kept. Only a failure of the whole answer (HTTP error, not a JSON array) makes
 //! the IMS source unknown.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -351,22 +350,24 @@ pub(crate) fn parse_tagging(id: &str, v: Option<&Value>) -> Tagging {
             type_name(v)
         ));
     }
-    let mut map = BTreeMap::new();
+    let mut tag = None;
     for (k, val) in obj {
-        match val {
-            Value::String(s) => {
-                map.insert(k.clone(), s.clone());
-            }
+        let text = match val {
+            Value::String(s) => s.clone(),
             Value::Number(_) | Value::Bool(_) => {
                 tracing::warn!(image = id, key = %k, value = %val, "IMS metadata value is not a string; using its text");
-                map.insert(k.clone(), val.to_string());
+                val.to_string()
             }
             _ => {
                 tracing::warn!(image = id, key = %k, "IMS metadata value is a JSON {}; dropped", type_name(val));
+                continue;
             }
+        };
+        if k == super::TAG_KEY {
+            tag = Some(text);
         }
     }
-    Tagging::Map(map)
+    Tagging::Map { tag }
 }
 
 /// JSON type name for messages.
@@ -418,19 +419,20 @@ mod tests {
         assert_eq!(ids, ["a", "b", "c", "d", "e", "g", "h"]);
         assert_eq!(l.records[0].tagging.tag(), Some("true"));
         assert_eq!(l.records[1].link, None);
-        assert_eq!(l.records[1].tagging, Tagging::Map(BTreeMap::new()));
+        assert_eq!(l.records[1].tagging, Tagging::Map { tag: None });
         assert_eq!(l.records[2].link.as_ref().unwrap().etag, None);
         assert_eq!(l.records[2].tagging, Tagging::NoMetadata);
         assert!(matches!(
             l.records[3].tagging,
             Tagging::BuggyKeyValue { .. }
         ));
-        let Tagging::Map(m) = &l.records[4].tagging else {
-            panic!()
-        };
-        assert_eq!(m.get("sbps-project").map(String::as_str), Some("true"));
-        assert_eq!(m.get("n").map(String::as_str), Some("3"));
-        assert_eq!(m.len(), 2);
+        // A boolean tag is its text; the other keys decide nothing and are not kept.
+        assert_eq!(
+            l.records[4].tagging,
+            Tagging::Map {
+                tag: Some("true".into())
+            }
+        );
         assert!(matches!(l.records[5].tagging, Tagging::Invalid(_)));
         assert_eq!(
             l.records[6].link.as_ref().unwrap().etag.as_deref(),

@@ -12,7 +12,7 @@
 //! others.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use futures_util::stream::{self, StreamExt};
 use serde_json::Value;
@@ -72,17 +72,23 @@ pub fn parse_manifest(body: &[u8]) -> Result<Manifest, String> {
 }
 
 /// One manifest to fetch: its `s3://` path and the IMS record's link etag.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Wanted {
-    pub(crate) path: String,
-    pub(crate) ims_etag: Option<String>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Wanted<'a> {
+    pub(crate) path: &'a str,
+    pub(crate) ims_etag: Option<&'a str>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct CacheKey {
-    path: String,
+/// A parsed manifest (or why it cannot be parsed) and the etags it was fetched under.
+struct Cached {
     ims_etag: Option<String>,
     listing_etag: String,
+    manifest: Result<Arc<Manifest>, String>,
+}
+
+impl Cached {
+    fn is_for(&self, ims_etag: Option<&str>, listing_etag: &str) -> bool {
+        self.ims_etag.as_deref() == ims_etag && self.listing_etag == listing_etag
+    }
 }
 
 /// What one round of fetching did.
@@ -100,7 +106,8 @@ pub struct ManifestStats {
 /// Fetches manifests through a cache that lives as long as the agent.
 pub(crate) struct ManifestFetcher {
     concurrency: usize,
-    cache: Mutex<HashMap<CacheKey, Result<Manifest, String>>>,
+    /// By manifest path. The inventory shares the parsed manifests, it does not copy them.
+    cache: Mutex<HashMap<String, Cached>>,
 }
 
 /// A download error (retried next scan) or a parse error (cached with its key).
@@ -123,24 +130,38 @@ impl ManifestFetcher {
     pub(crate) async fn fetch_all(
         &self,
         s3: &S3Source,
-        wanted: &[Wanted],
+        wanted: &[Wanted<'_>],
         listing: &[S3Object],
-    ) -> (BTreeMap<String, Result<Manifest, String>>, ManifestStats) {
-        let by_key: HashMap<&str, &S3Object> =
-            listing.iter().map(|o| (o.key.as_str(), o)).collect();
+    ) -> (
+        BTreeMap<String, Result<Arc<Manifest>, String>>,
+        ManifestStats,
+    ) {
+        // The listing's objects by key, of the keys asked about only (a manifest per
+        // image, not every object of the bucket).
+        let keys: HashSet<&str> = wanted
+            .iter()
+            .filter_map(|w| parse_s3_url(w.path).map(|(_, k)| k))
+            .collect();
+        let by_key: HashMap<&str, &S3Object> = listing
+            .iter()
+            .filter(|o| keys.contains(o.key.as_str()))
+            .map(|o| (o.key.as_str(), o))
+            .collect();
+        drop(keys);
         let mut stats = ManifestStats::default();
         let mut out = BTreeMap::new();
         let mut to_fetch = Vec::new();
-        let mut used = HashSet::new();
+        // The paths whose manifest is cached, or fetched, for this scan's etags.
+        let mut used: HashSet<&str> = HashSet::new();
         let mut seen = HashSet::new();
         for w in wanted {
-            if !seen.insert(w.path.as_str()) {
+            if !seen.insert(w.path) {
                 continue;
             }
             stats.wanted += 1;
-            let Some((_, key)) = parse_s3_url(&w.path) else {
+            let Some((_, key)) = parse_s3_url(w.path) else {
                 out.insert(
-                    w.path.clone(),
+                    w.path.to_string(),
                     Err(format!("not an s3:// object URL: {}", w.path)),
                 );
                 stats.errors += 1;
@@ -148,59 +169,63 @@ impl ManifestFetcher {
             };
             let Some(obj) = by_key.get(key) else {
                 // `desired` turns this into "manifest missing" (a skip).
-                out.insert(w.path.clone(), Err("not in the bucket listing".into()));
+                out.insert(w.path.to_string(), Err("not in the bucket listing".into()));
                 stats.not_listed += 1;
                 continue;
             };
-            let ck = CacheKey {
-                path: w.path.clone(),
-                ims_etag: w.ims_etag.clone(),
-                listing_etag: obj.etag.clone(),
+            let hit = match self.lock().get(w.path) {
+                Some(c) if c.is_for(w.ims_etag, &obj.etag) => Some(c.manifest.clone()),
+                _ => None,
             };
-            if let Some(m) = self.lock().get(&ck) {
+            if let Some(m) = hit {
                 if m.is_err() {
                     stats.errors += 1;
                 }
-                out.insert(w.path.clone(), m.clone());
+                out.insert(w.path.to_string(), m);
                 stats.cache_hits += 1;
-                used.insert(ck);
+                used.insert(w.path);
                 continue;
             }
-            to_fetch.push((ck, key.to_string()));
+            to_fetch.push((*w, key, obj.etag.as_str()));
         }
         stats.fetched = to_fetch.len();
         let results: Vec<_> = stream::iter(to_fetch)
-            .map(|(ck, key)| async move {
-                let r = fetch_one(s3, &key).await;
-                (ck, r)
+            .map(|(w, key, etag)| async move {
+                let r = fetch_one(s3, key).await;
+                (w, etag, r)
             })
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
-        for (ck, r) in results {
+        for (w, listing_etag, r) in results {
             let r = match r {
-                Ok(m) => Ok(m),
+                Ok(m) => Ok(Arc::new(m)),
                 Err(FetchError::Parse(e)) => Err(e),
                 Err(FetchError::Download(e)) => {
-                    tracing::warn!(manifest = %ck.path, error = %e, "manifest unavailable");
+                    tracing::warn!(manifest = %w.path, error = %e, "manifest unavailable");
                     stats.errors += 1;
-                    out.insert(ck.path, Err(e));
+                    out.insert(w.path.to_string(), Err(e));
                     continue;
                 }
             };
             if let Err(e) = &r {
-                tracing::warn!(manifest = %ck.path, error = %e, "manifest unusable");
+                tracing::warn!(manifest = %w.path, error = %e, "manifest unusable");
                 stats.errors += 1;
             }
-            self.lock().insert(ck.clone(), r.clone());
-            out.insert(ck.path.clone(), r);
-            used.insert(ck);
+            let cached = Cached {
+                ims_etag: w.ims_etag.map(str::to_string),
+                listing_etag: listing_etag.to_string(),
+                manifest: r.clone(),
+            };
+            self.lock().insert(w.path.to_string(), cached);
+            out.insert(w.path.to_string(), r);
+            used.insert(w.path);
         }
-        self.lock().retain(|k, _| used.contains(k));
+        self.lock().retain(|path, _| used.contains(path.as_str()));
         (out, stats)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Result<Manifest, String>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
         // A panic while holding the lock cannot leave a half-written entry (inserts are
         // atomic), so a poisoned cache is still valid.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())

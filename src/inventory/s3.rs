@@ -253,6 +253,8 @@ impl S3Source {
                 Some(next) => token = Some(next),
                 None => {
                     tracing::debug!(objects = out.len(), pages = page, "S3 listing complete");
+                    // Held while the scan judges: not in a vector grown up to twice its size.
+                    out.shrink_to_fit();
                     return Ok(out);
                 }
             }

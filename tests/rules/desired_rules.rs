@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use sbps_marshal::desired::{
     desired, manifest_wanted, mount_candidates, Backend, Kind, Outcome, Reason, Settings,
@@ -30,10 +31,9 @@ fn obj(key: &str, etag: &str, size: u64) -> S3Object {
 }
 
 fn tagged(v: &str) -> Tagging {
-    Tagging::Map(BTreeMap::from([(
-        "sbps-project".to_string(),
-        v.to_string(),
-    )]))
+    Tagging::Map {
+        tag: Some(v.to_string()),
+    }
 }
 
 fn record(id: &str, tagging: Tagging) -> ImageRecord {
@@ -85,7 +85,7 @@ fn base() -> Inventory {
         ims_unreadable: Vec::new(),
         manifests: BTreeMap::from([(
             "s3://boot-images/img1/manifest.json".to_string(),
-            Ok(manifest("img1", Some("e1"))),
+            Ok(Arc::new(manifest("img1", Some("e1")))),
         )]),
         mount: BTreeMap::from([
             ("PE/a.squashfs".to_string(), MountEntry::File { size: 100 }),
@@ -135,7 +135,7 @@ fn tagging_rules_match_the_original() {
     assert!(
         matches!(reason_of(&inv, &s, "img1"), Outcome::Skipped { reason: Reason::Untagged { value: Some(v) } } if v == "false")
     );
-    inv.ims = Ok(vec![record("img1", Tagging::Map(BTreeMap::new()))]);
+    inv.ims = Ok(vec![record("img1", Tagging::Map { tag: None })]);
     assert!(matches!(
         reason_of(&inv, &s, "img1"),
         Outcome::Skipped {
@@ -188,7 +188,7 @@ fn manifest_problems() {
     // A rootfs artifact without etag: the identity cannot be computed, so the image is
     // unknown (a live LUN of it is kept), not skipped.
     inv.manifests
-        .insert(mpath.clone(), Ok(manifest("img1", None)));
+        .insert(mpath.clone(), Ok(Arc::new(manifest("img1", None))));
     assert_eq!(
         reason_of(&inv, &s, "img1"),
         Outcome::Unknown {
@@ -197,7 +197,7 @@ fn manifest_problems() {
     );
     assert!(desired(&inv, &s).uncertainty.images.contains("img1"));
     inv.manifests
-        .insert(mpath.clone(), Ok(manifest("img1", Some("other"))));
+        .insert(mpath.clone(), Ok(Arc::new(manifest("img1", Some("other")))));
     assert!(matches!(
         reason_of(&inv, &s, "img1"),
         Outcome::Skipped {
@@ -208,7 +208,7 @@ fn manifest_problems() {
     two.artifacts.push(two.artifacts[1].clone());
     // Several rootfs artifacts (IMS refuses such a manifest; the original took the
     // last one): which is meant cannot be read, so unknown.
-    inv.manifests.insert(mpath.clone(), Ok(two));
+    inv.manifests.insert(mpath.clone(), Ok(Arc::new(two)));
     assert_eq!(
         reason_of(&inv, &s, "img1"),
         Outcome::Unknown {
@@ -216,7 +216,8 @@ fn manifest_problems() {
         }
     );
     assert!(desired(&inv, &s).uncertainty.images.contains("img1"));
-    inv.manifests.insert(mpath.clone(), Ok(Manifest::default()));
+    inv.manifests
+        .insert(mpath.clone(), Ok(Arc::new(Manifest::default())));
     assert_eq!(
         reason_of(&inv, &s, "img1"),
         Outcome::Skipped {
@@ -407,8 +408,10 @@ fn keys_with_empty_or_dot_segments_are_unsafe() {
         let id = format!("alias{i}");
         let mut m = manifest(&id, Some("px"));
         m.artifacts[1].link.as_mut().unwrap().path = format!("s3://boot-images/{k}");
-        inv.manifests
-            .insert(format!("s3://boot-images/{id}/manifest.json"), Ok(m));
+        inv.manifests.insert(
+            format!("s3://boot-images/{id}/manifest.json"),
+            Ok(Arc::new(m)),
+        );
         inv.s3
             .as_mut()
             .unwrap()
@@ -671,7 +674,7 @@ fn differences_from_the_original_are_settled_safely() {
     let mut inv = base();
     inv.manifests.insert(
         "s3://boot-images/img1/manifest.json".into(),
-        Ok(manifest("img1", Some("\"e1\""))),
+        Ok(Arc::new(manifest("img1", Some("\"e1\"")))),
     );
     let d = desired(&inv, &s);
     let quoted = Identity::of_key("s3://boot-images/img1/rootfs|\"e1\"");

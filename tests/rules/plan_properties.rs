@@ -466,7 +466,7 @@ fn inventory(faults: &[Fault], empty: bool) -> sbps_marshal::inventory::Inventor
         file(format!("{}/manifest.json", image_id(i)), "m".into(), 10);
         manifests.insert(
             format!("s3://boot-images/{}/manifest.json", image_id(i)),
-            manifest_of(i, *f),
+            manifest_of(i, *f).map(std::sync::Arc::new),
         );
         records.push(record_json(i, *f));
     }

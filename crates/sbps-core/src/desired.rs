@@ -461,6 +461,11 @@ fn judge_all(inv: &Inventory, s: &Settings, waiting: &mut Vec<Waiting>) -> Desir
         }
     };
     let by_key: BTreeMap<&str, &S3Object> = objects.iter().map(|o| (o.key.as_str(), o)).collect();
+    // One verdict per PE object and per record, or more: allocated once, not doubled
+    // into a vector up to twice the size at thousands of images.
+    let pe_objects = objects.iter().filter(|o| o.key.starts_with(PE_PREFIX));
+    let records = inv.ims.as_ref().map_or(1, Vec::len) + inv.ims_unreadable.len();
+    out.verdicts.reserve(pe_objects.count() + records);
 
     for o in objects.iter().filter(|o| o.key.starts_with(PE_PREFIX)) {
         let subject = Subject::Pe {
@@ -658,11 +663,11 @@ fn pre_manifest_checks<'a>(r: &'a ImageRecord, s: &Settings) -> Result<&'a str, 
     if s.ims_tagging {
         match &r.tagging {
             Tagging::NoMetadata => {}
-            Tagging::Map(m) => match m.get(crate::inventory::TAG_KEY) {
+            Tagging::Map { tag } => match tag {
                 Some(v) if v == "true" => {}
                 other => {
                     return Err(Reason::Untagged {
-                        value: other.cloned(),
+                        value: other.clone(),
                     })
                 }
             },

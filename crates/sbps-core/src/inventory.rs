@@ -7,6 +7,7 @@
 //! empty one.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -39,8 +40,12 @@ pub struct Link {
 pub enum Tagging {
     /// No `metadata` field: an IMS older than tagging support (projected, as the original did).
     NoMetadata,
-    /// The normal flat string map (non-string values already turned into strings or dropped).
-    Map(BTreeMap<String, String>),
+    /// The normal flat string map, of which only the projection tag's value is kept
+    /// (`None`: the map has no such key). The rest of an image's metadata decides
+    /// nothing here, and a map per record would cost a B-tree node (about half a KiB)
+    /// for each of thousands of images in every scan. A number or boolean there is
+    /// already its text.
+    Map { tag: Option<String> },
     /// The `{"key": …, "value": …}` shape stored by a buggy `cray ims images create` (CSM < 1.7).
     BuggyKeyValue { key: String, value: String },
     /// `metadata` present but of no recognised shape.
@@ -51,7 +56,7 @@ impl Tagging {
     /// The value of the projection tag, when the metadata is the normal map.
     pub fn tag(&self) -> Option<&str> {
         match self {
-            Tagging::Map(m) => m.get(TAG_KEY).map(String::as_str),
+            Tagging::Map { tag } => tag.as_deref(),
             _ => None,
         }
     }
@@ -119,8 +124,9 @@ pub struct Inventory {
     /// Records of a readable IMS answer that could not be read themselves. Each makes
     /// its image *unknown*, never absent (see [`crate::desired`]).
     pub ims_unreadable: Vec<SkippedRecord>,
-    /// Manifests by IMS `link.path`: parsed, or the fetch/parse error.
-    pub manifests: BTreeMap<String, Result<Manifest, String>>,
+    /// Manifests by IMS `link.path`: parsed, or the fetch/parse error. Shared with the
+    /// gatherer's cache, which keeps them from scan to scan.
+    pub manifests: BTreeMap<String, Result<Arc<Manifest>, String>>,
     /// What the mount says, by S3 object key.
     pub mount: BTreeMap<String, MountEntry>,
 }
