@@ -538,7 +538,7 @@ fn child(args: &[String]) {
     let tagged: usize = args[4].parse().unwrap();
     // As the shipped binary starts (`cli::main`).
     if std::env::var_os("SBPS_SCAN_BENCH_MALLOC_DEFAULT").is_none() {
-        sbps_marshal::cli::tune_allocator();
+        sbps_marshal::allocator::tune();
     }
     // The kernel: the fake in this process, or the one the parent serves on a socket.
     let (fs, ctl): (Arc<dyn Fs>, Arc<dyn KernelCtl>) = match args[5].as_str() {

@@ -5,6 +5,7 @@
 pub use sbps_core::{desired, fleet, identity, paths, plan};
 
 pub mod agent;
+pub mod allocator;
 mod atomic_file;
 pub mod cli;
 pub mod clock;

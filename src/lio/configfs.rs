@@ -337,6 +337,10 @@ impl<F: Fs> ConfigfsTarget<F> {
             return self.observe_locked();
         }
         let mut after = before;
+        let creates = applied
+            .iter()
+            .filter(|r| matches!(r.op, Op::CreateBackstore { .. }));
+        after.backstores.reserve_exact(creates.count());
         let mut seen = self.seen();
         let mut lun_dirs: Option<Vec<super::fs::Entry>> = None;
         for r in applied {

@@ -221,17 +221,21 @@ pub(crate) struct DumpedLun {
     pub(crate) lun: Lun,
 }
 
-/// A TPG's LUNs in the order rtslib dumps them (by number).
-pub(crate) fn dump_luns<F: Fs + ?Sized>(
+/// A TPG's LUNs in the order rtslib dumps them (by number), each handed to `each` as
+/// it is read: thousands of LUNs are not all held as JSON trees at once.
+pub(crate) fn dump_luns<F: Fs + ?Sized, T>(
     fs: &F,
     tpg_dir: &Path,
-) -> Result<Vec<(DumpedLun, Value)>, LioError> {
+    mut each: impl FnMut(DumpedLun, Value) -> T,
+) -> Result<Vec<T>, LioError> {
     let lun_root = tpg_dir.join("lun");
     let mut entries = fs.read_dir(&lun_root).map_err(io("list", &lun_root))?;
     entries.sort_by_key(|e| attr::parse_lun_dir(&e.name));
     let mut luns = Vec::new();
     for e in &entries {
-        luns.extend(dump_lun(fs, &lun_root, e)?);
+        if let Some((d, v)) = dump_lun(fs, &lun_root, e)? {
+            luns.push(each(d, v));
+        }
     }
     Ok(luns)
 }
@@ -246,7 +250,7 @@ fn dump_tpg<F: Fs + ?Sized>(
     let enable = attr::parse_flag(&read(fs, &dir.join("enable"))?).unwrap_or(false);
     let luns = match given {
         Some(v) => v,
-        None => Value::Array(dump_luns(fs, dir)?.into_iter().map(|(_, v)| v).collect()),
+        None => Value::Array(dump_luns(fs, dir, |_, v| v)?),
     };
     let mut portals = Vec::new();
     let np = dir.join("np");

@@ -303,10 +303,7 @@ fn dump_luns<F: Fs + ?Sized>(
     if !fs.exists(dir) {
         return Ok(Vec::new());
     }
-    Ok(saveconfig::dump_luns(fs, dir)?
-        .into_iter()
-        .map(|(d, v)| (lun_piece(d), Text::New(fragment(&v, pad))))
-        .collect())
+    saveconfig::dump_luns(fs, dir, |d, v| (lun_piece(d), Text::New(fragment(&v, pad))))
 }
 
 fn lun_piece(d: DumpedLun) -> LunPiece {

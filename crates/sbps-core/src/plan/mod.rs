@@ -617,6 +617,9 @@ impl<'a> Planner<'a> {
             _ => {}
         }
         self.ops.sort_by_key(|o| o.phase());
+        // Kept through the apply and in the report: not in a vector grown to twice its
+        // length (a cold plan at thousands of images has two ops per image).
+        self.ops.shrink_to_fit();
         let brake = self
             .held
             .iter()
