@@ -23,6 +23,7 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -55,7 +56,7 @@ struct ObjectPiece {
     at: BackstoreRef,
     ino: u64,
     /// What the observation said of it when it was dumped (None: it could not say).
-    value: Option<Backstore>,
+    value: Option<Arc<Backstore>>,
     range: Range<usize>,
 }
 
@@ -197,7 +198,7 @@ fn patch_objects<F: Fs + ?Sized>(
     seen: &Seen,
     prior: Vec<ObjectPiece>,
 ) -> Result<Vec<(ObjectPiece, Text)>, LioError> {
-    let mut listed: Vec<(u64, &Backstore)> = seen.listed().collect();
+    let mut listed: Vec<(u64, &Arc<Backstore>)> = seen.listed().collect();
     listed.sort_by(|a, b| a.1.at.cmp(&b.1.at));
     // Both in the document's order: one walk pairs them.
     let mut prior = prior.into_iter().peekable();
@@ -231,7 +232,7 @@ fn dump_objects<F: Fs + ?Sized>(
     at: &Layout,
     seen: &Seen,
 ) -> Result<Vec<(ObjectPiece, Text)>, LioError> {
-    let observed: rustc_hash::FxHashMap<&BackstoreRef, (u64, &Backstore)> =
+    let observed: rustc_hash::FxHashMap<&BackstoreRef, (u64, &Arc<Backstore>)> =
         seen.listed().map(|(ino, b)| (&b.at, (ino, b))).collect();
     let found = saveconfig::find_objects(fs, at.root())?;
     Ok(found
@@ -240,7 +241,7 @@ fn dump_objects<F: Fs + ?Sized>(
             let value = observed
                 .get(&o.at)
                 .filter(|(ino, _)| *ino == o.ino)
-                .map(|(_, b)| (*b).clone());
+                .map(|(_, b)| Arc::clone(b));
             let piece = ObjectPiece {
                 at: o.at,
                 ino: o.ino,

@@ -17,6 +17,8 @@
 //! A LUN's link cannot be pointed elsewhere without being made again either, so its
 //! target is read again only when the `lun_N` directory or its link is new.
 
+use std::sync::Arc;
+
 use rustc_hash::FxHashMap;
 
 use super::model::{Backstore, BackstoreRef};
@@ -27,7 +29,9 @@ struct SeenBackstore {
     ino: u64,
     /// Inodes of the TPG's links to it, sorted.
     links: Vec<u64>,
-    value: Backstore,
+    /// Shared with the saveconfig.json index ([`super::saved`]), which keeps what the
+    /// observation said of each object it wrote: one copy of thousands, not two.
+    value: Arc<Backstore>,
     /// The observation that last listed it.
     epoch: u64,
 }
@@ -125,7 +129,7 @@ impl Seen {
             return None;
         }
         s.epoch = epoch;
-        Some(s.value.clone())
+        Some(Backstore::clone(&s.value))
     }
 
     /// Forgets the backstore at `at` (removed).
@@ -138,7 +142,7 @@ impl Seen {
         let s = SeenBackstore {
             ino,
             links: links.to_vec(),
-            value: value.clone(),
+            value: Arc::new(value.clone()),
             epoch: self.epoch,
         };
         self.backstores.insert(value.at.clone(), s);
@@ -158,7 +162,7 @@ pub(crate) struct SeenLink<'a> {
 impl Seen {
     /// Every backstore the last observation listed, with its inode: after
     /// [`Seen::end`], exactly the backstores of the [`super::Actual`] it returned.
-    pub(crate) fn listed(&self) -> impl Iterator<Item = (u64, &Backstore)> {
+    pub(crate) fn listed(&self) -> impl Iterator<Item = (u64, &Arc<Backstore>)> {
         self.backstores.values().map(|s| (s.ino, &s.value))
     }
 
