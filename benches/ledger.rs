@@ -50,7 +50,7 @@ fn ledger(n: usize) -> Ledger {
         let p = projection(i);
         l.luns.insert(
             p.identity.serial.clone(),
-            LunRecord {
+            std::sync::Arc::new(LunRecord {
                 lun: i as u64 + 1,
                 name: p.identity.name.clone(),
                 kind: Some(p.kind),
@@ -59,7 +59,7 @@ fn ledger(n: usize) -> Ledger {
                 etag: Some(p.etag.clone()),
                 size: Some(p.size),
                 since: 1_780_000_000 + i as u64,
-            },
+            }),
         );
         if i % 10 == 0 {
             l.quarantine.insert(

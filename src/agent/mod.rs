@@ -27,6 +27,7 @@ use crate::config::Settings;
 use crate::desired::{self, Desired};
 use crate::fleet::FleetView;
 use crate::inventory::gather::{GatherStats, Gathered, Sources};
+use crate::inventory::Inventory;
 use crate::ledger::remote::LedgerMirror;
 use crate::ledger::{Ledger, Loaded};
 use crate::lio::{self, Actual, LioError, Target};
@@ -197,7 +198,7 @@ impl Agent {
         let deadline = self.settings.gather_timeout;
         let inventory_deadline = deadline + crate::report::progress::ENFORCED_GRACE;
         self.progress.enter("inventory", inventory_deadline);
-        let mut gathered = match tokio::time::timeout(deadline, self.sources.gather(&dset)).await {
+        let gathered = match tokio::time::timeout(deadline, self.sources.gather(&dset)).await {
             Ok(g) => g,
             Err(_) => {
                 let why = format!(
@@ -224,20 +225,33 @@ impl Agent {
             tracing::warn!("released by the operator for this scan: the deletion brake holds nothing, and the IMS answer is taken as it stands");
         }
         // Judged once, while gathering (the mount is asked only about what it needs).
-        let mut judged = match gathered.judging.take() {
-            Some(j) => j.finish(&gathered.inventory.mount),
-            None => desired::desired(&gathered.inventory, &dset),
+        // What the sources said (the bucket listing, every IMS record, the manifests)
+        // is dropped as soon as it is judged: not held while the judgement is completed,
+        // nor while LIO is observed, changed and saved.
+        let Gathered {
+            inventory,
+            stats,
+            judging,
+            ..
+        } = gathered;
+        let mut judged = match judging {
+            Some(j) => {
+                let Inventory {
+                    s3,
+                    ims,
+                    ims_unreadable,
+                    manifests,
+                    mount,
+                } = inventory;
+                drop((s3, ims, ims_unreadable, manifests));
+                j.finish(&mount)
+            }
+            None => desired::desired(&inventory, &dset),
         };
         desired::protect_served(&mut judged, &self.ledger, self.release_brake);
         // Shared with the blocking job, not copied: thousands of projections.
         let desired = Arc::new(judged);
-        timings.desired = t.elapsed() + gathered.stats.judging;
-        // Judged: what the sources said (the bucket listing, every IMS record) is not
-        // held while LIO is observed, changed and saved, a scan's busiest moment.
-        let Gathered {
-            inventory, stats, ..
-        } = gathered;
-        drop(inventory);
+        timings.desired = t.elapsed() + stats.judging;
 
         // A systemctl that does not return in time may be a target.service restore
         // still running: LIO is not touched this scan.

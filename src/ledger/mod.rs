@@ -124,7 +124,7 @@ mod tests {
         let mut l = Ledger::new();
         l.luns.insert(
             "abc".into(),
-            LunRecord {
+            std::sync::Arc::new(LunRecord {
                 lun: 3,
                 name: "abc".into(),
                 kind: Some(Kind::Pe),
@@ -133,7 +133,7 @@ mod tests {
                 etag: Some("e".into()),
                 size: Some(4),
                 since: 10,
-            },
+            }),
         );
         l.quarantine.insert(
             7,

@@ -224,7 +224,7 @@ mod tests {
             let id = Identity::of_key(&key);
             l.luns.insert(
                 id.serial.clone(),
-                LunRecord {
+                std::sync::Arc::new(LunRecord {
                     lun: i as u64 + 1,
                     name: id.name.clone(),
                     kind: Some(Kind::Rootfs),
@@ -233,7 +233,7 @@ mod tests {
                     etag: Some(format!("{:032x}-{}", i * 7919, i % 40)),
                     size: Some(1_500_000_000 + i as u64),
                     since: 1_780_000_000 + i as u64,
-                },
+                }),
             );
         }
         l.generation = 42;

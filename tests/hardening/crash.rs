@@ -447,7 +447,7 @@ fn sigkill_child() {
         for i in 0..1000u64 {
             l.luns.insert(
                 format!("serial-{i:05}"),
-                sbps_marshal::ledger::LunRecord {
+                std::sync::Arc::new(sbps_marshal::ledger::LunRecord {
                     lun: i + 1,
                     name: format!("name-{i}"),
                     kind: None,
@@ -456,7 +456,7 @@ fn sigkill_child() {
                     etag: Some(format!("{n}")),
                     size: Some(4096),
                     since: n,
-                },
+                }),
             );
         }
         l.last_converged = Some(n);

@@ -701,7 +701,7 @@ fn served_ledger(ids: &[&str]) -> sbps_marshal::ledger::Ledger {
             size: Some(4096),
             since: 1,
         };
-        l.luns.insert(ident.serial, rec);
+        l.luns.insert(ident.serial, std::sync::Arc::new(rec));
     }
     l
 }

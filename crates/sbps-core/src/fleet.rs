@@ -414,7 +414,7 @@ mod tests {
         for (serial, lun) in records {
             l.luns.insert(
                 serial.to_string(),
-                LunRecord {
+                std::sync::Arc::new(LunRecord {
                     lun: *lun,
                     name: serial[..3.min(serial.len())].to_string(),
                     kind: Some(Kind::Pe),
@@ -423,7 +423,7 @@ mod tests {
                     etag: Some("e".into()),
                     size: Some(1),
                     since: 0,
-                },
+                }),
             );
         }
         for n in quarantined {
@@ -487,7 +487,8 @@ mod tests {
     #[test]
     fn differing_numbers_content_and_missing_images_are_flagged() {
         let mut w2 = ledger(&[("x", 2)], &[]);
-        w2.luns.get_mut("x").unwrap().etag = Some("other".into());
+        let x = w2.luns.get_mut("x").unwrap();
+        std::sync::Arc::make_mut(x).etag = Some("other".into());
         let docs = [doc("w1", ledger(&[("x", 1), ("y", 2)], &[])), doc("w2", w2)];
         let s = survey(&docs, &policy(&["w1", "w2", "w3"], 10_000));
         let kinds: Vec<String> = s

@@ -57,8 +57,10 @@ pub struct Ledger {
     pub version: u32,
     /// By unit serial. Shared with the copies of this ledger until one changes a record:
     /// every scan plans from a copy and returns one, and most scans change no record.
+    /// Each record is shared too, so a scan that changes one copies the map's keys and
+    /// pointers, not thousands of records.
     #[serde(default)]
-    pub luns: Shared<BTreeMap<String, LunRecord>>,
+    pub luns: Shared<BTreeMap<String, Arc<LunRecord>>>,
     /// By LUN number.
     #[serde(default)]
     pub quarantine: BTreeMap<u64, Quarantine>,
@@ -198,7 +200,8 @@ mod tests {
             let mut l = Ledger::new();
             l.generation = generation;
             if luns {
-                l.luns.insert("abc".into(), record.clone());
+                l.luns
+                    .insert("abc".into(), std::sync::Arc::new(record.clone()));
             }
             l
         };

@@ -31,6 +31,7 @@ use std::cell::OnceCell;
 use std::cmp::Ordering;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
@@ -282,7 +283,7 @@ fn pair_with_ledger<'a>(desired: &'a Desired, old: &'a Ledger) -> (Vec<Want<'a>>
         wants.push(Want {
             serial,
             p,
-            old: old_record,
+            old: old_record.map(|r| &**r),
             kept: false,
         });
     }
@@ -551,7 +552,7 @@ impl<'a> Planner<'a> {
                 continue;
             }
             if let Some(r) = self.ledger.luns.remove(s) {
-                self.quarantine(r.lun, Some(s.to_string()), r.etag, r.size, true);
+                self.quarantine(r.lun, Some(s.to_string()), r.etag.clone(), r.size, true);
             }
         }
         // Absences are timed only for what LIO still holds and nobody wants.
@@ -791,7 +792,9 @@ impl<'a> Planner<'a> {
             size: Some(p.size),
             since: old.map(|r| r.since).unwrap_or(self.now),
         };
-        self.ledger.luns.insert(p.identity.serial.clone(), rec);
+        self.ledger
+            .luns
+            .insert(p.identity.serial.clone(), Arc::new(rec));
     }
 
     /// The kind of a managed backstore: what the ledger recorded, else what its file says
