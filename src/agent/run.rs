@@ -119,7 +119,6 @@ impl Agent {
     /// still runs) is bracketed in the log but not published: the metrics and the
     /// status keep the last pass that ran.
     pub async fn scan_and_publish(&mut self) -> ScanReport {
-        crate::allocator::trim();
         tracing::info!("START SCAN");
         let report = match self.pass(Mode::Apply).await {
             Reconciled::Ran(report) => {

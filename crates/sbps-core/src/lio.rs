@@ -41,7 +41,7 @@ impl fmt::Display for BackstoreRef {
 }
 
 /// One storage object as the kernel reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Backstore {
     pub at: BackstoreRef,
     /// Backing file (`udev_path`, else the `File:` of `info`), if any was configured.
@@ -57,7 +57,7 @@ pub struct Backstore {
 }
 
 /// One LUN of the target portal group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Lun {
     pub index: u64,
     /// The symlink's name, if the LUN links a backstore.
@@ -67,7 +67,7 @@ pub struct Lun {
 }
 
 /// The iSCSI target portal group the agent manages.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Tpg {
     pub iqn: String,
     pub tag: u32,
@@ -76,7 +76,7 @@ pub struct Tpg {
 }
 
 /// What LIO holds now.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct Actual {
     pub backstores: Vec<Backstore>,
     /// Every HBA directory, including empty ones, as (plugin, index).
