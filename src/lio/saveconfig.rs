@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
@@ -24,6 +24,7 @@ use super::attr;
 use super::fs::{Entry, FileKind, Fs};
 use super::layout;
 use super::model::{Actual, Backstore, BackstoreRef, Lun, Tpg};
+use super::savefile::{self, Segment};
 use super::LioError;
 
 /// targetcli's default `max_backup_files`.
@@ -416,47 +417,13 @@ pub fn to_text(doc: &Value) -> String {
 }
 
 /// Writes `doc` to `path` if its text differs from the file's, backing up the
-/// previous file first. Returns whether it wrote.
+/// previous file first (the same writer as every save: [`super::savefile`]). Returns
+/// whether it wrote.
 pub fn write(path: &Path, doc: &Value, max_backups: usize) -> Result<bool, LioError> {
-    let old = read_file(path)?;
-    write_text(path, &to_text(doc), old.as_deref(), max_backups)
-}
-
-/// The file's bytes (`None`: there is none).
-pub(crate) fn read_file(path: &Path) -> Result<Option<Vec<u8>>, LioError> {
-    match fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(LioError::Saveconfig {
-            path: path.to_path_buf(),
-            detail: format!("cannot read: {e}"),
-        }),
-    }
-}
-
-/// [`write`] of a text, given the file's bytes as [`read_file`] found them.
-pub(crate) fn write_text(
-    path: &Path,
-    text: &str,
-    old: Option<&[u8]>,
-    max_backups: usize,
-) -> Result<bool, LioError> {
-    let serr = |detail: String| LioError::Saveconfig {
-        path: path.to_path_buf(),
-        detail,
-    };
-    if old == Some(text.as_bytes()) {
-        return Ok(false);
-    }
-    if let Some(old) = old {
-        if max_backups > 0 {
-            backup(path, old, max_backups).map_err(|e| serr(format!("backup failed: {e}")))?;
-        }
-    }
-    crate::atomic_file::write(path, text.as_bytes())
-        .map_err(|e| serr(format!("cannot write: {e}")))?;
-    tracing::info!(path = %path.display(), "saveconfig.json written");
-    Ok(true)
+    let text = to_text(doc);
+    let state = std::collections::hash_map::RandomState::new();
+    let written = savefile::write(path, &[Segment::Text(&text)], None, &state, max_backups)?;
+    Ok(written.is_some_and(|w| w.changed))
 }
 
 fn backup_dir(path: &Path) -> PathBuf {
@@ -480,27 +447,9 @@ pub(crate) fn backups(path: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn backup(path: &Path, old: &[u8], max: usize) -> std::io::Result<()> {
-    if newest_backup_holds_bytes(path, old)? {
-        return Ok(());
-    }
-    // Backups are read by people and `targetcli restoreconfig`, any level of gzip: the
-    // fastest keeps a save of thousands of objects cheap.
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(old)?;
-    store_backup(path, &enc.finish()?, max)
-}
-
-/// Whether the newest backup holds exactly `old` (targetcli then makes none).
-fn newest_backup_holds_bytes(path: &Path, old: &[u8]) -> std::io::Result<bool> {
-    match backups(path).last() {
-        Some(newest) => same_content(newest, old),
-        None => Ok(false),
-    }
-}
-
-/// Whether the newest backup holds exactly the `len` bytes of the file at `path`: the
-/// size in its gzip trailer tells most differences before either is read.
+/// Whether the newest backup holds exactly the `len` bytes of the file at `path`
+/// (targetcli then makes none): the size in its gzip trailer tells most differences
+/// before either is read.
 pub(crate) fn newest_backup_holds(path: &Path, len: u64) -> std::io::Result<bool> {
     let Some(newest) = backups(path).last().cloned() else {
         return Ok(false);
@@ -508,7 +457,11 @@ pub(crate) fn newest_backup_holds(path: &Path, len: u64) -> std::io::Result<bool
     if gzip_size(&newest)? != Some(len & 0xffff_ffff) {
         return Ok(false);
     }
-    same_content(&newest, &fs::read(path)?)
+    let mut content = Vec::with_capacity(len as usize);
+    let readable = flate2::read::GzDecoder::new(fs::File::open(&newest)?)
+        .read_to_end(&mut content)
+        .is_ok();
+    Ok(readable && content == fs::read(path)?)
 }
 
 /// Writes the gzipped previous file `gz` as the newest backup, keeping the newest `max`.
@@ -533,19 +486,6 @@ fn gzip_size(gz: &Path) -> std::io::Result<Option<u64>> {
         return Ok(None);
     }
     Ok(Some(u64::from(u32::from_le_bytes(isize))))
-}
-
-/// Whether the gzip file `gz` holds exactly `text`. The size the gzip trailer records
-/// (modulo 2^32) tells most differences without decompressing megabytes.
-fn same_content(gz: &Path, text: &[u8]) -> std::io::Result<bool> {
-    if gzip_size(gz)? != Some(text.len() as u64 & 0xffff_ffff) {
-        return Ok(false);
-    }
-    let mut content = Vec::with_capacity(text.len());
-    Ok(flate2::read::GzDecoder::new(fs::File::open(gz)?)
-        .read_to_end(&mut content)
-        .is_ok()
-        && content == text)
 }
 
 /// `YYYYmmdd-HH:MM:SS` in local time, as targetcli names its backups.
