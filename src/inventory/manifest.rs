@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::ims::{parse_link, type_name};
 use super::s3::{S3Error, S3Source};
-use super::{parse_s3_url, Artifact, Manifest, S3Object, ROOTFS_ARTIFACT_TYPE};
+use super::{parse_s3_url, Artifact, ByKey, Manifest, S3Object, ROOTFS_ARTIFACT_TYPE};
 
 /// IMS refuses manifests of 1 MiB or more (`MAX_IMAGE_MANIFEST_SIZE_BYTES`).
 pub(crate) const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
@@ -136,18 +136,7 @@ impl ManifestFetcher {
         BTreeMap<String, Result<Arc<Manifest>, String>>,
         ManifestStats,
     ) {
-        // The listing's objects by key, of the keys asked about only (a manifest per
-        // image, not every object of the bucket).
-        let keys: HashSet<&str> = wanted
-            .iter()
-            .filter_map(|w| parse_s3_url(w.path).map(|(_, k)| k))
-            .collect();
-        let by_key: HashMap<&str, &S3Object> = listing
-            .iter()
-            .filter(|o| keys.contains(o.key.as_str()))
-            .map(|o| (o.key.as_str(), o))
-            .collect();
-        drop(keys);
+        let by_key = ByKey::new(listing);
         let mut stats = ManifestStats::default();
         let mut out = BTreeMap::new();
         let mut to_fetch = Vec::new();

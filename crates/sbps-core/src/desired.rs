@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::{self, Identity};
 use crate::inventory::{
-    parse_s3_url, strip_etag_quotes, ImageRecord, Inventory, MountEntry, S3Object, Tagging,
+    parse_s3_url, strip_etag_quotes, ByKey, ImageRecord, Inventory, MountEntry, S3Object, Tagging,
     ROOTFS_ARTIFACT_TYPE,
 };
 use crate::ledger::Ledger;
@@ -640,34 +640,6 @@ fn hold_rootfs(d: &mut Desired, reason: Reason) {
 // ---------------------------------------------------------------------------------------------
 // Details.
 
-/// The listing looked up by key. S3 lists keys in UTF-8 binary order, so the listing
-/// itself is searched (no map of tens of thousands of keys built every scan); a listing
-/// out of order, or with a key twice, gets a map, the last of equal keys winning.
-enum ByKey<'a> {
-    Sorted(&'a [S3Object]),
-    Map(BTreeMap<&'a str, &'a S3Object>),
-}
-
-impl<'a> ByKey<'a> {
-    fn new(objects: &'a [S3Object]) -> ByKey<'a> {
-        if objects.windows(2).all(|w| w[0].key < w[1].key) {
-            ByKey::Sorted(objects)
-        } else {
-            ByKey::Map(objects.iter().map(|o| (o.key.as_str(), o)).collect())
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<&'a S3Object> {
-        match self {
-            ByKey::Sorted(s) => s
-                .binary_search_by(|o| o.key.as_str().cmp(key))
-                .ok()
-                .map(|i| &s[i]),
-            ByKey::Map(m) => m.get(key).copied(),
-        }
-    }
-}
-
 struct Candidate<'a> {
     kind: Kind,
     key: String,
@@ -961,44 +933,4 @@ fn path_outcome(key: &str, path: &Path, backend: Backend) -> Result<(), Outcome>
         return skip(Reason::UnsafePath { detail });
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn obj(key: &str, etag: &str) -> S3Object {
-        S3Object {
-            key: key.into(),
-            etag: etag.into(),
-            size: 1,
-        }
-    }
-
-    /// The binary search of an ordered listing answers as the map of any listing.
-    #[test]
-    fn listing_lookup_ordered_or_not() {
-        let sorted = vec![
-            obj("PE/a", "1"),
-            obj("a/b", "2"),
-            obj("a/c", "3"),
-            obj("é", "4"),
-        ];
-        let mut reversed = sorted.clone();
-        reversed.reverse();
-        let mut twice = sorted.clone();
-        twice.insert(2, obj("a/b", "5"));
-        assert!(matches!(ByKey::new(&sorted), ByKey::Sorted(_)));
-        assert!(matches!(ByKey::new(&reversed), ByKey::Map(_)));
-        assert!(matches!(ByKey::new(&twice), ByKey::Map(_)));
-        assert!(matches!(ByKey::new(&[]), ByKey::Sorted(_)));
-        for key in ["PE/a", "a/b", "a/c", "é", "a", "a/bb", "", "z"] {
-            let etag = |l: &[S3Object]| ByKey::new(l).get(key).map(|o| o.etag.clone());
-            assert_eq!(etag(&sorted), etag(&reversed), "{key}");
-        }
-        assert_eq!(
-            ByKey::new(&twice).get("a/b").map(|o| o.etag.as_str()),
-            Some("5")
-        );
-    }
 }

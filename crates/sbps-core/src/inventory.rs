@@ -144,6 +144,34 @@ impl Inventory {
     }
 }
 
+/// The bucket listing looked up by key. S3 lists keys in UTF-8 binary order, so the
+/// listing itself is searched (no map of tens of thousands of keys built every scan); a listing
+/// out of order, or with a key twice, gets a map, the last of equal keys winning.
+pub enum ByKey<'a> {
+    Sorted(&'a [S3Object]),
+    Map(BTreeMap<&'a str, &'a S3Object>),
+}
+
+impl<'a> ByKey<'a> {
+    pub fn new(objects: &'a [S3Object]) -> ByKey<'a> {
+        if objects.windows(2).all(|w| w[0].key < w[1].key) {
+            ByKey::Sorted(objects)
+        } else {
+            ByKey::Map(objects.iter().map(|o| (o.key.as_str(), o)).collect())
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&'a S3Object> {
+        match self {
+            ByKey::Sorted(s) => s
+                .binary_search_by(|o| o.key.as_str().cmp(key))
+                .ok()
+                .map(|i| &s[i]),
+            ByKey::Map(m) => m.get(key).copied(),
+        }
+    }
+}
+
 /// Splits `s3://<bucket>/<key>` into bucket and key.
 pub fn parse_s3_url(url: &str) -> Option<(&str, &str)> {
     let rest = url.strip_prefix("s3://")?;
@@ -182,5 +210,40 @@ mod tests {
         assert_eq!(strip_etag_quotes("\"abc-2\""), "abc-2");
         assert_eq!(strip_etag_quotes("abc"), "abc");
         assert_eq!(strip_etag_quotes("\"abc"), "\"abc");
+    }
+
+    fn obj(key: &str, etag: &str) -> S3Object {
+        S3Object {
+            key: key.into(),
+            etag: etag.into(),
+            size: 1,
+        }
+    }
+
+    /// The binary search of an ordered listing answers as the map of any listing.
+    #[test]
+    fn listing_lookup_ordered_or_not() {
+        let sorted = vec![
+            obj("PE/a", "1"),
+            obj("a/b", "2"),
+            obj("a/c", "3"),
+            obj("é", "4"),
+        ];
+        let mut reversed = sorted.clone();
+        reversed.reverse();
+        let mut twice = sorted.clone();
+        twice.insert(2, obj("a/b", "5"));
+        assert!(matches!(ByKey::new(&sorted), ByKey::Sorted(_)));
+        assert!(matches!(ByKey::new(&reversed), ByKey::Map(_)));
+        assert!(matches!(ByKey::new(&twice), ByKey::Map(_)));
+        assert!(matches!(ByKey::new(&[]), ByKey::Sorted(_)));
+        for key in ["PE/a", "a/b", "a/c", "é", "a", "a/bb", "", "z"] {
+            let etag = |l: &[S3Object]| ByKey::new(l).get(key).map(|o| o.etag.clone());
+            assert_eq!(etag(&sorted), etag(&reversed), "{key}");
+        }
+        assert_eq!(
+            ByKey::new(&twice).get("a/b").map(|o| o.etag.as_str()),
+            Some("5")
+        );
     }
 }
