@@ -115,7 +115,7 @@ pub(crate) fn save<F: Fs + ?Sized>(
     };
     let dumped = t0.elapsed();
     let laid = spliced.as_ref().and_then(|k| k.layout(&objects, &luns));
-    let Some((segments, object_ranges, lun_ranges)) = laid else {
+    let Some((segments, object_at, lun_at)) = laid else {
         // The LUN list has no single place in the rest (a TPG gone, or something in LIO
         // carries the marker): the whole document, nothing remembered.
         tracing::debug!(
@@ -170,13 +170,14 @@ pub(crate) fn save<F: Fs + ?Sized>(
         tracing::debug!("saveconfig.json is not the text last written: dumped whole");
         return save(fs, at, seen, None, path);
     };
-    let bytes = |r: Range<usize>| starts[r.start]..starts[r.end];
-    let place = |((mut p, _), range): ((ObjectPiece, Text), Range<usize>)| {
-        p.range = bytes(range);
+    // Where segment `i` landed in the new text.
+    let bytes = |i: usize| starts[i]..starts[i + 1];
+    let place = |((mut p, _), i): ((ObjectPiece, Text), usize)| {
+        p.range = bytes(i);
         p
     };
-    let place_lun = |((mut p, _), range): ((LunPiece, Text), Range<usize>)| {
-        p.range = bytes(range);
+    let place_lun = |((mut p, _), i): ((LunPiece, Text), usize)| {
+        p.range = bytes(i);
         p
     };
     let doc = Document {
@@ -184,8 +185,8 @@ pub(crate) fn save<F: Fs + ?Sized>(
         len: written.len,
         hash: written.digest,
         hasher,
-        objects: objects.into_iter().zip(object_ranges).map(place).collect(),
-        luns: luns.into_iter().zip(lun_ranges).map(place_lun).collect(),
+        objects: objects.into_iter().zip(object_at).map(place).collect(),
+        luns: luns.into_iter().zip(lun_at).map(place_lun).collect(),
     };
     Ok((written.changed, Some(doc)))
 }
@@ -366,30 +367,30 @@ impl<'a> Skeleton<'a> {
         })
     }
 
-    /// The document as segments, the pieces in place, and the segments each spans.
+    /// The document as segments, the pieces in place, and the segment each piece is.
     /// `None` when there are LUNs but no place for them.
     #[allow(clippy::type_complexity)]
     fn layout<'t>(
         &'t self,
         objects: &'t [(ObjectPiece, Text)],
         luns: &'t [(LunPiece, Text)],
-    ) -> Option<(Vec<Segment<'t>>, Vec<Range<usize>>, Vec<Range<usize>>)> {
+    ) -> Option<(Vec<Segment<'t>>, Vec<usize>, Vec<usize>)> {
         if self.luns.is_none() && !luns.is_empty() {
             return None;
         }
         let mut out = Laid::default();
         out.text(&self.text[..self.objects.start]);
         out.text("\"storage_objects\": ");
-        let object_ranges = out.list(objects.iter().map(|(_, t)| t), OBJECT_PAD - 2)?;
-        let mut lun_ranges = Vec::new();
+        let object_at = out.list(objects.iter().map(|(_, t)| t), OBJECT_PAD - 2)?;
+        let mut lun_at = Vec::new();
         let mut rest = self.objects.end;
         if let Some(m) = &self.luns {
             out.text(&self.text[rest..m.start]);
-            lun_ranges = out.list(luns.iter().map(|(_, t)| t), self.lun_pad - 2)?;
+            lun_at = out.list(luns.iter().map(|(_, t)| t), self.lun_pad - 2)?;
             rest = m.end;
         }
         out.text(&self.text[rest..]);
-        Some((out.segments, object_ranges, lun_ranges))
+        Some((out.segments, object_at, lun_at))
     }
 }
 
@@ -405,32 +406,27 @@ impl<'t> Laid<'t> {
     }
 
     /// An array of the already indented `items` whose closing bracket is at `pad`
-    /// spaces (serde_json's pretty form: `[]` when empty), and the segments each item
-    /// spans (a made piece's length is known only once it is written). An item to dump
-    /// later is [`Segment::Made`] of its position in `items`.
-    fn list(
-        &mut self,
-        items: impl Iterator<Item = &'t Text>,
-        pad: usize,
-    ) -> Option<Vec<Range<usize>>> {
+    /// spaces (serde_json's pretty form: `[]` when empty), and the segment each item is
+    /// (its bytes are known once written: a made piece's length only then). An item to
+    /// dump later is [`Segment::Made`] of its position in `items`.
+    fn list(&mut self, items: impl Iterator<Item = &'t Text>, pad: usize) -> Option<Vec<usize>> {
         const SPACES: &str = "                                ";
-        let mut ranges = Vec::new();
+        let mut at = Vec::new();
         self.text("[");
         for (i, t) in items.enumerate() {
-            self.text(if ranges.is_empty() { "\n" } else { ",\n" });
-            let start = self.segments.len();
+            self.text(if at.is_empty() { "\n" } else { ",\n" });
+            at.push(self.segments.len());
             self.segments.push(match t {
                 Text::Old(r) => Segment::Old(r.clone()),
                 Text::New(s) => Segment::Text(s),
                 Text::Later(_) => Segment::Made(i),
             });
-            ranges.push(start..self.segments.len());
         }
-        if !ranges.is_empty() {
+        if !at.is_empty() {
             self.text("\n");
             self.text(SPACES.get(..pad)?);
         }
         self.text("]");
-        Some(ranges)
+        Some(at)
     }
 }
