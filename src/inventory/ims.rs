@@ -352,11 +352,12 @@ pub(crate) fn parse_tagging(id: &str, v: Option<&Value>) -> Tagging {
     }
     let mut tag = None;
     for (k, val) in obj {
+        // Every value is checked (and its oddities logged); only the tag's is kept.
         let text = match val {
-            Value::String(s) => s.clone(),
+            Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
             Value::Number(_) | Value::Bool(_) => {
                 tracing::warn!(image = id, key = %k, value = %val, "IMS metadata value is not a string; using its text");
-                val.to_string()
+                std::borrow::Cow::Owned(val.to_string())
             }
             _ => {
                 tracing::warn!(image = id, key = %k, "IMS metadata value is a JSON {}; dropped", type_name(val));
@@ -364,7 +365,7 @@ pub(crate) fn parse_tagging(id: &str, v: Option<&Value>) -> Tagging {
             }
         };
         if k == super::TAG_KEY {
-            tag = Some(text);
+            tag = Some(text.into_owned());
         }
     }
     Tagging::Map { tag }
