@@ -417,7 +417,7 @@ pub fn to_text(doc: &Value) -> String {
 }
 
 /// Writes `doc` to `path` if its text differs from the file's, backing up the
-/// previous file first (the same writer as every save: [`super::savefile`]). Returns
+/// previous file first (the same writer as every save: `lio::savefile`). Returns
 /// whether it wrote.
 pub fn write(path: &Path, doc: &Value, max_backups: usize) -> Result<bool, LioError> {
     let text = to_text(doc);
