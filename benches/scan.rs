@@ -25,6 +25,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use sbps_marshal::agent::service::NoServices;
 use sbps_marshal::agent::{wiring, Agent};
+use sbps_marshal::allocator::Jemalloc;
 use sbps_marshal::config::{Layers, Settings};
 use sbps_marshal::identity::{self, Identity};
 use sbps_marshal::inventory::gather::Sources;
@@ -49,13 +50,32 @@ const ROOT: &str = "/fake/sys/kernel/config/target";
 
 // ---------------------------------------------------------- counting allocator
 
-/// The system allocator, counting the bytes live and their peak since the last
+/// The agent's allocator (jemalloc with [`sbps_marshal::allocator::CONF`], as the
+/// binary installs it), counting the bytes live and their peak since the last
 /// [`heap_phase`]: which phase of a scan holds the most, in the agent's own terms
 /// (the RSS adds the allocator's free lists, the binary and the thread stacks).
+/// `SBPS_SCAN_BENCH_SYSTEM_MALLOC=1` counts over glibc's malloc instead, for the
+/// comparison in BENCHMARKS.md.
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// 0: not decided yet, 1: jemalloc, 2: glibc. Decided at the first allocation, from
+/// the environment (read with libc: std's `env::var` allocates).
+static SYSTEM: AtomicUsize = AtomicUsize::new(0);
+
+fn system() -> bool {
+    match SYSTEM.load(Ordering::Relaxed) {
+        0 => {
+            // SAFETY: getenv with a C string; the environment is not written concurrently
+            // at the first allocation.
+            let set = unsafe { !libc::getenv(c"SBPS_SCAN_BENCH_SYSTEM_MALLOC".as_ptr()).is_null() };
+            SYSTEM.store(if set { 2 } else { 1 }, Ordering::Relaxed);
+            set
+        }
+        v => v == 2,
+    }
+}
 
 fn grew(by: usize) {
     let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
@@ -64,25 +84,49 @@ fn grew(by: usize) {
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
+        let p = unsafe {
+            if system() {
+                System.alloc(l)
+            } else {
+                Jemalloc.alloc(l)
+            }
+        };
         if !p.is_null() {
             grew(l.size());
         }
         p
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(l) };
+        let p = unsafe {
+            if system() {
+                System.alloc_zeroed(l)
+            } else {
+                Jemalloc.alloc_zeroed(l)
+            }
+        };
         if !p.is_null() {
             grew(l.size());
         }
         p
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
+        unsafe {
+            if system() {
+                System.dealloc(p, l)
+            } else {
+                Jemalloc.dealloc(p, l)
+            }
+        };
         LIVE.fetch_sub(l.size(), Ordering::Relaxed);
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        let q = unsafe { System.realloc(p, l, new) };
+        let q = unsafe {
+            if system() {
+                System.realloc(p, l, new)
+            } else {
+                Jemalloc.realloc(p, l, new)
+            }
+        };
         if !q.is_null() {
             if new >= l.size() {
                 grew(new - l.size());
@@ -96,6 +140,7 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
+sbps_marshal::malloc_conf!();
 
 /// (peak, live) heap bytes in KiB since the last call; starts the next phase.
 fn heap_phase() -> (u64, u64) {
@@ -536,9 +581,11 @@ fn child(args: &[String]) {
     let ims: url::Url = args[2].parse().unwrap();
     let mount = PathBuf::from(&args[3]);
     let tagged: usize = args[4].parse().unwrap();
-    // As the shipped binary starts (`cli::main`).
-    if std::env::var_os("SBPS_SCAN_BENCH_MALLOC_DEFAULT").is_none() {
-        sbps_marshal::allocator::tune();
+    // The allocator the agent runs with (as the shipped binary's start-up log says it).
+    if system() {
+        eprintln!("N={n}: glibc malloc (SBPS_SCAN_BENCH_SYSTEM_MALLOC)");
+    } else {
+        eprintln!("N={n}: {}", sbps_marshal::allocator::describe());
     }
     // The kernel: the fake in this process, or the one the parent serves on a socket.
     let (fs, ctl): (Arc<dyn Fs>, Arc<dyn KernelCtl>) = match args[5].as_str() {

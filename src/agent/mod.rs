@@ -185,9 +185,6 @@ impl Agent {
     /// progress is left for the runner to clear once the report is shown.
     async fn pass(&mut self, mode: Mode) -> Reconciled {
         let t0 = Instant::now();
-        // What the last scan freed goes back to the kernel before this one builds up
-        // (1-2 ms at 5,000 images; counted in the scan's time).
-        crate::allocator::trim();
         let now = unix_now();
         if let Some(report) = self.wait_for_pending(now).await {
             return Reconciled::Waiting(report);

@@ -154,7 +154,6 @@ pub(crate) fn hostname() -> String {
 
 /// Runs the parsed command line.
 pub fn main(cli: Cli) -> ExitCode {
-    crate::allocator::tune();
     crate::telemetry::init_logging(cli.global.debug, cli.global.quiet);
     let (layers, settings) = match load_settings(&cli.global) {
         Ok(x) => x,
@@ -184,6 +183,7 @@ pub fn main(cli: Cli) -> ExitCode {
         tracing::info!(
             version = crate::telemetry::VERSION,
             revision = crate::telemetry::REVISION,
+            allocator = crate::allocator::describe().as_str(),
             "sbps-marshal {} starting",
             crate::telemetry::LONG_VERSION
         );

@@ -239,6 +239,39 @@ fn subcommands_report_and_exit_codes() {
     assert!(err.contains("--once"), "{err}");
 }
 
+/// The binary allocates with jemalloc under the options `sbps_marshal::allocator`
+/// compiles in (what keeps the agent's memory at what it holds), says so when it
+/// starts, and an operator's `_RJEM_MALLOC_CONF` still wins option by option.
+#[test]
+fn runs_on_jemalloc_with_the_compiled_options() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("state")).unwrap();
+    let start_line = |extra: Option<(&str, &str)>| {
+        let mut cmd = env.cmd(&["scan", "--once"]);
+        if let Some((k, v)) = extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        err.lines()
+            .find(|l| l.contains("starting"))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no start line in\n{err}"))
+    };
+    let line = start_line(None);
+    assert!(
+        line.contains(
+            "allocator=\"jemalloc narenas=1 dirty_decay_ms=0 muzzy_decay_ms=0 tcache_max=1024\""
+        ),
+        "{line}"
+    );
+    let line = start_line(Some(("_RJEM_MALLOC_CONF", "narenas:3")));
+    assert!(
+        line.contains("allocator=\"jemalloc narenas=3 dirty_decay_ms=0"),
+        "{line}"
+    );
+}
+
 #[test]
 fn refuses_a_state_dir_writable_by_others() {
     use std::os::unix::fs::PermissionsExt;

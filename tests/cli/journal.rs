@@ -239,6 +239,10 @@ fn warnings_and_errors_reach_the_journal_with_priorities_and_fields() {
     assert_eq!(prio(start[0]), "6");
     assert_eq!(start[0]["VERSION"], env!("CARGO_PKG_VERSION"));
     assert_eq!(start[0]["REVISION"], sbps_marshal::telemetry::REVISION);
+    assert!(
+        start[0]["ALLOCATOR"].starts_with("jemalloc narenas=1 dirty_decay_ms=0"),
+        "{dump}"
+    );
 
     // The runbooks' markers, unchanged: the message is exactly the marker (no
     // timestamp of our own; journald keeps the time).
