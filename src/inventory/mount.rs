@@ -74,7 +74,13 @@ struct Pool {
     current: Vec<AtomicUsize>,
     epoch: Instant,
     stalled: AtomicBool,
-    finished: AtomicUsize,
+}
+
+/// Workers that are done and have let go of their [`Pool`] (so the last one's keys
+/// can be moved out of it, not copied), and the watchdog's wake-up.
+#[derive(Default)]
+struct Done {
+    workers: AtomicUsize,
     wake: tokio::sync::Notify,
 }
 
@@ -95,8 +101,6 @@ impl Pool {
             let _ = self.answers[i].set(entry);
             self.since[w].store(0, Ordering::Release);
         }
-        self.finished.fetch_add(1, Ordering::AcqRel);
-        self.wake.notify_one();
     }
 
     /// Workers whose key in flight is older than `timeout`.
@@ -175,13 +179,18 @@ impl MountChecker {
             current: (0..workers).map(|_| AtomicUsize::new(usize::MAX)).collect(),
             epoch: Instant::now(),
             stalled: AtomicBool::new(false),
-            finished: AtomicUsize::new(0),
-            wake: tokio::sync::Notify::new(),
         });
+        let done = Arc::new(Done::default());
         for w in 0..workers {
             let pool = pool.clone();
+            let done = done.clone();
             // A worker stuck in a hung FUSE call is left behind: it can only finish.
-            drop(tokio::task::spawn_blocking(move || pool.work(w)));
+            drop(tokio::task::spawn_blocking(move || {
+                pool.work(w);
+                drop(pool);
+                done.workers.fetch_add(1, Ordering::AcqRel);
+                done.wake.notify_one();
+            }));
         }
         // Woken by each worker that ends; ticks to notice one stuck past the deadline.
         let tick = (self.timeout / 8).max(Duration::from_millis(10));
@@ -190,10 +199,10 @@ impl MountChecker {
             if stuck > 0 {
                 pool.stalled.store(true, Ordering::Relaxed);
             }
-            if pool.finished.load(Ordering::Acquire) + stuck >= workers {
+            if done.workers.load(Ordering::Acquire) + stuck >= workers {
                 break;
             }
-            let _ = tokio::time::timeout(tick, pool.wake.notified()).await;
+            let _ = tokio::time::timeout(tick, done.wake.notified()).await;
         }
         let stalled = pool.stalled.load(Ordering::Relaxed);
         if stalled {
@@ -208,22 +217,33 @@ impl MountChecker {
             .map(|w| pool.current[w].load(Ordering::Relaxed))
             .collect();
         let secs = self.timeout.as_secs_f64();
-        pool.keys
-            .iter()
-            .enumerate()
-            .map(|(i, key)| {
-                let entry = match pool.answers[i].get() {
-                    Some(e) => e.clone(),
-                    None if in_flight.contains(&i) => MountEntry::Error(format!(
-                        "stat did not answer within {secs}s (a hung mount?)"
-                    )),
-                    None => MountEntry::Error(format!(
-                        "not checked: the mount stalled on an earlier stat (> {secs}s)"
-                    )),
-                };
-                (key.clone(), entry)
-            })
-            .collect()
+        let entry = |i: usize, answer: Option<MountEntry>| match answer {
+            Some(e) => e,
+            None if in_flight.contains(&i) => MountEntry::Error(format!(
+                "stat did not answer within {secs}s (a hung mount?)"
+            )),
+            None => MountEntry::Error(format!(
+                "not checked: the mount stalled on an earlier stat (> {secs}s)"
+            )),
+        };
+        // The keys and answers move into the map when every worker has let go of the
+        // pool (thousands of keys are not copied); a worker left behind in a hung call
+        // still holds it, and then they are copied.
+        match Arc::try_unwrap(pool) {
+            Ok(pool) => pool
+                .keys
+                .into_iter()
+                .zip(pool.answers)
+                .enumerate()
+                .map(|(i, (key, answer))| (key, entry(i, answer.into_inner())))
+                .collect(),
+            Err(pool) => pool
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(i, key)| (key.clone(), entry(i, pool.answers[i].get().cloned())))
+                .collect(),
+        }
     }
 }
 

@@ -352,7 +352,6 @@ struct Waiting {
     path: PathBuf,
     size: u64,
     etag: String,
-    image: Option<(String, String)>,
 }
 
 thread_local! {
@@ -398,6 +397,11 @@ impl Judging {
             let (Some(id), Some(object_key)) = (v.identity.clone(), v.object_key.as_deref()) else {
                 continue;
             };
+            // A rootfs candidate's verdict is about its image: the projection names it.
+            let (image_id, image_name) = match &v.subject {
+                Subject::Image { id, name } => (Some(id.clone()), Some(name.clone())),
+                Subject::Pe { .. } => (None, None),
+            };
             let outcome = match d.mount_outcome(&w, &id, mount.get(object_key)) {
                 Ok(size) => {
                     d.projections.insert(
@@ -410,8 +414,8 @@ impl Judging {
                             path: w.path,
                             size,
                             etag: w.etag,
-                            image_id: w.image.as_ref().map(|(id, _)| id.clone()),
-                            image_name: w.image.map(|(_, name)| name),
+                            image_id,
+                            image_name,
                         },
                     );
                     Outcome::Projected {
@@ -480,7 +484,6 @@ fn judge_all(inv: &Inventory, s: &Settings, waiting: &mut Vec<Waiting>) -> Desir
             kind: Kind::Pe,
             key,
             object: o,
-            image: None,
         };
         out.judge(cand, subject, s, waiting);
     }
@@ -644,7 +647,6 @@ struct Candidate<'a> {
     kind: Kind,
     key: String,
     object: &'a S3Object,
-    image: Option<&'a ImageRecord>,
 }
 
 fn image_subject(r: &ImageRecord) -> Subject {
@@ -810,7 +812,6 @@ fn judge_image(
         kind: Kind::Rootfs,
         key: identity::rootfs_key(&link.path, etag),
         object,
-        image: Some(r),
     };
     out.judge(cand, subject, s, waiting);
 }
@@ -865,7 +866,6 @@ impl Desired {
                     path,
                     size: c.object.size,
                     etag: c.object.etag.clone(),
-                    image: c.image.map(|r| (r.id.clone(), r.name.clone())),
                 });
                 Outcome::Unknown {
                     reason: Reason::MountNotChecked,
