@@ -18,6 +18,11 @@ use sbps_marshal::lio::{
 
 const IQN: &str = "iqn.2023-06.csm.iscsi:bench";
 
+// The agent's allocator, as the binary installs it (`sbps_marshal::allocator`).
+#[global_allocator]
+static GLOBAL: sbps_marshal::allocator::Jemalloc = sbps_marshal::allocator::Jemalloc;
+sbps_marshal::malloc_conf!();
+
 fn main() -> anyhow::Result<()> {
     // Where a save's time goes (`SBPS_BENCH_LOG` to choose other targets).
     let filter = std::env::var("SBPS_BENCH_LOG").unwrap_or_else(|_| {
