@@ -64,8 +64,9 @@ static PEAK: AtomicUsize = AtomicUsize::new(0);
 /// the environment (read with libc: std's `env::var` allocates).
 static SYSTEM: AtomicUsize = AtomicUsize::new(0);
 
-fn system() -> bool {
-    match SYSTEM.load(Ordering::Relaxed) {
+/// The allocator counted over.
+fn inner() -> &'static dyn GlobalAlloc {
+    let system = match SYSTEM.load(Ordering::Relaxed) {
         0 => {
             // SAFETY: getenv with a C string; the environment is not written concurrently
             // at the first allocation.
@@ -74,7 +75,17 @@ fn system() -> bool {
             set
         }
         v => v == 2,
+    };
+    if system {
+        &System
+    } else {
+        &Jemalloc
     }
+}
+
+/// Whether [`inner`] is glibc's malloc (decided by the first allocation, long before).
+fn system() -> bool {
+    SYSTEM.load(Ordering::Relaxed) == 2
 }
 
 fn grew(by: usize) {
@@ -84,49 +95,25 @@ fn grew(by: usize) {
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe {
-            if system() {
-                System.alloc(l)
-            } else {
-                Jemalloc.alloc(l)
-            }
-        };
+        let p = unsafe { inner().alloc(l) };
         if !p.is_null() {
             grew(l.size());
         }
         p
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        let p = unsafe {
-            if system() {
-                System.alloc_zeroed(l)
-            } else {
-                Jemalloc.alloc_zeroed(l)
-            }
-        };
+        let p = unsafe { inner().alloc_zeroed(l) };
         if !p.is_null() {
             grew(l.size());
         }
         p
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe {
-            if system() {
-                System.dealloc(p, l)
-            } else {
-                Jemalloc.dealloc(p, l)
-            }
-        };
+        unsafe { inner().dealloc(p, l) };
         LIVE.fetch_sub(l.size(), Ordering::Relaxed);
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        let q = unsafe {
-            if system() {
-                System.realloc(p, l, new)
-            } else {
-                Jemalloc.realloc(p, l, new)
-            }
-        };
+        let q = unsafe { inner().realloc(p, l, new) };
         if !q.is_null() {
             if new >= l.size() {
                 grew(new - l.size());

@@ -226,24 +226,24 @@ impl MountChecker {
                 "not checked: the mount stalled on an earlier stat (> {secs}s)"
             )),
         };
-        // The keys and answers move into the map when every worker has let go of the
-        // pool (thousands of keys are not copied); a worker left behind in a hung call
-        // still holds it, and then they are copied.
-        match Arc::try_unwrap(pool) {
-            Ok(pool) => pool
-                .keys
-                .into_iter()
-                .zip(pool.answers)
-                .enumerate()
-                .map(|(i, (key, answer))| (key, entry(i, answer.into_inner())))
-                .collect(),
-            Err(pool) => pool
-                .keys
-                .iter()
-                .enumerate()
-                .map(|(i, key)| (key.clone(), entry(i, pool.answers[i].get().cloned())))
-                .collect(),
-        }
+        // The keys and answers are moved out when every worker has let go of the pool
+        // (thousands of keys are not copied); a worker left behind in a hung call still
+        // holds it, and then they are copied.
+        let (keys, answers): (Vec<String>, Vec<Option<MountEntry>>) = match Arc::try_unwrap(pool) {
+            Ok(pool) => (
+                pool.keys,
+                pool.answers.into_iter().map(OnceLock::into_inner).collect(),
+            ),
+            Err(pool) => (
+                pool.keys.clone(),
+                pool.answers.iter().map(|a| a.get().cloned()).collect(),
+            ),
+        };
+        keys.into_iter()
+            .zip(answers)
+            .enumerate()
+            .map(|(i, (key, answer))| (key, entry(i, answer)))
+            .collect()
     }
 }
 

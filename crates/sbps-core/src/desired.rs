@@ -397,13 +397,14 @@ impl Judging {
             let (Some(id), Some(object_key)) = (v.identity.clone(), v.object_key.as_deref()) else {
                 continue;
             };
-            // A rootfs candidate's verdict is about its image: the projection names it.
-            let (image_id, image_name) = match &v.subject {
-                Subject::Image { id, name } => (Some(id.clone()), Some(name.clone())),
-                Subject::Pe { .. } => (None, None),
-            };
             let outcome = match d.mount_outcome(&w, &id, mount.get(object_key)) {
                 Ok(size) => {
+                    // A rootfs candidate's verdict is about its image: the projection
+                    // names it.
+                    let (image_id, image_name) = match &v.subject {
+                        Subject::Image { id, name } => (Some(id.clone()), Some(name.clone())),
+                        Subject::Pe { .. } => (None, None),
+                    };
                     d.projections.insert(
                         id.serial.clone(),
                         Projection {
