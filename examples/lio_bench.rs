@@ -3,7 +3,8 @@
 //! a scan costs the kernel side at that size: the first save of saveconfig.json (a
 //! whole dump), a whole observation (a fresh backend), a steady scan's observation
 //! (the backend that observed before) and one change (one more image created,
-//! mapped, read back and saved: the patched file).
+//! mapped, read back and saved: the patched file), three times: the first, in a
+//! process that has not made one before, and the best, as the steady observation is.
 //!
 //! Run in the test VM with `tests/vm/run-bench [N] [PARALLELISM...]`, or on a host
 //! with LIO loaded: `SBPS_LIO_CONFIGFS=/sys/kernel/config/target lio_bench 500 1 8`.
@@ -17,6 +18,8 @@ use sbps_marshal::lio::{
 };
 
 const IQN: &str = "iqn.2023-06.csm.iscsi:bench";
+/// How many times one change is made (and timed) after the steady observation.
+const CHANGES: usize = 3;
 
 // The agent's allocator, as the binary installs it (`sbps_marshal::allocator`).
 #[global_allocator]
@@ -51,9 +54,9 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("sbps-bench-").tempdir()?;
     let images = work.path().join("images");
     std::fs::create_dir(&images)?;
-    // One more than N: the image of the one change.
-    let mut paths = Vec::with_capacity(n + 1);
-    for i in 0..=n {
+    // N, then the images of the one changes.
+    let mut paths = Vec::with_capacity(n + CHANGES);
+    for i in 0..n + CHANGES {
         let p = images.join(format!("img{i:05}.squashfs"));
         std::fs::File::create(&p)?.set_len(4096)?;
         paths.push(p);
@@ -91,13 +94,15 @@ fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(work.path().join("backup"));
         let creates: Vec<Op> = (0..n).map(|i| create(i, &paths)).collect();
         let maps: Vec<Op> = (0..n).map(map).collect();
-        let unmaps: Vec<Op> = (0..=n)
+        let unmaps: Vec<Op> = (0..n + CHANGES)
             .map(|i| Op::UnmapLun {
                 lun: i as u64 + 1,
                 serial: None,
             })
             .collect();
-        let deletes: Vec<Op> = (0..=n).map(|i| Op::DeleteBackstore { at: at(i) }).collect();
+        let deletes: Vec<Op> = (0..n + CHANGES)
+            .map(|i| Op::DeleteBackstore { at: at(i) })
+            .collect();
         let guard = t.lock()?;
         // Cold apply: observe the empty target, create and map N, read back, save.
         let before = t.observe()?;
@@ -135,10 +140,16 @@ fn main() -> anyhow::Result<()> {
             actual == seen,
             "the steady observation differs from a whole one"
         );
-        // One change: image N created and mapped, read back, saveconfig.json patched.
-        let one = [create(n, &paths), map(n)];
-        let (a1, applied) = timed(&t, &one, par)?;
-        let (_, one_save) = persist(&t, actual, &applied, &save)?;
+        // One change: image N created and mapped, read back, saveconfig.json patched;
+        // then N + 1 and N + 2. Each is (apply, read back, save).
+        let mut changes = Vec::with_capacity(CHANGES);
+        for i in n..n + CHANGES {
+            let one = [create(i, &paths), map(i)];
+            let (a1, applied) = timed(&t, &one, par)?;
+            let (next, (r, s)) = persist(&t, actual, &applied, &save)?;
+            actual = next;
+            changes.push([a1, r, s]);
+        }
         let u = timed(&t, &unmaps, par)?.0;
         let d = timed(&t, &deletes, par)?.0;
         drop(guard);
@@ -146,8 +157,8 @@ fn main() -> anyhow::Result<()> {
             "{par:>11} {:>12} {:>12} {:>12} {:>12} {:>10}",
             fmt(c, n),
             fmt(m, n),
-            fmt(u, n + 1),
-            fmt(d, n + 1),
+            fmt(u, n + CHANGES),
+            fmt(d, n + CHANGES),
             format!("{:.2}s", o.as_secs_f64())
         );
         println!(
@@ -169,14 +180,25 @@ fn main() -> anyhow::Result<()> {
             ms(steady),
             ms(o)
         );
-        println!(
-            "{:>11} one change: apply {:.1} ms, read back {:.1} ms, save (patched) {:.1} ms, total {:.1} ms",
-            "",
-            ms(a1),
-            ms(one_save.0),
-            ms(one_save.1),
-            ms(steady + a1 + one_save.0 + one_save.1)
-        );
+        let total = |c: &[Duration; 3]| steady + c.iter().sum::<Duration>();
+        let best = changes
+            .iter()
+            .min_by_key(|c| total(c))
+            .unwrap_or(&changes[0]);
+        for (what, c) in [
+            ("one change, first", &changes[0]),
+            ("one change, best", best),
+        ] {
+            println!(
+                "{:>11} {what}: apply {:.1} ms, read back {:.1} ms, save (patched) {:.1} ms, total {:.1} ms (steady + {:.1})",
+                "",
+                ms(c[0]),
+                ms(c[1]),
+                ms(c[2]),
+                ms(total(c)),
+                ms(total(c) - steady)
+            );
+        }
     }
     let _ = std::fs::remove_dir(root.join(format!("iscsi/{IQN}/tpgt_1")));
     let _ = std::fs::remove_dir(root.join(format!("iscsi/{IQN}")));

@@ -154,6 +154,29 @@ impl<F: Fs> ConfigfsTarget<F> {
             .map_err(|e| LioError::from_io(what, path, e))
     }
 
+    /// The files of `dir` read through one handle on it ([`Fs::read_each`]): each is
+    /// (what the read is, its path under `dir`).
+    fn read_each<const N: usize>(
+        &self,
+        dir: &Path,
+        files: [(&'static str, &str); N],
+    ) -> Result<[String; N], LioError> {
+        let names = files.map(|(_, name)| name);
+        let first = files.first().map_or("read", |(what, _)| *what);
+        let texts = self
+            .fs
+            .read_each(dir, &names)
+            .map_err(|e| LioError::from_io(first, dir, e))?;
+        let mut out = Vec::with_capacity(N);
+        for ((what, name), text) in files.iter().zip(texts) {
+            out.push(text.map_err(|e| LioError::from_io(what, &dir.join(name), e))?);
+        }
+        out.try_into().map_err(|v: Vec<String>| {
+            let e = std::io::Error::other(format!("{} answers for {N} files", v.len()));
+            LioError::from_io(first, dir, e)
+        })
+    }
+
     // ----------------------------------------------------------------- observe
 
     fn seen(&self) -> MutexGuard<'_, Seen> {
@@ -224,14 +247,19 @@ impl<F: Fs> ConfigfsTarget<F> {
 
     fn read_backstore(&self, at: &BackstoreRef) -> Result<Backstore, LioError> {
         let dir = self.so_dir(at);
-        let info = attr::parse_info(&self.read("read info", &dir.join("info"))?);
-        let udev = self.read("read udev_path", &dir.join("udev_path"))?;
+        let [info, udev, serial, enable] = self.read_each(
+            &dir,
+            [
+                ("read info", "info"),
+                ("read udev_path", "udev_path"),
+                ("read serial", "wwn/vpd_unit_serial"),
+                ("read enable", "enable"),
+            ],
+        )?;
+        let info = attr::parse_info(&info);
         let udev = udev.trim_end_matches('\n');
-        let serial = attr::parse_serial(
-            &self.read("read serial", &dir.join("wwn").join("vpd_unit_serial"))?,
-        );
-        let enabled =
-            attr::parse_flag(&self.read("read enable", &dir.join("enable"))?).unwrap_or(false);
+        let serial = attr::parse_serial(&serial);
+        let enabled = attr::parse_flag(&enable).unwrap_or(false);
         // The kernel opens `fd_dev_name` (info's File:); udev_path is only what
         // rtslib wrote for display. Prefer the truth, fall back for other plugins.
         let dev = info

@@ -37,8 +37,9 @@ const ALUA_STATUSES: [&str; 3] = [
     "Altered by Explicit STPG",
     "Altered by Implicit ALUA",
 ];
-/// rtslib's `alua_rw_params`, dumped with `name` and `tg_pt_gp_id`.
-const ALUA_RW: [&str; 14] = [
+/// rtslib's `alua_rw_params`, then `tg_pt_gp_id`: what is dumped of an ALUA group with
+/// its `name`.
+const ALUA_FILES: [&str; 15] = [
     "alua_access_state",
     "alua_access_status",
     "alua_write_metadata",
@@ -53,6 +54,7 @@ const ALUA_RW: [&str; 14] = [
     "alua_support_active_nonoptimized",
     "alua_support_unavailable",
     "alua_support_active_optimized",
+    "tg_pt_gp_id",
 ];
 
 // ------------------------------------------------------------------------ dump
@@ -73,24 +75,19 @@ fn rw_files<F: Fs + ?Sized>(
     numeric: bool,
 ) -> Result<Map<String, Value>, LioError> {
     let mut m = Map::new();
-    let entries = match fs.read_dir(dir) {
+    let files = match fs.read_owner_rw(dir) {
         Ok(v) => v,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(m),
         Err(e) => return Err(LioError::from_io("list", dir, e)),
     };
-    for e in entries.iter().filter(|e| e.kind == FileKind::File) {
-        let p = dir.join(&e.name);
-        let meta = fs.metadata(&p).map_err(io("stat", &p))?;
-        if meta.mode & 0o600 != 0o600 {
-            continue;
-        }
-        let v = read(fs, &p)?;
+    for (name, text) in files {
+        let v = text.map_err(|e| LioError::from_io("read", &dir.join(&name), e))?;
         let v = if numeric {
             attr::attr_value(&v)
         } else {
             Value::from(v.trim_end_matches('\n'))
         };
-        m.insert(e.name.clone(), v);
+        m.insert(name, v);
     }
     Ok(m)
 }
@@ -105,8 +102,10 @@ fn dump_alua<F: Fs + ?Sized>(fs: &F, so: &Path) -> Result<Vec<Value>, LioError> 
         let gd = dir.join(&g.name);
         let mut m = Map::new();
         m.insert("name".into(), Value::from(g.name.clone()));
-        for f in ALUA_RW.iter().chain(["tg_pt_gp_id"].iter()) {
-            let Ok(raw) = fs.read(&gd.join(f)) else {
+        // A group gone meanwhile is dumped by its name alone, as each file unread.
+        let texts = fs.read_each(&gd, &ALUA_FILES).unwrap_or_default();
+        for (f, raw) in ALUA_FILES.iter().zip(texts) {
+            let Ok(raw) = raw else {
                 continue;
             };
             let t = raw.trim();
