@@ -13,9 +13,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use sbps_marshal::lio::fs::{Fs, RealFs};
 use sbps_marshal::lio::{
     self, Actual, BackstoreRef, ConfigfsSettings, ConfigfsTarget, Op, OpResult, Target,
 };
+use sbps_testkit::ByPath;
 
 const IQN: &str = "iqn.2023-06.csm.iscsi:bench";
 /// How many times one change is made (and timed) after the steady observation.
@@ -116,6 +118,7 @@ fn main() -> anyhow::Result<()> {
             "observed {} backstores after applying",
             after.backstores.len()
         );
+        let reads = attribute_reads(&root)?;
         // A whole observation: a backend that remembers nothing (a restarted agent); it
         // takes the locks itself, so ours are let go meanwhile.
         drop(guard);
@@ -173,6 +176,10 @@ fn main() -> anyhow::Result<()> {
             cold_save.0.as_secs_f64(),
             size,
             cold_save.1.as_secs_f64()
+        );
+        println!(
+            "{:>11} attribute files, by path / through a handle: {reads}",
+            ""
         );
         println!(
             "{:>11} steady observe {:.1} ms (whole observe {:.1} ms)",
@@ -250,6 +257,41 @@ fn persist(
     let t1 = Instant::now();
     anyhow::ensure!(t.save_config(save)?, "saveconfig.json not written");
     Ok((after, (r, t1.elapsed())))
+}
+
+/// What reading the attribute files of a dump costs by path (the trait's defaults, as
+/// the fakes read) and through one handle on the directory (`RealFs`), best of 5 each:
+/// the first storage object's `attrib/`, the TPG's `attrib/` and `param/`.
+fn attribute_reads(root: &Path) -> anyhow::Result<String> {
+    let dirs = [
+        ("SO attrib", root.join("core/fileio_0/bench00000/attrib")),
+        (
+            "TPG attrib",
+            root.join(format!("iscsi/{IQN}/tpgt_1/attrib")),
+        ),
+        ("TPG param", root.join(format!("iscsi/{IQN}/tpgt_1/param"))),
+    ];
+    let mut out = Vec::new();
+    for (what, dir) in &dirs {
+        let mut best = [Duration::MAX; 2];
+        let mut files = 0;
+        for _ in 0..5 {
+            for (i, fs) in [&ByPath(RealFs) as &dyn Fs, &RealFs]
+                .into_iter()
+                .enumerate()
+            {
+                let t0 = Instant::now();
+                files = fs.read_owner_rw(dir)?.len();
+                best[i] = best[i].min(t0.elapsed());
+            }
+        }
+        out.push(format!(
+            "{what} ({files}) {:.2} / {:.2} ms",
+            ms(best[0]),
+            ms(best[1])
+        ));
+    }
+    Ok(out.join(", "))
 }
 
 fn ms(d: Duration) -> f64 {

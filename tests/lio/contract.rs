@@ -11,7 +11,7 @@ use sbps_marshal::ledger::Ledger;
 use sbps_marshal::lio::fs::{FileKind, Fs};
 use sbps_marshal::lio::{self, attr, saveconfig, Actual, BackstoreRef, LioError, Op, Target};
 use sbps_marshal::plan::plan;
-use sbps_testkit::{FaultMode, Faulty, Recorder};
+use sbps_testkit::{ByPath, FaultMode, Faulty, Recorder};
 
 use crate::support::*;
 
@@ -102,6 +102,100 @@ fn create_observe_delete() {
     assert!(
         after.hbas.is_empty(),
         "HBA directories are removed with their last object"
+    );
+}
+
+/// The batched reads answer on configfs what reads by whole path answer: on the kernel's,
+/// `RealFs` reads them through a handle on the directory (`lio::fs`). An object's and the
+/// TPG's attribute files (the owner's read-write ones: not `hw_block_size`), an ALUA
+/// group's files, and the four files the observation reads of a new object.
+#[test]
+fn reads_through_a_handle_are_reads_by_path() {
+    let rig = Rig::new();
+    let t = rig.target();
+    let a = BackstoreRef::fileio(0, "a50dd52157e1636");
+    let pa = rig.image("PE/a.squashfs", 45056);
+    run_and_check(
+        &t,
+        &[
+            create_op(&a, pa, 45056, "a50dd52157e1636aaaaaaaaaaaaaaaa"),
+            map_op(1, &a, "a50dd52157"),
+        ],
+    );
+    let so = rig.root.join("core").join(a.hba_dir()).join(&a.name);
+    let by_path = ByPath(&rig.fs);
+    let text = |r: std::io::Result<String>| r.map_err(|e| e.raw_os_error());
+    for dir in [
+        so.join("attrib"),
+        rig.tpg().join("attrib"),
+        rig.tpg().join("param"),
+    ] {
+        let got: Vec<_> = rig
+            .fs
+            .read_owner_rw(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|(n, t)| (n, text(t)))
+            .collect();
+        let want: Vec<_> = by_path
+            .read_owner_rw(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|(n, t)| (n, text(t)))
+            .collect();
+        assert_eq!(got, want, "{}", dir.display());
+        assert!(got.iter().all(|(_, t)| t.is_ok()), "{got:?}");
+    }
+    let attrib: Vec<String> = rig
+        .fs
+        .read_owner_rw(&so.join("attrib"))
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        attrib.iter().any(|n| n == "emulate_write_cache"),
+        "{attrib:?}"
+    );
+    assert!(
+        !attrib.iter().any(|n| n == "hw_block_size"),
+        "read-only: {attrib:?}"
+    );
+    let files = [
+        "info",
+        "udev_path",
+        "wwn/vpd_unit_serial",
+        "enable",
+        "no_such_file",
+    ];
+    let group = so.join("alua/default_tg_pt_gp");
+    for (dir, names) in [
+        (&so, &files[..]),
+        (&group, &["alua_access_state", "tg_pt_gp_id"][..]),
+    ] {
+        let got: Vec<_> = rig
+            .fs
+            .read_each(dir, names)
+            .unwrap()
+            .into_iter()
+            .map(text)
+            .collect();
+        let want: Vec<_> = by_path
+            .read_each(dir, names)
+            .unwrap()
+            .into_iter()
+            .map(text)
+            .collect();
+        assert_eq!(got, want, "{}", dir.display());
+    }
+    let got = rig.fs.read_each(&so, &files).unwrap();
+    assert!(
+        got[2].as_ref().is_ok_and(|s| s.contains("a50dd52157e1636")),
+        "{got:?}"
+    );
+    assert_eq!(
+        got[4].as_ref().map_err(|e| e.raw_os_error()).err(),
+        Some(Some(libc::ENOENT))
     );
 }
 

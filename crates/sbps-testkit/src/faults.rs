@@ -47,6 +47,12 @@ macro_rules! intercept_changes {
             fn metadata(&self, p: &Path) -> io::Result<Meta> {
                 self.inner.metadata(p)
             }
+            fn read_each(&self, d: &Path, n: &[&str]) -> io::Result<Vec<io::Result<String>>> {
+                self.inner.read_each(d, n)
+            }
+            fn read_owner_rw(&self, d: &Path) -> io::Result<Vec<(String, io::Result<String>)>> {
+                self.inner.read_owner_rw(d)
+            }
         }
     };
 }

@@ -4,6 +4,7 @@
 //! * [`configfs`]: an in-memory configfs with the kernel's LIO semantics (the fake the
 //!   contract suite proves against the real kernel);
 //! * [`faults`]: [`faults::Faulty`] and [`faults::Recorder`], wrappers of any `Fs`;
+//!   [`by_path`]: [`ByPath`], any `Fs` read one whole path per file;
 //! * [`restore`]: builds a saved configuration into a configfs, as `targetctl restore`;
 //! * [`s3`], [`ims`]: the one S3 double and the one IMS double (real-API status codes
 //!   and bodies), over an in-memory store or a directory the tests edit;
@@ -25,6 +26,7 @@
 //! `cargo test --lib` the kit links the normal build of sbps-marshal, whose types are
 //! not those of the crate under test. What needs the fake is an integration test.
 
+pub mod by_path;
 pub mod capture;
 pub mod configfs;
 pub mod faults;
@@ -41,6 +43,7 @@ pub mod serve;
 pub mod spiffe;
 pub mod tokens;
 
+pub use by_path::ByPath;
 pub use configfs::FakeConfigfs;
 pub use faults::{FaultMode, Faulty, Recorder};
 pub use restore::materialize;

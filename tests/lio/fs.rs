@@ -1,0 +1,90 @@
+//! The kernel's filesystem ([`RealFs`]) reads a directory's files through one handle on
+//! it; on a real directory those reads give what reads by whole path give ([`ByPath`]),
+//! file modes, odd bytes, links and errors included. (On configfs itself the contract
+//! suite compares them: `contract::reads_through_a_handle_are_reads_by_path`.)
+
+use std::os::unix::fs::PermissionsExt;
+
+use sbps_marshal::lio::fs::{Fs, RealFs};
+use sbps_testkit::ByPath;
+
+/// An answer with its error as the errno, to compare two implementations.
+fn errno<T>(r: std::io::Result<T>) -> Result<T, Option<i32>> {
+    r.map_err(|e| e.raw_os_error())
+}
+
+#[test]
+fn reads_through_a_handle_give_what_reads_by_path_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let big = "7".repeat(9000);
+    for (name, mode, text) in [
+        ("b_ro", 0o444, "read only\n"),
+        ("a_rw", 0o644, "1\n"),
+        ("c_owner", 0o600, "x"),
+        ("d_wo", 0o200, "write only"),
+        ("e_big", 0o644, big.as_str()),
+    ] {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::fs::write(d.join("f_bad_utf8"), b"\xffok").unwrap();
+    std::fs::create_dir(d.join("wwn")).unwrap();
+    std::fs::write(
+        d.join("wwn/vpd_unit_serial"),
+        "T10 VPD Unit Serial Number: x\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(d.join("a_rw"), d.join("g_link")).unwrap();
+
+    // The owner's read-write regular files, by name: not the read-only or write-only
+    // ones, the directory or the link.
+    let rw = |fs: &dyn Fs| {
+        fs.read_owner_rw(d)
+            .unwrap()
+            .into_iter()
+            .map(|(n, t)| (n, t.unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let want: Vec<(String, String)> = [
+        ("a_rw", "1\n"),
+        ("c_owner", "x"),
+        ("e_big", big.as_str()),
+        ("f_bad_utf8", "\u{fffd}ok"),
+    ]
+    .into_iter()
+    .map(|(n, t)| (n.to_string(), t.to_string()))
+    .collect();
+    assert_eq!(rw(&RealFs), want);
+    assert_eq!(rw(&ByPath(RealFs)), want);
+
+    // Named files, a path under the directory and a link among them; each error its own.
+    let names = ["wwn/vpd_unit_serial", "missing", "wwn", "b_ro", "g_link"];
+    let each = |fs: &dyn Fs| {
+        errno(fs.read_each(d, &names))
+            .unwrap()
+            .into_iter()
+            .map(errno)
+            .collect::<Vec<_>>()
+    };
+    let got = each(&RealFs);
+    assert_eq!(got, each(&ByPath(RealFs)));
+    assert_eq!(got[0].as_deref(), Ok("T10 VPD Unit Serial Number: x\n"));
+    assert_eq!(got[1], Err(Some(libc::ENOENT)));
+    assert_eq!(got[2], Err(Some(libc::EISDIR)));
+    assert_eq!(got[4].as_deref(), Ok("1\n"));
+
+    // A directory that is not there is the answer's error.
+    let gone = d.join("gone");
+    for fs in [&RealFs as &dyn Fs, &ByPath(RealFs)] {
+        assert_eq!(
+            errno(fs.read_owner_rw(&gone)).err(),
+            Some(Some(libc::ENOENT))
+        );
+        assert_eq!(
+            errno(fs.read_each(&gone, &names)).err(),
+            Some(Some(libc::ENOENT))
+        );
+    }
+}
