@@ -383,7 +383,8 @@ impl<F: Fs> ConfigfsTarget<F> {
                     let ino = listed.iter().find(|e| e.name == at.name).map(|e| e.ino);
                     let b = self.read_backstore(at)?;
                     seen.saw_backstore(ino.unwrap_or(0), &[], &b);
-                    if let Some(m) = after.backstores.iter_mut().find(|x| &x.at == at) {
+                    // `after.apply` put it last (a create that found it there failed).
+                    if let Some(m) = after.backstores.last_mut().filter(|x| &x.at == at) {
                         *m = b;
                     }
                 }
