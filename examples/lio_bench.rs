@@ -3,8 +3,8 @@
 //! a scan costs the kernel side at that size: the first save of saveconfig.json (a
 //! whole dump), a whole observation (a fresh backend), a steady scan's observation
 //! (the backend that observed before) and one change (one more image created,
-//! mapped, read back and saved: the patched file), three times: the first, in a
-//! process that has not made one before, and the best, as the steady observation is.
+//! mapped, read back and saved: the patched file), three times, the first and the
+//! best printed (the steady observation is the best of three too).
 //!
 //! Run in the test VM with `tests/vm/run-bench [N] [PARALLELISM...]`, or on a host
 //! with LIO loaded: `SBPS_LIO_CONFIGFS=/sys/kernel/config/target lio_bench 500 1 8`.

@@ -66,7 +66,7 @@ pub trait Fs: Send + Sync {
     ///
     /// The kernel's filesystem reads them through one handle on `dir`: a storage object
     /// has some fifty attribute files, and walking the whole path to each was most of
-    /// what a dump cost (three times the reads themselves in the test VM).
+    /// what a dump cost (reading by path took three times as long in the test VM).
     fn read_each(&self, dir: &Path, names: &[&str]) -> io::Result<Vec<io::Result<String>>> {
         self.metadata(dir)?;
         Ok(names.iter().map(|n| self.read(&dir.join(n))).collect())
