@@ -154,29 +154,6 @@ impl<F: Fs> ConfigfsTarget<F> {
             .map_err(|e| LioError::from_io(what, path, e))
     }
 
-    /// The files of `dir` read through one handle on it ([`Fs::read_each`]): each is
-    /// (what the read is, its path under `dir`).
-    fn read_each<const N: usize>(
-        &self,
-        dir: &Path,
-        files: [(&'static str, &str); N],
-    ) -> Result<[String; N], LioError> {
-        let names = files.map(|(_, name)| name);
-        let first = files.first().map_or("read", |(what, _)| *what);
-        let texts = self
-            .fs
-            .read_each(dir, &names)
-            .map_err(|e| LioError::from_io(first, dir, e))?;
-        let mut out = Vec::with_capacity(N);
-        for ((what, name), text) in files.iter().zip(texts) {
-            out.push(text.map_err(|e| LioError::from_io(what, &dir.join(name), e))?);
-        }
-        out.try_into().map_err(|v: Vec<String>| {
-            let e = std::io::Error::other(format!("{} answers for {N} files", v.len()));
-            LioError::from_io(first, dir, e)
-        })
-    }
-
     // ----------------------------------------------------------------- observe
 
     fn seen(&self) -> MutexGuard<'_, Seen> {
@@ -247,7 +224,8 @@ impl<F: Fs> ConfigfsTarget<F> {
 
     fn read_backstore(&self, at: &BackstoreRef) -> Result<Backstore, LioError> {
         let dir = self.so_dir(at);
-        let [info, udev, serial, enable] = self.read_each(
+        let [info, udev, serial, enable] = super::fs::read_files(
+            &self.fs,
             &dir,
             [
                 ("read info", "info"),

@@ -9,6 +9,8 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use super::LioError;
+
 /// What a directory entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -92,6 +94,28 @@ pub trait Fs: Send + Sync {
         }
         Ok(out)
     }
+}
+
+/// The files of `dir` read through one handle on it ([`Fs::read_each`]), each given as
+/// (what the read is, for an error, and its path under `dir`).
+pub(crate) fn read_files<F: Fs + ?Sized, const N: usize>(
+    fs: &F,
+    dir: &Path,
+    files: [(&'static str, &str); N],
+) -> Result<[String; N], LioError> {
+    let names = files.map(|(_, name)| name);
+    let first = files.first().map_or("read", |(what, _)| *what);
+    let texts = fs
+        .read_each(dir, &names)
+        .map_err(|e| LioError::from_io(first, dir, e))?;
+    let mut out = Vec::with_capacity(N);
+    for ((what, name), text) in files.iter().zip(texts) {
+        out.push(text.map_err(|e| LioError::from_io(what, &dir.join(name), e))?);
+    }
+    out.try_into().map_err(|v: Vec<String>| {
+        let e = io::Error::other(format!("{} answers for {N} files", v.len()));
+        LioError::from_io(first, dir, e)
+    })
 }
 
 /// Forwards every call to the inner `Fs` (for `Arc<dyn Fs>` and `&F`).

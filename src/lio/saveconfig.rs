@@ -137,13 +137,21 @@ pub(crate) fn dump_so<F: Fs + ?Sized>(
     m.insert("plugin".into(), Value::from(at.plugin.clone()));
     m.insert("name".into(), Value::from(at.name.clone()));
     let attributes = rw_files(fs, &dir.join("attrib"), true)?;
-    if let Some(s) = attr::parse_serial(&read(fs, &dir.join("wwn").join("vpd_unit_serial"))?) {
+    let [serial, udev, info] = super::fs::read_files(
+        fs,
+        dir,
+        [
+            ("read", "wwn/vpd_unit_serial"),
+            ("read", "udev_path"),
+            ("read", "info"),
+        ],
+    )?;
+    if let Some(s) = attr::parse_serial(&serial) {
         m.insert("wwn".into(), Value::from(s));
     }
-    let udev = read(fs, &dir.join("udev_path"))?;
     let udev = udev.trim_end_matches('\n');
     if at.plugin == "fileio" {
-        let info = attr::parse_info(&read(fs, &dir.join("info"))?);
+        let info = attr::parse_info(&info);
         let dev = if udev.is_empty() {
             info.file.clone().unwrap_or_default()
         } else {
