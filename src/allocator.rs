@@ -65,18 +65,18 @@ impl Conf {
 /// `jemalloc narenas=1 dirty_decay_ms=0 muzzy_decay_ms=0 tcache_max=1024` when [`CONF`] took
 /// effect and the environment left it alone.
 pub fn describe() -> String {
-    let narenas = read::<u32>(c"opt.narenas");
-    let dirty = read::<isize>(c"opt.dirty_decay_ms");
-    let muzzy = read::<isize>(c"opt.muzzy_decay_ms");
-    let tcache_max = read::<usize>(c"opt.tcache_max");
-    let show = |v: Option<String>| v.unwrap_or_else(|| "?".into());
     format!(
         "jemalloc narenas={} dirty_decay_ms={} muzzy_decay_ms={} tcache_max={}",
-        show(narenas.map(|v| v.to_string())),
-        show(dirty.map(|v| v.to_string())),
-        show(muzzy.map(|v| v.to_string())),
-        show(tcache_max.map(|v| v.to_string())),
+        shown::<u32>(c"opt.narenas"),
+        shown::<isize>(c"opt.dirty_decay_ms"),
+        shown::<isize>(c"opt.muzzy_decay_ms"),
+        shown::<usize>(c"opt.tcache_max"),
     )
+}
+
+/// A `mallctl` value as text, `?` when it cannot be read.
+fn shown<T: Copy + Default + std::fmt::Display>(name: &CStr) -> String {
+    read::<T>(name).map_or_else(|| "?".into(), |v| v.to_string())
 }
 
 /// Reads one of jemalloc's `mallctl` values; `None` when it has no such name or

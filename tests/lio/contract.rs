@@ -124,31 +124,19 @@ fn reads_through_a_handle_are_reads_by_path() {
     );
     let so = rig.root.join("core").join(a.hba_dir()).join(&a.name);
     let by_path = ByPath(&rig.fs);
-    let text = |r: std::io::Result<String>| r.map_err(|e| e.raw_os_error());
     for dir in [
         so.join("attrib"),
         rig.tpg().join("attrib"),
         rig.tpg().join("param"),
     ] {
-        let got: Vec<_> = rig
-            .fs
-            .read_owner_rw(&dir)
-            .unwrap()
-            .into_iter()
-            .map(|(n, t)| (n, text(t)))
-            .collect();
-        let want: Vec<_> = by_path
-            .read_owner_rw(&dir)
-            .unwrap()
-            .into_iter()
-            .map(|(n, t)| (n, text(t)))
-            .collect();
-        assert_eq!(got, want, "{}", dir.display());
-        assert!(got.iter().all(|(_, t)| t.is_ok()), "{got:?}");
+        let got = owner_rw(&rig.fs, &dir);
+        assert_eq!(got, owner_rw(&by_path, &dir), "{}", dir.display());
+        assert!(
+            got.as_ref().is_ok_and(|v| v.iter().all(|(_, t)| t.is_ok())),
+            "{got:?}"
+        );
     }
-    let attrib: Vec<String> = rig
-        .fs
-        .read_owner_rw(&so.join("attrib"))
+    let attrib: Vec<String> = owner_rw(&rig.fs, &so.join("attrib"))
         .unwrap()
         .into_iter()
         .map(|(n, _)| n)
@@ -169,34 +157,17 @@ fn reads_through_a_handle_are_reads_by_path() {
         "no_such_file",
     ];
     let group = so.join("alua/default_tg_pt_gp");
-    for (dir, names) in [
-        (&so, &files[..]),
-        (&group, &["alua_access_state", "tg_pt_gp_id"][..]),
-    ] {
-        let got: Vec<_> = rig
-            .fs
-            .read_each(dir, names)
-            .unwrap()
-            .into_iter()
-            .map(text)
-            .collect();
-        let want: Vec<_> = by_path
-            .read_each(dir, names)
-            .unwrap()
-            .into_iter()
-            .map(text)
-            .collect();
-        assert_eq!(got, want, "{}", dir.display());
+    let alua = ["alua_access_state", "tg_pt_gp_id"];
+    for (dir, names) in [(&so, &files[..]), (&group, &alua[..])] {
+        let got = read_each(&rig.fs, dir, names);
+        assert_eq!(got, read_each(&by_path, dir, names), "{}", dir.display());
     }
-    let got = rig.fs.read_each(&so, &files).unwrap();
+    let got = read_each(&rig.fs, &so, &files).unwrap();
     assert!(
         got[2].as_ref().is_ok_and(|s| s.contains("a50dd52157e1636")),
         "{got:?}"
     );
-    assert_eq!(
-        got[4].as_ref().map_err(|e| e.raw_os_error()).err(),
-        Some(Some(libc::ENOENT))
-    );
+    assert_eq!(got[4], Err(Some(libc::ENOENT)));
 }
 
 #[test]

@@ -8,10 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use sbps_marshal::lio::fs::{Fs, RealFs};
 use sbps_testkit::ByPath;
 
-/// An answer with its error as the errno, to compare two implementations.
-fn errno<T>(r: std::io::Result<T>) -> Result<T, Option<i32>> {
-    r.map_err(|e| e.raw_os_error())
-}
+use crate::support::{owner_rw, read_each, Answer};
 
 #[test]
 fn reads_through_a_handle_give_what_reads_by_path_give() {
@@ -40,36 +37,22 @@ fn reads_through_a_handle_give_what_reads_by_path_give() {
 
     // The owner's read-write regular files, by name: not the read-only or write-only
     // ones, the directory or the link.
-    let rw = |fs: &dyn Fs| {
-        fs.read_owner_rw(d)
-            .unwrap()
-            .into_iter()
-            .map(|(n, t)| (n, t.unwrap()))
-            .collect::<Vec<_>>()
-    };
-    let want: Vec<(String, String)> = [
+    let want: Vec<(String, Answer<String>)> = [
         ("a_rw", "1\n"),
         ("c_owner", "x"),
         ("e_big", big.as_str()),
         ("f_bad_utf8", "\u{fffd}ok"),
     ]
     .into_iter()
-    .map(|(n, t)| (n.to_string(), t.to_string()))
+    .map(|(n, t)| (n.to_string(), Ok(t.to_string())))
     .collect();
-    assert_eq!(rw(&RealFs), want);
-    assert_eq!(rw(&ByPath(RealFs)), want);
+    assert_eq!(owner_rw(&RealFs, d), Ok(want.clone()));
+    assert_eq!(owner_rw(&ByPath(RealFs), d), Ok(want));
 
     // Named files, a path under the directory and a link among them; each error its own.
     let names = ["wwn/vpd_unit_serial", "missing", "wwn", "b_ro", "g_link"];
-    let each = |fs: &dyn Fs| {
-        errno(fs.read_each(d, &names))
-            .unwrap()
-            .into_iter()
-            .map(errno)
-            .collect::<Vec<_>>()
-    };
-    let got = each(&RealFs);
-    assert_eq!(got, each(&ByPath(RealFs)));
+    let got = read_each(&RealFs, d, &names).unwrap();
+    assert_eq!(Ok(got.clone()), read_each(&ByPath(RealFs), d, &names));
     assert_eq!(got[0].as_deref(), Ok("T10 VPD Unit Serial Number: x\n"));
     assert_eq!(got[1], Err(Some(libc::ENOENT)));
     assert_eq!(got[2], Err(Some(libc::EISDIR)));
@@ -78,13 +61,7 @@ fn reads_through_a_handle_give_what_reads_by_path_give() {
     // A directory that is not there is the answer's error.
     let gone = d.join("gone");
     for fs in [&RealFs as &dyn Fs, &ByPath(RealFs)] {
-        assert_eq!(
-            errno(fs.read_owner_rw(&gone)).err(),
-            Some(Some(libc::ENOENT))
-        );
-        assert_eq!(
-            errno(fs.read_each(&gone, &names)).err(),
-            Some(Some(libc::ENOENT))
-        );
+        assert_eq!(owner_rw(fs, &gone).err(), Some(Some(libc::ENOENT)));
+        assert_eq!(read_each(fs, &gone, &names).err(), Some(Some(libc::ENOENT)));
     }
 }
