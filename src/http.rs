@@ -131,15 +131,19 @@ impl BodyError {
 }
 
 /// Reads a body chunk by chunk, failing as soon as it passes `cap` bytes. A declared
-/// `Content-Length` above the cap fails before a byte is read.
+/// `Content-Length` above the cap fails before a byte is read; one within it sizes
+/// the buffer, so a listing page is not copied through every power of two on its
+/// way to 300 KiB.
 pub(crate) async fn read_capped(
     mut resp: reqwest::Response,
     cap: usize,
 ) -> Result<Bytes, BodyError> {
-    if resp.content_length().is_some_and(|n| n > cap as u64) {
-        return Err(BodyError::TooLarge { cap });
-    }
-    let mut buf = BytesMut::new();
+    let declared = match resp.content_length() {
+        Some(n) if n > cap as u64 => return Err(BodyError::TooLarge { cap }),
+        Some(n) => n as usize,
+        None => 0,
+    };
+    let mut buf = BytesMut::with_capacity(declared);
     while let Some(chunk) = resp
         .chunk()
         .await

@@ -1,7 +1,8 @@
 //! The S3 source: the whole bucket listing and manifest downloads.
 //!
-//! rusty-s3 signs (SigV4, path-style, query-string presigning) and parses; reqwest
-//! sends. That keeps the S3 code to two calls we fully control: `ListObjectsV2` with
+//! rusty-s3 signs (SigV4, path-style, query-string presigning), reqwest sends, and
+//! `listing.rs` reads each listing page for the key, ETag and size of its objects.
+//! That keeps the S3 code to two calls we fully control: `ListObjectsV2` with
 //! continuation tokens and `GetObject` with a body cap. Credentials are re-read from
 //! the s3fs-style passwd file on every listing, as the original agent did, so a
 //! rotated key is picked up without a restart, and a broken file makes this scan's
@@ -18,8 +19,10 @@ use thiserror::Error;
 use url::Url;
 
 use super::retry::{retry, RetryPolicy};
-use super::{strip_etag_quotes, S3Object};
+use super::S3Object;
 use crate::http::{self, BodyError, ClientError, TlsOptions};
+
+mod listing;
 
 /// Largest accepted listing page (a page of 1,000 keys is about 300 KiB of XML).
 const LIST_PAGE_CAP: usize = 16 * 1024 * 1024;
@@ -227,23 +230,9 @@ impl S3Source {
                 })
                 .await?;
             let text = String::from_utf8_lossy(&body);
-            let parsed = ListObjectsV2::parse_response(&text).map_err(|e| S3Error::Parse {
-                page,
-                detail: e.to_string(),
-            })?;
-            for c in parsed.contents {
-                out.push(S3Object {
-                    etag: c
-                        .etag
-                        .as_deref()
-                        .map(strip_etag_quotes)
-                        .unwrap_or("")
-                        .to_string(),
-                    size: c.size.unwrap_or(0),
-                    key: c.key,
-                });
-            }
-            match parsed.next_continuation_token {
+            let next = listing::parse_page(&text, &mut out)
+                .map_err(|detail| S3Error::Parse { page, detail })?;
+            match next {
                 Some(next) if token.as_deref() == Some(next.as_str()) => {
                     return Err(S3Error::Parse {
                         page,

@@ -74,6 +74,36 @@ async fn lists_many_pages_with_etags_from_moto() {
     assert!(e.to_string().contains("1000-byte limit"), "{e}");
 }
 
+/// Keys with the characters a form encoding and XML both escape come back from a
+/// real S3 server's listing (`encoding-type=url`) exactly as they were stored.
+#[tokio::test]
+async fn odd_keys_are_listed_as_stored() {
+    let moto = Moto::start().await;
+    moto.create_bucket("boot-images").await;
+    let keys = [
+        "PE/cpe 23.12 & friends/rootfs",
+        "img/a+b%2Bc",
+        "img/<squash>'\"quoted\"",
+        "img/caf\u{e9}/\u{65e5}\u{672c}",
+        "img/~tilde;semi=eq?q#frag",
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        moto.put("boot-images", key, vec![b'x'; i + 1]).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Source::new(config(moto.endpoint.clone(), dir.path())).unwrap();
+    let list = s3.list_all().await.unwrap();
+    let mut listed: Vec<_> = list.iter().map(|o| (o.key.as_str(), o.size)).collect();
+    listed.sort();
+    let mut stored: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (*k, i as u64 + 1))
+        .collect();
+    stored.sort();
+    assert_eq!(listed, stored);
+}
+
 #[tokio::test]
 async fn missing_bucket_is_an_error_not_empty() {
     let moto = Moto::start().await;
