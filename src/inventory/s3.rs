@@ -22,7 +22,7 @@ use super::retry::{retry, RetryPolicy};
 use super::S3Object;
 use crate::http::{self, BodyError, ClientError, TlsOptions};
 
-mod listing;
+pub mod listing;
 
 /// Largest accepted listing page (a page of 1,000 keys is about 300 KiB of XML).
 const LIST_PAGE_CAP: usize = 16 * 1024 * 1024;

@@ -27,7 +27,7 @@ use crate::inventory::{strip_etag_quotes, S3Object};
 /// Appends the page's objects to `out` and returns the token of the next page, if
 /// the listing goes on. On error `out` may hold part of the page; the caller drops
 /// the whole listing then.
-pub(super) fn parse_page(xml: &str, out: &mut Vec<S3Object>) -> Result<Option<String>, String> {
+pub fn parse_page(xml: &str, out: &mut Vec<S3Object>) -> Result<Option<String>, String> {
     let mut reader = Reader::from_str(xml);
     reader.config_mut().expand_empty_elements = true;
     let first = out.len();
