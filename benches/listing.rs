@@ -1,6 +1,7 @@
 //! Reading a bucket listing: the agent's `ListObjectsV2` page reader against
-//! rusty-s3's parser, on the pages a 5,000-image bucket lists (20,020 objects, 21
-//! pages of at most 1,000, written as the test kit's S3 double and S3 write them).
+//! rusty-s3's parser, on the pages the scan benchmark's 5,000-image bucket lists
+//! (20,020 objects, 21 pages of at most 1,000, written as the test kit's S3 double
+//! writes them).
 //!
 //! `cargo bench --bench listing` prints the best of 5 for each, and the objects read.
 //! Under `cargo test` (no `--bench`) it reads one page each way as a smoke test.
@@ -9,15 +10,20 @@ use std::time::Instant;
 
 use rusty_s3::actions::ListObjectsV2;
 use sbps_marshal::inventory::s3::listing::parse_page;
-use sha2::{Digest, Sha256};
+use sbps_testkit::fixtures::Fixture;
+use sbps_testkit::s3::{xml_escape, Object};
 
-/// Objects of a 5,000-image bucket: four per image, and twenty PE images.
-const OBJECTS: usize = 20_020;
+/// Images of the bucket, as the scan benchmark's largest.
+const IMAGES: usize = 5_000;
+/// PE images beside them, as the scan benchmark's.
+const PES: usize = 20;
+/// Objects: four per image (manifest, rootfs, kernel, initrd), one per PE image.
+const OBJECTS: usize = 4 * IMAGES + PES;
 const PAGE: usize = 1_000;
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
-    let pages = pages(if bench { OBJECTS } else { 10 });
+    let pages = pages(if bench { IMAGES } else { 2 });
     let ours = best_of(if bench { 5 } else { 1 }, || {
         let mut out = Vec::new();
         let mut tokens = 0;
@@ -38,7 +44,7 @@ fn main() {
     });
     assert_eq!(ours.1, theirs.1, "both read the same objects and tokens");
     let n = ours.1 .0;
-    assert_eq!(n, if bench { OBJECTS } else { 10 });
+    assert_eq!(n, if bench { OBJECTS } else { 8 + PES });
     if bench {
         let bytes: usize = pages.iter().map(String::len).sum();
         println!(
@@ -63,44 +69,30 @@ fn best_of<T>(runs: usize, mut f: impl FnMut() -> T) -> (f64, T) {
     (best, out.expect("at least one run"))
 }
 
-/// The listing's pages, `encoding-type=url` answered, as the S3 double writes them.
-fn pages(objects: usize) -> Vec<String> {
-    let keys: Vec<String> = (0..objects)
-        .map(|i| {
-            let h = hex::encode(Sha256::digest((i / 4).to_le_bytes()));
-            let id = format!(
-                "{}-{}-{}-{}-{}",
-                &h[0..8],
-                &h[8..12],
-                &h[12..16],
-                &h[16..20],
-                &h[20..32]
-            );
-            match i % 4 {
-                0 => format!("{id}/manifest.json"),
-                1 => format!("{id}/rootfs"),
-                2 => format!("{id}/kernel"),
-                _ => format!("{id}/initrd"),
-            }
-        })
-        .collect();
-    let chunks: Vec<&[String]> = keys.chunks(PAGE).collect();
+/// The bucket of the scan benchmark at `images` images (`sbps_testkit::fixtures`),
+/// listed in pages of 1,000 as the test kit's S3 double answers `encoding-type=url`.
+fn pages(images: usize) -> Vec<String> {
+    let mut objects = Fixture::new(images, PES).objects;
+    objects.sort_by(|a, b| a.key.cmp(&b.key));
+    let chunks: Vec<&[Object]> = objects.chunks(PAGE).collect();
     let last = chunks.len() - 1;
     chunks
         .iter()
         .enumerate()
         .map(|(p, chunk)| {
+            let key = |o: &Object| String::from_utf8_lossy(&o.key).into_owned();
             let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>boot-images</Name><Prefix></Prefix>");
             x += &format!("<KeyCount>{}</KeyCount><MaxKeys>{PAGE}</MaxKeys><EncodingType>url</EncodingType>", chunk.len());
             x += &format!("<IsTruncated>{}</IsTruncated>", p != last);
             if p != last {
-                x += &format!("<NextContinuationToken>{}</NextContinuationToken>", hex::encode(chunk[chunk.len() - 1].as_bytes()));
+                x += &format!("<NextContinuationToken>{}</NextContinuationToken>", hex::encode(&chunk[chunk.len() - 1].key));
             }
-            for (i, key) in chunk.iter().enumerate() {
-                let etag = hex::encode(&Sha256::digest(key.as_bytes())[..16]);
+            for o in chunk.iter() {
                 x += &format!(
-                    "<Contents><Key>{key}</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>&quot;{etag}&quot;</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
-                    1_000_000 + p * PAGE + i
+                    "<Contents><Key>{}</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>&quot;{}&quot;</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
+                    key(o),
+                    xml_escape(&o.etag),
+                    o.size
                 );
             }
             x + "</ListBucketResult>"
