@@ -1,7 +1,8 @@
 //! The S3 source against a real moto server, and against the test kit's S3 double
 //! for the faults moto cannot produce (5xx, slowness, signature rejection).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sbps_marshal::inventory::retry::RetryPolicy;
@@ -102,6 +103,72 @@ async fn odd_keys_are_listed_as_stored() {
         .collect();
     stored.sort();
     assert_eq!(listed, stored);
+}
+
+/// A bucket answering from fixed pages, by continuation token (none: the first),
+/// logging the tokens it was asked for.
+async fn fixed_pages(
+    pages: &'static [(&'static str, &'static str)],
+) -> (Served, Arc<Mutex<Vec<String>>>) {
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = asked.clone();
+    let router = axum::Router::new().fallback(
+        move |axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>| {
+            let log = log.clone();
+            async move {
+                let token = q.get("continuation-token").cloned().unwrap_or_default();
+                log.lock().unwrap().push(token.clone());
+                let body = pages
+                    .iter()
+                    .find(|(t, _)| *t == token)
+                    .map_or("", |(_, b)| *b);
+                format!("<ListBucketResult>{body}</ListBucketResult>")
+            }
+        },
+    );
+    (Served::start(router).await, asked)
+}
+
+/// A page that names its token before its objects has the next page asked for while
+/// it is read; the whole page decides. Here the second page says, after its objects,
+/// that the listing ends: the third page, already asked for, is not listed.
+#[tokio::test]
+async fn the_whole_page_decides_over_a_next_page_asked_for_early() {
+    let (srv, asked) = fixed_pages(&[
+        ("", "<NextContinuationToken>t1</NextContinuationToken><Contents><Key>a</Key></Contents><IsTruncated>true</IsTruncated>"),
+        ("t1", "<NextContinuationToken>t2</NextContinuationToken><Contents><Key>b</Key></Contents><IsTruncated>false</IsTruncated>"),
+        ("t2", "<Contents><Key>not-in-the-listing</Key></Contents><IsTruncated>false</IsTruncated>"),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Source::new(config(srv.url(), dir.path())).unwrap();
+    let list = s3.list_all().await.unwrap();
+    let keys: Vec<_> = list.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys, ["a", "b"]);
+    assert_eq!(
+        s3.requests(),
+        3,
+        "t1 and t2 were asked for while pages 1 and 2 were read"
+    );
+    assert_eq!(asked.lock().unwrap()[..2], ["", "t1"]);
+}
+
+/// A page that names its token only after its objects is read whole before the next
+/// page is asked for.
+#[tokio::test]
+async fn a_token_after_the_objects_is_followed_once_read() {
+    let (srv, asked) = fixed_pages(&[
+        ("", "<Contents><Key>a</Key></Contents><NextContinuationToken>t1</NextContinuationToken><IsTruncated>true</IsTruncated>"),
+        ("t1", "<Contents><Key>b</Key></Contents><IsTruncated>false</IsTruncated><NextContinuationToken>t9</NextContinuationToken>"),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Source::new(config(srv.url(), dir.path())).unwrap();
+    let list = s3.list_all().await.unwrap();
+    let keys: Vec<_> = list.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys, ["a", "b"]);
+    assert_eq!(s3.requests(), 2);
+    assert_eq!(*asked.lock().unwrap(), ["", "t1"]);
 }
 
 #[tokio::test]

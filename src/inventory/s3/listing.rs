@@ -28,36 +28,118 @@ use crate::inventory::{strip_etag_quotes, S3Object};
 /// the listing goes on. On error `out` may hold part of the page; the caller drops
 /// the whole listing then.
 pub fn parse_page(xml: &str, out: &mut Vec<S3Object>) -> Result<Option<String>, String> {
-    let mut reader = Reader::from_str(xml);
-    reader.config_mut().expand_empty_elements = true;
-    let first = out.len();
-    let mut page = PageFields::default();
-    loop {
-        match next(&mut reader)? {
-            Event::Start(root) if root.local_name().as_ref() == "ListBucketResult" => {
-                read_root(&mut reader, &mut page, out)?;
-                break;
-            }
-            Event::Start(other) => {
-                return Err(format!(
-                    "expected <ListBucketResult>, found <{}>",
-                    other.name().as_ref()
-                ))
-            }
-            Event::Eof => return Err("no <ListBucketResult> element".into()),
-            _ => {}
+    let mut page = Page::new(xml);
+    page.head()?;
+    page.rest(out)
+}
+
+/// A page read in two steps, so that the next page can be asked for while this one
+/// is read: [`Page::head`] reads up to the first object and tells the token the page
+/// names before it (S3, Ceph RGW and moto all write it there), [`Page::rest`] reads
+/// the objects and gives the page's answer, which is the one to follow.
+pub struct Page<'x> {
+    reader: Reader<&'x [u8]>,
+    fields: PageFields,
+    /// The first `<Contents>`, read by [`Page::head`].
+    first: Option<S3Object>,
+    /// Whether `</ListBucketResult>` has been read.
+    ended: bool,
+}
+
+impl<'x> Page<'x> {
+    pub fn new(xml: &'x str) -> Page<'x> {
+        let mut reader = Reader::from_str(xml);
+        reader.config_mut().expand_empty_elements = true;
+        Page {
+            reader,
+            fields: PageFields::default(),
+            first: None,
+            ended: false,
         }
     }
-    if page.encoding_type.as_deref() == Some("url") {
-        for object in &mut out[first..] {
-            url_decode_in_place(&mut object.key);
+
+    /// Reads up to the first object and returns the next page's token as far as
+    /// the page has said by then: a guess, which [`Page::rest`] may overrule (an
+    /// `<IsTruncated>false</IsTruncated>` after the objects, say).
+    pub fn head(&mut self) -> Result<Option<String>, String> {
+        loop {
+            match next(&mut self.reader)? {
+                Event::Start(root) if root.local_name().as_ref() == "ListBucketResult" => break,
+                Event::Start(other) => {
+                    return Err(format!(
+                        "expected <ListBucketResult>, found <{}>",
+                        other.name().as_ref()
+                    ))
+                }
+                Event::Eof => return Err("no <ListBucketResult> element".into()),
+                _ => {}
+            }
+        }
+        self.first = self.read_root()?;
+        Ok(match (self.fields.is_truncated, &self.fields.next_token) {
+            (Some(false), _) => None,
+            (_, Some(token)) if !token.is_empty() => Some(token.clone()),
+            _ => None,
+        })
+    }
+
+    /// Reads the rest of the page: appends its objects to `out`, keys decoded, and
+    /// returns the token of the next page, if the listing goes on.
+    pub fn rest(mut self, out: &mut Vec<S3Object>) -> Result<Option<String>, String> {
+        let first = out.len();
+        out.extend(self.first.take());
+        if !self.ended {
+            while let Some(object) = self.read_root()? {
+                out.push(object);
+            }
+        }
+        let PageFields {
+            is_truncated,
+            next_token,
+            encoding_type,
+        } = self.fields;
+        if encoding_type.as_deref() == Some("url") {
+            for object in &mut out[first..] {
+                url_decode_in_place(&mut object.key);
+            }
+        }
+        match (is_truncated, next_token) {
+            (Some(false), _) => Ok(None),
+            (_, Some(token)) if !token.is_empty() => Ok(Some(token)),
+            (Some(true), _) => Err("a truncated page without a NextContinuationToken".into()),
+            (None, _) => Ok(None),
         }
     }
-    match (page.is_truncated, page.next_token) {
-        (Some(false), _) => Ok(None),
-        (_, Some(token)) if !token.is_empty() => Ok(Some(token)),
-        (Some(true), _) => Err("a truncated page without a NextContinuationToken".into()),
-        (None, _) => Ok(None),
+
+    /// The children of `<ListBucketResult>` up to the next object, which it returns;
+    /// `None` at `</ListBucketResult>`.
+    fn read_root(&mut self) -> Result<Option<S3Object>, String> {
+        let reader = &mut self.reader;
+        let page = &mut self.fields;
+        loop {
+            match next(reader)? {
+                Event::Start(e) => match e.local_name().as_ref() {
+                    "Contents" => return read_contents(reader).map(Some),
+                    "IsTruncated" => {
+                        let text = leaf_text(reader, &e)?;
+                        page.is_truncated = Some(parse_bool(&text)?);
+                    }
+                    "NextContinuationToken" => {
+                        page.next_token = Some(leaf_text(reader, &e)?.into_owned())
+                    }
+                    "EncodingType" => {
+                        page.encoding_type = Some(leaf_text(reader, &e)?.into_owned())
+                    }
+                    _ => skip(reader, &e)?,
+                },
+                Event::End(_) => {
+                    self.ended = true;
+                    return Ok(None);
+                }
+                Event::Eof => return Err("the page ends before </ListBucketResult>".into()),
+                _ => {}
+            }
+        }
     }
 }
 
@@ -67,33 +149,6 @@ struct PageFields {
     is_truncated: Option<bool>,
     next_token: Option<String>,
     encoding_type: Option<String>,
-}
-
-/// The children of `<ListBucketResult>`, up to its end tag.
-fn read_root(
-    reader: &mut Reader<&[u8]>,
-    page: &mut PageFields,
-    out: &mut Vec<S3Object>,
-) -> Result<(), String> {
-    loop {
-        match next(reader)? {
-            Event::Start(e) => match e.local_name().as_ref() {
-                "Contents" => out.push(read_contents(reader)?),
-                "IsTruncated" => {
-                    let text = leaf_text(reader, &e)?;
-                    page.is_truncated = Some(parse_bool(&text)?);
-                }
-                "NextContinuationToken" => {
-                    page.next_token = Some(leaf_text(reader, &e)?.into_owned())
-                }
-                "EncodingType" => page.encoding_type = Some(leaf_text(reader, &e)?.into_owned()),
-                _ => skip(reader, &e)?,
-            },
-            Event::End(_) => return Ok(()),
-            Event::Eof => return Err("the page ends before </ListBucketResult>".into()),
-            _ => {}
-        }
-    }
 }
 
 /// One `<Contents>`, up to its end tag.
@@ -404,6 +459,35 @@ mod tests {
         let empty = page("<NextContinuationToken></NextContinuationToken>");
         assert_eq!(ours(&empty).unwrap().1, None);
         assert_eq!(ours(&page("")).unwrap(), (vec![], None));
+    }
+
+    /// The head tells the token a page names before its first object, and only that.
+    #[test]
+    fn the_head_tells_the_token_named_before_the_objects() {
+        let head = |inner: &str| Page::new(&page(inner)).head().unwrap();
+        let obj = "<Contents><Key>k</Key></Contents>";
+        let t = "<NextContinuationToken>t</NextContinuationToken>";
+        assert_eq!(head(&format!("{t}{obj}")).as_deref(), Some("t"));
+        assert_eq!(
+            head(&format!("<IsTruncated>true</IsTruncated>{t}{obj}")).as_deref(),
+            Some("t")
+        );
+        assert_eq!(head(&format!("{obj}{t}")), None);
+        assert_eq!(
+            head(&format!("<IsTruncated>false</IsTruncated>{t}{obj}")),
+            None
+        );
+        assert_eq!(
+            head("<NextContinuationToken></NextContinuationToken>"),
+            None
+        );
+        // Whatever the head guessed, the rest gives the page's answer.
+        let xml = page(&format!("{t}{obj}<IsTruncated>false</IsTruncated>"));
+        let mut p = Page::new(&xml);
+        assert_eq!(p.head().unwrap().as_deref(), Some("t"));
+        let mut out = Vec::new();
+        assert_eq!(p.rest(&mut out).unwrap(), None);
+        assert_eq!(out.len(), 1);
     }
 
     /// Each refusal says what was wrong, so the scan's error names it.
