@@ -216,11 +216,11 @@ impl S3Source {
     /// that fails after its retries fails the listing (a partial listing would make
     /// the missing objects look deleted).
     ///
-    /// A page that names its token before its objects (AWS S3, moto and recent Ceph
-    /// RGW releases do) has the next page asked for while its objects are read: at
-    /// 20,000 objects that reading overlaps the server's work on the next page instead
-    /// of adding to it. A page that names it after (older RGW releases) is read whole
-    /// first. What the whole page says decides; a next page asked for on a token the
+    /// A page that names its token before its objects (AWS S3 and recent Ceph RGW
+    /// releases do) has the next page asked for while its objects are read: at 20,000
+    /// objects that reading overlaps the server's work on the next page instead of
+    /// adding to it. A page that names it after (moto, older RGW releases) is read
+    /// whole first. What the whole page says decides; a next page asked for on a token the
     /// page then overrules is dropped unread.
     pub async fn list_all(&self) -> Result<Vec<S3Object>, S3Error> {
         let creds = read_credentials(&self.cfg.credential_file)?;

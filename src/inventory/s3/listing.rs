@@ -35,9 +35,9 @@ pub fn parse_page(xml: &str, out: &mut Vec<S3Object>) -> Result<Option<String>, 
 
 /// A page read in two steps, so that the next page can be asked for while this one
 /// is read: [`Page::head`] reads up to the first object and tells the token the page
-/// names before it (AWS S3, moto and recent Ceph RGW releases write it there; older RGW
-/// releases write it after the objects), [`Page::rest`] reads the objects and gives
-/// the page's answer, which is the one to follow.
+/// names before it (AWS S3 and recent Ceph RGW releases write it there; moto and older
+/// RGW releases write it after the objects), [`Page::rest`] reads the objects and
+/// gives the page's answer, which is the one to follow.
 pub struct Page<'x> {
     reader: Reader<&'x [u8]>,
     fields: PageFields,
