@@ -220,8 +220,8 @@ impl S3Source {
     /// releases do) has the next page asked for while its objects are read: at 20,000
     /// objects that reading overlaps the server's work on the next page instead of
     /// adding to it. A page that names it after (moto, older RGW releases) is read
-    /// whole first. What the whole page says decides; a next page asked for on a token the
-    /// page then overrules is dropped unread.
+    /// whole first. What the whole page says decides; a next page asked for on a
+    /// token the page then overrules is dropped unread.
     pub async fn list_all(&self) -> Result<Vec<S3Object>, S3Error> {
         let creds = read_credentials(&self.cfg.credential_file)?;
         let mut out = Vec::new();
@@ -238,7 +238,8 @@ impl S3Source {
                     .filter(|g| token.as_deref() != Some(g.as_str()));
                 match &guess {
                     Some(g) => {
-                        // biased: the request is on its way before the page is read.
+                        // biased (tokio 1.46): the request is on its way before
+                        // the page is read.
                         let (fetched, next) = tokio::join!(
                             biased;
                             self.list_page(&creds, Some(g)),
