@@ -77,11 +77,7 @@ impl<'x> Page<'x> {
             }
         }
         self.first = self.read_root()?;
-        Ok(match (self.fields.is_truncated, &self.fields.next_token) {
-            (Some(false), _) => None,
-            (_, Some(token)) if !token.is_empty() => Some(token.clone()),
-            _ => None,
-        })
+        Ok(self.fields.next().ok().flatten().map(str::to_string))
     }
 
     /// Reads the rest of the page: appends its objects to `out`, keys decoded, and
@@ -94,22 +90,12 @@ impl<'x> Page<'x> {
                 out.push(object);
             }
         }
-        let PageFields {
-            is_truncated,
-            next_token,
-            encoding_type,
-        } = self.fields;
-        if encoding_type.as_deref() == Some("url") {
+        if self.fields.encoding_type.as_deref() == Some("url") {
             for object in &mut out[first..] {
                 url_decode_in_place(&mut object.key);
             }
         }
-        match (is_truncated, next_token) {
-            (Some(false), _) => Ok(None),
-            (_, Some(token)) if !token.is_empty() => Ok(Some(token)),
-            (Some(true), _) => Err("a truncated page without a NextContinuationToken".into()),
-            (None, _) => Ok(None),
-        }
+        self.fields.next().map(|t| t.map(str::to_string))
     }
 
     /// The children of `<ListBucketResult>` up to the next object, which it returns;
@@ -150,6 +136,20 @@ struct PageFields {
     is_truncated: Option<bool>,
     next_token: Option<String>,
     encoding_type: Option<String>,
+}
+
+impl PageFields {
+    /// The next page's token, by what has been read: none once the page says the
+    /// listing is not truncated, nor for an empty one; an error for a truncated page
+    /// that names none.
+    fn next(&self) -> Result<Option<&str>, String> {
+        match (self.is_truncated, self.next_token.as_deref()) {
+            (Some(false), _) => Ok(None),
+            (_, Some(token)) if !token.is_empty() => Ok(Some(token)),
+            (Some(true), _) => Err("a truncated page without a NextContinuationToken".into()),
+            (None, _) => Ok(None),
+        }
+    }
 }
 
 /// One `<Contents>`, up to its end tag.
