@@ -579,8 +579,9 @@ fn vm_hwm_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time (user + system) this process has used, in ms: under a busy host a scan's
-/// wall time swings by tens of ms, its CPU time much less (SBPS_SCAN_BENCH_DETAIL).
+/// CPU time (user + system) this process has used, in ms, shown beside a scan's wall
+/// time (SBPS_SCAN_BENCH_DETAIL): more CPU than wall is work on both cores at once,
+/// less is waiting.
 fn cpu_ms() -> f64 {
     // SAFETY: getrusage writes the struct it is given and nothing else.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
