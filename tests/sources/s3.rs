@@ -129,6 +129,14 @@ async fn fixed_pages(
     (Served::start(router).await, asked)
 }
 
+/// Lists the bucket `srv` serves: the source (for its request count) and the keys.
+async fn listed_keys(srv: &Served) -> (S3Source, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Source::new(config(srv.url(), dir.path())).unwrap();
+    let list = s3.list_all().await.unwrap();
+    (s3, list.into_iter().map(|o| o.key).collect())
+}
+
 /// A page that names its token before its objects has the next page asked for while
 /// it is read; the whole page decides. Here the second page says, after its objects,
 /// that the listing ends: the third page, already asked for, is not listed.
@@ -140,10 +148,7 @@ async fn the_whole_page_decides_over_a_next_page_asked_for_early() {
         ("t2", "<Contents><Key>not-in-the-listing</Key></Contents><IsTruncated>false</IsTruncated>"),
     ])
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let s3 = S3Source::new(config(srv.url(), dir.path())).unwrap();
-    let list = s3.list_all().await.unwrap();
-    let keys: Vec<_> = list.iter().map(|o| o.key.as_str()).collect();
+    let (s3, keys) = listed_keys(&srv).await;
     assert_eq!(keys, ["a", "b"]);
     assert_eq!(
         s3.requests(),
@@ -162,10 +167,7 @@ async fn a_token_after_the_objects_is_followed_once_read() {
         ("t1", "<Contents><Key>b</Key></Contents><IsTruncated>false</IsTruncated><NextContinuationToken>t9</NextContinuationToken>"),
     ])
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let s3 = S3Source::new(config(srv.url(), dir.path())).unwrap();
-    let list = s3.list_all().await.unwrap();
-    let keys: Vec<_> = list.iter().map(|o| o.key.as_str()).collect();
+    let (s3, keys) = listed_keys(&srv).await;
     assert_eq!(keys, ["a", "b"]);
     assert_eq!(s3.requests(), 2);
     assert_eq!(*asked.lock().unwrap(), ["", "t1"]);
