@@ -6,7 +6,7 @@
 //! kernel's errno so the backend can map each one to a specific [`super::LioError`].
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::LioError;
@@ -184,9 +184,12 @@ impl Fs for RealFs {
         fs::remove_dir(p)
     }
     fn read(&self, p: &Path) -> io::Result<String> {
-        let mut buf = Vec::new();
-        fs::File::open(p)?.read_to_end(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf).into_owned())
+        use rustix::fs::{Mode, OFlags};
+        read_whole(&rustix::fs::open(
+            p,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
     }
     fn write(&self, p: &Path, d: &str) -> io::Result<()> {
         let mut f = fs::OpenOptions::new().write(true).open(p)?;
@@ -269,16 +272,26 @@ fn open_dir(dir: &Path) -> io::Result<std::os::fd::OwnedFd> {
     )?)
 }
 
-/// The whole text of the file `name` of the directory `dir` (lossy UTF-8), as
-/// [`RealFs::read`] reads a path. Read in page-sized calls to the end, without the size
-/// query std's `read_to_end` makes first (an attribute file is at most a page).
+/// The whole text of the file `name` of the directory `dir`, as [`RealFs::read`] reads
+/// a path.
 fn read_at(dir: &std::os::fd::OwnedFd, name: &str) -> io::Result<String> {
     use rustix::fs::{Mode, OFlags};
-    let f = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    read_whole(&rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// The whole text of an open file (lossy UTF-8), read in page-sized calls to the end,
+/// without the size query std's `read_to_end` makes first (an attribute file is at
+/// most a page).
+fn read_whole(f: &std::os::fd::OwnedFd) -> io::Result<String> {
     let mut buf = Vec::new();
     let mut page = [0u8; 4096];
     loop {
-        match rustix::io::read(&f, &mut page) {
+        match rustix::io::read(f, &mut page) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&page[..n]),
             Err(rustix::io::Errno::INTR) => {}

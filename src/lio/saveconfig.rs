@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use super::attr;
-use super::fs::{Entry, FileKind, Fs};
+use super::fs::{read_files, Entry, FileKind, Fs};
 use super::layout;
 use super::model::{Actual, Backstore, BackstoreRef, Lun, Tpg};
 use super::savefile::{self, Segment};
@@ -137,20 +137,21 @@ pub(crate) fn dump_so<F: Fs + ?Sized>(
     m.insert("plugin".into(), Value::from(at.plugin.clone()));
     m.insert("name".into(), Value::from(at.name.clone()));
     let attributes = rw_files(fs, &dir.join("attrib"), true)?;
-    let [serial, udev, info] = super::fs::read_files(
-        fs,
-        dir,
-        [
-            ("read", "wwn/vpd_unit_serial"),
-            ("read", "udev_path"),
-            ("read", "info"),
-        ],
-    )?;
+    // `info` is dumped for fileio only: another plugin's object is not read for it.
+    const SERIAL: (&str, &str) = ("read", "wwn/vpd_unit_serial");
+    const UDEV: (&str, &str) = ("read", "udev_path");
+    let (serial, udev, info) = if at.plugin == "fileio" {
+        let [serial, udev, info] = read_files(fs, dir, [SERIAL, UDEV, ("read", "info")])?;
+        (serial, udev, Some(info))
+    } else {
+        let [serial, udev] = read_files(fs, dir, [SERIAL, UDEV])?;
+        (serial, udev, None)
+    };
     if let Some(s) = attr::parse_serial(&serial) {
         m.insert("wwn".into(), Value::from(s));
     }
     let udev = udev.trim_end_matches('\n');
-    if at.plugin == "fileio" {
+    if let Some(info) = info {
         let info = attr::parse_info(&info);
         let dev = if udev.is_empty() {
             info.file.clone().unwrap_or_default()
